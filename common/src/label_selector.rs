@@ -1,0 +1,282 @@
+//! Kubernetes-style label selectors (`matchLabels` + `matchExpressions`) and label syntax checks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::field_error::{FieldError, child, index};
+
+/// A validated label selector. The empty selector matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<Requirement>,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Requirement {
+    pub key: String,
+    pub operator: Operator,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Operator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl Operator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::In => "In",
+            Self::NotIn => "NotIn",
+            Self::Exists => "Exists",
+            Self::DoesNotExist => "DoesNotExist",
+        }
+    }
+}
+
+impl LabelSelector {
+    /// A selector of exactly these labels.
+    pub fn from_labels<K: Into<String>, V: Into<String>>(labels: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self {
+            match_labels: labels.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            match_expressions: Vec::new(),
+        }
+    }
+
+    /// Whether `labels` satisfy every term of the selector (Kubernetes semantics).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+}
+
+impl Requirement {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            Operator::In => value.is_some_and(|v| self.values.contains(v)),
+            Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// Selector as written in a document, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    expecting = "a label selector (matchLabels, matchExpressions)"
+)]
+pub(crate) struct RawLabelSelector {
+    match_labels: Option<BTreeMap<String, String>>,
+    match_expressions: Option<Vec<RawRequirement>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(expecting = "a selector requirement (key, operator, values)")]
+pub(crate) struct RawRequirement {
+    key: String,
+    operator: String,
+    values: Option<Vec<String>>,
+}
+
+impl RawLabelSelector {
+    pub(crate) fn validate(self, path: &str, errors: &mut Vec<FieldError>) -> LabelSelector {
+        let mut selector = LabelSelector::default();
+        let labels_path = child(path, "matchLabels");
+        for (key, value) in self.match_labels.unwrap_or_default() {
+            let key_path = child(&labels_path, &key);
+            check_label_key(&key, &key_path, errors);
+            check_label_value(&value, &key_path, errors);
+            selector.match_labels.insert(key, value);
+        }
+        let expressions_path = child(path, "matchExpressions");
+        for (i, raw) in self.match_expressions.unwrap_or_default().into_iter().enumerate() {
+            let req_path = index(&expressions_path, i);
+            check_label_key(&raw.key, &child(&req_path, "key"), errors);
+            let operator = match raw.operator.as_str() {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => {
+                    errors.push(FieldError::new(
+                        child(&req_path, "operator"),
+                        format!("unknown operator {other:?}: expected In, NotIn, Exists or DoesNotExist"),
+                    ));
+                    continue;
+                }
+            };
+            let values = raw.values.unwrap_or_default();
+            let values_path = child(&req_path, "values");
+            match operator {
+                Operator::In | Operator::NotIn if values.is_empty() => errors.push(FieldError::new(
+                    values_path.clone(),
+                    format!("must not be empty for operator {}", operator.as_str()),
+                )),
+                Operator::Exists | Operator::DoesNotExist if !values.is_empty() => errors.push(FieldError::new(
+                    values_path.clone(),
+                    format!("must be empty for operator {}", operator.as_str()),
+                )),
+                _ => {}
+            }
+            for (j, value) in values.iter().enumerate() {
+                check_label_value(value, &index(&values_path, j), errors);
+            }
+            selector.match_expressions.push(Requirement {
+                key: raw.key,
+                operator,
+                values,
+            });
+        }
+        selector.match_expressions.sort();
+        selector
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
+}
+
+/// A label name or value segment: at most 63 characters of `[A-Za-z0-9_.-]`, starting and ending alphanumeric.
+fn is_label_segment(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars().all(is_name_char)
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+/// A DNS-1123 subdomain: lowercase alphanumerics, `-` and `.`, at most 253 characters, alphanumeric at both ends.
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+/// A DNS-1123 label (namespace names): like a subdomain part, at most 63 characters.
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_dns1123_subdomain(s)
+}
+
+pub(crate) fn check_label_key(key: &str, path: &str, errors: &mut Vec<FieldError>) {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| !is_dns1123_subdomain(p)) || !is_label_segment(name) {
+        errors.push(FieldError::new(
+            path,
+            format!(
+                "invalid label key {key:?}: expected an optional DNS subdomain prefix and '/', then a name of at \
+                 most 63 characters of [A-Za-z0-9_.-] starting and ending alphanumeric"
+            ),
+        ));
+    }
+}
+
+pub(crate) fn check_label_value(value: &str, path: &str, errors: &mut Vec<FieldError>) {
+    if !value.is_empty() && !is_label_segment(value) {
+        errors.push(FieldError::new(
+            path,
+            format!(
+                "invalid label value {value:?}: at most 63 characters of [A-Za-z0-9_.-], starting and ending \
+                 alphanumeric"
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
+        Requirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn empty_selector_matches_everything() {
+        assert!(LabelSelector::default().matches(&labels(&[])));
+        assert!(LabelSelector::default().matches(&labels(&[("a", "b")])));
+    }
+
+    #[test]
+    fn match_labels_need_every_pair() {
+        let sel = LabelSelector::from_labels([("env", "prod"), ("tier", "llm")]);
+        assert!(sel.matches(&labels(&[("env", "prod"), ("tier", "llm"), ("x", "y")])));
+        assert!(!sel.matches(&labels(&[("env", "prod")])));
+        assert!(!sel.matches(&labels(&[("env", "dev"), ("tier", "llm")])));
+    }
+
+    #[test]
+    fn expression_operators() {
+        let cases = [
+            (
+                req("env", Operator::In, &["prod", "stage"]),
+                &[("env", "prod")][..],
+                true,
+            ),
+            (req("env", Operator::In, &["prod"]), &[("env", "dev")][..], false),
+            (req("env", Operator::In, &["prod"]), &[][..], false),
+            (req("env", Operator::NotIn, &["prod"]), &[("env", "dev")][..], true),
+            (req("env", Operator::NotIn, &["prod"]), &[][..], true),
+            (req("env", Operator::NotIn, &["prod"]), &[("env", "prod")][..], false),
+            (req("env", Operator::Exists, &[]), &[("env", "")][..], true),
+            (req("env", Operator::Exists, &[]), &[][..], false),
+            (req("env", Operator::DoesNotExist, &[]), &[][..], true),
+            (req("env", Operator::DoesNotExist, &[]), &[("env", "x")][..], false),
+        ];
+        for (requirement, set, expected) in cases {
+            let sel = LabelSelector {
+                match_labels: BTreeMap::new(),
+                match_expressions: vec![requirement.clone()],
+            };
+            assert_eq!(sel.matches(&labels(set)), expected, "{requirement:?} on {set:?}");
+        }
+    }
+
+    #[test]
+    fn label_syntax() {
+        let mut errors = Vec::new();
+        check_label_key("app.kubernetes.io/name", "k", &mut errors);
+        check_label_key("tier", "k", &mut errors);
+        check_label_value("", "v", &mut errors);
+        check_label_value("a-b_c.d", "v", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        check_label_key("-bad", "k1", &mut errors);
+        check_label_key("UPPER.example/x", "k2", &mut errors);
+        check_label_value("bad value", "v1", &mut errors);
+        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["k1", "k2", "v1"]);
+    }
+}

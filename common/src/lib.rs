@@ -1,0 +1,19 @@
+//! Tollgate's pure core: the domain model, its validation, agent verification and the NetworkPolicy planner.
+//!
+//! Nothing here performs I/O, reads the clock or talks to Kubernetes or the network: the hub, the spoke and the
+//! CLI feed facts in and take desired objects out, so every rule of DESIGN §3 is defined (and tested) once.
+
+pub mod document;
+pub mod egress_rule;
+pub mod field_error;
+pub mod intent;
+pub mod label_selector;
+pub mod planner;
+mod serde_paths;
+pub mod verification;
+
+pub use document::{Document, DocumentSet, EgressGuardrail, EgressPolicy, VerifiedDefault};
+pub use egress_rule::{EgressRule, IpBlock, Peer, PortRange, Protocol};
+pub use field_error::{DocumentError, FieldError};
+pub use intent::Intent;
+pub use label_selector::LabelSelector;

@@ -1,0 +1,433 @@
+//! The pure planner: cluster facts + agents + hub intent + config → one desired NetworkPolicy per agent and a
+//! per-agent outcome (DESIGN §3.3–§3.5). Deterministic: equal inputs give equal output, in any input order.
+
+mod baseline;
+mod guardrail;
+mod render;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule};
+
+use crate::document::{EgressPolicy, VerifiedDefault};
+use crate::egress_rule::{EgressRule, PortRange};
+use crate::field_error::FieldError;
+use crate::intent::Intent;
+use crate::verification::Verification;
+
+pub use baseline::Baseline;
+use guardrail::Guardrails;
+
+/// `app.kubernetes.io/managed-by` value on every NetworkPolicy the spoke writes.
+pub const MANAGED_BY: &str = "tollgate-spoke";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_AGENT: &str = "tollgate.dev/agent";
+pub const LABEL_MODE: &str = "tollgate.dev/mode";
+pub const ANNOTATION_REVISION: &str = "tollgate.dev/revision";
+pub const ANNOTATION_RULE_SOURCES: &str = "tollgate.dev/rule-sources";
+/// Pod label the upstream operator sets on verified workloads.
+pub const LABEL_SIGNATURE_VERIFIED: &str = "agent.kagenti.dev/signature-verified";
+pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
+pub const AGENT_RUNTIME_API_VERSION: &str = "agent.kagenti.dev/v1alpha1";
+pub const AGENT_RUNTIME_KIND: &str = "AgentRuntime";
+
+/// The spoke's settings that shape the policies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannerConfig {
+    /// Namespace of the operator: its pods may reach every agent.
+    pub operator_namespace: String,
+    /// Namespace of the cluster defaults (upstream `kagenti-system`): its pods may reach every agent.
+    pub cluster_defaults_namespace: String,
+    /// Appended to the workload name to name the policy.
+    pub name_suffix: String,
+    /// Restricted agents may also reach DNS.
+    pub restricted_allow_dns: bool,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        Self {
+            operator_namespace: "kagenti-system".into(),
+            cluster_defaults_namespace: "kagenti-system".into(),
+            name_suffix: "-signature-policy".into(),
+            restricted_allow_dns: false,
+        }
+    }
+}
+
+/// What the spoke discovered about its cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    pub api: ApiServerFacts,
+    /// `None`: no DNS Service was found.
+    pub dns: Option<DnsFacts>,
+}
+
+/// The API server: addresses and ports of `default/kubernetes` endpoints, and the Service's ClusterIP.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiServerFacts {
+    pub addresses: Vec<IpAddr>,
+    /// TCP ports of the endpoints (6443 on OpenShift).
+    pub ports: Vec<u16>,
+    /// The `kubernetes` Service ClusterIP and port.
+    pub service: Option<(IpAddr, u16)>,
+}
+
+/// The cluster's DNS Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsFacts {
+    pub namespace: String,
+    /// Endpoint addresses of the Service.
+    pub addresses: Vec<IpAddr>,
+    /// Ports the DNS pods listen on (the endpoints' target ports: 53, or 5353 on OpenShift).
+    pub target_ports: Vec<PortRange>,
+    pub cluster_ip: Option<IpAddr>,
+}
+
+/// An agent's own declaration on `AgentRuntime.spec.egress`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LocalEgress {
+    /// No `spec.egress`.
+    #[default]
+    Absent,
+    /// `spec.egress` present and valid (possibly with zero rules).
+    Rules(Vec<EgressRule>),
+    /// `spec.egress` present but invalid: the agent fails closed.
+    Invalid(Vec<FieldError>),
+}
+
+/// One `AgentRuntime` as the planner needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Agent {
+    pub namespace: String,
+    /// The `AgentRuntime` name.
+    pub name: String,
+    /// The `AgentRuntime` UID, for the owner reference (empty: none).
+    pub uid: String,
+    /// `spec.targetRef.name`: names the policy.
+    pub target_name: String,
+    /// `AgentRuntime` labels (for `agentSelector`).
+    pub labels: BTreeMap<String, String>,
+    /// Labels of the agent's namespace (for `namespaceSelector`).
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Pod-template labels of the target workload, when it is a Deployment or StatefulSet that exists.
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    pub local_egress: LocalEgress,
+    pub verification: Verification,
+}
+
+/// The egress shape given to one agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// Declared rules + baseline.
+    Scoped,
+    /// `egress: [{}]`.
+    AllowAll,
+    /// API server + DNS only.
+    BaselineOnly,
+    /// API server only (plus DNS with `restricted_allow_dns`).
+    Restricted,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Scoped, Mode::AllowAll, Mode::BaselineOnly, Mode::Restricted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scoped => "scoped",
+            Self::AllowAll => "allow-all",
+            Self::BaselineOnly => "baseline-only",
+            Self::Restricted => "restricted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a rule came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleSource {
+    /// `AgentRuntime.spec.egress`.
+    Local,
+    /// A hub `EgressPolicy`.
+    Policy(String),
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local => f.write_str("local"),
+            Self::Policy(name) => write!(f, "policy/{name}"),
+        }
+    }
+}
+
+/// A declared rule, or one peer of it, that did not reach the policy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DroppedRule {
+    pub source: RuleSource,
+    /// Index of the rule within its source.
+    pub rule: usize,
+    /// Index of the peer within the rule, when only that peer was dropped.
+    pub peer: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for DroppedRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} rule {}", self.source, self.rule)?;
+        if let Some(peer) = self.peer {
+            write!(f, " peer {peer}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// What happened to one agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentOutcome {
+    pub namespace: String,
+    pub name: String,
+    /// The policy written for it (`None` when its name collides with another agent's).
+    pub policy_name: Option<String>,
+    pub mode: Mode,
+    pub verified: bool,
+    pub verification_reason: crate::verification::Reason,
+    /// Sources of the declared rules in the policy.
+    pub rule_sources: Vec<RuleSource>,
+    /// Declared rules in the policy (baseline not counted).
+    pub rule_count: usize,
+    pub dropped: Vec<DroppedRule>,
+    /// Problems that made the agent fail closed.
+    pub errors: Vec<String>,
+    /// Problems reported without changing the mode.
+    pub warnings: Vec<String>,
+}
+
+/// The planner's output for a cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Sorted by namespace, then name.
+    pub policies: Vec<NetworkPolicy>,
+    /// Sorted by namespace, then agent name.
+    pub outcomes: Vec<AgentOutcome>,
+    /// Cluster-wide problems (API server or DNS not discovered).
+    pub warnings: Vec<String>,
+}
+
+/// Plans every agent of a cluster.
+pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], intent: &Intent) -> Plan {
+    let planner = Planner::new(config, facts, intent);
+    let mut order: Vec<&Agent> = agents.iter().collect();
+    order.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut taken: BTreeMap<(&str, String), &str> = BTreeMap::new();
+    let mut plan = Plan {
+        policies: Vec::with_capacity(agents.len()),
+        outcomes: Vec::with_capacity(agents.len()),
+        warnings: planner.baseline.warnings(),
+    };
+    for agent in order {
+        let (policy, mut outcome) = planner.plan_agent(agent);
+        let name = outcome.policy_name.clone().expect("plan_agent always names the policy");
+        if let Some(owner) = taken.get(&(agent.namespace.as_str(), name.clone())) {
+            outcome.errors.push(format!(
+                "policy {name} is already written for agent {owner} (both target the same workload); no policy \
+                 is written for this agent"
+            ));
+            outcome.policy_name = None;
+        } else {
+            taken.insert((agent.namespace.as_str(), name), agent.name.as_str());
+            plan.policies.push(policy);
+        }
+        plan.outcomes.push(outcome);
+    }
+    plan.policies
+        .sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    plan
+}
+
+/// The per-cluster part of planning, computed once and shared by every agent.
+#[derive(Debug)]
+pub struct Planner<'a> {
+    config: &'a PlannerConfig,
+    baseline: Baseline,
+    revision: Option<u64>,
+    /// Hub policies sorted by name, with their rules rendered once.
+    policies: Vec<(&'a EgressPolicy, Vec<NetworkPolicyEgressRule>)>,
+    guardrails: Guardrails<'a>,
+    ingress_verified: Vec<NetworkPolicyIngressRule>,
+    ingress_unverified: Vec<NetworkPolicyIngressRule>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(config: &'a PlannerConfig, facts: &ClusterFacts, intent: &'a Intent) -> Self {
+        let mut policies: Vec<_> = intent
+            .policies
+            .iter()
+            .map(|p| (p, p.spec.egress.iter().map(render::egress_rule).collect()))
+            .collect();
+        policies.sort_by(|(a, _), (b, _)| a.metadata.name.cmp(&b.metadata.name));
+        policies.dedup_by(|(a, _), (b, _)| a.metadata.name == b.metadata.name);
+        Self {
+            config,
+            baseline: Baseline::new(facts, config.restricted_allow_dns),
+            revision: intent.revision,
+            policies,
+            guardrails: Guardrails::new(&intent.guardrails),
+            ingress_verified: render::ingress(config, true),
+            ingress_unverified: render::ingress(config, false),
+        }
+    }
+
+    /// Cluster-wide problems.
+    pub fn warnings(&self) -> Vec<String> {
+        self.baseline.warnings()
+    }
+
+    /// The desired policy and the outcome for one agent.
+    pub fn plan_agent(&self, agent: &Agent) -> (NetworkPolicy, AgentOutcome) {
+        let verification = &agent.verification;
+        let mut outcome = AgentOutcome {
+            namespace: agent.namespace.clone(),
+            name: agent.name.clone(),
+            policy_name: Some(format!("{}{}", agent.target_name, self.config.name_suffix)),
+            mode: Mode::Restricted,
+            verified: verification.verified,
+            verification_reason: verification.reason,
+            rule_sources: Vec::new(),
+            rule_count: 0,
+            dropped: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        };
+        if let Some(warning) = &verification.binding_warning {
+            outcome.warnings.push(format!("identity binding: {warning}"));
+        }
+        let selecting: Vec<&(&EgressPolicy, Vec<NetworkPolicyEgressRule>)> =
+            self.policies.iter().filter(|(p, _)| selects(p, agent)).collect();
+
+        if let LocalEgress::Invalid(errors) = &agent.local_egress {
+            outcome
+                .errors
+                .extend(errors.iter().map(|e| format!("invalid local egress rule: {e}")));
+        }
+
+        let egress: Vec<NetworkPolicyEgressRule> = if !verification.verified {
+            outcome.mode = Mode::Restricted;
+            let reason = format!("agent is not verified ({})", verification.reason);
+            if let LocalEgress::Rules(rules) = &agent.local_egress {
+                outcome.dropped.extend((0..rules.len()).map(|rule| DroppedRule {
+                    source: RuleSource::Local,
+                    rule,
+                    peer: None,
+                    reason: reason.clone(),
+                }));
+            }
+            for (policy, rules) in &selecting {
+                outcome.dropped.extend((0..rules.len()).map(|rule| DroppedRule {
+                    source: RuleSource::Policy(policy.metadata.name.clone()),
+                    rule,
+                    peer: None,
+                    reason: reason.clone(),
+                }));
+            }
+            if !self.baseline.api_discovered() {
+                outcome
+                    .warnings
+                    .push("API server not discovered: restricted agent gets no API access".into());
+            }
+            self.baseline.restricted()
+        } else if let LocalEgress::Invalid(_) = &agent.local_egress {
+            outcome.mode = Mode::BaselineOnly;
+            self.baseline.full()
+        } else {
+            // Deduplicate on the domain rules (cheap comparisons), render each kept rule once; hub rules were
+            // rendered when the planner was built.
+            let mut seen: Vec<Cow<'_, EgressRule>> = Vec::new();
+            let mut declared: Vec<NetworkPolicyEgressRule> = Vec::new();
+            let local_present = matches!(agent.local_egress, LocalEgress::Rules(_));
+            if let LocalEgress::Rules(rules) = &agent.local_egress {
+                for (i, rule) in rules.iter().enumerate() {
+                    if let Some(kept) = self.guardrails.constrain(rule, i, &mut outcome.dropped)
+                        && !seen.contains(&kept)
+                    {
+                        declared.push(render::egress_rule(&kept));
+                        seen.push(kept);
+                    }
+                }
+                if !declared.is_empty() {
+                    outcome.rule_sources.push(RuleSource::Local);
+                }
+            }
+            for (policy, rendered) in &selecting {
+                for (rule, k8s) in policy.spec.egress.iter().zip(rendered) {
+                    if !seen.iter().any(|s| s.as_ref() == rule) {
+                        seen.push(Cow::Borrowed(rule));
+                        declared.push(k8s.clone());
+                    }
+                }
+                outcome
+                    .rule_sources
+                    .push(RuleSource::Policy(policy.metadata.name.clone()));
+            }
+            if local_present || !selecting.is_empty() {
+                outcome.mode = Mode::Scoped;
+                outcome.rule_count = declared.len();
+                let mut egress = self.baseline.full();
+                egress.append(&mut declared);
+                egress
+            } else {
+                match self.guardrails.verified_default() {
+                    VerifiedDefault::AllowAll => {
+                        outcome.mode = Mode::AllowAll;
+                        vec![NetworkPolicyEgressRule::default()]
+                    }
+                    VerifiedDefault::BaselineOnly => {
+                        outcome.mode = Mode::BaselineOnly;
+                        self.baseline.full()
+                    }
+                }
+            }
+        };
+        let ingress = if verification.verified {
+            self.ingress_verified.clone()
+        } else {
+            self.ingress_unverified.clone()
+        };
+        let policy = render::network_policy(agent, &outcome, self.revision, ingress, egress);
+        (policy, outcome)
+    }
+}
+
+/// Whether a hub policy selects an agent by namespace and labels.
+fn selects(policy: &EgressPolicy, agent: &Agent) -> bool {
+    let spec = &policy.spec;
+    let namespace_ok = match (&spec.namespaces, &spec.namespace_selector) {
+        (Some(names), _) => names.iter().any(|n| n == &agent.namespace),
+        (None, Some(selector)) => selector.matches(&agent.namespace_labels),
+        (None, None) => true,
+    };
+    namespace_ok && spec.agent_selector.as_ref().is_none_or(|s| s.matches(&agent.labels))
+}
+
+/// The destinations (CIDR or selector, with ports) a policy grants, one line each: the unit `plan` diffs in.
+pub fn destinations(policy: &NetworkPolicy) -> BTreeSet<String> {
+    render::destinations(policy)
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod proptests;

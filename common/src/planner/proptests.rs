@@ -1,0 +1,282 @@
+//! Laws of the planner, checked on generated clusters, agents and intent.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use proptest::prelude::*;
+
+use super::*;
+use crate::document::{AllowedDestination, EgressGuardrail, EgressGuardrailSpec, EgressPolicySpec, Metadata};
+use crate::egress_rule::{IpBlock, Peer, Protocol};
+use crate::label_selector::LabelSelector;
+use crate::verification::{Reason, Verification};
+
+fn net() -> impl Strategy<Value = IpNet> {
+    prop_oneof![
+        (any::<[u8; 4]>(), 8u8..=32)
+            .prop_map(|(o, len)| { IpNet::V4(Ipv4Net::new(Ipv4Addr::from(o), len).unwrap().trunc()) }),
+        (any::<u16>(), 16u8..=128).prop_map(|(seg, len)| {
+            IpNet::V6(
+                Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, seg, 0, 0, 0, 0, 1), len)
+                    .unwrap()
+                    .trunc(),
+            )
+        }),
+        // A few nets inside 10.0.0.0/8 so that ceilings keep some peers.
+        (any::<[u8; 3]>(), 8u8..=32).prop_map(|(o, len)| {
+            IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, o[0], o[1], o[2]), len).unwrap().trunc())
+        }),
+    ]
+}
+
+fn peer() -> impl Strategy<Value = Peer> {
+    prop_oneof![
+        3 => net().prop_map(|cidr| Peer { ip_block: Some(IpBlock { cidr, except: vec![] }), namespace_selector: None, pod_selector: None }),
+        1 => prop_oneof![Just("db"), Just("cache")].prop_map(|team| Peer::namespace(LabelSelector::from_labels([("team", team)]))),
+    ]
+}
+
+fn port() -> impl Strategy<Value = PortRange> {
+    (prop_oneof![Just(Protocol::Tcp), Just(Protocol::Udp)], 1u16..=65535).prop_map(|(p, n)| PortRange::single(p, n))
+}
+
+fn rule() -> impl Strategy<Value = EgressRule> {
+    (prop::collection::vec(peer(), 1..3), prop::collection::vec(port(), 0..3))
+        .prop_map(|(to, ports)| EgressRule { to, ports })
+}
+
+fn local() -> impl Strategy<Value = LocalEgress> {
+    prop_oneof![
+        Just(LocalEgress::Absent),
+        prop::collection::vec(rule(), 0..4).prop_map(LocalEgress::Rules),
+        Just(LocalEgress::Invalid(vec![FieldError::new(
+            "spec.egress.rules[0].to",
+            "bad"
+        )])),
+    ]
+}
+
+fn agents() -> impl Strategy<Value = Vec<Agent>> {
+    prop::collection::vec(
+        (
+            any::<bool>(),
+            local(),
+            prop_oneof![Just("llm"), Just("tool")],
+            prop_oneof![Just("team-a"), Just("team-b")],
+        ),
+        0..8,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (verified, local_egress, tier, namespace))| Agent {
+                namespace: namespace.into(),
+                name: format!("agent-{i}"),
+                uid: format!("uid-{i}"),
+                target_name: format!("workload-{i}"),
+                labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+                namespace_labels: BTreeMap::from([(LABEL_NAMESPACE_NAME.to_string(), namespace.to_string())]),
+                pod_labels: None,
+                local_egress,
+                verification: if verified {
+                    Verification::verified(Reason::SignatureVerified, "generated")
+                } else {
+                    Verification::unverified(Reason::NotVerified, "generated")
+                },
+            })
+            .collect()
+    })
+}
+
+fn policies() -> impl Strategy<Value = Vec<EgressPolicy>> {
+    prop::collection::vec(
+        (
+            prop::collection::vec(rule(), 1..3),
+            prop::option::of(prop_oneof![Just("llm"), Just("tool")]),
+        ),
+        0..4,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (egress, tier))| EgressPolicy {
+                metadata: Metadata {
+                    name: format!("policy-{i}"),
+                    ..Default::default()
+                },
+                spec: EgressPolicySpec {
+                    agent_selector: tier.map(|t| LabelSelector::from_labels([("tier", t)])),
+                    egress,
+                    ..Default::default()
+                },
+            })
+            .collect()
+    })
+}
+
+fn guardrails() -> impl Strategy<Value = Vec<EgressGuardrail>> {
+    prop::collection::vec(
+        (
+            any::<bool>(),
+            prop::option::of(prop::collection::vec(net(), 0..3)),
+            any::<bool>(),
+        ),
+        0..3,
+    )
+    .prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (baseline_only, ceiling, in_cluster))| EgressGuardrail {
+                metadata: Metadata {
+                    name: format!("guardrail-{i}"),
+                    ..Default::default()
+                },
+                spec: EgressGuardrailSpec {
+                    cluster_selector: None,
+                    verified_default: if baseline_only {
+                        VerifiedDefault::BaselineOnly
+                    } else {
+                        VerifiedDefault::AllowAll
+                    },
+                    allowed_destinations: ceiling.map(|nets| {
+                        let mut nets = nets;
+                        nets.push("10.0.0.0/8".parse().unwrap());
+                        nets.into_iter().map(|cidr| AllowedDestination { cidr }).collect()
+                    }),
+                    allow_in_cluster_peers: in_cluster,
+                },
+            })
+            .collect()
+    })
+}
+
+fn facts() -> impl Strategy<Value = ClusterFacts> {
+    (
+        prop::collection::vec(any::<[u8; 4]>().prop_map(IpAddr::from), 0..4),
+        prop::collection::vec(prop_oneof![Just(6443u16), Just(443u16)], 1..3),
+        any::<bool>(),
+    )
+        .prop_map(|(addresses, ports, dns)| ClusterFacts {
+            api: ApiServerFacts {
+                addresses,
+                ports,
+                service: None,
+            },
+            dns: dns.then(|| DnsFacts {
+                namespace: "kube-system".into(),
+                addresses: vec![IpAddr::from([10, 96, 0, 10])],
+                target_ports: vec![PortRange::single(Protocol::Udp, 53)],
+                cluster_ip: None,
+            }),
+        })
+}
+
+fn config() -> PlannerConfig {
+    PlannerConfig {
+        restricted_allow_dns: false,
+        ..PlannerConfig::default()
+    }
+}
+
+fn egress_of(policy: &NetworkPolicy) -> &[NetworkPolicyEgressRule] {
+    policy.spec.as_ref().unwrap().egress.as_deref().unwrap()
+}
+
+fn mode_of(policy: &NetworkPolicy) -> Mode {
+    Mode::parse(&policy.metadata.labels.as_ref().unwrap()[LABEL_MODE]).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn no_rendered_rule_is_port_only(facts in facts(), agents in agents(), policies in policies(), guardrails in guardrails()) {
+        let intent = Intent { revision: Some(1), policies, guardrails };
+        let plan = plan(&config(), &facts, &agents, &intent);
+        for policy in &plan.policies {
+            for rule in egress_of(policy) {
+                let has_peers = rule.to.as_ref().is_some_and(|to| !to.is_empty());
+                let allow_all = rule.to.is_none() && rule.ports.is_none();
+                prop_assert!(has_peers || (allow_all && mode_of(policy) == Mode::AllowAll), "port-only rule {rule:?}");
+                for peer in rule.to.iter().flatten() {
+                    prop_assert!(peer.ip_block.is_some() || peer.namespace_selector.is_some() || peer.pod_selector.is_some());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn baseline_is_present_whenever_a_rule_is(facts in facts(), agents in agents(), policies in policies(), guardrails in guardrails()) {
+        let intent = Intent { revision: Some(1), policies, guardrails };
+        let plan = plan(&config(), &facts, &agents, &intent);
+        let baseline = Baseline::new(&facts, false);
+        for policy in &plan.policies {
+            let egress = egress_of(policy);
+            match mode_of(policy) {
+                Mode::Scoped | Mode::BaselineOnly => {
+                    let full = baseline.full();
+                    prop_assert!(egress.len() >= full.len());
+                    prop_assert_eq!(&egress[..full.len()], &full[..]);
+                }
+                Mode::Restricted => prop_assert_eq!(egress, &baseline.restricted()[..]),
+                Mode::AllowAll => prop_assert_eq!(egress, &[NetworkPolicyEgressRule::default()][..]),
+            }
+        }
+    }
+
+    #[test]
+    fn output_is_independent_of_input_order_and_repeatable(
+        facts in facts(),
+        (agents, shuffled_agents) in agents().prop_flat_map(|a| (Just(a.clone()), Just(a).prop_shuffle())),
+        (policies, shuffled_policies) in policies().prop_flat_map(|p| (Just(p.clone()), Just(p).prop_shuffle())),
+        (guardrails, shuffled_guardrails) in guardrails().prop_flat_map(|g| (Just(g.clone()), Just(g).prop_shuffle())),
+    ) {
+        let mut shuffled_facts = facts.clone();
+        shuffled_facts.api.addresses.reverse();
+        shuffled_facts.api.ports.reverse();
+        let intent = Intent { revision: Some(4), policies, guardrails };
+        let a = plan(&config(), &facts, &agents, &intent);
+        let b = plan(
+            &config(),
+            &shuffled_facts,
+            &shuffled_agents,
+            &Intent { revision: Some(4), policies: shuffled_policies, guardrails: shuffled_guardrails },
+        );
+        prop_assert_eq!(&a, &b);
+        // Byte-identical objects.
+        prop_assert_eq!(serde_json::to_string(&a.policies).unwrap(), serde_json::to_string(&b.policies).unwrap());
+        // Planning twice gives the same output.
+        prop_assert_eq!(&a, &plan(&config(), &facts, &agents, &intent));
+    }
+
+    #[test]
+    fn local_rules_outside_the_ceiling_never_reach_the_output(facts in facts(), agents in agents(), guardrails in guardrails()) {
+        let intent = Intent { revision: None, policies: vec![], guardrails: guardrails.clone() };
+        let plan = plan(&config(), &facts, &agents, &intent);
+        let baseline = Baseline::new(&facts, false).full();
+        let ceilings: Vec<&EgressGuardrail> = guardrails.iter().filter(|g| g.spec.allowed_destinations.is_some()).collect();
+        for policy in &plan.policies {
+            for rule in egress_of(policy) {
+                if baseline.contains(rule) {
+                    continue;
+                }
+                for peer in rule.to.iter().flatten() {
+                    for guardrail in &ceilings {
+                        match &peer.ip_block {
+                            Some(block) => {
+                                let cidr: IpNet = block.cidr.parse().unwrap();
+                                let allowed = guardrail.spec.allowed_destinations.as_ref().unwrap();
+                                prop_assert!(allowed.iter().any(|d| d.cidr.contains(&cidr)), "{cidr} escaped {}", guardrail.metadata.name);
+                            }
+                            None => prop_assert!(guardrail.spec.allow_in_cluster_peers),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Domain types → Kubernetes `networking.k8s.io/v1` objects.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector as K8sSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    AGENT_RUNTIME_API_VERSION, AGENT_RUNTIME_KIND, ANNOTATION_REVISION, ANNOTATION_RULE_SOURCES, Agent, AgentOutcome,
+    LABEL_AGENT, LABEL_MANAGED_BY, LABEL_MODE, LABEL_NAMESPACE_NAME, LABEL_SIGNATURE_VERIFIED, MANAGED_BY,
+    PlannerConfig,
+};
+use crate::egress_rule::{EgressRule, Peer, PortRange};
+use crate::label_selector::LabelSelector;
+
+pub(super) fn egress_rule(rule: &EgressRule) -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to: Some(rule.to.iter().map(peer).collect()),
+        ports: (!rule.ports.is_empty()).then(|| rule.ports.iter().map(port).collect()),
+    }
+}
+
+fn peer(peer: &Peer) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: peer.ip_block.as_ref().map(|b| IPBlock {
+            cidr: b.cidr.to_string(),
+            except: (!b.except.is_empty()).then(|| b.except.iter().map(ToString::to_string).collect()),
+        }),
+        namespace_selector: peer.namespace_selector.as_ref().map(selector),
+        pod_selector: peer.pod_selector.as_ref().map(selector),
+    }
+}
+
+fn selector(s: &LabelSelector) -> K8sSelector {
+    K8sSelector {
+        match_labels: (!s.match_labels.is_empty()).then(|| s.match_labels.clone()),
+        match_expressions: (!s.match_expressions.is_empty()).then(|| {
+            s.match_expressions
+                .iter()
+                .map(|r| LabelSelectorRequirement {
+                    key: r.key.clone(),
+                    operator: r.operator.as_str().to_string(),
+                    values: (!r.values.is_empty()).then(|| r.values.clone()),
+                })
+                .collect()
+        }),
+    }
+}
+
+fn labels_selector(labels: BTreeMap<String, String>) -> K8sSelector {
+    K8sSelector {
+        match_labels: Some(labels),
+        match_expressions: None,
+    }
+}
+
+fn port(p: &PortRange) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some(p.protocol.as_str().to_string()),
+        port: p.port.map(|n| IntOrString::Int(i32::from(n))),
+        end_port: p.end_port.map(i32::from),
+    }
+}
+
+fn namespace_peer(namespace: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(labels_selector(BTreeMap::from([(
+            LABEL_NAMESPACE_NAME.to_string(),
+            namespace.to_string(),
+        )]))),
+        ..Default::default()
+    }
+}
+
+/// The ingress rule: the operator and cluster-defaults namespaces, and for verified agents the verified pods of
+/// the same namespace.
+pub(super) fn ingress(config: &PlannerConfig, verified: bool) -> Vec<NetworkPolicyIngressRule> {
+    let mut from = vec![namespace_peer(&config.operator_namespace)];
+    if config.cluster_defaults_namespace != config.operator_namespace {
+        from.push(namespace_peer(&config.cluster_defaults_namespace));
+    }
+    if verified {
+        from.push(NetworkPolicyPeer {
+            pod_selector: Some(labels_selector(BTreeMap::from([(
+                LABEL_SIGNATURE_VERIFIED.to_string(),
+                "true".to_string(),
+            )]))),
+            ..Default::default()
+        });
+    }
+    vec![NetworkPolicyIngressRule {
+        from: Some(from),
+        ports: None,
+    }]
+}
+
+pub(super) fn network_policy(
+    agent: &Agent,
+    outcome: &AgentOutcome,
+    revision: Option<u64>,
+    ingress: Vec<NetworkPolicyIngressRule>,
+    egress: Vec<NetworkPolicyEgressRule>,
+) -> NetworkPolicy {
+    let pod_labels = match &agent.pod_labels {
+        Some(labels) if !labels.is_empty() => labels.clone(),
+        _ => BTreeMap::from([
+            ("kagenti.io/type".to_string(), "agent".to_string()),
+            ("app".to_string(), agent.target_name.clone()),
+        ]),
+    };
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_AGENT.to_string(), agent.name.clone()),
+        (LABEL_MODE.to_string(), outcome.mode.as_str().to_string()),
+    ]);
+    let mut annotations = BTreeMap::new();
+    if let Some(revision) = revision {
+        annotations.insert(ANNOTATION_REVISION.to_string(), revision.to_string());
+    }
+    if !outcome.rule_sources.is_empty() {
+        let sources: Vec<String> = outcome.rule_sources.iter().map(ToString::to_string).collect();
+        annotations.insert(ANNOTATION_RULE_SOURCES.to_string(), sources.join(","));
+    }
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: outcome.policy_name.clone(),
+            namespace: Some(agent.namespace.clone()),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: (!agent.uid.is_empty()).then(|| {
+                vec![OwnerReference {
+                    api_version: AGENT_RUNTIME_API_VERSION.to_string(),
+                    kind: AGENT_RUNTIME_KIND.to_string(),
+                    name: agent.name.clone(),
+                    uid: agent.uid.clone(),
+                    controller: Some(true),
+                    block_owner_deletion: None,
+                }]
+            }),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(labels_selector(pod_labels)),
+            policy_types: Some(vec!["Ingress".to_string(), "Egress".to_string()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    }
+}
+
+/// Every (destination, port) pair a policy allows, as stable one-line strings.
+pub(super) fn destinations(policy: &NetworkPolicy) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let rules = policy
+        .spec
+        .as_ref()
+        .and_then(|s| s.egress.as_deref())
+        .unwrap_or_default();
+    for rule in rules {
+        let peers: Vec<String> = match &rule.to {
+            None => vec!["*".to_string()],
+            Some(to) if to.is_empty() => vec!["*".to_string()],
+            Some(to) => to.iter().map(describe_peer).collect(),
+        };
+        let ports: Vec<String> = match &rule.ports {
+            None => vec!["any port".to_string()],
+            Some(ports) if ports.is_empty() => vec!["any port".to_string()],
+            Some(ports) => ports.iter().map(describe_port).collect(),
+        };
+        for p in &peers {
+            for port in &ports {
+                out.insert(format!("{p} {port}"));
+            }
+        }
+    }
+    out
+}
+
+fn describe_selector(kind: &str, s: &K8sSelector) -> String {
+    let mut terms: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    terms.extend(s.match_expressions.iter().flatten().map(|r| {
+        format!(
+            "{} {} ({})",
+            r.key,
+            r.operator,
+            r.values.as_deref().unwrap_or_default().join(",")
+        )
+    }));
+    format!("{kind}{{{}}}", terms.join(","))
+}
+
+fn describe_peer(peer: &NetworkPolicyPeer) -> String {
+    if let Some(block) = &peer.ip_block {
+        return match block.except.as_deref() {
+            Some(except) if !except.is_empty() => format!("{} except {}", block.cidr, except.join(",")),
+            _ => block.cidr.clone(),
+        };
+    }
+    let mut parts = Vec::new();
+    if let Some(ns) = &peer.namespace_selector {
+        parts.push(describe_selector("namespace", ns));
+    }
+    if let Some(pods) = &peer.pod_selector {
+        parts.push(describe_selector("pods", pods));
+    }
+    parts.join(" ")
+}
+
+fn describe_port(port: &NetworkPolicyPort) -> String {
+    let protocol = port.protocol.as_deref().unwrap_or("TCP");
+    match (&port.port, port.end_port) {
+        (None, _) => format!("{protocol}/*"),
+        (Some(IntOrString::Int(p)), None) => format!("{protocol}/{p}"),
+        (Some(IntOrString::Int(p)), Some(end)) => format!("{protocol}/{p}-{end}"),
+        (Some(IntOrString::String(name)), _) => format!("{protocol}/{name}"),
+    }
+}

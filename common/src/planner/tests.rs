@@ -1,0 +1,643 @@
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::document::{DocumentSet, EgressGuardrail};
+use crate::egress_rule::{Protocol, parse_egress_rules};
+use crate::verification::{Reason, Verification};
+
+fn mk_config() -> PlannerConfig {
+    PlannerConfig {
+        operator_namespace: "kagenti-operator".into(),
+        cluster_defaults_namespace: "kagenti-system".into(),
+        name_suffix: "-signature-policy".into(),
+        restricted_allow_dns: false,
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn mk_facts() -> ClusterFacts {
+    ClusterFacts {
+        api: ApiServerFacts {
+            addresses: vec![ip("192.0.2.10"), ip("192.0.2.11")],
+            ports: vec![6443],
+            service: None,
+        },
+        dns: Some(DnsFacts {
+            namespace: "kube-system".into(),
+            addresses: vec![ip("10.244.0.5")],
+            target_ports: vec![
+                PortRange::single(Protocol::Udp, 53),
+                PortRange::single(Protocol::Tcp, 53),
+            ],
+            cluster_ip: Some(ip("10.96.0.10")),
+        }),
+    }
+}
+
+fn verified() -> Verification {
+    Verification::verified(Reason::MtlsVerified, "test")
+}
+
+fn unverified() -> Verification {
+    Verification::unverified(Reason::NotVerified, "test")
+}
+
+fn mk_agent(name: &str, verification: Verification, local: LocalEgress) -> Agent {
+    Agent {
+        namespace: "team-a".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        target_name: format!("{name}-deploy"),
+        labels: BTreeMap::from([("tier".to_string(), "llm".to_string())]),
+        namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "team-a".to_string())]),
+        pod_labels: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
+        local_egress: local,
+        verification,
+    }
+}
+
+fn rules(yaml: &str) -> Vec<EgressRule> {
+    parse_egress_rules(serde_yaml_ng::Deserializer::from_str(yaml), "rules").unwrap()
+}
+
+fn intent(yaml: &str, revision: u64) -> Intent {
+    let set = DocumentSet::from_yaml("intent.yaml", yaml).unwrap();
+    Intent {
+        revision: Some(revision),
+        policies: set.policies.into_values().collect(),
+        guardrails: set.guardrails.into_values().collect(),
+    }
+}
+
+fn one(config: &PlannerConfig, facts: &ClusterFacts, agent: Agent, intent: &Intent) -> (Value, AgentOutcome) {
+    let plan = plan(config, facts, &[agent], intent);
+    assert_eq!(plan.policies.len(), 1);
+    (
+        serde_json::to_value(&plan.policies[0]).unwrap(),
+        plan.outcomes[0].clone(),
+    )
+}
+
+fn api_rule() -> Value {
+    json!({"to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}, {"ipBlock": {"cidr": "192.0.2.11/32"}}],
+           "ports": [{"protocol": "TCP", "port": 6443}]})
+}
+
+fn dns_rule() -> Value {
+    json!({"to": [{"ipBlock": {"cidr": "10.96.0.10/32"}}, {"ipBlock": {"cidr": "10.244.0.5/32"}},
+                  {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+           "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "UDP", "port": 53}]})
+}
+
+fn expected(name: &str, mode: &str, verified: bool, egress: Value, annotations: Option<Value>) -> Value {
+    let mut from = vec![
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kagenti-operator"}}}),
+        json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kagenti-system"}}}),
+    ];
+    if verified {
+        from.push(json!({"podSelector": {"matchLabels": {"agent.kagenti.dev/signature-verified": "true"}}}));
+    }
+    let mut metadata = json!({
+        "name": format!("{name}-deploy-signature-policy"),
+        "namespace": "team-a",
+        "labels": {
+            "app.kubernetes.io/managed-by": "tollgate-spoke",
+            "tollgate.dev/agent": name,
+            "tollgate.dev/mode": mode,
+        },
+        "ownerReferences": [{
+            "apiVersion": "agent.kagenti.dev/v1alpha1",
+            "kind": "AgentRuntime",
+            "name": name,
+            "uid": format!("uid-{name}"),
+            "controller": true,
+        }],
+    });
+    if let Some(annotations) = annotations {
+        metadata["annotations"] = annotations;
+    }
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": {"app": name}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": from}],
+            "egress": egress,
+        }
+    })
+}
+
+#[test]
+fn unverified_agent_is_restricted_to_the_api_endpoints_in_order() {
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", unverified(), LocalEgress::Absent),
+        &Intent::default(),
+    );
+    assert_eq!(policy, expected("a", "restricted", false, json!([api_rule()]), None));
+    assert_eq!(outcome.mode, Mode::Restricted);
+    assert!(outcome.dropped.is_empty());
+}
+
+#[test]
+fn restricted_includes_the_api_service_and_optionally_dns() {
+    let mut facts = mk_facts();
+    facts.api.service = Some((ip("10.96.0.1"), 443));
+    let config = PlannerConfig {
+        restricted_allow_dns: true,
+        ..mk_config()
+    };
+    let (policy, _) = one(
+        &config,
+        &facts,
+        mk_agent("a", unverified(), LocalEgress::Absent),
+        &Intent::default(),
+    );
+    let service_rule =
+        json!({"to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}], "ports": [{"protocol": "TCP", "port": 443}]});
+    assert_eq!(
+        policy,
+        expected(
+            "a",
+            "restricted",
+            false,
+            json!([api_rule(), service_rule, dns_rule()]),
+            None
+        )
+    );
+}
+
+#[test]
+fn no_api_address_means_no_egress_for_restricted_agents() {
+    let mut facts = mk_facts();
+    facts.api.addresses.clear();
+    let plan = plan(
+        &mk_config(),
+        &facts,
+        &[mk_agent("a", unverified(), LocalEgress::Absent)],
+        &Intent::default(),
+    );
+    let policy = serde_json::to_value(&plan.policies[0]).unwrap();
+    assert_eq!(policy, expected("a", "restricted", false, json!([]), None));
+    assert!(
+        plan.warnings[0].starts_with("API server not discovered"),
+        "{:?}",
+        plan.warnings
+    );
+    assert_eq!(plan.outcomes[0].warnings.len(), 1);
+}
+
+#[test]
+fn ipv6_api_endpoints_get_128_and_are_sorted_and_deduplicated() {
+    let mut facts = mk_facts();
+    facts.api.addresses = vec![ip("2001:db8::2"), ip("192.0.2.11"), ip("2001:db8::1"), ip("192.0.2.11")];
+    facts.api.ports = vec![6443, 443, 6443];
+    let (policy, _) = one(
+        &mk_config(),
+        &facts,
+        mk_agent("a", unverified(), LocalEgress::Absent),
+        &Intent::default(),
+    );
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([{"to": [{"ipBlock": {"cidr": "192.0.2.11/32"}}, {"ipBlock": {"cidr": "2001:db8::1/128"}},
+                       {"ipBlock": {"cidr": "2001:db8::2/128"}}],
+                "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]}])
+    );
+}
+
+#[test]
+fn verified_without_rules_is_allow_all_with_three_ingress_peers() {
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Absent),
+        &Intent::default(),
+    );
+    assert_eq!(policy, expected("a", "allow-all", true, json!([{}]), None));
+    assert_eq!(policy["spec"]["ingress"][0]["from"].as_array().unwrap().len(), 3);
+    assert_eq!(outcome.mode, Mode::AllowAll);
+    assert_eq!(outcome.rule_count, 0);
+}
+
+#[test]
+fn same_operator_and_defaults_namespace_gives_one_namespace_peer() {
+    let config = PlannerConfig {
+        operator_namespace: "kagenti-system".into(),
+        ..mk_config()
+    };
+    let (policy, _) = one(
+        &config,
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Absent),
+        &Intent::default(),
+    );
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([{"from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kagenti-system"}}},
+            {"podSelector": {"matchLabels": {"agent.kagenti.dev/signature-verified": "true"}}},
+        ]}])
+    );
+}
+
+#[test]
+fn verified_with_local_rules_is_scoped_with_the_baseline() {
+    let local = rules(
+        "- to: [{ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.128/25]}}, {ipBlock: {cidr: \"2001:db8::/32\"}}]\n  \
+           ports: [{protocol: TCP, port: 443}, {protocol: TCP, port: 8000, endPort: 8100}]",
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &Intent::default(),
+    );
+    let declared = json!({
+        "to": [{"ipBlock": {"cidr": "203.0.113.0/24", "except": ["203.0.113.128/25"]}},
+               {"ipBlock": {"cidr": "2001:db8::/32"}}],
+        "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 8000, "endPort": 8100}],
+    });
+    assert_eq!(
+        policy,
+        expected(
+            "a",
+            "scoped",
+            true,
+            json!([api_rule(), dns_rule(), declared]),
+            Some(json!({"tollgate.dev/rule-sources": "local"}))
+        )
+    );
+    assert_eq!(outcome.rule_sources, vec![RuleSource::Local]);
+    assert_eq!(outcome.rule_count, 1);
+}
+
+#[test]
+fn empty_local_rules_give_the_baseline_only_as_scoped() {
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Rules(vec![])),
+        &Intent::default(),
+    );
+    assert_eq!(
+        policy,
+        expected("a", "scoped", true, json!([api_rule(), dns_rule()]), None)
+    );
+    assert_eq!(outcome.mode, Mode::Scoped);
+}
+
+#[test]
+fn invalid_local_rules_fail_closed_to_baseline_only() {
+    let errors = vec![FieldError::new("spec.egress.rules[0].to", "port-only rule")];
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Invalid(errors)),
+        &Intent::default(),
+    );
+    assert_eq!(
+        policy,
+        expected("a", "baseline-only", true, json!([api_rule(), dns_rule()]), None)
+    );
+    assert_eq!(
+        outcome.errors,
+        vec!["invalid local egress rule: spec.egress.rules[0].to: port-only rule"]
+    );
+}
+
+#[test]
+fn unverified_agents_do_not_get_declared_rules_and_say_so() {
+    let local = rules("- to: [{ipBlock: {cidr: 203.0.113.0/24}}]");
+    let intent = intent(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: llm}\nspec:\n  egress: [{to: [{ipBlock: {cidr: 198.51.100.0/24}}]}]\n",
+        3,
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", unverified(), LocalEgress::Rules(local)),
+        &intent,
+    );
+    assert_eq!(
+        policy,
+        expected(
+            "a",
+            "restricted",
+            false,
+            json!([api_rule()]),
+            Some(json!({"tollgate.dev/revision": "3"}))
+        )
+    );
+    let dropped: Vec<String> = outcome.dropped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        dropped,
+        [
+            "local rule 0: agent is not verified (NotVerified)",
+            "policy/llm rule 0: agent is not verified (NotVerified)"
+        ]
+    );
+}
+
+#[test]
+fn hub_policies_select_by_namespace_and_agent_labels() {
+    let intent = intent(
+        "apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: llm-apis}
+spec:
+  namespaces: [team-a]
+  agentSelector: {matchLabels: {tier: llm}}
+  egress: [{to: [{ipBlock: {cidr: 104.18.0.0/16}}], ports: [{port: 443}]}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: other-team}
+spec:
+  namespaces: [team-b]
+  egress: [{to: [{ipBlock: {cidr: 198.51.100.0/24}}]}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: by-ns-label}
+spec:
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: team-a}}
+  agentSelector: {matchExpressions: [{key: tier, operator: In, values: [llm, tool]}]}
+  egress: [{to: [{ipBlock: {cidr: 104.18.0.0/16}}], ports: [{port: 443}]}, {to: [{podSelector: {matchLabels: {app: db}}}]}]
+",
+        9,
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Absent),
+        &intent,
+    );
+    assert_eq!(
+        policy,
+        expected(
+            "a",
+            "scoped",
+            true,
+            json!([
+                api_rule(),
+                dns_rule(),
+                {"to": [{"ipBlock": {"cidr": "104.18.0.0/16"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+                {"to": [{"podSelector": {"matchLabels": {"app": "db"}}}]},
+            ]),
+            Some(
+                json!({"tollgate.dev/revision": "9", "tollgate.dev/rule-sources": "policy/by-ns-label,policy/llm-apis"})
+            )
+        )
+    );
+    assert_eq!(outcome.rule_count, 2, "the duplicated rule is rendered once");
+}
+
+#[test]
+fn guardrail_default_and_ceiling() {
+    let intent = intent(
+        "apiVersion: tollgate.dev/v1alpha1
+kind: EgressGuardrail
+metadata: {name: prod}
+spec:
+  verifiedDefault: BaselineOnly
+  allowedDestinations: [{cidr: 10.0.0.0/8}, {cidr: 104.18.0.0/16}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: EgressGuardrail
+metadata: {name: loose}
+spec:
+  allowedDestinations: [{cidr: 0.0.0.0/0}]
+  allowInClusterPeers: true
+",
+        1,
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Absent),
+        &intent,
+    );
+    assert_eq!(outcome.mode, Mode::BaselineOnly, "BaselineOnly wins over AllowAll");
+    assert_eq!(policy["spec"]["egress"], json!([api_rule(), dns_rule()]));
+
+    let local = rules(
+        "- to: [{ipBlock: {cidr: 104.18.4.0/24}}, {ipBlock: {cidr: 8.8.8.0/24}}]\n  ports: [{port: 443}]\n\
+         - to: [{ipBlock: {cidr: 1.1.1.1/32}}]\n\
+         - to: [{namespaceSelector: {matchLabels: {team: db}}}]",
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &intent,
+    );
+    assert_eq!(outcome.mode, Mode::Scoped);
+    assert_eq!(
+        policy["spec"]["egress"],
+        json!([api_rule(), dns_rule(),
+               {"to": [{"ipBlock": {"cidr": "104.18.4.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}])
+    );
+    let dropped: Vec<String> = outcome.dropped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        dropped,
+        [
+            "local rule 0 peer 1: 8.8.8.0/24 is outside the allowed destinations of guardrail prod",
+            "local rule 1 peer 0: 1.1.1.1/32 is outside the allowed destinations of guardrail prod",
+            "local rule 2 peer 0: in-cluster peers are not allowed by guardrail prod (allowInClusterPeers is false)",
+        ]
+    );
+}
+
+#[test]
+fn hub_rules_are_not_subject_to_the_ceiling() {
+    let intent = intent(
+        "apiVersion: tollgate.dev/v1alpha1
+kind: EgressGuardrail
+metadata: {name: prod}
+spec:
+  allowedDestinations: [{cidr: 10.0.0.0/8}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: central}
+spec:
+  egress: [{to: [{ipBlock: {cidr: 8.8.8.0/24}}]}]
+",
+        2,
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Absent),
+        &intent,
+    );
+    assert_eq!(outcome.mode, Mode::Scoped);
+    assert_eq!(
+        policy["spec"]["egress"][2],
+        json!({"to": [{"ipBlock": {"cidr": "8.8.8.0/24"}}]})
+    );
+}
+
+#[test]
+fn openshift_dns_allows_53_and_5353_and_missing_dns_falls_back_to_both_namespaces() {
+    let mut facts = mk_facts();
+    facts.dns = Some(DnsFacts {
+        namespace: "openshift-dns".into(),
+        addresses: vec![ip("10.128.0.7"), ip("10.129.0.9")],
+        target_ports: vec![
+            PortRange::single(Protocol::Udp, 5353),
+            PortRange::single(Protocol::Tcp, 5353),
+        ],
+        cluster_ip: Some(ip("172.30.0.10")),
+    });
+    let (policy, _) = one(
+        &mk_config(),
+        &facts,
+        mk_agent("a", verified(), LocalEgress::Rules(vec![])),
+        &Intent::default(),
+    );
+    assert_eq!(
+        policy["spec"]["egress"][1],
+        json!({"to": [{"ipBlock": {"cidr": "10.128.0.7/32"}}, {"ipBlock": {"cidr": "10.129.0.9/32"}},
+                      {"ipBlock": {"cidr": "172.30.0.10/32"}},
+                      {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}}}],
+               "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "TCP", "port": 5353},
+                         {"protocol": "UDP", "port": 53}, {"protocol": "UDP", "port": 5353}]})
+    );
+
+    facts.dns = None;
+    let plan = plan(
+        &mk_config(),
+        &facts,
+        &[mk_agent("a", verified(), LocalEgress::Rules(vec![]))],
+        &Intent::default(),
+    );
+    let policy = serde_json::to_value(&plan.policies[0]).unwrap();
+    assert_eq!(
+        policy["spec"]["egress"][1],
+        json!({"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+                      {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}}}],
+               "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "TCP", "port": 5353},
+                         {"protocol": "UDP", "port": 53}, {"protocol": "UDP", "port": 5353}]})
+    );
+    assert!(
+        plan.warnings.iter().any(|w| w.starts_with("DNS not discovered")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn pod_selector_falls_back_to_the_upstream_labels() {
+    let mut agent = mk_agent("a", verified(), LocalEgress::Absent);
+    agent.pod_labels = None;
+    agent.uid = String::new();
+    let (policy, _) = one(&mk_config(), &mk_facts(), agent, &Intent::default());
+    assert_eq!(
+        policy["spec"]["podSelector"],
+        json!({"matchLabels": {"app": "a-deploy", "kagenti.io/type": "agent"}})
+    );
+    assert!(policy["metadata"].get("ownerReferences").is_none());
+}
+
+#[test]
+fn binding_warning_is_reported_without_changing_the_mode() {
+    let mut verification = verified();
+    verification.binding_warning = Some("SPIFFE ID x is not bound to trust domain y".into());
+    let (_, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verification, LocalEgress::Absent),
+        &Intent::default(),
+    );
+    assert_eq!(outcome.mode, Mode::AllowAll);
+    assert_eq!(
+        outcome.warnings,
+        vec!["identity binding: SPIFFE ID x is not bound to trust domain y"]
+    );
+}
+
+#[test]
+fn two_agents_on_one_workload_do_not_fight_over_the_policy() {
+    let a = mk_agent("a", verified(), LocalEgress::Absent);
+    let mut b = mk_agent("b", unverified(), LocalEgress::Absent);
+    b.target_name = a.target_name.clone();
+    let plan = plan(&mk_config(), &mk_facts(), &[b, a], &Intent::default());
+    assert_eq!(plan.policies.len(), 1);
+    assert_eq!(
+        plan.policies[0].metadata.labels.as_ref().unwrap()["tollgate.dev/agent"],
+        "a"
+    );
+    assert_eq!(plan.outcomes[1].policy_name, None);
+    assert!(plan.outcomes[1].errors[0].contains("already written for agent a"));
+}
+
+#[test]
+fn destinations_describe_each_peer_and_port() {
+    let local = rules(
+        "- to: [{ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.128/25]}}, {namespaceSelector: {matchLabels: {team: db}}, podSelector: {matchLabels: {app: pg}}}]\n  ports: [{port: 5432}, {protocol: UDP, port: 8000, endPort: 8100}]",
+    );
+    let plan = plan(
+        &mk_config(),
+        &mk_facts(),
+        &[mk_agent("a", verified(), LocalEgress::Rules(local))],
+        &Intent::default(),
+    );
+    let all = destinations(&plan.policies[0]);
+    for line in [
+        "203.0.113.0/24 except 203.0.113.128/25 TCP/5432",
+        "203.0.113.0/24 except 203.0.113.128/25 UDP/8000-8100",
+        "namespace{team=db} pods{app=pg} TCP/5432",
+        "192.0.2.10/32 TCP/6443",
+        "namespace{kubernetes.io/metadata.name=kube-system} UDP/53",
+    ] {
+        assert!(all.contains(line), "missing {line:?} in {all:#?}");
+    }
+    let allow_all = plan_allow_all();
+    assert_eq!(destinations(&allow_all).into_iter().collect::<Vec<_>>(), ["* any port"]);
+}
+
+fn plan_allow_all() -> NetworkPolicy {
+    plan(
+        &mk_config(),
+        &mk_facts(),
+        &[mk_agent("a", verified(), LocalEgress::Absent)],
+        &Intent::default(),
+    )
+    .policies
+    .remove(0)
+}
+
+#[test]
+fn guardrail_without_a_ceiling_drops_nothing() {
+    // Guardrail documents without a ceiling never drop local rules.
+    let guardrail: EgressGuardrail = intent(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: EgressGuardrail\nmetadata: {name: g}\nspec: {verifiedDefault: AllowAll}\n",
+        1,
+    )
+    .guardrails
+    .remove(0);
+    let intent = Intent {
+        revision: None,
+        policies: vec![],
+        guardrails: vec![guardrail],
+    };
+    let local = rules("- to: [{ipBlock: {cidr: 8.8.8.8/32}}]");
+    let (_, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &intent,
+    );
+    assert!(outcome.dropped.is_empty());
+    assert_eq!(outcome.rule_count, 1);
+}

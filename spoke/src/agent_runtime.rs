@@ -1,0 +1,365 @@
+//! The `AgentRuntime` custom resource (`agent.kagenti.dev/v1alpha1`): a superset of the upstream schema that adds
+//! `spec.egress`. Every upstream field is listed so that the API server prunes nothing the operator writes, and
+//! `spec`, `status` and `status.card` keep unknown fields for what the operator adds later.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Desired state of an agent or tool workload.
+// Several `printcolumn(...)` entries repeat `type_ = "string"`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "agent.kagenti.dev",
+    version = "v1alpha1",
+    kind = "AgentRuntime",
+    namespaced,
+    status = "AgentRuntimeStatus",
+    shortname = "art",
+    shortname = "agentrt",
+    doc = "An agent or tool workload managed by the agent operator; Tollgate adds spec.egress.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct AgentRuntimeSpec {
+    /// `agent` or `tool`.
+    #[serde(rename = "type")]
+    #[schemars(extend("enum" = ["agent", "tool"]))]
+    pub workload_type: String,
+    /// The workload this runtime describes: a Deployment, StatefulSet or agent-sandbox Sandbox.
+    pub target_ref: TargetRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+    /// Upstream field; kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub auth_bridge_mode: Option<Value>,
+    /// Upstream field; kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub mtls_mode: Option<Value>,
+    /// Upstream field; kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub tls_bridge_mode: Option<Value>,
+    /// Upstream field about proxy iptables (not NetworkPolicy); kept as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub egress_enforcement: Option<Value>,
+    /// Tollgate: the destinations this agent may reach once verified (standard NetworkPolicy egress rules).
+    // Kept as raw JSON: the spoke validates it with the same code as the hub, so that an invalid rule fails closed
+    // for this agent and is reported, instead of hiding the whole object from the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "egress_schema")]
+    pub egress: Option<Value>,
+}
+
+/// `spec.targetRef`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// `spec.identity`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe: Option<SpiffeIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_audiences: Option<Vec<String>>,
+    /// Bind the attested SPIFFE ID to a trust domain; with `strict`, a failed binding makes the agent unverified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<IdentityBinding>,
+}
+
+/// `spec.identity.spiffe`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpiffeIdentity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+}
+
+/// `spec.identity.binding`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityBinding {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// Observed state, written by the agent operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct AgentRuntimeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured_pods: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_list")]
+    pub linked_skills: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<Condition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card: Option<CardStatus>,
+}
+
+/// A status condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// `status.card`: the A2A agent card inline, plus how it was fetched and verified.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
+pub struct CardStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_list")]
+    pub skills: Option<Vec<Value>>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_card_fetch_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `mtls` or `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_security: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_signature: Option<bool>,
+    #[serde(default, rename = "signatureKeyID", skip_serializing_if = "Option::is_none")]
+    pub signature_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub signature_verification_details: Option<Value>,
+    #[serde(default, rename = "attestedAgentSpiffeID", skip_serializing_if = "Option::is_none")]
+    pub attested_agent_spiffe_id: Option<String>,
+}
+
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-preserve-unknown-fields": true})
+}
+
+fn any_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
+}
+
+/// The shape of `spec.egress`: `{rules: [NetworkPolicyEgressRule]}`. Only the shape is checked by the API
+/// server; the spoke's validation (shared with the hub) gives the reasons, and refuses port-only rules.
+fn egress_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let selector = json!({
+        "type": "object",
+        "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["key", "operator"],
+                    "properties": {
+                        "key": {"type": "string"},
+                        "operator": {"type": "string"},
+                        "values": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    });
+    schemars::json_schema!({
+        "description": "Destinations this agent may reach once verified, in addition to DNS and the API server.",
+        "type": "object",
+        "properties": {
+            "rules": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "to": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "ipBlock": {
+                                        "type": "object",
+                                        "required": ["cidr"],
+                                        "properties": {
+                                            "cidr": {"type": "string"},
+                                            "except": {"type": "array", "items": {"type": "string"}},
+                                        },
+                                    },
+                                    "namespaceSelector": selector,
+                                    "podSelector": selector,
+                                },
+                            },
+                        },
+                        "ports": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "protocol": {"type": "string"},
+                                    "port": {"x-kubernetes-int-or-string": true},
+                                    "endPort": {"type": "integer", "format": "int32"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    })
+}
+
+/// The CRD as YAML, as `tollgate-spoke crd` prints it and `deploy/crds/` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml_ng::to_string(&AgentRuntime::crd()).expect("a CRD serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_operator_written_object_with_unknown_fields() {
+        let object: AgentRuntime = serde_json::from_value(json!({
+            "apiVersion": "agent.kagenti.dev/v1alpha1",
+            "kind": "AgentRuntime",
+            "metadata": {"name": "weather", "namespace": "team-a"},
+            "spec": {
+                "type": "agent",
+                "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "weather"},
+                "identity": {"spiffe": {"trustDomain": "example.org"}, "binding": {"trustDomain": "example.org", "strict": true}},
+                "mtlsMode": "strict",
+                "futureField": {"x": 1},
+                "egress": {"rules": [{"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}]},
+            },
+            "status": {
+                "card": {
+                    "transportSecurity": "mtls",
+                    "attestedAgentSpiffeID": "spiffe://example.org/ns/team-a/sa/weather",
+                    "signatureKeyID": "k1",
+                    "validSignature": true,
+                    "lastCardFetchTime": "2026-11-28T12:00:00Z",
+                    "skills": [{"id": "forecast"}],
+                },
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }))
+        .unwrap();
+        let binding = object.spec.identity.as_ref().unwrap().binding.as_ref().unwrap();
+        assert!(binding.strict);
+        let card = object.status.as_ref().unwrap().card.as_ref().unwrap();
+        assert_eq!(
+            card.attested_agent_spiffe_id.as_deref(),
+            Some("spiffe://example.org/ns/team-a/sa/weather")
+        );
+        assert_eq!(card.signature_key_id.as_deref(), Some("k1"));
+        assert!(object.spec.egress.is_some());
+    }
+
+    #[test]
+    fn crd_keeps_upstream_names_columns_and_unknown_fields() {
+        let crd: serde_json::Value = serde_json::to_value(<AgentRuntime as kube::CustomResourceExt>::crd()).unwrap();
+        assert_eq!(crd["metadata"]["name"], "agentruntimes.agent.kagenti.dev");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["art", "agentrt"]));
+        let version = &crd["spec"]["versions"][0];
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Type", "Target", "Ready", "Age"]);
+        assert_eq!(version["subresources"]["status"], json!({}));
+        let props = &version["schema"]["openAPIV3Schema"]["properties"];
+        assert_eq!(props["spec"]["x-kubernetes-preserve-unknown-fields"], true);
+        assert_eq!(props["status"]["x-kubernetes-preserve-unknown-fields"], true);
+        assert_eq!(
+            props["status"]["properties"]["card"]["x-kubernetes-preserve-unknown-fields"],
+            true
+        );
+        assert_eq!(props["spec"]["required"], json!(["targetRef", "type"]));
+        for field in [
+            "type",
+            "targetRef",
+            "identity",
+            "authBridgeMode",
+            "mtlsMode",
+            "tlsBridgeMode",
+            "egressEnforcement",
+            "egress",
+        ] {
+            assert!(props["spec"]["properties"].get(field).is_some(), "spec.{field} missing");
+        }
+        for field in [
+            "name",
+            "description",
+            "version",
+            "url",
+            "skills",
+            "lastCardFetchTime",
+            "cardHash",
+            "protocol",
+            "transportSecurity",
+            "validSignature",
+            "signatureKeyID",
+            "signatureVerificationDetails",
+            "attestedAgentSpiffeID",
+        ] {
+            assert!(
+                props["status"]["properties"]["card"]["properties"].get(field).is_some(),
+                "status.card.{field} missing"
+            );
+        }
+        assert_eq!(
+            props["spec"]["properties"]["egress"]["properties"]["rules"]["items"]["properties"]["ports"]["items"]["properties"]
+                ["port"],
+            json!({"nullable": true, "x-kubernetes-int-or-string": true})
+        );
+    }
+}
