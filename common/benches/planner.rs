@@ -96,6 +96,9 @@ fn bench(c: &mut Criterion) {
     let agents = agents();
     let mut group = c.benchmark_group("planner");
     group.sample_size(20);
+    group.bench_function("10k_agents_x_10_local_rules_without_drop", |b| {
+        b.iter_with_large_drop(|| plan(&config, &facts, black_box(&agents), &Intent::default()))
+    });
     group.bench_function("10k_agents_x_10_local_rules", |b| {
         b.iter(|| black_box(plan(&config, &facts, black_box(&agents), &Intent::default())))
     });

@@ -2,28 +2,44 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-/// Tollgate spoke: reconciles least-privilege egress NetworkPolicies for the AI agents of one cluster.
-#[derive(Debug, Parser)]
-#[command(name = "tollgate-spoke", version, about)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the AgentRuntime CRD (agent.kagenti.dev/v1alpha1, with spec.egress) generated from the Rust types.
-    Crd,
-}
+use clap::Parser;
+use tollgate_spoke::args::{Args, Command, LogFormat};
 
 fn main() -> ExitCode {
     let Args { command } = Args::parse();
-    match command {
+    let run = match command {
         Command::Crd => {
             print!("{}", tollgate_spoke::agent_runtime::crd_yaml());
-            ExitCode::SUCCESS
+            return ExitCode::SUCCESS;
         }
+        Command::Run(run) => run,
+    };
+    init_tracing(&run.log_level, run.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tollgate_spoke::run::run(*run)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
 }

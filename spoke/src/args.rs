@@ -1,0 +1,171 @@
+//! Command line of `tollgate-spoke`. Every flag has a `TOLLGATE_SPOKE_*` environment fallback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Tollgate spoke: reconciles least-privilege egress NetworkPolicies for the AI agents of one cluster.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-spoke", version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller.
+    Run(Box<RunArgs>),
+    /// Print the AgentRuntime CRD (agent.kagenti.dev/v1alpha1, with spec.egress) generated from the Rust types.
+    Crd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// This cluster's id, as the hub knows it.
+    #[arg(long, env = "TOLLGATE_SPOKE_CLUSTER_ID", default_value = "local")]
+    pub cluster_id: String,
+
+    /// This cluster's labels, `key=value` pairs separated by commas (hub `clusterSelector`s match them).
+    #[arg(long, env = "TOLLGATE_SPOKE_CLUSTER_LABELS", default_value = "")]
+    pub cluster_labels: String,
+
+    /// Run without a hub: enforce local `spec.egress` rules only.
+    #[arg(long, env = "TOLLGATE_SPOKE_STANDALONE")]
+    pub standalone: bool,
+
+    /// Hub address (`https://host:port`). The hub connection is not implemented yet: use `--standalone`.
+    #[arg(long, env = "TOLLGATE_SPOKE_HUB")]
+    pub hub: Option<String>,
+
+    /// Kubeconfig file; without it, the in-cluster configuration (or `KUBECONFIG`) is used.
+    #[arg(long, env = "TOLLGATE_SPOKE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespaces to watch for agents, separated by commas; empty: all namespaces.
+    #[arg(long, env = "TOLLGATE_SPOKE_NAMESPACES", default_value = "")]
+    pub namespaces: String,
+
+    /// Namespace of the agent operator: its pods may reach every agent.
+    #[arg(long, env = "TOLLGATE_SPOKE_OPERATOR_NAMESPACE", default_value = "kagenti-system")]
+    pub operator_namespace: String,
+
+    /// Namespace of the cluster defaults: its pods may reach every agent.
+    #[arg(
+        long,
+        env = "TOLLGATE_SPOKE_CLUSTER_DEFAULTS_NAMESPACE",
+        default_value = "kagenti-system"
+    )]
+    pub cluster_defaults_namespace: String,
+
+    /// Suffix of the policy name after the workload name.
+    #[arg(long, env = "TOLLGATE_SPOKE_POLICY_NAME_SUFFIX", default_value = "-signature-policy")]
+    pub policy_name_suffix: String,
+
+    /// Trust domain the attested SPIFFE IDs must belong to (reported only, unless the agent's binding is strict).
+    #[arg(long, env = "TOLLGATE_SPOKE_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// Treat agent cards older than this as unverified, e.g. `1h`, `30m`, `600s`.
+    #[arg(long, env = "TOLLGATE_SPOKE_MAX_CARD_AGE", value_parser = parse_duration)]
+    pub max_card_age: Option<Duration>,
+
+    /// Let restricted (unverified) agents resolve names too.
+    #[arg(long, env = "TOLLGATE_SPOKE_RESTRICTED_ALLOW_DNS")]
+    pub restricted_allow_dns: bool,
+
+    /// The DNS Service as `namespace/name`; default: kube-system/kube-dns, else openshift-dns/dns-default.
+    #[arg(long, env = "TOLLGATE_SPOKE_DNS_SERVICE")]
+    pub dns_service: Option<String>,
+
+    /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints.
+    #[arg(long, env = "TOLLGATE_SPOKE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log level filter (for example `info` or `tollgate_spoke=debug`).
+    #[arg(long, env = "TOLLGATE_SPOKE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "TOLLGATE_SPOKE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// Parses `90s`, `15m`, `2h`, `1d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("invalid duration {text:?}: unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses `a=b,c=d` into labels; empty text gives no labels.
+pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--cluster-labels: {pair:?} is not key=value");
+        };
+        labels.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    Ok(labels)
+}
+
+/// Parses `namespace/name`.
+pub fn parse_namespaced(text: &str, flag: &str) -> anyhow::Result<(String, String)> {
+    let (ns, name) = text
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+        .with_context(|| format!("{flag}: {text:?} is not namespace/name"))?;
+    Ok((ns.to_string(), name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("2w").unwrap_err().contains("unit must be"));
+        assert!(parse_duration("h").unwrap_err().contains("expected a number"));
+    }
+
+    #[test]
+    fn labels_and_namespaced_names() {
+        let labels = parse_labels("env=prod, region = eu").unwrap();
+        assert_eq!(labels["env"], "prod");
+        assert_eq!(labels["region"], "eu");
+        assert!(parse_labels("").unwrap().is_empty());
+        assert!(parse_labels("env").unwrap_err().to_string().contains("not key=value"));
+        assert_eq!(
+            parse_namespaced("openshift-dns/dns-default", "--dns-service").unwrap(),
+            ("openshift-dns".to_string(), "dns-default".to_string())
+        );
+        assert!(parse_namespaced("dns", "--dns-service").is_err());
+    }
+}

@@ -1,0 +1,555 @@
+//! One reconcile pass: recompute every agent's policy from the stores, write what differs, delete orphans,
+//! report problems as Events. Level-triggered: it never looks at which event woke it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+use tollgate_common::Intent;
+use tollgate_common::planner::{self, AgentOutcome, LABEL_MODE, Mode, Plan, PlannerConfig};
+use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
+
+use crate::agent_runtime::AgentRuntime;
+use crate::diff::needs_apply;
+use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
+use crate::world::World;
+use crate::{agents, facts};
+
+/// Field manager of every write.
+pub const FIELD_MANAGER: &str = "tollgate-spoke";
+/// Writes in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// Settings that shape a pass.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub planner: PlannerConfig,
+    pub trust_domain: Option<String>,
+    pub max_card_age: Option<Duration>,
+}
+
+/// Why a write failed; each kind has its own retry pace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// 409: someone else wrote the object in between, or an unmanaged object holds the name.
+    Conflict,
+    /// 400/422: the server refused the object; retrying soon will not help.
+    Invalid,
+    /// 401/403: missing permission.
+    Forbidden,
+    /// Anything else: network, timeouts, 429, 5xx.
+    Transient,
+}
+
+impl ErrorKind {
+    pub fn of(error: &kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) => match status.code {
+                409 => Self::Conflict,
+                400 | 422 => Self::Invalid,
+                401 | 403 => Self::Forbidden,
+                _ => Self::Transient,
+            },
+            _ => Self::Transient,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::Invalid => "invalid",
+            Self::Forbidden => "forbidden",
+            Self::Transient => "transient",
+        }
+    }
+
+    /// First retry delay and cap.
+    fn pace(self) -> (Duration, Duration) {
+        match self {
+            Self::Conflict => (Duration::from_millis(200), Duration::from_secs(5)),
+            Self::Transient => (Duration::from_secs(1), Duration::from_secs(60)),
+            Self::Forbidden => (Duration::from_secs(15), Duration::from_secs(300)),
+            Self::Invalid => (Duration::from_secs(60), Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Exponential backoff per error kind; a clean pass resets it.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    attempts: HashMap<ErrorKind, u32>,
+}
+
+impl Backoff {
+    /// When to retry after a pass that failed with these kinds (`None`: nothing to retry).
+    pub fn next(&mut self, failed: &HashSet<ErrorKind>) -> Option<Duration> {
+        self.attempts.retain(|kind, _| failed.contains(kind));
+        failed
+            .iter()
+            .map(|kind| {
+                let attempt = self.attempts.entry(*kind).or_insert(0);
+                let (first, cap) = kind.pace();
+                let delay = first.saturating_mul(1u32 << (*attempt).min(16)).min(cap);
+                *attempt += 1;
+                delay
+            })
+            .min()
+    }
+}
+
+/// A failed write.
+#[derive(Debug)]
+pub struct WriteError {
+    pub namespace: String,
+    pub name: String,
+    pub kind: ErrorKind,
+    pub error: kube::Error,
+}
+
+/// What a pass did.
+#[derive(Debug, Default)]
+pub struct PassReport {
+    pub plan: Plan,
+    pub written: usize,
+    pub deleted: usize,
+    pub errors: Vec<WriteError>,
+}
+
+/// Reconciles the cluster's NetworkPolicies; keeps what it reported last so Events fire on changes only.
+pub struct Reconciler {
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    reported: HashMap<(String, String), Vec<(String, String)>>,
+}
+
+impl std::fmt::Debug for Reconciler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciler")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+type Key = (String, String);
+
+/// The result of one write, with the mode before and after.
+struct Written {
+    key: Key,
+    before: Option<Mode>,
+    after: Option<Mode>,
+    result: Result<(), kube::Error>,
+}
+
+impl Reconciler {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
+        Self {
+            client,
+            settings,
+            metrics,
+            recorder,
+            reported: HashMap::new(),
+        }
+    }
+
+    /// One full pass.
+    pub async fn reconcile(&mut self, world: &World, intent: &Intent) -> PassReport {
+        let started = Instant::now();
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let runtimes: Vec<Arc<AgentRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
+        let plan = self.plan(world, intent, &runtimes, now_unix);
+
+        let existing: HashMap<Key, Arc<NetworkPolicy>> = world
+            .policies
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+            .collect();
+        let desired_keys: HashSet<Key> = plan
+            .policies
+            .iter()
+            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+
+        let writes: Vec<(NetworkPolicy, Option<Arc<NetworkPolicy>>)> = plan
+            .policies
+            .iter()
+            .filter_map(|desired| {
+                let key = (desired.namespace().unwrap_or_default(), desired.name_any());
+                let current = existing.get(&key).cloned();
+                needs_apply(desired, current.as_deref()).then(|| (desired.clone(), current))
+            })
+            .collect();
+        let deletes: Vec<Key> = existing
+            .keys()
+            .filter(|k| !desired_keys.contains(*k))
+            .cloned()
+            .collect();
+
+        let mut report = PassReport::default();
+        let client = &self.client;
+        let results: Vec<Written> = futures::stream::iter(writes.into_iter().map(|(desired, current)| async move {
+            Written {
+                key: (desired.namespace().unwrap_or_default(), desired.name_any()),
+                before: current.as_deref().and_then(mode_of),
+                after: mode_of(&desired),
+                result: apply(client, &desired, current.is_some()).await,
+            }
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+        let mut mode_changes: HashMap<Key, (Option<Mode>, Mode)> = HashMap::new();
+        for Written {
+            key,
+            before,
+            after,
+            result,
+        } in results
+        {
+            match result {
+                Ok(()) => {
+                    report.written += 1;
+                    self.metrics.writes.inc();
+                    if let Some(after) = after
+                        && before != Some(after)
+                    {
+                        mode_changes.insert(key, (before, after));
+                    }
+                }
+                Err(error) => {
+                    let kind = ErrorKind::of(&error);
+                    self.metrics
+                        .failures
+                        .get_or_create(&ReasonLabel { reason: kind.as_str() })
+                        .inc();
+                    tracing::warn!(namespace = %key.0, name = %key.1, reason = kind.as_str(), %error, "NetworkPolicy write failed");
+                    report.errors.push(WriteError {
+                        namespace: key.0,
+                        name: key.1,
+                        kind,
+                        error,
+                    });
+                }
+            }
+        }
+        let delete_results: Vec<(Key, Result<(), kube::Error>)> =
+            futures::stream::iter(deletes.into_iter().map(|key| async move {
+                let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &key.0);
+                let result = match api.delete(&key.1, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(error) => Err(error),
+                };
+                (key, result)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, result) in delete_results {
+            match result {
+                Ok(()) => {
+                    report.deleted += 1;
+                    self.metrics.deletes.inc();
+                    tracing::info!(namespace = %key.0, name = %key.1, "Deleted NetworkPolicy of a removed agent");
+                }
+                Err(error) => {
+                    let kind = ErrorKind::of(&error);
+                    self.metrics
+                        .failures
+                        .get_or_create(&ReasonLabel { reason: kind.as_str() })
+                        .inc();
+                    report.errors.push(WriteError {
+                        namespace: key.0,
+                        name: key.1,
+                        kind,
+                        error,
+                    });
+                }
+            }
+        }
+
+        self.publish_events(&runtimes, &plan, &mode_changes).await;
+        for mode in Mode::ALL {
+            let count = plan
+                .outcomes
+                .iter()
+                .filter(|o| o.mode == mode && o.policy_name.is_some())
+                .count();
+            self.metrics
+                .agents
+                .get_or_create(&ModeLabel { mode: mode.as_str() })
+                .set(count as i64);
+        }
+        self.metrics.reconciles.inc();
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        if report.written > 0 || report.deleted > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                agents = plan.outcomes.len(),
+                written = report.written,
+                deleted = report.deleted,
+                errors = report.errors.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "Reconciled"
+            );
+        }
+        report.plan = plan;
+        report
+    }
+
+    fn plan(&self, world: &World, intent: &Intent, runtimes: &[Arc<AgentRuntime>], now_unix: i64) -> Plan {
+        let api_endpoints = world.api_endpoints.state().into_iter().next();
+        let api_service = world.api_service.state().into_iter().next();
+        let api = facts::api_server(api_endpoints.as_deref(), api_service.as_deref());
+        let dns = world.dns.iter().find_map(|candidate| {
+            let service = candidate.service.state().into_iter().next()?;
+            let endpoints = candidate.endpoints.state().into_iter().next();
+            facts::dns(&candidate.namespace, endpoints.as_deref(), Some(&service))
+        });
+        let cluster = planner::ClusterFacts { api, dns };
+
+        let pod_labels = |kind: &str, ns: &str, name: &str| -> Option<BTreeMap<String, String>> {
+            let template_labels = |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+                meta.and_then(|m| m.labels.clone())
+            };
+            match kind {
+                "Deployment" => world.deployments.iter().find_map(|s| {
+                    let d = s.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))?;
+                    template_labels(d.spec.as_ref()?.template.metadata.as_ref())
+                }),
+                "StatefulSet" => world.statefulsets.iter().find_map(|s| {
+                    let d = s.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))?;
+                    template_labels(d.spec.as_ref()?.template.metadata.as_ref())
+                }),
+                _ => None,
+            }
+        };
+        let namespace_labels: HashMap<String, BTreeMap<String, String>> = world
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        let cards = agent_cards(world);
+        let verification = VerificationSettings {
+            trust_domain: self.settings.trust_domain.clone(),
+            max_card_age_secs: self.settings.max_card_age.map(|d| d.as_secs()),
+            now_unix,
+        };
+        let agents: Vec<planner::Agent> = runtimes
+            .iter()
+            .map(|rt| {
+                let ns = rt.namespace().unwrap_or_default();
+                let target = &rt.spec.target_ref;
+                let mut ns_labels = namespace_labels.get(&ns).cloned().unwrap_or_default();
+                ns_labels
+                    .entry(planner::LABEL_NAMESPACE_NAME.to_string())
+                    .or_insert_with(|| ns.clone());
+                agents::agent(
+                    rt,
+                    pod_labels(&target.kind, &ns, &target.name),
+                    ns_labels,
+                    cards.get(&(ns.clone(), target.name.clone())).cloned(),
+                    &verification,
+                )
+            })
+            .collect();
+        planner::plan(&self.settings.planner, &cluster, &agents, intent)
+    }
+
+    /// Events on each AgentRuntime: the mode when its policy was written with a new mode, and its problems when
+    /// they change.
+    async fn publish_events(
+        &mut self,
+        runtimes: &[Arc<AgentRuntime>],
+        plan: &Plan,
+        mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
+    ) {
+        let by_key: HashMap<Key, &Arc<AgentRuntime>> = runtimes
+            .iter()
+            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
+            .collect();
+        let mut events: Vec<(ObjectReference, Event)> = Vec::new();
+        let mut seen = HashSet::new();
+        for outcome in &plan.outcomes {
+            let key = (outcome.namespace.clone(), outcome.name.clone());
+            seen.insert(key.clone());
+            let Some(runtime) = by_key.get(&key) else { continue };
+            let reference = runtime.object_ref(&());
+            if let Some(policy) = &outcome.policy_name
+                && let Some((before, after)) = mode_changes.get(&(outcome.namespace.clone(), policy.clone()))
+            {
+                let note = match before {
+                    Some(before) => format!(
+                        "NetworkPolicy {policy}: egress mode {before} -> {after}; {}",
+                        summary(outcome)
+                    ),
+                    None => format!(
+                        "NetworkPolicy {policy} created: egress mode {after}; {}",
+                        summary(outcome)
+                    ),
+                };
+                events.push((reference.clone(), event(EventType::Normal, "EgressModeChanged", note)));
+            }
+            let problems = problems(outcome, &plan.warnings);
+            if self.reported.get(&key) != Some(&problems) {
+                for (reason, note) in &problems {
+                    events.push((reference.clone(), event(EventType::Warning, reason, note.clone())));
+                }
+                self.reported.insert(key, problems);
+            }
+        }
+        self.reported.retain(|k, _| seen.contains(k));
+        let recorder = &self.recorder;
+        futures::stream::iter(events.into_iter().map(|(reference, event)| async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::debug!(%error, "Publishing an event failed");
+            }
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<()>>()
+        .await;
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut cut = 990;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str(" …");
+    }
+    Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    }
+}
+
+fn summary(outcome: &AgentOutcome) -> String {
+    let sources: Vec<String> = outcome.rule_sources.iter().map(ToString::to_string).collect();
+    format!(
+        "{} ({}); {} declared rule(s){}",
+        if outcome.verified { "verified" } else { "not verified" },
+        outcome.verification_reason,
+        outcome.rule_count,
+        if sources.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", sources.join(", "))
+        }
+    )
+}
+
+/// `(reason, message)` of every problem of one agent, in a stable order.
+fn problems(outcome: &AgentOutcome, cluster_warnings: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if !outcome.errors.is_empty() {
+        out.push(("InvalidEgressRules".to_string(), outcome.errors.join("; ")));
+    }
+    let dropped: Vec<String> = outcome.dropped.iter().map(ToString::to_string).collect();
+    if !dropped.is_empty() {
+        out.push(("RulesDropped".to_string(), dropped.join("; ")));
+    }
+    for warning in &outcome.warnings {
+        let reason = if warning.starts_with("identity binding") {
+            "BindingNotSatisfied"
+        } else {
+            "Warning"
+        };
+        out.push((reason.to_string(), warning.clone()));
+    }
+    for warning in cluster_warnings {
+        let reason = if warning.starts_with("API server") {
+            "APIServerUndiscovered"
+        } else {
+            "DNSUndiscovered"
+        };
+        out.push((reason.to_string(), warning.clone()));
+    }
+    out
+}
+
+fn mode_of(policy: &NetworkPolicy) -> Option<Mode> {
+    Mode::parse(policy.metadata.labels.as_ref()?.get(LABEL_MODE)?)
+}
+
+/// Server-side apply. A policy the spoke already manages is applied with force, which also repairs edits made by
+/// other managers; a new name is applied without force, so an unmanaged NetworkPolicy holding it is not taken
+/// over (the write fails with a conflict, reported).
+async fn apply(client: &Client, desired: &NetworkPolicy, managed: bool) -> Result<(), kube::Error> {
+    let namespace = desired.namespace().unwrap_or_default();
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace);
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = managed;
+    api.patch(&desired.name_any(), &params, &Patch::Apply(desired)).await?;
+    Ok(())
+}
+
+/// Verification status of the deprecated AgentCards, by (namespace, workload): verified only while every card
+/// of the workload is.
+fn agent_cards(world: &World) -> HashMap<Key, AgentCardStatus> {
+    let mut out: HashMap<Key, AgentCardStatus> = HashMap::new();
+    for card in world.agent_cards.iter().flat_map(|s| s.state()) {
+        let Some((target, status)) = agents::agent_card(&card) else {
+            continue;
+        };
+        let key = (card.namespace().unwrap_or_default(), target);
+        out.entry(key)
+            .and_modify(|current| {
+                current.verified_condition = match (current.verified_condition, status.verified_condition) {
+                    (Some(true), Some(true)) => Some(true),
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    _ => None,
+                };
+            })
+            .or_insert(status);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_per_kind_and_resets() {
+        let mut backoff = Backoff::default();
+        let transient = HashSet::from([ErrorKind::Transient]);
+        assert_eq!(backoff.next(&transient), Some(Duration::from_secs(1)));
+        assert_eq!(backoff.next(&transient), Some(Duration::from_secs(2)));
+        assert_eq!(backoff.next(&transient), Some(Duration::from_secs(4)));
+        let both = HashSet::from([ErrorKind::Transient, ErrorKind::Conflict]);
+        assert_eq!(
+            backoff.next(&both),
+            Some(Duration::from_millis(200)),
+            "the fastest kind decides"
+        );
+        assert_eq!(backoff.next(&HashSet::new()), None);
+        assert_eq!(
+            backoff.next(&transient),
+            Some(Duration::from_secs(1)),
+            "a clean pass resets"
+        );
+        for _ in 0..20 {
+            backoff.next(&transient);
+        }
+        assert_eq!(backoff.next(&transient), Some(Duration::from_secs(60)), "capped");
+        let invalid = HashSet::from([ErrorKind::Invalid]);
+        assert_eq!(backoff.next(&invalid), Some(Duration::from_secs(60)));
+    }
+}

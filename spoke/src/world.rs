@@ -1,0 +1,206 @@
+//! The spoke's view of its cluster: one reflector store per watched kind, and a trigger that fires on any change.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tollgate_common::planner::{LABEL_MANAGED_BY, MANAGED_BY};
+
+use crate::agent_runtime::AgentRuntime;
+
+/// A candidate DNS Service and its endpoints.
+#[derive(Debug)]
+pub struct DnsCandidate {
+    pub namespace: String,
+    pub name: String,
+    pub service: Store<Service>,
+    pub endpoints: Store<Endpoints>,
+}
+
+/// Every store the reconciler reads. Namespaced kinds have one store per watched namespace (one in all when
+/// every namespace is watched).
+#[derive(Debug)]
+pub struct World {
+    pub runtimes: Vec<Store<AgentRuntime>>,
+    pub deployments: Vec<Store<Deployment>>,
+    pub statefulsets: Vec<Store<StatefulSet>>,
+    pub policies: Vec<Store<NetworkPolicy>>,
+    pub agent_cards: Vec<Store<DynamicObject>>,
+    pub namespaces: Store<Namespace>,
+    pub api_endpoints: Store<Endpoints>,
+    pub api_service: Store<Service>,
+    pub dns: Vec<DnsCandidate>,
+}
+
+/// What to watch.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// Empty: every namespace.
+    pub namespaces: Vec<String>,
+    /// DNS Services to look for, in order of preference.
+    pub dns_candidates: Vec<(String, String)>,
+    /// The deprecated AgentCard kind, when its CRD is installed.
+    pub agent_card: Option<ApiResource>,
+}
+
+impl World {
+    /// Starts every watch; each change notifies `trigger`.
+    pub fn start(client: &Client, scope: &Scope, trigger: &Arc<Notify>, tasks: &mut JoinSet<()>) -> Self {
+        let per_namespace = |f: &mut dyn FnMut(Option<&str>)| {
+            if scope.namespaces.is_empty() {
+                f(None);
+            } else {
+                for ns in &scope.namespaces {
+                    f(Some(ns));
+                }
+            }
+        };
+        let mut runtimes = Vec::new();
+        let mut deployments = Vec::new();
+        let mut statefulsets = Vec::new();
+        let mut policies = Vec::new();
+        let mut agent_cards = Vec::new();
+        per_namespace(&mut |ns| {
+            runtimes.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
+            deployments.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
+            statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
+            let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+            policies.push(watch(api(client, ns), managed, trigger, tasks));
+            if let Some(ar) = &scope.agent_card {
+                let cards = match ns {
+                    Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+                    None => Api::all_with(client.clone(), ar),
+                };
+                agent_cards.push(watch_dynamic(cards, ar.clone(), trigger, tasks));
+            }
+        });
+        let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let dns = scope
+            .dns_candidates
+            .iter()
+            .map(|(ns, name)| DnsCandidate {
+                namespace: ns.clone(),
+                name: name.clone(),
+                service: watch(Api::namespaced(client.clone(), ns), by_name(name), trigger, tasks),
+                endpoints: watch(Api::namespaced(client.clone(), ns), by_name(name), trigger, tasks),
+            })
+            .collect();
+        Self {
+            runtimes,
+            deployments,
+            statefulsets,
+            policies,
+            agent_cards,
+            namespaces: watch(Api::all(client.clone()), watcher::Config::default(), trigger, tasks),
+            api_endpoints: watch(
+                Api::namespaced(client.clone(), "default"),
+                by_name("kubernetes"),
+                trigger,
+                tasks,
+            ),
+            api_service: watch(
+                Api::namespaced(client.clone(), "default"),
+                by_name("kubernetes"),
+                trigger,
+                tasks,
+            ),
+            dns,
+        }
+    }
+
+    /// Waits until every store has its first full list.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        async fn ready<K>(stores: &[Store<K>]) -> anyhow::Result<()>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + Hash + Clone,
+        {
+            for store in stores {
+                store.wait_until_ready().await?;
+            }
+            Ok(())
+        }
+        ready(&self.runtimes).await?;
+        ready(&self.deployments).await?;
+        ready(&self.statefulsets).await?;
+        ready(&self.policies).await?;
+        ready(&self.agent_cards).await?;
+        ready(std::slice::from_ref(&self.namespaces)).await?;
+        ready(std::slice::from_ref(&self.api_endpoints)).await?;
+        ready(std::slice::from_ref(&self.api_service)).await?;
+        for candidate in &self.dns {
+            ready(std::slice::from_ref(&candidate.service)).await?;
+            ready(std::slice::from_ref(&candidate.endpoints)).await?;
+        }
+        Ok(())
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A reflector for `api`: the store it fills, and a task that notifies `trigger` on every change.
+fn watch<K>(api: Api<K>, config: watcher::Config, trigger: &Arc<Notify>, tasks: &mut JoinSet<()>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    spawn_reflector(watcher(api, config), writer, trigger, tasks);
+    reader
+}
+
+fn watch_dynamic(
+    api: Api<DynamicObject>,
+    resource: ApiResource,
+    trigger: &Arc<Notify>,
+    tasks: &mut JoinSet<()>,
+) -> Store<DynamicObject> {
+    let writer = reflector::store::Writer::new(resource);
+    let reader = writer.as_reader();
+    spawn_reflector(watcher(api, watcher::Config::default()), writer, trigger, tasks);
+    reader
+}
+
+fn spawn_reflector<K, S>(stream: S, writer: reflector::store::Writer<K>, trigger: &Arc<Notify>, tasks: &mut JoinSet<()>)
+where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let trigger = trigger.clone();
+    let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
+    tasks.spawn(async move {
+        // Managed fields are large and never read: drop them before they reach the store.
+        let events = stream
+            .default_backoff()
+            .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+            .reflect(writer);
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(_) => trigger.notify_one(),
+                Err(error) => tracing::warn!(kind, %error, "Watch failed; retrying with backoff"),
+            }
+        }
+    });
+}

@@ -1,0 +1,402 @@
+//! The real `tollgate-spoke` binary against a real kube-apiserver (v1.20 from the harness): every mode, endpoint
+//! and DNS changes, drift repair, deletion, the start-up sweep and a restart without spurious writes.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Endpoints;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::*;
+use tollgate_e2e::{wait_for_deletion, wait_until};
+use tollgate_spoke::agent_runtime::AgentRuntime;
+
+#[tokio::test]
+async fn every_mode_end_to_end_and_a_verification_flip() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    deployment(cluster, "scoped", json!({"app": "scoped-agent"})).await?;
+    agent(&client, "unverified", None, None).await?;
+    agent(&client, "allow-all", None, Some(mtls_card())).await?;
+    let rules = json!({"rules": [{"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}]});
+    agent(&client, "scoped", Some(rules), Some(mtls_card())).await?;
+    agent(&client, "empty", Some(json!({"rules": []})), Some(mtls_card())).await?;
+    agent(
+        &client,
+        "invalid",
+        Some(json!({"rules": [{"ports": [{"port": 443}]}]})),
+        Some(mtls_card()),
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let spoke = Spoke::start(cluster, dir.path(), &[]).await?;
+
+    let restricted = wait_policy(&client, "unverified-signature-policy", "restricted", |p| {
+        mode(p) == "restricted"
+    })
+    .await?;
+    assert_eq!(
+        egress(&restricted),
+        json!([api_rule(&["192.0.2.10"]), api_service_rule()])
+    );
+    assert_eq!(
+        restricted["spec"]["podSelector"],
+        json!({"matchLabels": {"app": "unverified", "kagenti.io/type": "agent"}})
+    );
+    assert_eq!(restricted["metadata"]["ownerReferences"][0]["kind"], "AgentRuntime");
+
+    let allow_all = wait_policy(&client, "allow-all-signature-policy", "allow-all", |p| {
+        mode(p) == "allow-all"
+    })
+    .await?;
+    assert_eq!(egress(&allow_all), json!([{}]));
+    assert_eq!(
+        allow_all["spec"]["ingress"][0]["from"].as_array().unwrap().len(),
+        2,
+        "one namespace + verified pods"
+    );
+
+    let scoped = wait_policy(&client, "scoped-signature-policy", "scoped", |p| mode(p) == "scoped").await?;
+    assert_eq!(
+        egress(&scoped),
+        json!([
+            api_rule(&["192.0.2.10"]),
+            api_service_rule(),
+            kube_dns_rule(),
+            {"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+        ])
+    );
+    assert_eq!(
+        scoped["spec"]["podSelector"],
+        json!({"matchLabels": {"app": "scoped-agent"}}),
+        "workload pod labels"
+    );
+    assert_eq!(scoped["metadata"]["annotations"]["tollgate.dev/rule-sources"], "local");
+
+    let empty = wait_policy(&client, "empty-signature-policy", "scoped", |p| mode(p) == "scoped").await?;
+    assert_eq!(
+        egress(&empty),
+        json!([api_rule(&["192.0.2.10"]), api_service_rule(), kube_dns_rule()])
+    );
+
+    let invalid = wait_policy(&client, "invalid-signature-policy", "baseline-only", |p| {
+        mode(p) == "baseline-only"
+    })
+    .await?;
+    assert_eq!(
+        egress(&invalid),
+        json!([api_rule(&["192.0.2.10"]), api_service_rule(), kube_dns_rule()])
+    );
+    wait_until("a Warning event about the invalid rules", WAIT, || async {
+        event_reasons(&client, "invalid")
+            .await
+            .is_ok_and(|r| r.iter().any(|r| r == "InvalidEgressRules"))
+    })
+    .await?;
+
+    // The operator verifies the agent: its policy follows, and back.
+    set_card(&client, "unverified", Some(mtls_card())).await?;
+    wait_policy(
+        &client,
+        "unverified-signature-policy",
+        "allow-all after verification",
+        |p| mode(p) == "allow-all" && egress(p) == json!([{}]),
+    )
+    .await?;
+    set_card(&client, "unverified", Some(json!({"transportSecurity": "http"}))).await?;
+    wait_policy(&client, "unverified-signature-policy", "restricted again", |p| {
+        mode(p) == "restricted"
+    })
+    .await?;
+    wait_until("a mode-change event", WAIT, || async {
+        event_reasons(&client, "unverified")
+            .await
+            .is_ok_and(|r| r.iter().any(|r| r == "EgressModeChanged"))
+    })
+    .await
+    .map_err(|e| e.context(format!("spoke log:\n{}", spoke.log())))?;
+
+    let (status, metrics) = spoke.get("/metrics").await?;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tollgate_spoke_agents{mode=\"scoped\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_spoke_agents{mode=\"baseline-only\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tollgate_spoke_reconciles_total"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn api_endpoint_and_dns_changes_re_plan_every_agent() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    agent(&client, "locked", None, None).await?;
+    agent(&client, "scoped", Some(json!({"rules": []})), Some(mtls_card())).await?;
+    let dir = tempfile::tempdir()?;
+    let _spoke = Spoke::start(cluster, dir.path(), &[]).await?;
+    wait_policy(&client, "locked-signature-policy", "restricted", |p| {
+        mode(p) == "restricted"
+    })
+    .await?;
+
+    // Added and changed API-server addresses.
+    cluster
+        .set_api_endpoints(&[ip("192.0.2.20"), ip("192.0.2.21")], 6443)
+        .await?;
+    let expected = json!([api_rule(&["192.0.2.20", "192.0.2.21"]), api_service_rule()]);
+    wait_policy(&client, "locked-signature-policy", "new API addresses", |p| {
+        egress(p) == expected
+    })
+    .await?;
+    wait_policy(&client, "scoped-signature-policy", "new API addresses", |p| {
+        egress(p)[0] == api_rule(&["192.0.2.20", "192.0.2.21"])
+    })
+    .await?;
+
+    // Removed: the restricted agent gets no egress at all.
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    endpoints.delete("kubernetes", &DeleteParams::default()).await?;
+    wait_policy(&client, "locked-signature-policy", "deny-all", |p| {
+        p["spec"]
+            .get("egress")
+            .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty))
+    })
+    .await?;
+
+    // OpenShift DNS: 53 on the Service, 5353 on the pods.
+    cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
+    cluster.create_namespace("openshift-dns").await?;
+    cluster
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns-default, namespace: openshift-dns}
+spec:
+  clusterIP: 10.0.0.53
+  ports:
+    - {name: dns, port: 53, protocol: UDP, targetPort: dns}
+    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: dns-default, namespace: openshift-dns}
+subsets:
+  - addresses: [{ip: 10.128.0.7}]
+    ports:
+      - {name: dns, port: 5353, protocol: UDP}
+      - {name: dns-tcp, port: 5353, protocol: TCP}
+"#,
+        )
+        .await?;
+    // kube-dns is preferred while it exists; remove it as an OpenShift cluster would not have it.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "kube-system");
+    services.delete("kube-dns", &DeleteParams::default()).await?;
+    let openshift_dns = json!({
+        "to": [
+            {"ipBlock": {"cidr": "10.0.0.53/32"}},
+            {"ipBlock": {"cidr": "10.128.0.7/32"}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "openshift-dns"}}},
+        ],
+        "ports": [
+            {"protocol": "TCP", "port": 53}, {"protocol": "TCP", "port": 5353},
+            {"protocol": "UDP", "port": 53}, {"protocol": "UDP", "port": 5353},
+        ],
+    });
+    wait_policy(
+        &client,
+        "scoped-signature-policy",
+        "OpenShift DNS on 53 and 5353",
+        |p| egress(p).get(2) == Some(&openshift_dns),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    let api = policies(&client);
+    // Before the spoke starts: an orphan it once wrote, and a policy it never managed.
+    let orphan: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "gone-signature-policy", "namespace": NS,
+                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "gone"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+    }))?;
+    api.create(&PostParams::default(), &orphan).await?;
+    let unmanaged: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "team-default-deny", "namespace": NS},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+    }))?;
+    api.create(&PostParams::default(), &unmanaged).await?;
+    agent(&client, "kept", None, Some(mtls_card())).await?;
+    agent(&client, "removed", None, None).await?;
+
+    let dir = tempfile::tempdir()?;
+    let _spoke = Spoke::start(cluster, dir.path(), &[]).await?;
+    wait_for_deletion(&api, "gone-signature-policy", WAIT).await?;
+    wait_policy(&client, "kept-signature-policy", "allow-all", |p| {
+        mode(p) == "allow-all"
+    })
+    .await?;
+    wait_policy(&client, "removed-signature-policy", "restricted", |p| {
+        mode(p) == "restricted"
+    })
+    .await?;
+
+    // Drift: another manager rewrites the spec; the spoke restores it.
+    let mut edited = api.get("kept-signature-policy").await?;
+    edited.spec.as_mut().unwrap().egress = Some(vec![]);
+    api.replace("kept-signature-policy", &PostParams::default(), &edited)
+        .await?;
+    wait_policy(&client, "kept-signature-policy", "restored after an edit", |p| {
+        egress(p) == json!([{}])
+    })
+    .await?;
+
+    // Drift: deleted; the spoke recreates it.
+    api.delete("kept-signature-policy", &DeleteParams::default()).await?;
+    wait_policy(&client, "kept-signature-policy", "recreated after deletion", |p| {
+        mode(p) == "allow-all"
+    })
+    .await?;
+
+    // The agent goes: its policy goes (label sweep; there is no garbage collector in this cluster).
+    let runtimes: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
+    runtimes.delete("removed", &DeleteParams::default()).await?;
+    wait_for_deletion(&api, "removed-signature-policy", WAIT).await?;
+
+    let unmanaged = api.get("team-default-deny").await?;
+    assert_eq!(
+        unmanaged.labels(),
+        &BTreeMap::new(),
+        "the unmanaged policy is untouched"
+    );
+    assert!(
+        unmanaged
+            .managed_fields()
+            .iter()
+            .all(|m| m.manager.as_deref() != Some("tollgate-spoke"))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_converges_without_writes_and_agent_card_fallback() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    // The deprecated AgentCard kind, and a verified card for a runtime that carries no card itself.
+    cluster
+        .install_crd_yaml(
+            r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: agentcards.agent.kagenti.dev}
+spec:
+  group: agent.kagenti.dev
+  names: {kind: AgentCard, plural: agentcards, singular: agentcard}
+  scope: Namespaced
+  versions:
+    - name: v1alpha1
+      served: true
+      storage: true
+      subresources: {status: {}}
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#,
+        )
+        .await?;
+    let cards = cluster
+        .apply_yaml(&format!(
+            r#"
+apiVersion: agent.kagenti.dev/v1alpha1
+kind: AgentCard
+metadata: {{name: legacy-card, namespace: {NS}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: legacy}}
+"#
+        ))
+        .await?;
+    // Status goes through the status subresource, as the operator writes it.
+    let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "agent.kagenti.dev",
+        "v1alpha1",
+        "AgentCard",
+    ));
+    let card_api: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &resource);
+    assert_eq!(cards.len(), 1);
+    card_api
+        .patch_status(
+            "legacy-card",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"conditions": [{"type": "Verified", "status": "True", "reason": "SignatureVerified"}]}})),
+        )
+        .await?;
+    agent(&client, "legacy", None, None).await?;
+    for i in 0..5 {
+        agent(
+            &client,
+            &format!("agent-{i}"),
+            Some(json!({"rules": []})),
+            Some(mtls_card()),
+        )
+        .await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let spoke = Spoke::start(cluster, dir.path(), &["--restricted-allow-dns"]).await?;
+    wait_policy(
+        &client,
+        "legacy-signature-policy",
+        "allow-all from the AgentCard",
+        |p| mode(p) == "allow-all",
+    )
+    .await?;
+    for i in 0..5 {
+        wait_policy(&client, &format!("agent-{i}-signature-policy"), "scoped", |p| {
+            mode(p) == "scoped"
+        })
+        .await?;
+    }
+    let before: BTreeMap<String, String> = policies(&client)
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+        .collect();
+    assert_eq!(before.len(), 6);
+    drop(spoke);
+
+    let spoke = Spoke::start(cluster, dir.path(), &["--restricted-allow-dns"]).await?;
+    // Ready means the first full pass is done; give it a further moment to write if it were going to.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let after: BTreeMap<String, String> = policies(&client)
+        .list(&Default::default())
+        .await?
+        .items
+        .iter()
+        .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        before,
+        after,
+        "a restarted spoke must not rewrite converged policies; log:\n{}",
+        spoke.log()
+    );
+    let (_, metrics) = spoke.get("/metrics").await?;
+    assert!(metrics.contains("tollgate_spoke_policy_writes_total 0"), "{metrics}");
+
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! Test fixtures: a real cluster prepared like a vanilla one (API endpoints, kube-dns, the AgentRuntime CRD) and
+//! the real `tollgate-spoke` binary running against it.
+
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, CustomResourceExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, wait_for, wait_until};
+use tollgate_spoke::agent_runtime::AgentRuntime;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+pub const NS: &str = "team-a";
+
+/// One cluster whose `default/kubernetes` Endpoints the test owns, with kube-dns, the CRD and namespace `team-a`.
+pub async fn cluster() -> Result<ControlPlane> {
+    let control_plane = ControlPlane::builder()
+        .clusters(1)
+        .endpoint_reconciler_none(true)
+        .start()
+        .await?;
+    let cluster = &control_plane.clusters()[0];
+    cluster.install_crd(&AgentRuntime::crd()).await?;
+    cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
+    cluster.create_namespace(NS).await?;
+    cluster
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.0.0.10
+  ports:
+    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
+    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kube-dns, namespace: kube-system}
+subsets:
+  - addresses: [{ip: 10.244.0.5}]
+    ports:
+      - {name: dns, port: 53, protocol: UDP}
+      - {name: dns-tcp, port: 53, protocol: TCP}
+"#,
+        )
+        .await?;
+    Ok(control_plane)
+}
+
+pub fn ip(text: &str) -> IpAddr {
+    text.parse().expect("a valid IP address")
+}
+
+/// The real spoke binary, killed on drop.
+pub struct Spoke {
+    pub process: ChildProcess,
+    pub metrics_port: u16,
+}
+
+impl Spoke {
+    /// Starts `tollgate-spoke run --standalone` against the cluster and waits until `/readyz` answers 200 (the
+    /// first full pass is done).
+    pub async fn start(cluster: &Cluster, log_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let metrics_port = free_port()?;
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--standalone".into(),
+            "--cluster-id".into(),
+            cluster.name().into(),
+            "--kubeconfig".into(),
+            cluster.kubeconfig_path().display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--log-level".into(),
+            "info,tollgate_spoke=debug".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = log_dir.join(format!("spoke-{metrics_port}.log"));
+        let process = ChildProcess::spawn(
+            "tollgate-spoke",
+            Path::new(env!("CARGO_BIN_EXE_tollgate-spoke")),
+            &args,
+            &log,
+        )?;
+        let spoke = Self { process, metrics_port };
+        wait_until(format!("spoke /readyz (log: {})", log.display()), WAIT, || {
+            spoke.ready()
+        })
+        .await?;
+        Ok(spoke)
+    }
+
+    async fn ready(&self) -> bool {
+        matches!(self.get("/readyz").await, Ok((200, _)))
+    }
+
+    /// A plain HTTP GET on the metrics listener: (status, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no HTTP status")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// The spoke's log, for assertions and failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+}
+
+/// Applies an AgentRuntime (spec and optional status) for a Deployment of the same name.
+pub async fn agent(client: &Client, name: &str, egress: Option<Value>, card: Option<Value>) -> Result<()> {
+    let api: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
+    let mut spec = json!({
+        "type": "agent",
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+    });
+    if let Some(egress) = egress {
+        spec["egress"] = egress;
+    }
+    let object = json!({
+        "apiVersion": "agent.kagenti.dev/v1alpha1",
+        "kind": "AgentRuntime",
+        "metadata": {"name": name, "namespace": NS, "labels": {"tier": "llm"}},
+        "spec": spec,
+    });
+    let params = PatchParams::apply("test").force();
+    api.patch(name, &params, &Patch::Apply(&object)).await?;
+    set_card(client, name, card).await
+}
+
+/// Writes `status.card` as the operator would (status subresource).
+pub async fn set_card(client: &Client, name: &str, card: Option<Value>) -> Result<()> {
+    let api: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
+    let status = json!({
+        "apiVersion": "agent.kagenti.dev/v1alpha1",
+        "kind": "AgentRuntime",
+        "status": {"card": card},
+    });
+    api.patch_status(name, &PatchParams::apply("operator").force(), &Patch::Apply(&status))
+        .await?;
+    Ok(())
+}
+
+pub fn mtls_card() -> Value {
+    json!({"transportSecurity": "mtls", "attestedAgentSpiffeID": "spiffe://example.org/ns/team-a/sa/agent"})
+}
+
+/// A Deployment whose pod template carries `labels`.
+pub async fn deployment(cluster: &Cluster, name: &str, labels: Value) -> Result<()> {
+    let yaml = serde_json::to_string(&json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "agent", "image": "registry.invalid/agent:1"}]},
+            },
+        },
+    }))?;
+    cluster.apply_yaml(&yaml).await?;
+    Ok(())
+}
+
+pub fn policies(client: &Client) -> Api<NetworkPolicy> {
+    Api::namespaced(client.clone(), NS)
+}
+
+/// Waits until the policy exists and its JSON satisfies `check`; returns it.
+pub async fn wait_policy(client: &Client, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Result<Value> {
+    let api = policies(client);
+    wait_for(format!("NetworkPolicy {name}: {what}"), WAIT, || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            let Some(policy) = api.get_opt(name).await? else {
+                return Ok(None);
+            };
+            let value = serde_json::to_value(&policy)?;
+            Ok(check(&value).then_some(value))
+        }
+    })
+    .await
+}
+
+pub fn mode(policy: &Value) -> &str {
+    policy["metadata"]["labels"]["tollgate.dev/mode"].as_str().unwrap_or("")
+}
+
+pub fn egress(policy: &Value) -> Value {
+    policy["spec"]["egress"].clone()
+}
+
+/// The restricted rule for the given API-server addresses on 6443.
+pub fn api_rule(addresses: &[&str]) -> Value {
+    json!({
+        "to": addresses.iter().map(|a| json!({"ipBlock": {"cidr": format!("{a}/32")}})).collect::<Vec<_>>(),
+        "ports": [{"protocol": "TCP", "port": 6443}],
+    })
+}
+
+/// The rule to the `kubernetes` Service ClusterIP (10.0.0.1:443 on the harness clusters).
+pub fn api_service_rule() -> Value {
+    json!({"to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}], "ports": [{"protocol": "TCP", "port": 443}]})
+}
+
+pub fn kube_dns_rule() -> Value {
+    json!({
+        "to": [
+            {"ipBlock": {"cidr": "10.0.0.10/32"}},
+            {"ipBlock": {"cidr": "10.244.0.5/32"}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+        ],
+        "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "UDP", "port": 53}],
+    })
+}
+
+/// Reasons of the events.k8s.io/v1 Events about an AgentRuntime.
+pub async fn event_reasons(client: &Client, agent: &str) -> Result<Vec<String>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    let events = api.list(&Default::default()).await?;
+    Ok(events
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(agent))
+        .filter_map(|e| e.reason)
+        .collect())
+}
