@@ -11,6 +11,7 @@ pub mod label_selector;
 pub mod planner;
 mod serde_paths;
 pub mod verification;
+pub mod wire;
 
 pub use document::{Document, DocumentSet, EgressGuardrail, EgressPolicy, VerifiedDefault};
 pub use egress_rule::{EgressRule, IpBlock, Peer, PortRange, Protocol};

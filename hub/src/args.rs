@@ -29,8 +29,88 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the hub on its embedded store.
+    Serve(crate::serve::ServeArgs),
+    /// Create a CA and hub / spoke / admin certificates for a quick start.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Validate intent documents offline, exactly as `apply` would: every error with file, document and field.
     Validate(crate::validate::ValidateArgs),
+    /// Apply intent documents (all or nothing) as one new revision.
+    Apply(crate::cli::ApplyArgs),
+    /// Show the hub's documents.
+    Get(crate::cli::GetArgs),
+    /// Delete one document.
+    Delete(crate::cli::DeleteArgs),
+    /// List every revision.
+    History(crate::cli::HistoryArgs),
+    /// Make the documents of an earlier revision the latest again.
+    Rollback(crate::cli::RollbackArgs),
+    /// Fleet status: one row per cluster, or per agent with --cluster.
+    Status(crate::cli::StatusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a CA (ca.pem, ca-key.pem) in --dir.
+    Init {
+        #[arg(long, default_value = ".tollgate/certs")]
+        dir: PathBuf,
+    },
+    /// Issue the hub's server certificate (hub.pem, hub-key.pem).
+    Hub {
+        #[arg(long, default_value = ".tollgate/certs")]
+        dir: PathBuf,
+        /// DNS names of the hub (repeatable).
+        #[arg(long = "dns-name", default_values_t = vec!["localhost".to_string()])]
+        dns_names: Vec<String>,
+        /// IP addresses of the hub (repeatable).
+        #[arg(long = "ip", default_values_t = vec![std::net::IpAddr::from([127, 0, 0, 1])])]
+        addresses: Vec<std::net::IpAddr>,
+    },
+    /// Issue a spoke's client certificate for one cluster (spoke-<id>.pem).
+    Spoke {
+        #[arg(long, default_value = ".tollgate/certs")]
+        dir: PathBuf,
+        #[arg(long)]
+        cluster_id: String,
+    },
+    /// Issue an admin client certificate for the CLI (admin-<name>.pem).
+    Admin {
+        #[arg(long, default_value = ".tollgate/certs")]
+        dir: PathBuf,
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+}
+
+impl CertsCommand {
+    fn run(self, out: &mut impl std::io::Write) -> anyhow::Result<ExitCode> {
+        use crate::certs::{Leaf, init_ca, issue};
+        match self {
+            Self::Init { dir } => {
+                let files = init_ca(&dir)?;
+                writeln!(out, "CA: {} and {}", files.cert.display(), files.key.display())?;
+            }
+            Self::Hub {
+                dir,
+                dns_names,
+                addresses,
+            } => {
+                let (cert, key) = issue(&dir, &dir, &Leaf::Hub { dns_names, addresses })?;
+                writeln!(out, "hub: {} and {}", cert.display(), key.display())?;
+            }
+            Self::Spoke { dir, cluster_id } => {
+                let (cert, key) = issue(&dir, &dir, &Leaf::Spoke { cluster_id })?;
+                writeln!(out, "spoke: {} and {}", cert.display(), key.display())?;
+            }
+            Self::Admin { dir, name } => {
+                let (cert, key) = issue(&dir, &dir, &Leaf::Admin { name })?;
+                writeln!(out, "admin: {} and {}", cert.display(), key.display())?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 impl Args {
@@ -52,8 +132,18 @@ impl Args {
             log_format: _,
             command,
         } = self;
+        let out = &mut std::io::stdout().lock();
+        let runtime = || tokio::runtime::Runtime::new().map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"));
         match command {
-            Command::Validate(args) => args.run(&mut std::io::stdout().lock()),
+            Command::Validate(args) => args.run(out),
+            Command::Certs(certs) => certs.run(out),
+            Command::Serve(args) => runtime()?.block_on(args.run()).map(|()| ExitCode::SUCCESS),
+            Command::Apply(args) => runtime()?.block_on(args.run(out)),
+            Command::Get(args) => runtime()?.block_on(args.run(out)),
+            Command::Delete(args) => runtime()?.block_on(args.run(out)),
+            Command::History(args) => runtime()?.block_on(args.run(out)),
+            Command::Rollback(args) => runtime()?.block_on(args.run(out)),
+            Command::Status(args) => runtime()?.block_on(args.run(out)),
         }
     }
 }

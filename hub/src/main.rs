@@ -1,13 +1,10 @@
 //! `tollgate-hub`: the fleet egress intent hub and its CLI.
 
 use clap::Parser;
-
-mod args;
-mod sources;
-mod validate;
+use tollgate_hub::args::Args;
 
 fn main() -> std::process::ExitCode {
-    let args = args::Args::parse();
+    let args = Args::parse();
     args.init_tracing();
     match args.run() {
         Ok(code) => code,

@@ -44,9 +44,41 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_SPOKE_STANDALONE")]
     pub standalone: bool,
 
-    /// Hub address (`https://host:port`). The hub connection is not implemented yet: use `--standalone`.
+    /// Hub address (`https://host:port`, or `http://` on loopback with --insecure-dev-plaintext).
     #[arg(long, env = "TOLLGATE_SPOKE_HUB")]
     pub hub: Option<String>,
+
+    /// CA certificate that signed the hub's certificate (PEM).
+    #[arg(long, env = "TOLLGATE_SPOKE_HUB_CA")]
+    pub hub_ca: Option<PathBuf>,
+
+    /// This spoke's client certificate (PEM), from `tollgate-hub certs spoke --cluster-id ID`.
+    #[arg(long, env = "TOLLGATE_SPOKE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This spoke's private key (PEM).
+    #[arg(long, env = "TOLLGATE_SPOKE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Name to verify in the hub's certificate (default: the host of --hub).
+    #[arg(long, env = "TOLLGATE_SPOKE_HUB_TLS_SERVER_NAME")]
+    pub hub_tls_server_name: Option<String>,
+
+    /// Talk plaintext to a development hub on loopback.
+    #[arg(long, env = "TOLLGATE_SPOKE_INSECURE_DEV_PLAINTEXT")]
+    pub insecure_dev_plaintext: bool,
+
+    /// Namespace of the spoke itself: the last intent received is kept in a ConfigMap there.
+    #[arg(long, env = "TOLLGATE_SPOKE_NAMESPACE", default_value = "tollgate-system")]
+    pub spoke_namespace: String,
+
+    /// Name of the ConfigMap holding the last intent received from the hub.
+    #[arg(
+        long,
+        env = "TOLLGATE_SPOKE_INTENT_CONFIGMAP",
+        default_value = "tollgate-spoke-intent"
+    )]
+    pub intent_configmap: String,
 
     /// Kubeconfig file; without it, the in-cluster configuration (or `KUBECONFIG`) is used.
     #[arg(long, env = "TOLLGATE_SPOKE_KUBECONFIG")]

@@ -9,6 +9,7 @@ pub mod agents;
 pub mod args;
 pub mod diff;
 pub mod facts;
+pub mod hub_client;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

@@ -11,12 +11,14 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, Config};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tollgate_common::Intent;
 use tollgate_common::planner::PlannerConfig;
+use tollgate_common::wire;
+use tollgate_proto::v1 as pb;
 
 use crate::args::{RunArgs, parse_labels, parse_namespaced};
+use crate::hub_client::{HubSettings, HubTls, IntentState, PersistedIntent, Reports};
 use crate::metrics::Metrics;
-use crate::reconcile::{Backoff, Reconciler, Settings};
+use crate::reconcile::{Backoff, PassReport, Reconciler, Settings};
 use crate::world::{Scope, World};
 
 /// A full pass runs at least this often, even when nothing changed.
@@ -32,6 +34,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_labels,
         standalone,
         hub,
+        hub_ca,
+        tls_cert,
+        tls_key,
+        hub_tls_server_name,
+        insecure_dev_plaintext,
+        spoke_namespace,
+        intent_configmap,
         kubeconfig,
         namespaces,
         operator_namespace,
@@ -46,12 +55,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         log_format: _,
     } = args;
     let cluster_labels = parse_labels(&cluster_labels)?;
-    match (standalone, hub) {
+    let hub = match (standalone, hub) {
         (true, Some(_)) => bail!("--standalone and --hub exclude each other"),
-        (false, Some(_)) => bail!("--hub: the hub connection is not implemented yet; run with --standalone"),
         (false, None) => bail!("either --hub ADDRESS or --standalone is required"),
-        (true, None) => {}
-    }
+        (true, None) => None,
+        (false, Some(url)) => {
+            let tls = match (hub_ca, tls_cert, tls_key, insecure_dev_plaintext) {
+                (Some(ca), Some(cert), Some(key), false) => Some(HubTls {
+                    ca,
+                    cert,
+                    key,
+                    server_name: hub_tls_server_name,
+                }),
+                (None, None, None, true) => None,
+                (_, _, _, true) => bail!("--insecure-dev-plaintext cannot be combined with TLS files"),
+                _ => bail!("--hub needs --hub-ca, --tls-cert and --tls-key (or --insecure-dev-plaintext on loopback)"),
+            };
+            Some(HubSettings {
+                url,
+                tls,
+                cluster_id: cluster_id.clone(),
+                labels: cluster_labels.clone(),
+            })
+        }
+    };
     let namespaces: Vec<String> = namespaces
         .split(',')
         .map(str::trim)
@@ -95,7 +122,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         labels = ?cluster_labels,
         namespaces = ?namespaces,
         agent_cards = agent_card.is_some(),
-        "Starting spoke (standalone: local rules only)"
+        hub = hub.as_ref().map_or("standalone: local rules only", |h| h.url.as_str()),
+        "Starting spoke"
     );
 
     let metrics = Arc::new(Metrics::new());
@@ -125,17 +153,56 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "tollgate-spoke".into(),
         instance: std::env::var("HOSTNAME").ok().or(Some(cluster_id.clone())),
     };
+    // The intent: the persisted one first (hub outages and restarts never block enforcement), then the hub's.
+    let persisted = PersistedIntent::new(client.clone(), &spoke_namespace, &intent_configmap);
+    let initial = match &hub {
+        None => IntentState::default(),
+        Some(_) => match persisted.load().await {
+            Ok(Some(state)) => {
+                tracing::info!(
+                    revision = state.latest_revision,
+                    "Enforcing the persisted intent until the hub answers"
+                );
+                state
+            }
+            Ok(None) => IntentState::default(),
+            Err(error) => {
+                tracing::warn!(%error, "Could not read the persisted intent");
+                IntentState::default()
+            }
+        },
+    };
+    let (intent_tx, mut intent_rx) = tokio::sync::watch::channel(Arc::new(initial));
+    let (facts_tx, facts_rx) = tokio::sync::watch::channel(None);
+    let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(None);
+    let (ack_tx, ack_rx) = tokio::sync::watch::channel(None);
+    if let Some(hub) = hub {
+        let reports = Reports {
+            facts: facts_rx,
+            inventory: inventory_rx,
+            ack: ack_rx,
+        };
+        tasks.spawn(crate::hub_client::run(hub, intent_tx, persisted, reports));
+    } else {
+        tasks.spawn(async move {
+            // Standalone: the intent never changes; keep the sender alive.
+            let _keep = intent_tx;
+            std::future::pending::<()>().await;
+        });
+    }
+
     let mut reconciler = Reconciler::new(
         client.clone(),
         settings,
         metrics.clone(),
         Recorder::new(client, reporter),
     );
-    let intent = Intent::default();
     let mut backoff = Backoff::default();
     loop {
-        let report = reconciler.reconcile(&world, &intent).await;
+        let state = intent_rx.borrow_and_update().clone();
+        let report = reconciler.reconcile(&world, &state.intent).await;
         metrics.set_ready();
+        publish_reports(&report, &state, &facts_tx, &inventory_tx, &ack_tx);
         let failed: HashSet<_> = report.errors.iter().map(|e| e.kind).collect();
         let retry = backoff.next(&failed);
         if let Some(delay) = retry {
@@ -143,6 +210,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         tokio::select! {
             () = trigger.notified() => {}
+            Ok(()) = intent_rx.changed() => {}
             () = tokio::time::sleep(retry.unwrap_or(RESYNC)) => {}
             () = shutdown() => break,
         }
@@ -150,6 +218,58 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("Shutting down");
     tasks.abort_all();
     Ok(())
+}
+
+/// Facts, inventory and the acknowledgement of the intent revision, for the hub (sent only when they change).
+fn publish_reports(
+    report: &PassReport,
+    state: &IntentState,
+    facts: &tokio::sync::watch::Sender<Option<pb::ClusterFacts>>,
+    inventory: &tokio::sync::watch::Sender<Option<pb::AgentInventory>>,
+    ack: &tokio::sync::watch::Sender<Option<pb::Ack>>,
+) {
+    let fresh_facts = Some(wire::facts_to_wire(&report.facts, ""));
+    facts.send_if_modified(|current| replace_if_different(current, fresh_facts));
+    let applied = state.latest_revision;
+    let agents = report
+        .plan
+        .outcomes
+        .iter()
+        .map(|o| {
+            let labels = report
+                .agent_labels
+                .get(&(o.namespace.clone(), o.name.clone()))
+                .cloned()
+                .unwrap_or_default();
+            wire::agent_status_to_wire(o, &labels, applied)
+        })
+        .collect();
+    inventory.send_if_modified(|current| replace_if_different(current, Some(pb::AgentInventory { agents })));
+    if applied > 0 {
+        let errors = report
+            .errors
+            .iter()
+            .map(|e| format!("{}/{}: {} ({})", e.namespace, e.name, e.error, e.kind.as_str()))
+            .collect();
+        ack.send_if_modified(|current| {
+            replace_if_different(
+                current,
+                Some(pb::Ack {
+                    revision: applied,
+                    errors,
+                }),
+            )
+        });
+    }
+}
+
+fn replace_if_different<T: PartialEq>(current: &mut T, fresh: T) -> bool {
+    if *current == fresh {
+        false
+    } else {
+        *current = fresh;
+        true
+    }
 }
 
 /// The deprecated AgentCard kind, when its CRD is installed (checked at start).

@@ -70,10 +70,16 @@ impl Spoke {
     /// Starts `tollgate-spoke run --standalone` against the cluster and waits until `/readyz` answers 200 (the
     /// first full pass is done).
     pub async fn start(cluster: &Cluster, log_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--standalone"];
+        args.extend_from_slice(extra);
+        Self::start_with(cluster, log_dir, &args).await
+    }
+
+    /// Starts `tollgate-spoke run` with these flags (no `--standalone` added) and waits for `/readyz`.
+    pub async fn start_with(cluster: &Cluster, log_dir: &Path, extra: &[&str]) -> Result<Self> {
         let metrics_port = free_port()?;
         let mut args: Vec<String> = vec![
             "run".into(),
-            "--standalone".into(),
             "--cluster-id".into(),
             cluster.name().into(),
             "--kubeconfig".into(),
@@ -249,4 +255,84 @@ pub async fn event_reasons(client: &Client, agent: &str) -> Result<Vec<String>> 
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(agent))
         .filter_map(|e| e.reason)
         .collect())
+}
+
+/// [`cluster`] in RBAC mode (`--authorization-mode=RBAC`; the harness's admin stays allowed everything), for tests
+/// that run the spoke with a ServiceAccount's identity.
+pub async fn rbac_cluster() -> Result<ControlPlane> {
+    let control_plane = ControlPlane::builder()
+        .clusters(1)
+        .endpoint_reconciler_none(true)
+        .rbac(true)
+        .start()
+        .await?;
+    let cluster = &control_plane.clusters()[0];
+    cluster.install_crd(&AgentRuntime::crd()).await?;
+    cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
+    cluster.create_namespace(NS).await?;
+    cluster.apply_yaml(KUBE_DNS_YAML).await?;
+    Ok(control_plane)
+}
+
+/// The `kube-system/kube-dns` Service and Endpoints of a vanilla cluster (the same objects [`cluster`] writes).
+pub const KUBE_DNS_YAML: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.0.0.10
+  ports:
+    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
+    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kube-dns, namespace: kube-system}
+subsets:
+  - addresses: [{ip: 10.244.0.5}]
+    ports:
+      - {name: dns, port: 53, protocol: UDP}
+      - {name: dns-tcp, port: 53, protocol: TCP}
+"#;
+
+impl Spoke {
+    /// Starts the real spoke with exactly `args` (which must include `--metrics-addr=127.0.0.1:<metrics_port>`),
+    /// without waiting for it to become ready.
+    pub fn spawn(args: &[String], metrics_port: u16, log_dir: &Path) -> Result<Self> {
+        let log = log_dir.join(format!("spoke-{metrics_port}.log"));
+        let process = ChildProcess::spawn(
+            "tollgate-spoke",
+            Path::new(env!("CARGO_BIN_EXE_tollgate-spoke")),
+            args,
+            &log,
+        )?;
+        Ok(Self { process, metrics_port })
+    }
+
+    /// Waits until `/readyz` answers 200; the error names the log and carries its tail.
+    pub async fn wait_ready(&self) -> Result<()> {
+        wait_until("spoke /readyz", WAIT, || self.ready())
+            .await
+            .map_err(|e| e.context(format!("spoke log:\n{}", self.log())))
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    pub async fn is_ready(&self) -> bool {
+        self.ready().await
+    }
+}
+
+/// The `tollgate-hub` binary next to the spoke's (built for the workspace's tests; built here if missing).
+pub fn hub_binary() -> std::path::PathBuf {
+    let spoke = Path::new(env!("CARGO_BIN_EXE_tollgate-spoke"));
+    let hub = spoke.with_file_name("tollgate-hub");
+    if !hub.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--locked", "-p", "tollgate-hub", "--bin", "tollgate-hub"])
+            .status()
+            .expect("running cargo build for the hub");
+        assert!(status.success(), "building tollgate-hub failed");
+    }
+    hub
 }

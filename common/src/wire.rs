@@ -1,0 +1,219 @@
+//! Conversions between the `tollgate.v1` wire messages and the domain types, validated at the edge. The only
+//! place where protobuf types meet domain types: the planner never sees either side's transport.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use tollgate_proto::v1 as pb;
+
+use crate::document::{DocumentSet, Source};
+use crate::egress_rule::{PortRange, Protocol};
+use crate::field_error::{DocumentError, FieldError};
+use crate::intent::Intent;
+use crate::planner::{AgentOutcome, ApiServerFacts, ClusterFacts, DnsFacts};
+
+/// The documents of a set as wire documents (canonical YAML each), sorted by kind then name.
+pub fn documents_to_wire(set: &DocumentSet) -> Vec<pb::Document> {
+    set.documents()
+        .map(|d| pb::Document {
+            kind: d.kind().to_string(),
+            name: d.name().to_string(),
+            yaml: d.to_yaml(),
+        })
+        .collect()
+}
+
+/// Parses and validates wire documents with the same validation as everywhere else.
+pub fn documents_from_wire(documents: &[pb::Document]) -> Result<DocumentSet, Vec<DocumentError>> {
+    let sources: Vec<Source> = documents
+        .iter()
+        .map(|d| Source::new(format!("{}/{}", d.kind, d.name), d.yaml.clone()))
+        .collect();
+    DocumentSet::from_sources(&sources)
+}
+
+/// A received intent revision as the planner's intent.
+pub fn intent_from_wire(message: &pb::IntentRevision) -> Result<Intent, Vec<DocumentError>> {
+    let set = documents_from_wire(&message.documents)?;
+    Ok(Intent {
+        revision: Some(message.revision),
+        policies: set.policies.into_values().collect(),
+        guardrails: set.guardrails.into_values().collect(),
+    })
+}
+
+pub fn facts_to_wire(facts: &ClusterFacts, kubernetes_version: &str) -> pb::ClusterFacts {
+    let dns = facts.dns.as_ref();
+    pb::ClusterFacts {
+        api_server_addresses: facts.api.addresses.iter().map(ToString::to_string).collect(),
+        api_server_ports: facts.api.ports.iter().map(|p| u32::from(*p)).collect(),
+        api_service_address: facts.api.service.map(|(ip, _)| ip.to_string()).unwrap_or_default(),
+        api_service_port: facts.api.service.map(|(_, p)| u32::from(p)).unwrap_or_default(),
+        dns_namespace: dns.map(|d| d.namespace.clone()).unwrap_or_default(),
+        dns_addresses: dns
+            .map(|d| d.addresses.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        dns_ports: dns
+            .map(|d| {
+                d.target_ports
+                    .iter()
+                    .filter_map(|p| {
+                        Some(pb::PortSpec {
+                            protocol: p.protocol.as_str().to_string(),
+                            port: u32::from(p.port?),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        dns_service_address: dns
+            .and_then(|d| d.cluster_ip)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        kubernetes_version: kubernetes_version.to_string(),
+    }
+}
+
+fn ip(text: &str, path: &str) -> Result<IpAddr, FieldError> {
+    text.parse()
+        .map_err(|_| FieldError::new(path, format!("{text:?} is not an IP address")))
+}
+
+fn port(n: u32, path: &str) -> Result<u16, FieldError> {
+    u16::try_from(n)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| FieldError::new(path, format!("{n} is outside the port range 1-65535")))
+}
+
+/// Reported facts as the planner's facts (the hub plans previews with them).
+pub fn facts_from_wire(message: &pb::ClusterFacts) -> Result<ClusterFacts, FieldError> {
+    let addresses = message
+        .api_server_addresses
+        .iter()
+        .map(|a| ip(a, "apiServerAddresses"))
+        .collect::<Result<_, _>>()?;
+    let ports = message
+        .api_server_ports
+        .iter()
+        .map(|p| port(*p, "apiServerPorts"))
+        .collect::<Result<_, _>>()?;
+    let service = if message.api_service_address.is_empty() {
+        None
+    } else {
+        Some((
+            ip(&message.api_service_address, "apiServiceAddress")?,
+            port(message.api_service_port, "apiServicePort")?,
+        ))
+    };
+    let dns = if message.dns_namespace.is_empty() {
+        None
+    } else {
+        Some(DnsFacts {
+            namespace: message.dns_namespace.clone(),
+            addresses: message
+                .dns_addresses
+                .iter()
+                .map(|a| ip(a, "dnsAddresses"))
+                .collect::<Result<_, _>>()?,
+            target_ports: message
+                .dns_ports
+                .iter()
+                .map(|p| {
+                    let protocol = Protocol::parse(&p.protocol).ok_or_else(|| {
+                        FieldError::new("dnsPorts.protocol", format!("unknown protocol {:?}", p.protocol))
+                    })?;
+                    Ok(PortRange::single(protocol, port(p.port, "dnsPorts.port")?))
+                })
+                .collect::<Result<_, FieldError>>()?,
+            cluster_ip: if message.dns_service_address.is_empty() {
+                None
+            } else {
+                Some(ip(&message.dns_service_address, "dnsServiceAddress")?)
+            },
+        })
+    };
+    Ok(ClusterFacts {
+        api: ApiServerFacts {
+            addresses,
+            ports,
+            service,
+        },
+        dns,
+    })
+}
+
+/// One agent's outcome as reported to the hub.
+pub fn agent_status_to_wire(
+    outcome: &AgentOutcome,
+    labels: &BTreeMap<String, String>,
+    applied_revision: u64,
+) -> pb::AgentStatus {
+    pb::AgentStatus {
+        namespace: outcome.namespace.clone(),
+        name: outcome.name.clone(),
+        labels: labels.clone().into_iter().collect(),
+        verified: outcome.verified,
+        verification_reason: outcome.verification_reason.as_str().to_string(),
+        mode: outcome.mode.as_str().to_string(),
+        rule_count: u32::try_from(outcome.rule_count).unwrap_or(u32::MAX),
+        rule_sources: outcome.rule_sources.iter().map(ToString::to_string).collect(),
+        applied_revision,
+        errors: outcome.errors.clone(),
+        dropped_rules: outcome.dropped.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_round_trip_and_are_validated() {
+        let set = DocumentSet::from_yaml(
+            "t",
+            "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: p}\nspec:\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}]}]\n",
+        )
+        .unwrap();
+        let wire = documents_to_wire(&set);
+        assert_eq!(wire.len(), 1);
+        assert_eq!((wire[0].kind.as_str(), wire[0].name.as_str()), ("EgressPolicy", "p"));
+        assert_eq!(documents_from_wire(&wire).unwrap(), set);
+        let intent = intent_from_wire(&pb::IntentRevision {
+            revision: 7,
+            documents: wire.clone(),
+            unchanged: false,
+        })
+        .unwrap();
+        assert_eq!(intent.revision, Some(7));
+        assert_eq!(intent.policies.len(), 1);
+
+        let mut bad = wire;
+        bad[0].yaml = bad[0].yaml.replace("10.0.0.0/8", "10.0.0.1/8");
+        let errors = documents_from_wire(&bad).unwrap_err();
+        assert_eq!(errors[0].error.path, "spec.egress[0].to[0].ipBlock.cidr");
+    }
+
+    #[test]
+    fn facts_round_trip() {
+        let facts = ClusterFacts {
+            api: ApiServerFacts {
+                addresses: vec!["192.0.2.10".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+                ports: vec![6443],
+                service: Some(("10.0.0.1".parse().unwrap(), 443)),
+            },
+            dns: Some(DnsFacts {
+                namespace: "openshift-dns".into(),
+                addresses: vec!["10.128.0.7".parse().unwrap()],
+                target_ports: vec![PortRange::single(Protocol::Udp, 5353)],
+                cluster_ip: Some("172.30.0.10".parse().unwrap()),
+            }),
+        };
+        let wire = facts_to_wire(&facts, "v1.20.2");
+        assert_eq!(wire.kubernetes_version, "v1.20.2");
+        assert_eq!(facts_from_wire(&wire).unwrap(), facts);
+        let mut bad = wire;
+        bad.api_server_ports = vec![70000];
+        assert_eq!(facts_from_wire(&bad).unwrap_err().path, "apiServerPorts");
+    }
+}

@@ -1,0 +1,258 @@
+//! The admin service used by the CLI. Every call requires an admin certificate (or plaintext dev mode).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tollgate_common::document::{DocumentSet, Source};
+use tollgate_common::wire::documents_to_wire;
+use tollgate_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::{Sessions, caller, now_millis, status};
+use crate::certs::PeerIdentity;
+use crate::state::{ApplyOutcome, Hub};
+use crate::store::Store;
+
+/// How often `WatchFleetStatus` sends a fresh status.
+const WATCH_PERIOD: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct AdminService<S> {
+    hub: Arc<Hub<S>>,
+    sessions: Arc<Sessions>,
+    plaintext: bool,
+}
+
+impl<S: Store> AdminService<S> {
+    pub fn new(hub: Arc<Hub<S>>, sessions: Arc<Sessions>, plaintext: bool) -> Self {
+        Self {
+            hub,
+            sessions,
+            plaintext,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match caller(request, self.plaintext)? {
+            None | Some(PeerIdentity::Admin(_)) => Ok(()),
+            Some(PeerIdentity::Cluster(id)) => Err(Status::permission_denied(format!(
+                "the certificate of cluster {id:?} cannot call the admin API: use an admin certificate"
+            ))),
+        }
+    }
+}
+
+fn sources(sources: Vec<pb::Source>) -> Vec<Source> {
+    sources.into_iter().map(|s| Source::new(s.name, s.yaml)).collect()
+}
+
+fn apply_response(outcome: ApplyOutcome) -> pb::ApplyResponse {
+    pb::ApplyResponse {
+        revision: outcome.revision.unwrap_or(0),
+        changes: outcome
+            .changes
+            .into_iter()
+            .map(|c| pb::DocumentChange {
+                kind: c.kind,
+                name: c.name,
+                action: c.action.as_str().to_string(),
+                diff: c.diff,
+            })
+            .collect(),
+    }
+}
+
+/// Fleet status from the store and the live sessions: one row per cluster, or one row per agent of a cluster.
+pub async fn fleet_status<S: Store>(
+    hub: &Hub<S>,
+    sessions: &Sessions,
+    cluster_id: &str,
+) -> Result<pb::FleetStatusResponse, Status> {
+    let store = hub.store();
+    let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
+    let connected = sessions.connected();
+    let latest_revision = hub.snapshot().revision;
+    if !cluster_id.is_empty() {
+        let clusters = store.clusters().await.map_err(unavailable)?;
+        if !clusters.iter().any(|c| c.id == cluster_id) {
+            return Err(Status::not_found(format!("cluster {cluster_id:?} has never connected")));
+        }
+        let agents = store.agents(cluster_id).await.map_err(unavailable)?;
+        return Ok(pb::FleetStatusResponse {
+            latest_revision,
+            clusters: Vec::new(),
+            agents: agents
+                .into_iter()
+                .map(|a| pb::AgentStatus {
+                    namespace: a.namespace,
+                    name: a.name,
+                    labels: a.labels.into_iter().collect(),
+                    verified: a.verified,
+                    verification_reason: a.verification_reason,
+                    mode: a.mode,
+                    rule_count: a.rule_count,
+                    rule_sources: a.rule_sources,
+                    applied_revision: a.applied_revision,
+                    errors: a.errors,
+                    dropped_rules: a.dropped,
+                })
+                .collect(),
+        });
+    }
+    let mut rows = Vec::new();
+    for cluster in store.clusters().await.map_err(unavailable)? {
+        let agents = store.agents(&cluster.id).await.map_err(unavailable)?;
+        let count = |mode: &str| agents.iter().filter(|a| a.mode == mode).count() as u32;
+        rows.push(pb::ClusterStatus {
+            connected: connected.contains_key(&cluster.id),
+            labels: cluster.labels.into_iter().collect(),
+            last_seen_unix_millis: cluster.last_seen_unix_millis,
+            applied_revision: cluster.applied_revision,
+            agents_total: agents.len() as u32,
+            agents_scoped: count("scoped"),
+            agents_allow_all: count("allow-all"),
+            agents_baseline_only: count("baseline-only"),
+            agents_restricted: count("restricted"),
+            errors: agents.iter().filter(|a| !a.errors.is_empty()).count() as u32,
+            cluster_id: cluster.id,
+        });
+    }
+    Ok(pb::FleetStatusResponse {
+        latest_revision,
+        clusters: rows,
+        agents: Vec::new(),
+    })
+}
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::FleetStatusResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::admin_server::Admin for AdminService<S> {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.authorize(&request)?;
+        let pb::ApplyRequest {
+            sources: raw,
+            dry_run,
+            prune,
+        } = request.into_inner();
+        let outcome = self
+            .hub
+            .apply(&sources(raw), dry_run, prune, now_millis())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(apply_response(outcome)))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.authorize(&request)?;
+        let pb::DeleteRequest { kind, name } = request.into_inner();
+        let revision = self.hub.delete(&kind, &name, now_millis()).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse { revision }))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        self.authorize(&request)?;
+        let pb::GetRequest { kind, name, revision } = request.into_inner();
+        let (revision, documents) = if revision == 0 {
+            let snapshot = self.hub.snapshot();
+            (snapshot.revision, snapshot.documents.clone())
+        } else {
+            let stored = self.hub.store().revision(revision).await.map_err(|e| match e {
+                crate::store::StoreError::NoSuchRevision(n) => {
+                    Status::not_found(format!("revision {n} does not exist"))
+                }
+                e => Status::unavailable(e.to_string()),
+            })?;
+            (stored.info.number, stored.documents)
+        };
+        let mut selected = DocumentSet::default();
+        for document in documents.documents() {
+            if (kind.is_empty() || document.kind() == kind) && (name.is_empty() || document.name() == name) {
+                selected.insert(document);
+            }
+        }
+        if !name.is_empty() && selected.is_empty() {
+            return Err(Status::not_found(format!(
+                "{kind}/{name} does not exist at revision {revision}"
+            )));
+        }
+        Ok(Response::new(pb::GetResponse {
+            revision,
+            documents: documents_to_wire(&selected),
+        }))
+    }
+
+    async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.authorize(&request)?;
+        let history = self
+            .hub
+            .store()
+            .history()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::HistoryResponse {
+            revisions: history
+                .into_iter()
+                .map(|r| pb::RevisionInfo {
+                    revision: r.number,
+                    created_unix_millis: r.created_unix_millis,
+                    operation: r.operation.as_str().to_string(),
+                    summary: r.summary,
+                    document_count: r.document_count,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
+        self.authorize(&request)?;
+        let to = request.into_inner().to_revision;
+        let outcome = self.hub.rollback(to, now_millis()).await.map_err(status)?;
+        Ok(Response::new(pb::RollbackResponse {
+            revision: outcome.revision.unwrap_or_else(|| self.hub.snapshot().revision),
+        }))
+    }
+
+    async fn plan(&self, request: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
+        self.authorize(&request)?;
+        Err(Status::unimplemented(
+            "plan is not implemented yet: the spokes do not report the inputs a fleet-wide preview needs",
+        ))
+    }
+
+    async fn fleet_status(
+        &self,
+        request: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        self.authorize(&request)?;
+        let cluster = request.into_inner().cluster_id;
+        Ok(Response::new(fleet_status(&self.hub, &self.sessions, &cluster).await?))
+    }
+
+    type WatchFleetStatusStream = StatusStream;
+
+    async fn watch_fleet_status(
+        &self,
+        request: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<StatusStream>, Status> {
+        self.authorize(&request)?;
+        let cluster = request.into_inner().cluster_id;
+        let hub = self.hub.clone();
+        let sessions = self.sessions.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(WATCH_PERIOD);
+            loop {
+                ticker.tick().await;
+                let status = fleet_status(&hub, &sessions, &cluster).await;
+                let failed = status.is_err();
+                if tx.send(status).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

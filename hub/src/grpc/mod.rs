@@ -1,0 +1,126 @@
+//! The gRPC server: the spoke `Sync` stream and the admin service on one listener, mTLS by default.
+
+mod admin;
+mod spoke_sync;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tollgate_proto::v1::admin_server::AdminServer;
+use tollgate_proto::v1::spoke_sync_server::SpokeSyncServer;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Status};
+
+use crate::certs::{PeerIdentity, peer_identity};
+use crate::state::{Hub, HubError};
+use crate::store::{Store, StoreError};
+
+pub use admin::AdminService;
+pub use spoke_sync::{Sessions, SpokeSyncService};
+
+/// PEM files of the hub's server identity and the CA its clients' certificates must chain to.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// How the server talks.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// `None`: plaintext, for development on loopback only.
+    pub tls: Option<TlsFiles>,
+    /// Heartbeat period of spoke streams; a peer silent for three periods is dropped.
+    pub heartbeat: Duration,
+    /// How long a spoke may take to accept one message before its stream is dropped (it reconnects and
+    /// resyncs).
+    pub send_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            heartbeat: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Binds `addr`; refuses plaintext on a non-loopback address.
+pub async fn bind(addr: SocketAddr, options: &ServeOptions) -> anyhow::Result<TcpListener> {
+    if options.tls.is_none() && !addr.ip().is_loopback() {
+        bail!("plaintext (--insecure-dev-plaintext) is only allowed on a loopback address, not {addr}");
+    }
+    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
+/// Serves both services on `listener` until `shutdown` completes.
+pub async fn serve<S: Store>(
+    hub: Arc<Hub<S>>,
+    sessions: Arc<Sessions>,
+    listener: TcpListener,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let mut builder = Server::builder().http2_keepalive_interval(Some(options.heartbeat));
+    let plaintext = options.tls.is_none();
+    if let Some(tls) = &options.tls {
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
+            .client_auth_optional(false);
+        builder = builder.tls_config(config).context("configuring TLS")?;
+    }
+    let spoke = SpokeSyncService::new(hub.clone(), sessions, options.clone(), plaintext);
+    let admin = AdminService::new(hub, spoke.sessions(), plaintext);
+    builder
+        .add_service(SpokeSyncServer::new(spoke))
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("serving gRPC")
+}
+
+/// The Tollgate identity of the caller's client certificate. `Ok(None)` only in plaintext mode.
+fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerIdentity>, Status> {
+    if plaintext {
+        return Ok(None);
+    }
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    peer_identity(leaf.as_ref())
+        .map(Some)
+        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))
+}
+
+/// Maps hub errors to status codes: InvalidArgument / NotFound / FailedPrecondition are final for clients;
+/// store trouble is Unavailable (retried).
+fn status(error: HubError) -> Status {
+    match error {
+        HubError::Invalid(errors) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            Status::invalid_argument(lines.join("\n"))
+        }
+        HubError::NotFound(message) => Status::not_found(message),
+        HubError::Store(StoreError::Conflict { .. }) => Status::aborted(error.to_string()),
+        HubError::Store(e) => Status::unavailable(e.to_string()),
+    }
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,358 @@
+//! The spoke `Sync` stream (DESIGN §3.6): hello, the cluster's intent at the latest revision, then every newer
+//! revision (coalesced), heartbeats both ways; facts, inventory and acks are recorded in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_common::document::DocumentSet;
+use tollgate_common::wire::documents_to_wire;
+use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{ServeOptions, caller, now_millis};
+use crate::certs::PeerIdentity;
+use crate::state::{Hub, Snapshot};
+use crate::store::{AgentRecord, Store};
+
+/// Outbound messages buffered per stream; a spoke that falls further behind is dropped and resyncs.
+const QUEUE: usize = 8;
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The spokes connected to this hub replica.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, Session>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    labels: BTreeMap<String, String>,
+    connected_unix_millis: i64,
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+/// A connected spoke, as the status commands show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connected {
+    pub labels: BTreeMap<String, String>,
+    pub connected_unix_millis: i64,
+}
+
+impl Sessions {
+    /// Registers a stream for a cluster; an older stream of the same cluster is cancelled.
+    fn register(&self, cluster: &str, labels: BTreeMap<String, String>, now: i64) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (cancel, cancelled) = oneshot::channel();
+        let previous = self.inner.lock().expect("sessions lock").insert(
+            cluster.to_string(),
+            Session {
+                id,
+                labels,
+                connected_unix_millis: now,
+                cancel: Some(cancel),
+            },
+        );
+        if let Some(mut previous) = previous
+            && let Some(cancel) = previous.cancel.take()
+        {
+            let _ = cancel.send(());
+        }
+        (id, cancelled)
+    }
+
+    fn unregister(&self, cluster: &str, id: u64) {
+        let mut inner = self.inner.lock().expect("sessions lock");
+        if inner.get(cluster).is_some_and(|s| s.id == id) {
+            inner.remove(cluster);
+        }
+    }
+
+    /// Connected clusters by id.
+    pub fn connected(&self) -> BTreeMap<String, Connected> {
+        self.inner
+            .lock()
+            .expect("sessions lock")
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.clone(),
+                    Connected {
+                        labels: s.labels.clone(),
+                        connected_unix_millis: s.connected_unix_millis,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// The `SpokeSync` service.
+#[derive(Debug)]
+pub struct SpokeSyncService<S> {
+    hub: Arc<Hub<S>>,
+    sessions: Arc<Sessions>,
+    options: ServeOptions,
+    plaintext: bool,
+}
+
+impl<S: Store> SpokeSyncService<S> {
+    pub fn new(hub: Arc<Hub<S>>, sessions: Arc<Sessions>, options: ServeOptions, plaintext: bool) -> Self {
+        Self {
+            hub,
+            sessions,
+            options,
+            plaintext,
+        }
+    }
+
+    pub fn sessions(&self) -> Arc<Sessions> {
+        self.sessions.clone()
+    }
+}
+
+type HubStream = Pin<Box<dyn Stream<Item = Result<pb::HubMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
+    type SyncStream = HubStream;
+
+    async fn sync(&self, request: Request<Streaming<pb::SpokeMessage>>) -> Result<Response<HubStream>, Status> {
+        let identity = caller(&request, self.plaintext)?;
+        if let Some(PeerIdentity::Admin(name)) = &identity {
+            return Err(Status::permission_denied(format!(
+                "admin certificate {name:?} cannot open a spoke stream: use a spoke certificate"
+            )));
+        }
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::SpokeMessage {
+                msg: Some(spoke_message::Msg::Hello(hello)),
+            }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
+            Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of a stream must be hello")),
+        };
+        let cluster = hello.cluster_id.clone();
+        if !valid_id(&cluster) {
+            return Err(Status::invalid_argument(format!(
+                "hello.clusterId {cluster:?}: lowercase letters, digits, '-' and '.', at most 63 characters"
+            )));
+        }
+        if let Some(PeerIdentity::Cluster(certified)) = &identity
+            && *certified != cluster
+        {
+            tracing::warn!(certified = %certified, claimed = %cluster, "Refused a hello for another cluster");
+            return Err(Status::permission_denied(format!(
+                "the client certificate is for cluster {certified:?}, not {cluster:?}"
+            )));
+        }
+        let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
+        let now = now_millis();
+        let store = self.hub.store();
+        store
+            .upsert_cluster(&cluster, &labels, now)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+
+        let mut snapshots = self.hub.subscribe();
+        let snapshot = snapshots.borrow_and_update().clone();
+        let selected = select(&snapshot.documents, &labels);
+        let unchanged = match hello.last_applied_revision {
+            0 => false,
+            last if last > snapshot.revision => false,
+            last => match store.revision(last).await {
+                Ok(revision) => select(&revision.documents, &labels) == selected,
+                Err(_) => false,
+            },
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tx.send(Ok(intent(&snapshot, &selected, unchanged)))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+        let (id, cancelled) = self.sessions.register(&cluster, labels.clone(), now);
+        tracing::info!(cluster = %cluster, revision = snapshot.revision, resumed = unchanged, "Spoke connected");
+        let session = SessionTask {
+            hub: self.hub.clone(),
+            sessions: self.sessions.clone(),
+            options: self.options.clone(),
+            cluster,
+            labels,
+            id,
+            sent: selected,
+        };
+        tokio::spawn(session.run(inbound, tx, snapshots, cancelled));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The documents whose `clusterSelector` matches the labels.
+fn select(documents: &DocumentSet, labels: &BTreeMap<String, String>) -> DocumentSet {
+    let mut out = DocumentSet::default();
+    for document in documents.documents().filter(|d| d.selects_cluster(labels)) {
+        out.insert(document);
+    }
+    out
+}
+
+fn intent(snapshot: &Snapshot, selected: &DocumentSet, unchanged: bool) -> pb::HubMessage {
+    pb::HubMessage {
+        msg: Some(hub_message::Msg::Intent(pb::IntentRevision {
+            revision: snapshot.revision,
+            documents: if unchanged {
+                Vec::new()
+            } else {
+                documents_to_wire(selected)
+            },
+            unchanged,
+        })),
+    }
+}
+
+fn heartbeat() -> pb::HubMessage {
+    pb::HubMessage {
+        msg: Some(hub_message::Msg::Heartbeat(pb::Heartbeat {
+            sent_unix_millis: now_millis(),
+        })),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+struct SessionTask<S> {
+    hub: Arc<Hub<S>>,
+    sessions: Arc<Sessions>,
+    options: ServeOptions,
+    cluster: String,
+    labels: BTreeMap<String, String>,
+    id: u64,
+    /// The documents last sent in full.
+    sent: DocumentSet,
+}
+
+impl<S: Store> SessionTask<S> {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::SpokeMessage>,
+        tx: mpsc::Sender<Result<pb::HubMessage, Status>>,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut cancelled: oneshot::Receiver<()>,
+    ) {
+        let mut ticker = tokio::time::interval(self.options.heartbeat);
+        ticker.tick().await;
+        let mut last_heard = Instant::now();
+        let reason = loop {
+            tokio::select! {
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break "hub shutting down";
+                    }
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    let selected = select(&snapshot.documents, &self.labels);
+                    let unchanged = selected == self.sent;
+                    let message = intent(&snapshot, &selected, unchanged);
+                    self.sent = selected;
+                    match tokio::time::timeout(self.options.send_timeout, tx.send(Ok(message))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break "stream closed",
+                        Err(_) => break "spoke fell behind; dropped so it reconnects and resyncs",
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        last_heard = Instant::now();
+                        self.handle(message).await;
+                    }
+                    Ok(None) => break "spoke closed the stream",
+                    Err(status) => {
+                        tracing::debug!(cluster = %self.cluster, %status, "Inbound stream error");
+                        break "inbound stream failed";
+                    }
+                },
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > self.options.heartbeat * 3 {
+                        let _ = tx.try_send(Err(Status::unavailable("heartbeat timeout: nothing heard from the spoke")));
+                        break "heartbeat timeout";
+                    }
+                    let _ = tx.try_send(Ok(heartbeat()));
+                }
+                _ = &mut cancelled => break "replaced by a newer stream of the same cluster",
+            }
+        };
+        self.sessions.unregister(&self.cluster, self.id);
+        let _ = self.hub.store().touch(&self.cluster, now_millis()).await;
+        tracing::info!(cluster = %self.cluster, reason, "Spoke disconnected");
+    }
+
+    async fn handle(&mut self, message: pb::SpokeMessage) {
+        let store = self.hub.store();
+        let now = now_millis();
+        let result = match message.msg {
+            Some(spoke_message::Msg::Facts(facts)) => store.record_facts(&self.cluster, &facts_json(&facts), now).await,
+            Some(spoke_message::Msg::Inventory(inventory)) => {
+                let agents: Vec<AgentRecord> = inventory.agents.into_iter().map(agent_record).collect();
+                store.record_inventory(&self.cluster, &agents, now).await
+            }
+            Some(spoke_message::Msg::Ack(ack)) => {
+                if !ack.errors.is_empty() {
+                    tracing::warn!(cluster = %self.cluster, revision = ack.revision, errors = ?ack.errors, "Spoke reported errors");
+                }
+                store.record_applied(&self.cluster, ack.revision, now).await
+            }
+            Some(spoke_message::Msg::Heartbeat(_)) => Ok(()),
+            Some(spoke_message::Msg::Hello(_)) | None => {
+                tracing::debug!(cluster = %self.cluster, "Ignored an unexpected message");
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(cluster = %self.cluster, %error, "Recording a spoke report failed");
+        }
+    }
+}
+
+fn agent_record(status: pb::AgentStatus) -> AgentRecord {
+    AgentRecord {
+        namespace: status.namespace,
+        name: status.name,
+        labels: status.labels.into_iter().collect(),
+        verified: status.verified,
+        verification_reason: status.verification_reason,
+        mode: status.mode,
+        rule_count: status.rule_count,
+        rule_sources: status.rule_sources,
+        applied_revision: status.applied_revision,
+        errors: status.errors,
+        dropped: status.dropped_rules,
+    }
+}
+
+fn facts_json(facts: &pb::ClusterFacts) -> String {
+    serde_json::json!({
+        "apiServerAddresses": facts.api_server_addresses,
+        "apiServerPorts": facts.api_server_ports,
+        "apiServiceAddress": facts.api_service_address,
+        "apiServicePort": facts.api_service_port,
+        "dnsNamespace": facts.dns_namespace,
+        "dnsAddresses": facts.dns_addresses,
+        "dnsPorts": facts.dns_ports.iter().map(|p| serde_json::json!({"protocol": p.protocol, "port": p.port})).collect::<Vec<_>>(),
+        "dnsServiceAddress": facts.dns_service_address,
+        "kubernetesVersion": facts.kubernetes_version,
+    })
+    .to_string()
+}

@@ -1,0 +1,12 @@
+//! Tollgate hub: holds fleet egress intent, streams it to the spokes, and serves the admin CLI.
+
+pub mod args;
+pub mod certs;
+pub mod cli;
+pub mod grpc;
+pub mod render;
+pub mod serve;
+pub mod sources;
+pub mod state;
+pub mod store;
+pub mod validate;

@@ -1,0 +1,251 @@
+//! The hub's store: revisioned fleet intent with its full history, and what the hub knows about each cluster.
+//!
+//! Every successful apply, delete or rollback is one [`Store::commit`]: one transaction creating one new revision,
+//! numbered `latest + 1` from 1, that holds the *complete* document set of that revision. Keeping every set (not
+//! diffs) makes history and rollback exact: rolling back to revision `n` commits `revision(n).documents` again as
+//! a new revision. Clusters, their agent inventory with per-agent status, and each cluster's applied revision are
+//! persisted alongside.
+//!
+//! The store is a small trait so that a shared PostgreSQL backend can follow for multi-replica hubs; the hub is
+//! generic over `S: Store`. [`SqliteStore`] is the embedded default (one SQLite file in the data folder).
+//! Concurrency between writers is optimistic: a commit names the revision it was computed from and fails with
+//! [`StoreError::Conflict`] when another commit landed first, so the caller re-reads and retries.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tollgate_common::document::DocumentSet;
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod tests;
+
+pub use sqlite::SqliteStore;
+
+/// What created a revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// `tollgate-hub apply`: documents added or replaced (or pruned with `--prune`).
+    Apply,
+    /// `tollgate-hub delete KIND NAME`.
+    Delete,
+    /// `tollgate-hub rollback --to REV`: the set of an earlier revision, committed again.
+    Rollback,
+}
+
+impl Operation {
+    /// The stored and displayed name: `apply`, `delete` or `rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apply => "apply",
+            Self::Delete => "delete",
+            Self::Rollback => "rollback",
+        }
+    }
+
+    /// The inverse of [`Operation::as_str`]; `None` for any other text.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "apply" => Some(Self::Apply),
+            "delete" => Some(Self::Delete),
+            "rollback" => Some(Self::Rollback),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Operation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text).ok_or_else(|| format!("unknown operation {text:?} (expected apply, delete or rollback)"))
+    }
+}
+
+/// One entry of the history: a revision without its documents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionInfo {
+    /// Monotonic from 1; 0 is the empty set before the first commit.
+    pub number: u64,
+    /// When it was committed (the caller's clock), in milliseconds since the Unix epoch.
+    pub created_unix_millis: i64,
+    pub operation: Operation,
+    /// A one-line human summary given by the caller (for example `apply: +EgressPolicy/llm-apis`).
+    pub summary: String,
+    /// How many documents the revision's set holds.
+    pub document_count: u32,
+}
+
+impl RevisionInfo {
+    /// Revision 0: the empty set before the first commit (operation `apply`, time 0, empty summary).
+    pub fn initial() -> Self {
+        Self {
+            number: 0,
+            created_unix_millis: 0,
+            operation: Operation::Apply,
+            summary: String::new(),
+            document_count: 0,
+        }
+    }
+}
+
+/// A revision with its complete document set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revision {
+    pub info: RevisionInfo,
+    pub documents: DocumentSet,
+}
+
+impl Revision {
+    /// Revision 0: the empty set before the first commit.
+    pub fn initial() -> Self {
+        Self {
+            info: RevisionInfo::initial(),
+            documents: DocumentSet::default(),
+        }
+    }
+}
+
+/// What the hub knows about one cluster (one spoke).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// The cluster id, as in the spoke's certificate.
+    pub id: String,
+    /// The labels the spoke said hello with (matched by `clusterSelector`).
+    pub labels: BTreeMap<String, String>,
+    /// The first hello, in milliseconds since the Unix epoch; never changes.
+    pub first_seen_unix_millis: i64,
+    /// The latest message of any kind from the spoke.
+    pub last_seen_unix_millis: i64,
+    /// The latest cluster facts (API/DNS endpoints, Kubernetes version) as the hub encoded them in JSON.
+    pub facts_json: Option<String>,
+    /// The revision the spoke last acknowledged as applied; 0 when none.
+    pub applied_revision: u64,
+}
+
+/// One agent of a cluster's inventory, with its status as the spoke reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub namespace: String,
+    /// The `AgentRuntime` name.
+    pub name: String,
+    /// The `AgentRuntime` labels.
+    pub labels: BTreeMap<String, String>,
+    pub verified: bool,
+    /// Why the agent is (not) verified.
+    pub verification_reason: String,
+    /// `scoped`, `allow-all`, `baseline-only` or `restricted`.
+    pub mode: String,
+    /// How many egress rules its NetworkPolicy carries (baseline excluded).
+    pub rule_count: u32,
+    /// Where its rules came from (`local`, `EgressPolicy/NAME`, …).
+    pub rule_sources: Vec<String>,
+    /// The hub revision its NetworkPolicy was last written from; 0 when none.
+    pub applied_revision: u64,
+    /// Errors (invalid local rules, failed writes).
+    pub errors: Vec<String>,
+    /// Local rules (or peers) dropped by a guardrail ceiling, described.
+    pub dropped: Vec<String>,
+}
+
+/// Why a store operation failed.
+///
+/// Calls about a cluster that was never registered with [`Store::upsert_cluster`] fail with
+/// [`StoreError::Backend`] naming the cluster (the hub always registers a cluster on hello, so this is a bug of the
+/// caller, not a condition to handle; a separate variant would only widen every `match`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic concurrency: the commit was computed from `expected`, but `actual` is the latest now.
+    #[error("revision {expected} is no longer the latest (now {actual}): another change was committed first")]
+    Conflict { expected: u64, actual: u64 },
+    /// The revision was never committed.
+    #[error("revision {0} does not exist")]
+    NoSuchRevision(u64),
+    /// A stored revision no longer parses or validates.
+    #[error("stored revision {revision} is unreadable: {reason}")]
+    Corrupt { revision: u64, reason: String },
+    /// Anything else: I/O, the database, an unknown schema version, an unregistered cluster.
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// Persistence of the hub: revisioned intent with history, and fleet status.
+///
+/// Every method is one transaction; a method that returns `Ok` has made its change durable. Methods take the
+/// caller's clock (`now_unix_millis`) so that tests are deterministic and one hub uses one clock.
+pub trait Store: Send + Sync + 'static {
+    /// The latest revision ([`Revision::initial`], number 0 with an empty set, when nothing was ever committed).
+    fn latest(&self) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Revision `number`, exactly as committed; 0 is [`Revision::initial`]. [`StoreError::NoSuchRevision`] when it
+    /// was never committed.
+    fn revision(&self, number: u64) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Every committed revision, oldest first (revision 0 is not listed).
+    fn history(&self) -> impl Future<Output = Result<Vec<RevisionInfo>, StoreError>> + Send;
+
+    /// Commits `documents` as revision `parent + 1` in one transaction, if `parent` is still the latest
+    /// (optimistic concurrency: [`StoreError::Conflict`] otherwise, and nothing is written). Durable when it
+    /// returns `Ok`.
+    fn commit(
+        &self,
+        parent: u64,
+        operation: Operation,
+        summary: &str,
+        documents: &DocumentSet,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<RevisionInfo, StoreError>> + Send;
+
+    /// Registers a cluster or updates its labels: sets `first_seen` once, `last_seen` always.
+    fn upsert_cluster(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces a cluster's facts (JSON, stored as given) and sets `last_seen`.
+    fn record_facts(
+        &self,
+        id: &str,
+        facts_json: &str,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces the cluster's whole agent inventory in one transaction (agents not listed are removed) and sets
+    /// `last_seen`. An inventory naming one agent twice is refused and changes nothing.
+    fn record_inventory(
+        &self,
+        id: &str,
+        agents: &[AgentRecord],
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the revision the cluster acknowledged as applied and sets `last_seen`.
+    fn record_applied(
+        &self,
+        id: &str,
+        revision: u64,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets `last_seen` only (heartbeats).
+    fn touch(&self, id: &str, now_unix_millis: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every registered cluster, sorted by id.
+    fn clusters(&self) -> impl Future<Output = Result<Vec<ClusterRecord>, StoreError>> + Send;
+
+    /// The inventory of one cluster, sorted by namespace then name (empty for an unknown cluster).
+    fn agents(&self, cluster_id: &str) -> impl Future<Output = Result<Vec<AgentRecord>, StoreError>> + Send;
+}

@@ -1,0 +1,597 @@
+//! The embedded store: one SQLite database file in the hub's data folder.
+//!
+//! - `PRAGMA journal_mode=WAL` and `synchronous=FULL`: a commit that returned `Ok` is in the write-ahead log and
+//!   fsynced, so it survives the hub being killed (SIGKILL) and power loss.
+//! - Migrations: `schema_migrations(version)` records each applied step of [`MIGRATIONS`]; at open every missing
+//!   step runs in its own transaction, so reopening applies nothing twice, and a database written by a newer hub
+//!   (an unknown version) is refused rather than misread.
+//! - Revisions store the canonical YAML of their whole set (`DocumentSet::to_yaml`); reading one parses and
+//!   validates it again, so what a reader gets is exactly what was committed.
+//! - rusqlite is blocking: one connection behind a mutex, and every call runs on tokio's blocking pool, so the async
+//!   API never blocks the runtime. The mutex also serialises writers within the process; `BEGIN IMMEDIATE` and the
+//!   parent check serialise them across processes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tollgate_common::document::DocumentSet;
+
+use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError};
+
+/// The database file's name within the data folder.
+pub const DATABASE_FILE: &str = "tollgate-hub.db";
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema, as ordered steps `(version, SQL)`; versions are 1, 2, 3, … Append new steps; never edit one that
+/// has shipped.
+pub const MIGRATIONS: &[(u32, &str)] = &[(
+    1,
+    "CREATE TABLE revisions (
+        number INTEGER PRIMARY KEY,
+        created_unix_millis INTEGER NOT NULL,
+        operation TEXT NOT NULL CHECK (operation IN ('apply', 'delete', 'rollback')),
+        summary TEXT NOT NULL,
+        document_count INTEGER NOT NULL,
+        documents_yaml TEXT NOT NULL
+    );
+    CREATE TABLE clusters (
+        id TEXT PRIMARY KEY,
+        labels_json TEXT NOT NULL,
+        first_seen_unix_millis INTEGER NOT NULL,
+        last_seen_unix_millis INTEGER NOT NULL,
+        facts_json TEXT,
+        applied_revision INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE agents (
+        cluster_id TEXT NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        verified INTEGER NOT NULL,
+        verification_reason TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        rule_count INTEGER NOT NULL,
+        rule_sources_json TEXT NOT NULL,
+        applied_revision INTEGER NOT NULL,
+        errors_json TEXT NOT NULL,
+        dropped_json TEXT NOT NULL,
+        PRIMARY KEY (cluster_id, namespace, name)
+    ) WITHOUT ROWID;",
+)];
+
+/// The embedded SQLite store. Cheap to clone: clones share one connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish()
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Backend(error.to_string())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating the folder and the database when missing) `data_dir/tollgate-hub.db`, sets WAL with full
+    /// synchronisation and foreign keys, and applies the missing migrations. Blocking: call it at start-up, before
+    /// serving, or inside `spawn_blocking`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Backend(format!("cannot create data folder {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut connection =
+            Connection::open(&path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        let in_file = |error: StoreError| match error {
+            StoreError::Backend(message) => StoreError::Backend(format!("{}: {message}", path.display())),
+            other => other,
+        };
+        configure(&connection).map_err(in_file)?;
+        migrate(&mut connection).map_err(in_file)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                connection: Mutex::new(connection),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` with the connection on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a transaction half-applied (an unfinished rusqlite
+            // transaction rolls back when dropped), so a poisoned lock is safe to keep using.
+            let mut connection = inner.connection.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut connection)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+}
+
+fn configure(connection: &Connection) -> Result<(), StoreError> {
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "cannot switch the journal to WAL (still {mode})"
+        )));
+    }
+    connection.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(())
+}
+
+/// Applies every step of [`MIGRATIONS`] not yet recorded, each in its own transaction; refuses a database whose
+/// schema is newer than this build knows.
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    connection.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_unix_millis INTEGER NOT NULL
+        );",
+    )?;
+    let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    for (version, sql) in MIGRATIONS {
+        // IMMEDIATE: two hubs opening one database at once do not both run a step.
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let current = schema_version(&tx)?;
+        if current > known {
+            return Err(StoreError::Backend(format!(
+                "database schema version {current} is newer than this hub supports ({known}); \
+                 run a newer tollgate-hub or point it at another data folder"
+            )));
+        }
+        if *version <= current {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Backend(format!("migration {version} failed: {e}")))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES (?1, ?2)",
+            params![version, unix_millis_now()],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn schema_version(tx: &Transaction<'_>) -> Result<u32, rusqlite::Error> {
+    tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| {
+        row.get(0)
+    })
+}
+
+fn unix_millis_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_sql_u64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} is too large to store")))
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
+}
+
+fn latest_number(tx: &Transaction<'_>) -> Result<u64, StoreError> {
+    let number: i64 = tx.query_row("SELECT COALESCE(MAX(number), 0) FROM revisions", [], |row| row.get(0))?;
+    u64::try_from(number).map_err(|_| StoreError::Backend(format!("negative revision number {number}")))
+}
+
+/// The raw columns of a `revisions` row, decoded outside rusqlite's row callback.
+struct RevisionRow {
+    number: i64,
+    created_unix_millis: i64,
+    operation: String,
+    summary: String,
+    document_count: i64,
+}
+
+const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count";
+
+fn revision_row(row: &Row<'_>) -> Result<RevisionRow, rusqlite::Error> {
+    Ok(RevisionRow {
+        number: row.get(0)?,
+        created_unix_millis: row.get(1)?,
+        operation: row.get(2)?,
+        summary: row.get(3)?,
+        document_count: row.get(4)?,
+    })
+}
+
+impl RevisionRow {
+    fn decode(self) -> Result<RevisionInfo, StoreError> {
+        let number = u64::try_from(self.number)
+            .map_err(|_| StoreError::Backend(format!("negative revision number {}", self.number)))?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            revision: number,
+            reason,
+        };
+        Ok(RevisionInfo {
+            number,
+            created_unix_millis: self.created_unix_millis,
+            operation: Operation::parse(&self.operation)
+                .ok_or_else(|| corrupt(format!("unknown operation {:?}", self.operation)))?,
+            summary: self.summary,
+            document_count: u32::try_from(self.document_count)
+                .map_err(|_| corrupt(format!("bad document count {}", self.document_count)))?,
+        })
+    }
+}
+
+/// Reads revision `number` (0 is the initial empty revision) and parses its documents.
+fn read_revision(connection: &Connection, number: u64) -> Result<Revision, StoreError> {
+    if number == 0 {
+        return Ok(Revision::initial());
+    }
+    let key = to_sql_u64(number, "revision")?;
+    let row = connection
+        .query_row(
+            &format!("SELECT {REVISION_COLUMNS}, documents_yaml FROM revisions WHERE number = ?1"),
+            [key],
+            |row| Ok((revision_row(row)?, row.get::<_, String>(5)?)),
+        )
+        .optional()?;
+    let Some((row, yaml)) = row else {
+        return Err(StoreError::NoSuchRevision(number));
+    };
+    let info = row.decode()?;
+    let documents =
+        DocumentSet::from_yaml(&format!("revision {number}"), &yaml).map_err(|errors| StoreError::Corrupt {
+            revision: number,
+            reason: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        })?;
+    if documents.len() != info.document_count as usize {
+        return Err(StoreError::Corrupt {
+            revision: number,
+            reason: format!(
+                "holds {} documents, its record says {}",
+                documents.len(),
+                info.document_count
+            ),
+        });
+    }
+    Ok(Revision { info, documents })
+}
+
+fn unknown_cluster(id: &str) -> StoreError {
+    StoreError::Backend(format!("cluster {id:?} is not registered (no hello recorded)"))
+}
+
+/// Runs one `UPDATE clusters … WHERE id = ?` in its own transaction; fails when the cluster is unknown.
+fn update_cluster(
+    connection: &mut Connection,
+    id: &str,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<(), StoreError> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if tx.execute(sql, params)? == 0 {
+        return Err(unknown_cluster(id));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    async fn latest(&self) -> Result<Revision, StoreError> {
+        self.run(|connection| {
+            // One read transaction: the number and the row it names come from one snapshot.
+            let tx = connection.transaction()?;
+            let number = latest_number(&tx)?;
+            read_revision(&tx, number)
+        })
+        .await
+    }
+
+    async fn revision(&self, number: u64) -> Result<Revision, StoreError> {
+        self.run(move |connection| read_revision(connection, number)).await
+    }
+
+    async fn history(&self) -> Result<Vec<RevisionInfo>, StoreError> {
+        self.run(|connection| {
+            let mut statement =
+                connection.prepare(&format!("SELECT {REVISION_COLUMNS} FROM revisions ORDER BY number"))?;
+            let rows = statement.query_map([], revision_row)?.collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(RevisionRow::decode).collect()
+        })
+        .await
+    }
+
+    async fn commit(
+        &self,
+        parent: u64,
+        operation: Operation,
+        summary: &str,
+        documents: &DocumentSet,
+        now_unix_millis: i64,
+    ) -> Result<RevisionInfo, StoreError> {
+        let yaml = documents.to_yaml();
+        let document_count = u32::try_from(documents.len())
+            .map_err(|_| StoreError::Backend(format!("{} documents are too many for one revision", documents.len())))?;
+        let summary = summary.to_string();
+        let number = parent
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("revision numbers are exhausted".to_string()))?;
+        let key = to_sql_u64(number, "revision")?;
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let actual = latest_number(&tx)?;
+            if actual != parent {
+                return Err(StoreError::Conflict {
+                    expected: parent,
+                    actual,
+                });
+            }
+            tx.execute(
+                "INSERT INTO revisions (number, created_unix_millis, operation, summary, document_count, documents_yaml)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key, now_unix_millis, operation.as_str(), summary, document_count, yaml],
+            )?;
+            tx.commit()?;
+            Ok(RevisionInfo {
+                number,
+                created_unix_millis: now_unix_millis,
+                operation,
+                summary,
+                document_count,
+            })
+        })
+        .await
+    }
+
+    async fn upsert_cluster(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        now_unix_millis: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let labels = to_json(labels)?;
+        self.run(move |connection| {
+            connection.execute(
+                "INSERT INTO clusters (id, labels_json, first_seen_unix_millis, last_seen_unix_millis)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (id) DO UPDATE SET
+                     labels_json = excluded.labels_json,
+                     last_seen_unix_millis = excluded.last_seen_unix_millis",
+                params![id, labels, now_unix_millis],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_facts(&self, id: &str, facts_json: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let facts = facts_json.to_string();
+        self.run(move |connection| {
+            update_cluster(
+                connection,
+                &id,
+                "UPDATE clusters SET facts_json = ?2, last_seen_unix_millis = ?3 WHERE id = ?1",
+                params![id, facts, now_unix_millis],
+            )
+        })
+        .await
+    }
+
+    async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now_unix_millis: i64) -> Result<(), StoreError> {
+        let mut seen = BTreeSet::new();
+        for agent in agents {
+            if !seen.insert((agent.namespace.as_str(), agent.name.as_str())) {
+                return Err(StoreError::Backend(format!(
+                    "inventory of cluster {id:?} lists agent {}/{} twice",
+                    agent.namespace, agent.name
+                )));
+            }
+        }
+        let id = id.to_string();
+        let rows = agents
+            .iter()
+            .map(|agent| {
+                Ok((
+                    agent.namespace.clone(),
+                    agent.name.clone(),
+                    to_json(&agent.labels)?,
+                    agent.verified,
+                    agent.verification_reason.clone(),
+                    agent.mode.clone(),
+                    agent.rule_count,
+                    to_json(&agent.rule_sources)?,
+                    to_sql_u64(agent.applied_revision, "applied revision")?,
+                    to_json(&agent.errors)?,
+                    to_json(&agent.dropped)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if tx.execute(
+                "UPDATE clusters SET last_seen_unix_millis = ?2 WHERE id = ?1",
+                params![id, now_unix_millis],
+            )? == 0
+            {
+                return Err(unknown_cluster(&id));
+            }
+            tx.execute("DELETE FROM agents WHERE cluster_id = ?1", [&id])?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, verification_reason, mode,
+                         rule_count, rule_sources_json, applied_revision, errors_json, dropped_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )?;
+                for (namespace, name, labels, verified, reason, mode, rule_count, sources, applied, errors, dropped) in
+                    rows
+                {
+                    insert.execute(params![
+                        id, namespace, name, labels, verified, reason, mode, rule_count, sources, applied, errors,
+                        dropped
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_applied(&self, id: &str, revision: u64, now_unix_millis: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let revision = to_sql_u64(revision, "applied revision")?;
+        self.run(move |connection| {
+            update_cluster(
+                connection,
+                &id,
+                "UPDATE clusters SET applied_revision = ?2, last_seen_unix_millis = ?3 WHERE id = ?1",
+                params![id, revision, now_unix_millis],
+            )
+        })
+        .await
+    }
+
+    async fn touch(&self, id: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.run(move |connection| {
+            update_cluster(
+                connection,
+                &id,
+                "UPDATE clusters SET last_seen_unix_millis = ?2 WHERE id = ?1",
+                params![id, now_unix_millis],
+            )
+        })
+        .await
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.run(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision
+                 FROM clusters ORDER BY id",
+            )?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, labels, first_seen, last_seen, facts_json, applied)| {
+                    Ok(ClusterRecord {
+                        labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                        applied_revision: u64::try_from(applied)
+                            .map_err(|_| StoreError::Backend(format!("negative applied revision of cluster {id:?}")))?,
+                        id,
+                        first_seen_unix_millis: first_seen,
+                        last_seen_unix_millis: last_seen,
+                        facts_json,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn agents(&self, cluster_id: &str) -> Result<Vec<AgentRecord>, StoreError> {
+        let cluster_id = cluster_id.to_string();
+        self.run(move |connection| {
+            let mut statement = connection.prepare(
+                "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
+                        rule_sources_json, applied_revision, errors_json, dropped_json
+                 FROM agents WHERE cluster_id = ?1 ORDER BY namespace, name",
+            )?;
+            let rows = statement
+                .query_map([&cluster_id], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, bool>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                        row.get::<_, u32>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, i64>(8)?,
+                        row.get::<_, String>(9)?,
+                        row.get::<_, String>(10)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(
+                    |(
+                        namespace,
+                        name,
+                        labels,
+                        verified,
+                        reason,
+                        mode,
+                        rule_count,
+                        sources,
+                        applied,
+                        errors,
+                        dropped,
+                    )| {
+                        let what =
+                            |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
+                        Ok(AgentRecord {
+                            labels: from_json(&labels, &what("labels"))?,
+                            verified,
+                            verification_reason: reason,
+                            mode,
+                            rule_count,
+                            rule_sources: from_json(&sources, &what("rule sources"))?,
+                            applied_revision: u64::try_from(applied)
+                                .map_err(|_| StoreError::Backend(format!("negative {}", what("applied revision"))))?,
+                            errors: from_json(&errors, &what("errors"))?,
+                            dropped: from_json(&dropped, &what("dropped rules"))?,
+                            namespace,
+                            name,
+                        })
+                    },
+                )
+                .collect()
+        })
+        .await
+    }
+}

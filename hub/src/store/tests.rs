@@ -1,0 +1,637 @@
+//! Tests of the store: revisions, history, rollback exactness, conflicts, concurrent commits, fleet status,
+//! migrations, corruption, and durability across a real SIGKILL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use tollgate_common::document::{Document, DocumentSet};
+
+use super::sqlite::{DATABASE_FILE, MIGRATIONS};
+use super::*;
+
+fn policy_yaml(name: &str, cidr: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {{name: {name}}}
+spec:
+  egress: [{{to: [{{ipBlock: {{cidr: {cidr}}}}}], ports: [{{port: 443}}]}}]
+"
+    )
+}
+
+fn policy(name: &str) -> Document {
+    policy_with_cidr(name, "10.0.0.0/8")
+}
+
+fn policy_with_cidr(name: &str, cidr: &str) -> Document {
+    let set = DocumentSet::from_yaml("test", &policy_yaml(name, cidr)).expect("test policy is valid");
+    set.documents().next().expect("one document")
+}
+
+fn guardrail(name: &str) -> Document {
+    let yaml = format!(
+        "apiVersion: tollgate.dev/v1alpha1
+kind: EgressGuardrail
+metadata: {{name: {name}}}
+spec:
+  clusterSelector: {{matchLabels: {{env: prod}}}}
+  verifiedDefault: BaselineOnly
+  allowedDestinations: [{{cidr: 10.0.0.0/8}}]
+"
+    );
+    let set = DocumentSet::from_yaml("test", &yaml).expect("test guardrail is valid");
+    set.documents().next().expect("one document")
+}
+
+fn set_of(documents: impl IntoIterator<Item = Document>) -> DocumentSet {
+    let mut set = DocumentSet::default();
+    for document in documents {
+        set.insert(document);
+    }
+    set
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn raw_connection(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join(DATABASE_FILE)).unwrap()
+}
+
+fn agent(namespace: &str, name: &str) -> AgentRecord {
+    AgentRecord {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        labels: labels(&[("tier", "llm")]),
+        verified: true,
+        verification_reason: "mTLS identity spiffe://example/agent".to_string(),
+        mode: "scoped".to_string(),
+        rule_count: 2,
+        rule_sources: vec!["local".to_string(), "EgressPolicy/llm-apis".to_string()],
+        applied_revision: 3,
+        errors: vec!["a local rule was invalid".to_string()],
+        dropped: vec!["203.0.113.0/24 is outside the ceiling".to_string()],
+    }
+}
+
+#[test]
+fn operation_names_round_trip() {
+    for operation in [Operation::Apply, Operation::Delete, Operation::Rollback] {
+        assert_eq!(Operation::parse(operation.as_str()), Some(operation));
+        assert_eq!(operation.to_string().parse::<Operation>(), Ok(operation));
+    }
+    assert_eq!(Operation::parse("Apply"), None);
+    assert!("prune".parse::<Operation>().unwrap_err().contains("prune"));
+}
+
+#[tokio::test]
+async fn empty_store_is_revision_zero_with_an_empty_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("nested/data")).unwrap();
+    assert!(store.path().ends_with("nested/data/tollgate-hub.db"));
+    assert_eq!(store.latest().await.unwrap(), Revision::initial());
+    assert_eq!(store.revision(0).await.unwrap(), Revision::initial());
+    assert!(matches!(store.revision(1).await, Err(StoreError::NoSuchRevision(1))));
+    assert!(store.history().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn revisions_are_monotonic_from_one_and_history_lists_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let one = set_of([policy("p1")]);
+    let two = set_of([policy("p1"), policy("p2"), guardrail("prod")]);
+    let three = set_of([policy("p2"), guardrail("prod")]);
+
+    let r1 = store
+        .commit(0, Operation::Apply, "apply: +p1", &one, 1_000)
+        .await
+        .unwrap();
+    let r2 = store
+        .commit(1, Operation::Apply, "apply: +p2 +prod", &two, 2_000)
+        .await
+        .unwrap();
+    let r3 = store
+        .commit(2, Operation::Delete, "delete: -p1", &three, 3_000)
+        .await
+        .unwrap();
+    assert_eq!((r1.number, r2.number, r3.number), (1, 2, 3));
+
+    let expected = vec![
+        RevisionInfo {
+            number: 1,
+            created_unix_millis: 1_000,
+            operation: Operation::Apply,
+            summary: "apply: +p1".to_string(),
+            document_count: 1,
+        },
+        RevisionInfo {
+            number: 2,
+            created_unix_millis: 2_000,
+            operation: Operation::Apply,
+            summary: "apply: +p2 +prod".to_string(),
+            document_count: 3,
+        },
+        RevisionInfo {
+            number: 3,
+            created_unix_millis: 3_000,
+            operation: Operation::Delete,
+            summary: "delete: -p1".to_string(),
+            document_count: 2,
+        },
+    ];
+    assert_eq!(vec![r1, r2, r3], expected);
+    assert_eq!(store.history().await.unwrap(), expected);
+
+    let latest = store.latest().await.unwrap();
+    assert_eq!(latest.info, expected[2]);
+    assert_eq!(latest.documents, three);
+
+    // The history survives a reopen.
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.history().await.unwrap(), expected);
+    assert_eq!(store.revision(2).await.unwrap().documents, two);
+}
+
+#[tokio::test]
+async fn every_revision_returns_exactly_its_set_and_rollback_is_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let a = set_of([
+        policy("alpha"),
+        policy_with_cidr("beta", "192.168.0.0/16"),
+        guardrail("prod"),
+    ]);
+    let b = set_of([policy_with_cidr("alpha", "172.16.0.0/12"), policy("gamma")]);
+
+    store.commit(0, Operation::Apply, "A", &a, 1).await.unwrap();
+    store.commit(1, Operation::Apply, "B", &b, 2).await.unwrap();
+    for (number, set) in [(1, &a), (2, &b)] {
+        let revision = store.revision(number).await.unwrap();
+        assert_eq!(&revision.documents, set);
+        assert_eq!(revision.documents.to_yaml(), set.to_yaml());
+    }
+
+    // Rollback to 1: commit revision 1's documents again, as a new revision.
+    let target = store.revision(1).await.unwrap();
+    let info = store
+        .commit(2, Operation::Rollback, "rollback to 1", &target.documents, 3)
+        .await
+        .unwrap();
+    assert_eq!((info.number, info.operation), (3, Operation::Rollback));
+    let latest = store.latest().await.unwrap();
+    assert_eq!(latest.info.number, 3);
+    assert_eq!(latest.documents, a);
+    assert_eq!(latest.documents.to_yaml(), a.to_yaml());
+    // What is stored is the canonical text itself.
+    let stored: String = raw_connection(dir.path())
+        .query_row("SELECT documents_yaml FROM revisions WHERE number = 3", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(stored, a.to_yaml());
+    // Revision 2 is still there, unchanged.
+    assert_eq!(store.revision(2).await.unwrap().documents, b);
+}
+
+#[tokio::test]
+async fn a_stale_parent_conflicts_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let first = set_of([policy("p1")]);
+    store.commit(0, Operation::Apply, "first", &first, 1).await.unwrap();
+    store
+        .commit(1, Operation::Apply, "second", &set_of([policy("p2")]), 2)
+        .await
+        .unwrap();
+
+    for parent in [0, 1, 3, 7] {
+        let error = store
+            .commit(parent, Operation::Apply, "stale", &set_of([policy("lost")]), 3)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StoreError::Conflict { expected, actual: 2 } if expected == parent),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("revision {parent} is no longer the latest (now 2): another change was committed first")
+        );
+    }
+    let history = store.history().await.unwrap();
+    assert_eq!(history.iter().map(|r| r.number).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(store.latest().await.unwrap().documents, set_of([policy("p2")]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_serialise_without_lost_updates() {
+    const TASKS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let name = format!("policy-{i:02}");
+                let mut conflicts = 0_u32;
+                loop {
+                    let latest = store.latest().await.unwrap();
+                    let mut documents = latest.documents.clone();
+                    documents.insert(policy(&name));
+                    tokio::task::yield_now().await;
+                    match store
+                        .commit(
+                            latest.info.number,
+                            Operation::Apply,
+                            &format!("apply: +{name}"),
+                            &documents,
+                            1,
+                        )
+                        .await
+                    {
+                        Ok(info) => return (info.number, conflicts),
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.push(task.await.unwrap().0);
+    }
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=TASKS as u64).collect::<Vec<_>>(),
+        "distinct, consecutive revisions"
+    );
+
+    let history = store.history().await.unwrap();
+    assert_eq!(history.len(), TASKS);
+    for (k, info) in history.iter().enumerate() {
+        // Each revision adds exactly one policy on top of its parent: nothing was lost in between.
+        assert_eq!((info.number, info.document_count), (k as u64 + 1, k as u32 + 1));
+    }
+    let latest = store.latest().await.unwrap();
+    assert_eq!(latest.documents.len(), TASKS);
+    for i in 0..TASKS {
+        assert!(latest.documents.policies.contains_key(&format!("policy-{i:02}")));
+    }
+}
+
+#[tokio::test]
+async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .upsert_cluster("west", &labels(&[("env", "prod")]), 100)
+        .await
+        .unwrap();
+    store
+        .upsert_cluster("east", &labels(&[("env", "dev")]), 150)
+        .await
+        .unwrap();
+    // A second hello: labels replaced, first_seen kept, last_seen moved.
+    store
+        .upsert_cluster("west", &labels(&[("env", "prod"), ("region", "eu")]), 200)
+        .await
+        .unwrap();
+    store
+        .record_facts("west", r#"{"kubernetesVersion":"v1.33.1"}"#, 300)
+        .await
+        .unwrap();
+    let inventory = vec![agent("team-a", "planner"), {
+        let mut other = agent("team-a", "coder");
+        other.verified = false;
+        other.mode = "restricted".to_string();
+        other.rule_sources.clear();
+        other.errors.clear();
+        other.dropped.clear();
+        other.labels.clear();
+        other.applied_revision = 0;
+        other
+    }];
+    store.record_inventory("west", &inventory, 400).await.unwrap();
+    store.record_applied("west", 7, 500).await.unwrap();
+    store.touch("east", 600).await.unwrap();
+
+    let expected_clusters = vec![
+        ClusterRecord {
+            id: "east".to_string(),
+            labels: labels(&[("env", "dev")]),
+            first_seen_unix_millis: 150,
+            last_seen_unix_millis: 600,
+            facts_json: None,
+            applied_revision: 0,
+        },
+        ClusterRecord {
+            id: "west".to_string(),
+            labels: labels(&[("env", "prod"), ("region", "eu")]),
+            first_seen_unix_millis: 100,
+            last_seen_unix_millis: 500,
+            facts_json: Some(r#"{"kubernetesVersion":"v1.33.1"}"#.to_string()),
+            applied_revision: 7,
+        },
+    ];
+    let mut expected_agents = inventory.clone();
+    expected_agents.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    assert_eq!(expected_agents[0].name, "coder");
+
+    assert_eq!(store.clusters().await.unwrap(), expected_clusters);
+    assert_eq!(store.agents("west").await.unwrap(), expected_agents);
+    assert!(store.agents("east").await.unwrap().is_empty());
+    assert!(store.agents("nowhere").await.unwrap().is_empty());
+
+    drop(store);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.clusters().await.unwrap(), expected_clusters);
+    assert_eq!(store.agents("west").await.unwrap(), expected_agents);
+}
+
+#[tokio::test]
+async fn inventory_replacement_removes_agents_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
+    store.upsert_cluster("c2", &BTreeMap::new(), 1).await.unwrap();
+    store
+        .record_inventory("c1", &[agent("b", "one"), agent("a", "two"), agent("a", "three")], 2)
+        .await
+        .unwrap();
+    store.record_inventory("c2", &[agent("a", "two")], 2).await.unwrap();
+
+    let mut updated = agent("a", "two");
+    updated.mode = "baseline-only".to_string();
+    store
+        .record_inventory("c1", &[updated.clone(), agent("c", "new")], 3)
+        .await
+        .unwrap();
+    let names = |agents: Vec<AgentRecord>| {
+        agents
+            .into_iter()
+            .map(|a| format!("{}/{}", a.namespace, a.name))
+            .collect::<Vec<_>>()
+    };
+    let c1 = store.agents("c1").await.unwrap();
+    assert_eq!(c1[0], updated);
+    assert_eq!(names(c1), ["a/two", "c/new"]);
+    // Another cluster's inventory is untouched.
+    assert_eq!(names(store.agents("c2").await.unwrap()), ["a/two"]);
+
+    // An empty inventory clears it.
+    store.record_inventory("c1", &[], 4).await.unwrap();
+    assert!(store.agents("c1").await.unwrap().is_empty());
+    assert_eq!(store.clusters().await.unwrap()[0].last_seen_unix_millis, 4);
+}
+
+#[tokio::test]
+async fn a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
+    store.record_inventory("c1", &[agent("a", "kept")], 2).await.unwrap();
+    let error = store
+        .record_inventory("c1", &[agent("a", "x"), agent("a", "x")], 3)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("a/x twice"), "{error}");
+    assert_eq!(store.agents("c1").await.unwrap(), [agent("a", "kept")]);
+    assert_eq!(store.clusters().await.unwrap()[0].last_seen_unix_millis, 2);
+}
+
+#[tokio::test]
+async fn updates_of_an_unregistered_cluster_fail_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let errors = [
+        store.record_facts("ghost", "{}", 1).await.unwrap_err(),
+        store
+            .record_inventory("ghost", &[agent("a", "b")], 1)
+            .await
+            .unwrap_err(),
+        store.record_applied("ghost", 1, 1).await.unwrap_err(),
+        store.touch("ghost", 1).await.unwrap_err(),
+    ];
+    for error in errors {
+        assert!(
+            matches!(&error, StoreError::Backend(m) if m.contains("\"ghost\" is not registered")),
+            "{error}"
+        );
+    }
+    assert!(store.clusters().await.unwrap().is_empty());
+    assert!(store.agents("ghost").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_reopening_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .commit(0, Operation::Apply, "one", &set_of([policy("p1")]), 1)
+        .await
+        .unwrap();
+    drop(store);
+    let recorded = || {
+        let connection = raw_connection(dir.path());
+        let mut statement = connection
+            .prepare("SELECT version, applied_unix_millis FROM schema_migrations ORDER BY version")
+            .unwrap();
+        statement
+            .query_map([], |row| Ok((row.get::<_, u32>(0)?, row.get::<_, i64>(1)?)))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    let first = recorded();
+    assert_eq!(
+        first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        MIGRATIONS.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (1..=MIGRATIONS.len() as u32).collect::<Vec<_>>(),
+        "versions are 1, 2, 3, …"
+    );
+
+    for _ in 0..2 {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.latest().await.unwrap().info.number, 1);
+    }
+    assert_eq!(recorded(), first, "nothing re-applied");
+    let journal: String = raw_connection(dir.path())
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_hub_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let newer = MIGRATIONS.len() as u32 + 1;
+    raw_connection(dir.path())
+        .execute(
+            "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES (?1, 0)",
+            [newer],
+        )
+        .unwrap();
+    let error = SqliteStore::open(dir.path()).unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, StoreError::Backend(_)));
+    assert!(
+        message.contains(&format!("schema version {newer} is newer than this hub supports")),
+        "{message}"
+    );
+    assert!(message.contains(DATABASE_FILE), "{message}");
+}
+
+#[tokio::test]
+async fn an_unreadable_stored_revision_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .commit(0, Operation::Apply, "one", &set_of([policy("p1")]), 1)
+        .await
+        .unwrap();
+    raw_connection(dir.path())
+        .execute(
+            "UPDATE revisions SET documents_yaml = 'kind: Nope' WHERE number = 1",
+            [],
+        )
+        .unwrap();
+    for result in [store.revision(1).await, store.latest().await] {
+        let error = result.unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { revision: 1, .. }), "{error:?}");
+        assert!(
+            error.to_string().starts_with("stored revision 1 is unreadable: "),
+            "{error}"
+        );
+    }
+    // The history itself still reads.
+    assert_eq!(store.history().await.unwrap().len(), 1);
+}
+
+/// The environment variable that turns [`sigkill_child_process_entry_point`] into the child of
+/// [`an_acknowledged_commit_survives_sigkill`]: the folder of the store it commits to.
+const CHILD_DIR_ENV: &str = "TOLLGATE_STORE_CHILD_DIR";
+/// What the child prints, followed by the latest revision number, once its commits are acknowledged.
+const CHILD_MARKER: &str = "tollgate-store-child committed";
+/// How many revisions the child commits.
+const CHILD_COMMITS: u64 = 3;
+
+/// Not a test of its own: a no-op unless [`CHILD_DIR_ENV`] is set. The SIGKILL test re-runs this test executable
+/// filtered to exactly this function, with the variable set, to get a child process without a separate binary.
+/// The child opens the store, commits, prints `tollgate-store-child committed N` once the commits returned `Ok`,
+/// and sleeps with the store still open (no clean close, no checkpoint) until it is killed.
+#[test]
+fn sigkill_child_process_entry_point() {
+    use std::io::Write as _;
+
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, number) = runtime.block_on(async {
+        let store = SqliteStore::open(Path::new(&dir)).unwrap();
+        let mut documents = DocumentSet::default();
+        let mut number = 0;
+        for i in 1..=CHILD_COMMITS {
+            documents.insert(policy(&format!("child-{i}")));
+            number = store
+                .commit(number, Operation::Apply, &format!("child commit {i}"), &documents, 1)
+                .await
+                .unwrap()
+                .number;
+        }
+        (store, number)
+    });
+    println!("\n{CHILD_MARKER} {number}");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(120));
+    drop(store);
+    panic!("the parent test should have killed this process with SIGKILL");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_acknowledged_commit_survives_sigkill() {
+    use std::io::BufRead as _;
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "store::tests::sigkill_child_process_entry_point",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_ENV, dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    // Read the child's output on a thread so that a child that never reports cannot hang the test.
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let acknowledged = loop {
+        match lines_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                // libtest may have printed `test NAME ... ` on the same line first.
+                if let Some((_, number)) = line.split_once(CHILD_MARKER) {
+                    break number.trim().parse::<u64>().unwrap();
+                }
+            }
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the child never reported its commits: {error}");
+            }
+        }
+    };
+    assert_eq!(acknowledged, CHILD_COMMITS);
+
+    child.kill().unwrap(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+    // The commits were never checkpointed into the main file: reopening must recover them from the WAL.
+    let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "{} is empty", wal.display());
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let latest = store.latest().await.unwrap();
+    assert_eq!(latest.info.number, acknowledged);
+    assert_eq!(latest.documents.len() as u64, CHILD_COMMITS);
+    assert_eq!(
+        store
+            .history()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.number)
+            .collect::<Vec<_>>(),
+        (1..=CHILD_COMMITS).collect::<Vec<_>>()
+    );
+}

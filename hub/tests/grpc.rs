@@ -1,0 +1,488 @@
+//! The hub's gRPC services in-process, over real mTLS on loopback: snapshot on connect, push on apply, selector
+//! filtering, resumption, a stuck spoke not delaying a healthy one, heartbeat timeout, and the security matrix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_hub::certs::{Leaf, init_ca, issue};
+use tollgate_hub::grpc::{self, ServeOptions, Sessions, TlsFiles};
+use tollgate_hub::state::Hub;
+use tollgate_hub::store::Store;
+use tollgate_hub::store::sqlite::SqliteStore;
+use tollgate_proto::v1::admin_client::AdminClient;
+use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
+use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct TestHub {
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    hub: Arc<Hub<SqliteStore>>,
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn certs(dir: &Path) {
+    init_ca(dir).unwrap();
+    issue(
+        dir,
+        dir,
+        &Leaf::Hub {
+            dns_names: vec!["localhost".into()],
+            addresses: vec!["127.0.0.1".parse().unwrap()],
+        },
+    )
+    .unwrap();
+    for cluster in ["prod-eu", "dev"] {
+        issue(
+            dir,
+            dir,
+            &Leaf::Spoke {
+                cluster_id: cluster.into(),
+            },
+        )
+        .unwrap();
+    }
+    issue(dir, dir, &Leaf::Admin { name: "alice".into() }).unwrap();
+}
+
+async fn start(heartbeat: Duration) -> TestHub {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path());
+    let options = ServeOptions {
+        tls: Some(TlsFiles {
+            cert: dir.path().join("hub.pem"),
+            key: dir.path().join("hub-key.pem"),
+            client_ca: dir.path().join("ca.pem"),
+        }),
+        heartbeat,
+        send_timeout: Duration::from_secs(2),
+    };
+    let store = SqliteStore::open(&dir.path().join("data")).unwrap();
+    let hub = Arc::new(Hub::new(store).await.unwrap());
+    let listener = grpc::bind("127.0.0.1:0".parse().unwrap(), &options).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = hub.clone();
+    tokio::spawn(async move {
+        grpc::serve(served, Arc::new(Sessions::default()), listener, options, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestHub {
+        dir,
+        addr,
+        shutdown: Some(tx),
+        hub,
+    }
+}
+
+impl TestHub {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A channel presenting `identity` (`spoke-<id>` or `admin-<name>`), trusting `ca`.
+    async fn channel(&self, identity: Option<&str>, ca: &Path) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+            .domain_name("localhost");
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(self.path(&format!("{id}.pem"))).unwrap(),
+                std::fs::read(self.path(&format!("{id}-key.pem"))).unwrap(),
+            ));
+        }
+        Channel::from_shared(format!("https://{}", self.addr))
+            .unwrap()
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(Some("admin-alice"), &self.path("ca.pem")).await.unwrap())
+    }
+
+    async fn apply(&self, yaml: &str) -> Result<pb::ApplyResponse, tonic::Status> {
+        let request = pb::ApplyRequest {
+            sources: vec![pb::Source {
+                name: "test.yaml".into(),
+                yaml: yaml.into(),
+            }],
+            dry_run: false,
+            prune: false,
+        };
+        self.admin().await.apply(request).await.map(|r| r.into_inner())
+    }
+}
+
+/// A fake spoke: sends hello, then whatever the test pushes; receives hub messages.
+struct FakeSpoke {
+    tx: mpsc::Sender<pb::SpokeMessage>,
+    inbound: tonic::Streaming<pb::HubMessage>,
+}
+
+impl FakeSpoke {
+    async fn connect(
+        hub: &TestHub,
+        cert: &str,
+        cluster: &str,
+        labels: &[(&str, &str)],
+        last: u64,
+    ) -> Result<Self, tonic::Status> {
+        let channel = hub
+            .channel(Some(cert), &hub.path("ca.pem"))
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(16);
+        let hello = pb::Hello {
+            cluster_id: cluster.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+            spoke_version: "test".into(),
+            last_applied_revision: last,
+        };
+        tx.send(pb::SpokeMessage {
+            msg: Some(spoke_message::Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let inbound = SpokeSyncClient::new(channel)
+            .sync(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Self { tx, inbound })
+    }
+
+    /// The next intent revision, skipping heartbeats.
+    async fn intent(&mut self) -> Result<pb::IntentRevision, tonic::Status> {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.inbound.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no intent within the deadline"))??
+                .ok_or_else(|| tonic::Status::aborted("stream ended"))?;
+            if let Some(hub_message::Msg::Intent(intent)) = message.msg {
+                return Ok(intent);
+            }
+        }
+    }
+
+    async fn ack(&self, revision: u64) {
+        self.tx
+            .send(pb::SpokeMessage {
+                msg: Some(spoke_message::Msg::Ack(pb::Ack {
+                    revision,
+                    errors: vec![],
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn policy(name: &str, env: &str, cidr: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {{name: {name}}}\nspec:\n  \
+         clusterSelector: {{matchLabels: {{env: {env}}}}}\n  egress: [{{to: [{{ipBlock: {{cidr: {cidr}}}}}]}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn snapshot_on_connect_push_on_apply_selector_filtering_and_resume() {
+    let hub = start(Duration::from_secs(10)).await;
+    let mut prod = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    let mut dev = FakeSpoke::connect(&hub, "spoke-dev", "dev", &[("env", "dev")], 0)
+        .await
+        .unwrap();
+    let first = prod.intent().await.unwrap();
+    assert_eq!((first.revision, first.documents.len(), first.unchanged), (0, 0, false));
+    dev.intent().await.unwrap();
+
+    let applied = hub.apply(&policy("llm", "prod", "104.18.0.0/16")).await.unwrap();
+    assert_eq!(applied.revision, 1);
+    let pushed = prod.intent().await.unwrap();
+    assert_eq!(pushed.revision, 1);
+    assert_eq!(pushed.documents.len(), 1);
+    assert_eq!(pushed.documents[0].name, "llm");
+    assert!(pushed.documents[0].yaml.contains("104.18.0.0/16"));
+    let other = dev.intent().await.unwrap();
+    assert_eq!(
+        (other.revision, other.documents.len(), other.unchanged),
+        (1, 0, true),
+        "dev never sees prod's intent"
+    );
+
+    prod.ack(1).await;
+    let admin = &mut hub.admin().await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let status = admin
+                .fleet_status(pb::FleetStatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            if status
+                .clusters
+                .iter()
+                .any(|c| c.cluster_id == "prod-eu" && c.applied_revision == 1 && c.connected)
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("prod-eu reported at revision 1");
+
+    // Reconnect with the applied revision: nothing changed for this cluster, so no documents are resent.
+    drop(prod);
+    let mut again = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 1)
+        .await
+        .unwrap();
+    let resumed = again.intent().await.unwrap();
+    assert_eq!(
+        (resumed.revision, resumed.unchanged, resumed.documents.len()),
+        (1, true, 0)
+    );
+    // A spoke whose applied revision is behind gets the documents again.
+    hub.apply(&policy("dev-only", "dev", "198.51.100.0/24")).await.unwrap();
+    again.intent().await.unwrap();
+    let mut stale = FakeSpoke::connect(&hub, "spoke-dev", "dev", &[("env", "dev")], 1)
+        .await
+        .unwrap();
+    let refreshed = stale.intent().await.unwrap();
+    assert_eq!(
+        (refreshed.revision, refreshed.unchanged, refreshed.documents.len()),
+        (2, false, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_spoke_never_delays_a_healthy_one_and_bursts_coalesce() {
+    let hub = start(Duration::from_secs(10)).await;
+    let mut healthy = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    // The stuck spoke connects and never reads again.
+    let _stuck = FakeSpoke::connect(&hub, "spoke-dev", "dev", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    healthy.intent().await.unwrap();
+    let mut latest = 0;
+    for i in 0..40 {
+        latest = hub
+            .apply(&policy(&format!("p{i}"), "prod", "10.0.0.0/8"))
+            .await
+            .unwrap()
+            .revision;
+    }
+    let started = std::time::Instant::now();
+    let mut received = 0;
+    loop {
+        let intent = healthy.intent().await.unwrap();
+        received += 1;
+        if intent.revision == latest {
+            assert_eq!(intent.documents.len(), 40);
+            break;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the healthy spoke waited {:?}",
+        started.elapsed()
+    );
+    assert!(received <= 40, "received {received} intents for 40 revisions");
+}
+
+#[tokio::test]
+async fn a_silent_spoke_is_dropped_after_three_heartbeats() {
+    let hub = start(Duration::from_millis(200)).await;
+    let mut spoke = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[], 0)
+        .await
+        .unwrap();
+    spoke.intent().await.unwrap();
+    let started = std::time::Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(WAIT, spoke.inbound.message())
+            .await
+            .expect("the hub drops the stream")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = ended.expect_err("a heartbeat timeout is an error");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("heartbeat timeout"), "{status:?}");
+    // Dropped once nothing was heard for three periods (600 ms after the hello), at the next tick.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "dropped after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "dropped after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn security_matrix() {
+    let hub = start(Duration::from_secs(10)).await;
+    let ca = hub.path("ca.pem");
+
+    // No client certificate: the TLS handshake or the first call fails.
+    let no_cert = match hub.channel(None, &ca).await {
+        Err(_) => true,
+        Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
+    };
+    assert!(no_cert, "a client without a certificate was served");
+
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    certs(other.path());
+    let foreign_tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&ca).unwrap()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            std::fs::read(other.path().join("admin-alice.pem")).unwrap(),
+            std::fs::read(other.path().join("admin-alice-key.pem")).unwrap(),
+        ));
+    let foreign = match Channel::from_shared(format!("https://{}", hub.addr))
+        .unwrap()
+        .tls_config(foreign_tls)
+        .unwrap()
+        .connect()
+        .await
+    {
+        Err(_) => true,
+        Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
+    };
+    assert!(foreign, "a certificate of another CA was served");
+
+    // A spoke certificate claiming another cluster.
+    let claim = FakeSpoke::connect(&hub, "spoke-dev", "prod-eu", &[("env", "prod")], 0)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(claim.code(), Code::PermissionDenied, "{claim:?}");
+    assert!(claim.message().contains("is for cluster \"dev\""), "{claim:?}");
+
+    // A spoke certificate on the admin API.
+    let channel = hub.channel(Some("spoke-prod-eu"), &ca).await.unwrap();
+    let refused = AdminClient::new(channel)
+        .history(pb::HistoryRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // An admin certificate on the spoke API.
+    let refused = FakeSpoke::connect(&hub, "admin-alice", "prod-eu", &[], 0)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+
+    // Plaintext only on loopback.
+    let plaintext = ServeOptions::default();
+    let err = grpc::bind("0.0.0.0:0".parse().unwrap(), &plaintext).await.unwrap_err();
+    assert!(err.to_string().contains("only allowed on a loopback address"), "{err}");
+
+    // Nothing leaked: the store saw no cluster but the refused hellos never registered.
+    assert!(hub.hub.store().clusters().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_apply_changes_nothing_and_rollback_is_exact() {
+    let hub = start(Duration::from_secs(10)).await;
+    let first = hub.apply(&policy("a", "prod", "10.0.0.0/8")).await.unwrap();
+    assert_eq!(first.revision, 1);
+    let bad = format!(
+        "{}---\n{}",
+        policy("b", "prod", "10.0.0.1/8"),
+        "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: c}\nspec:\n  egress: [{ports: [{port: 443}]}]\n"
+    );
+    let refused = hub.apply(&bad).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("spec.egress[0].to[0].ipBlock.cidr"),
+        "{}",
+        refused.message()
+    );
+    assert!(refused.message().contains("OVN-Kubernetes"), "{}", refused.message());
+    assert_eq!(hub.hub.snapshot().revision, 1, "nothing committed");
+
+    let second = hub.apply(&policy("a", "prod", "172.16.0.0/12")).await.unwrap();
+    assert_eq!(second.revision, 2);
+    assert_eq!(second.changes[0].action, "configured");
+    let diff = &second.changes[0].diff;
+    assert!(
+        diff.lines()
+            .any(|l| l.starts_with('-') && l.ends_with("cidr: 10.0.0.0/8")),
+        "{diff}"
+    );
+    assert!(
+        diff.lines()
+            .any(|l| l.starts_with('+') && l.ends_with("cidr: 172.16.0.0/12")),
+        "{diff}"
+    );
+    let unchanged = hub.apply(&policy("a", "prod", "172.16.0.0/12")).await.unwrap();
+    assert_eq!(unchanged.revision, 0, "no new revision when nothing changes");
+
+    let mut admin = hub.admin().await;
+    let rolled = admin
+        .rollback(pb::RollbackRequest { to_revision: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rolled.revision, 3);
+    let now = admin
+        .get(pb::GetRequest {
+            kind: String::new(),
+            name: String::new(),
+            revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let then = admin
+        .get(pb::GetRequest {
+            kind: String::new(),
+            name: String::new(),
+            revision: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.documents, then.documents, "rollback restores revision 1 exactly");
+    let history = admin.history(pb::HistoryRequest {}).await.unwrap().into_inner();
+    let operations: Vec<&str> = history.revisions.iter().map(|r| r.operation.as_str()).collect();
+    assert_eq!(operations, ["apply", "apply", "rollback"]);
+    let missing = admin
+        .rollback(pb::RollbackRequest { to_revision: 99 })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}

@@ -1,0 +1,828 @@
+//! Spoke cold start and idle cost (issue 4): 1,000 AgentRuntimes in one real kube-apiserver, the release
+//! `tollgate-spoke` binary started cold until every NetworkPolicy is applied (target ≤ 20 s), then its idle cost
+//! (target: RSS ≤ 50 MiB, CPU ≤ 1% of one core).
+//!
+//! Run with `cargo bench -p tollgate-spoke --bench cold_start` (options after `--`: `--agents N`, `--runs N`,
+//! `--idle-secs N`). The AgentRuntimes are created before the spoke starts and their creation is timed
+//! separately; each run kills the spoke, deletes every managed NetworkPolicy and starts the spoke again.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tollgate_common::planner::{LABEL_MANAGED_BY, LABEL_MODE, MANAGED_BY};
+use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, log_tail};
+use tollgate_spoke::agent_runtime::AgentRuntime;
+
+const NAMESPACES: usize = 4;
+const CREATE_CONCURRENCY: usize = 32;
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
+const POLL: Duration = Duration::from_millis(25);
+/// Pause between convergence and the idle window, so the passes triggered by the spoke's own writes are over.
+const SETTLE: Duration = Duration::from_secs(5);
+/// The spoke's full-pass resync period (`RESYNC` in spoke/src/run.rs).
+const RESYNC_SECS: f64 = 300.0;
+const TARGET_CONVERGE_SECS: f64 = 20.0;
+const TARGET_RSS_MIB: f64 = 50.0;
+const TARGET_CPU_PERCENT: f64 = 1.0;
+
+type Key = (String, String);
+
+#[derive(Debug)]
+struct Options {
+    agents: usize,
+    runs: usize,
+    idle_secs: u64,
+}
+
+impl Options {
+    /// `--agents N`, `--runs N`, `--idle-secs N`; anything else (such as cargo's `--bench`) is ignored.
+    fn parse() -> Result<Self> {
+        let mut options = Self {
+            agents: 1000,
+            runs: 3,
+            idle_secs: 30,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut value = || -> Result<u64> {
+                let text = args.next().with_context(|| format!("{arg} needs a value"))?;
+                text.parse().with_context(|| format!("{arg}: {text:?} is not a number"))
+            };
+            match arg.as_str() {
+                "--agents" => options.agents = value()? as usize,
+                "--runs" => options.runs = value()?.max(1) as usize,
+                "--idle-secs" => options.idle_secs = value()?.max(1),
+                _ => {}
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// The three kinds of agent, and the policy mode each must get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AgentKind {
+    /// mTLS-verified, three ipBlock rules on `spec.egress`.
+    Scoped,
+    /// mTLS-verified, nothing declared.
+    AllowAll,
+    /// No `status.card`.
+    Restricted,
+}
+
+impl AgentKind {
+    /// Half scoped, a quarter allow-all, a quarter restricted.
+    fn of(index: usize) -> Self {
+        match index % 4 {
+            0 | 1 => Self::Scoped,
+            2 => Self::AllowAll,
+            _ => Self::Restricted,
+        }
+    }
+
+    fn mode(self) -> &'static str {
+        match self {
+            Self::Scoped => "scoped",
+            Self::AllowAll => "allow-all",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+fn namespace(index: usize) -> String {
+    format!("bench-{}", index % NAMESPACES)
+}
+
+fn agent_name(index: usize) -> String {
+    format!("agent-{index:04}")
+}
+
+fn expected_policies(agents: usize) -> HashMap<Key, &'static str> {
+    (0..agents)
+        .map(|i| {
+            let key = (namespace(i), format!("{}-signature-policy", agent_name(i)));
+            (key, AgentKind::of(i).mode())
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let options = Options::parse()?;
+    let spoke_binary = Path::new(env!("CARGO_BIN_EXE_tollgate-spoke"));
+    let optimized = !cfg!(debug_assertions);
+    println!("tollgate-spoke cold start and idle cost (issue 4)");
+    println!(
+        "binary: {} ({})",
+        spoke_binary.display(),
+        if optimized {
+            "optimized"
+        } else {
+            "DEBUG BUILD: figures are not representative"
+        }
+    );
+    println!(
+        "agents: {}, runs: {}, idle window: {} s, CPU clock ticks: {} /s",
+        options.agents,
+        options.runs,
+        options.idle_secs,
+        clock_ticks()
+    );
+
+    let started = Instant::now();
+    let control_plane = cluster().await?;
+    let cluster = &control_plane.clusters()[0];
+    let client = cluster.client();
+    println!(
+        "cluster ready in {:.1} s; load average: {}",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
+
+    let setup = Instant::now();
+    create_agents(&client, options.agents).await?;
+    let setup = setup.elapsed();
+    println!(
+        "set-up: {} AgentRuntimes created (with status) in {:.1} s ({:.0}/s, {CREATE_CONCURRENCY} in flight)",
+        options.agents,
+        setup.as_secs_f64(),
+        options.agents as f64 / setup.as_secs_f64()
+    );
+
+    let expected = expected_policies(options.agents);
+    let (mut progress, tracker) = track_policies(client.clone(), expected);
+    progress
+        .wait_for(|p| p.synced && p.present == 0)
+        .await
+        .context("the NetworkPolicy tracker stopped")?;
+
+    // Kept after the bench, for a look at the spoke's passes.
+    let logs = tempfile::Builder::new()
+        .prefix("tollgate-cold-start-")
+        .tempdir()?
+        .keep();
+    let mut runs = Vec::new();
+    let mut spoke: Option<Spoke> = None;
+    for run in 1..=options.runs {
+        if let Some(mut previous) = spoke.take() {
+            previous.process.kill();
+            delete_policies(&client, &mut progress).await?;
+        }
+        let (result, running) = cold_start(cluster, &control_plane, &logs, &mut progress, options.agents)
+            .await
+            .with_context(|| format!("run {run}"))?;
+        println!(
+            "run {run}: ready {:.2} s, first policy {:.2} s, all {} policies {:.2} s ({} writes, {} passes)",
+            result.ready.as_secs_f64(),
+            result.first_policy.as_secs_f64(),
+            options.agents,
+            result.all_policies.as_secs_f64(),
+            result.writes,
+            result.reconciles
+        );
+        runs.push(result);
+        spoke = Some(running);
+    }
+    let spoke = spoke.context("no run")?;
+
+    tokio::time::sleep(SETTLE).await;
+    let idle = idle_cost(&spoke, Duration::from_secs(options.idle_secs)).await?;
+    let resync = noop_pass(cluster, &spoke).await?;
+    tracker.abort();
+    report(&options, setup, &runs, &idle, &resync, &spoke);
+    Ok(())
+}
+
+/// One cluster whose `default/kubernetes` Endpoints the bench owns, with kube-dns, the CRD and the namespaces (as
+/// `spoke/tests/support` prepares it).
+async fn cluster() -> Result<ControlPlane> {
+    let control_plane = ControlPlane::builder()
+        .clusters(1)
+        .endpoint_reconciler_none(true)
+        .start()
+        .await?;
+    let cluster = &control_plane.clusters()[0];
+    cluster.install_crd(&AgentRuntime::crd()).await?;
+    cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
+    for i in 0..NAMESPACES {
+        cluster.create_namespace(&namespace(i)).await?;
+    }
+    cluster
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.0.0.10
+  ports:
+    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
+    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kube-dns, namespace: kube-system}
+subsets:
+  - addresses: [{ip: 10.244.0.5}]
+    ports:
+      - {name: dns, port: 53, protocol: UDP}
+      - {name: dns-tcp, port: 53, protocol: TCP}
+"#,
+        )
+        .await?;
+    Ok(control_plane)
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("a valid IP address")
+}
+
+/// Creates every AgentRuntime, then writes `status.card` of the verified ones through the status subresource.
+async fn create_agents(client: &Client, agents: usize) -> Result<()> {
+    let results: Vec<Result<()>> = futures::stream::iter((0..agents).map(|i| create_agent(client, i)))
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn create_agent(client: &Client, index: usize) -> Result<()> {
+    let (ns, name, kind) = (namespace(index), agent_name(index), AgentKind::of(index));
+    let api: Api<AgentRuntime> = Api::namespaced(client.clone(), &ns);
+    let mut spec = json!({
+        "type": "agent",
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+    });
+    if kind == AgentKind::Scoped {
+        spec["egress"] = json!({"rules": [
+            {
+                "to": [{"ipBlock": {"cidr": format!("203.0.{}.0/24", index % 256)}}],
+                "ports": [{"protocol": "TCP", "port": 443}],
+            },
+            {
+                "to": [{"ipBlock": {"cidr": "198.51.100.0/24", "except": ["198.51.100.128/25"]}}],
+                "ports": [{"protocol": "TCP", "port": 8443}, {"protocol": "UDP", "port": 4433}],
+            },
+            {
+                "to": [{"ipBlock": {"cidr": format!("10.{}.0.0/16", index % 200 + 1)}}],
+                "ports": [{"protocol": "TCP", "port": 5432}],
+            },
+        ]});
+    }
+    let object: AgentRuntime = serde_json::from_value(json!({
+        "apiVersion": "agent.kagenti.dev/v1alpha1",
+        "kind": "AgentRuntime",
+        "metadata": {"name": name, "namespace": ns, "labels": {"tier": "llm"}},
+        "spec": spec,
+    }))?;
+    api.create(&PostParams::default(), &object)
+        .await
+        .with_context(|| format!("creating AgentRuntime {ns}/{name}"))?;
+    if kind != AgentKind::Restricted {
+        let status = json!({"status": {"card": {
+            "transportSecurity": "mtls",
+            "attestedAgentSpiffeID": format!("spiffe://example.org/ns/{ns}/sa/{name}"),
+        }}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .with_context(|| format!("writing status.card of {ns}/{name}"))?;
+    }
+    Ok(())
+}
+
+/// What the NetworkPolicy watch has seen: how many managed policies exist and how many carry the expected mode,
+/// with the instants the first appeared and all matched.
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    synced: bool,
+    present: usize,
+    matching: usize,
+    first_at: Option<Instant>,
+    all_at: Option<Instant>,
+}
+
+/// Watches the managed NetworkPolicies of every namespace (a watch, so the instants are those of the events).
+fn track_policies(client: Client, expected: HashMap<Key, &'static str>) -> (watch::Receiver<Progress>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(Progress::default());
+    let task = tokio::spawn(async move {
+        let api: Api<NetworkPolicy> = Api::all(client);
+        let config = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+        let stream = watch_stream(api, config).default_backoff();
+        futures::pin_mut!(stream);
+        let mut seen: HashMap<Key, String> = HashMap::new();
+        let mut relist: Option<HashMap<Key, String>> = None;
+        let entry = |p: &NetworkPolicy| {
+            let mode = p.labels().get(LABEL_MODE).cloned().unwrap_or_default();
+            ((p.namespace().unwrap_or_default(), p.name_any()), mode)
+        };
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let mut synced = false;
+            match event {
+                Ok(Event::Apply(p)) => {
+                    let (key, mode) = entry(&p);
+                    seen.insert(key, mode);
+                }
+                Ok(Event::Delete(p)) => {
+                    seen.remove(&entry(&p).0);
+                }
+                Ok(Event::Init) => relist = Some(HashMap::new()),
+                Ok(Event::InitApply(p)) => {
+                    let (key, mode) = entry(&p);
+                    relist.get_or_insert_default().insert(key, mode);
+                }
+                Ok(Event::InitDone) => {
+                    seen = relist.take().unwrap_or_default();
+                    synced = true;
+                }
+                Err(error) => eprintln!("NetworkPolicy watch failed, retrying: {error}"),
+            }
+            let matching = seen
+                .iter()
+                .filter(|(key, mode)| expected.get(*key).is_some_and(|e| e == mode))
+                .count();
+            let present = seen.len();
+            tx.send_modify(|p| {
+                p.synced |= synced;
+                p.present = present;
+                p.matching = matching;
+                if present == 0 {
+                    p.first_at = None;
+                } else if p.first_at.is_none() {
+                    p.first_at = Some(now);
+                }
+                if matching < expected.len() {
+                    p.all_at = None;
+                } else if p.all_at.is_none() {
+                    p.all_at = Some(now);
+                }
+            });
+        }
+    });
+    (rx, task)
+}
+
+/// Deletes every managed NetworkPolicy (one deletecollection per namespace) and waits until the watch saw them go.
+async fn delete_policies(client: &Client, progress: &mut watch::Receiver<Progress>) -> Result<()> {
+    let selector = ListParams::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    for i in 0..NAMESPACES {
+        let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &namespace(i));
+        api.delete_collection(&DeleteParams::default(), &selector).await?;
+    }
+    tokio::time::timeout(CONVERGE_TIMEOUT, progress.wait_for(|p| p.present == 0))
+        .await
+        .context("NetworkPolicies not gone after deletecollection")??;
+    Ok(())
+}
+
+/// The spoke process and its metrics port.
+#[derive(Debug)]
+struct Spoke {
+    process: ChildProcess,
+    metrics_port: u16,
+}
+
+impl Spoke {
+    fn start(cluster: &Cluster, log_dir: &Path) -> Result<Self> {
+        let metrics_port = free_port()?;
+        let args: Vec<String> = vec![
+            "run".into(),
+            "--standalone".into(),
+            "--cluster-id".into(),
+            cluster.name().into(),
+            "--kubeconfig".into(),
+            cluster.kubeconfig_path().display().to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--log-level".into(),
+            "info".into(),
+        ];
+        let log = log_dir.join(format!("spoke-{metrics_port}.log"));
+        let process = ChildProcess::spawn(
+            "tollgate-spoke",
+            Path::new(env!("CARGO_BIN_EXE_tollgate-spoke")),
+            &args,
+            &log,
+        )?;
+        Ok(Self { process, metrics_port })
+    }
+
+    /// A plain HTTP GET on the metrics listener: (status, body).
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no HTTP status")?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        match self.get("/metrics").await? {
+            (200, body) => Ok(body),
+            (status, body) => bail!("/metrics answered {status}: {body}"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.process.log_path().to_path_buf()
+    }
+}
+
+/// One cold start.
+#[derive(Debug)]
+struct ColdStart {
+    ready: Duration,
+    first_policy: Duration,
+    all_policies: Duration,
+    /// `tollgate_spoke_policy_writes_total` and `tollgate_spoke_reconciles_total` when all policies were seen.
+    writes: u64,
+    reconciles: u64,
+    /// CPU seconds from spawn to convergence.
+    spoke_cpu: f64,
+    apiserver_cpu: f64,
+    etcd_cpu: f64,
+    bench_cpu: f64,
+    spoke_peak_rss_kib: u64,
+    /// `elapsed_ms` of the spoke's first pass (plan, writes, events), from its log.
+    first_pass: Option<Duration>,
+}
+
+/// Spawns the spoke and measures spawn → `/readyz` 200 and spawn → every expected policy seen by the watch.
+async fn cold_start(
+    cluster: &Cluster,
+    control_plane: &ControlPlane,
+    log_dir: &Path,
+    progress: &mut watch::Receiver<Progress>,
+    agents: usize,
+) -> Result<(ColdStart, Spoke)> {
+    let apiserver_pid = cluster.apiserver_process().pid();
+    let etcd_pid = control_plane.etcd().process().pid();
+    let cpu_before = (cpu_seconds(apiserver_pid)?, cpu_seconds(etcd_pid)?, self_cpu_seconds()?);
+    let spawned = Instant::now();
+    let mut spoke = Spoke::start(cluster, log_dir)?;
+    let mut ready_at = None;
+    let converged = loop {
+        if ready_at.is_none() && matches!(spoke.get("/readyz").await, Ok((200, _))) {
+            ready_at = Some(Instant::now());
+        }
+        let state = progress.borrow().clone();
+        if let (Some(ready), Some(all), Some(first)) = (ready_at, state.all_at, state.first_at) {
+            break (ready, first, all);
+        }
+        spoke.process.check_running()?;
+        if spawned.elapsed() > CONVERGE_TIMEOUT {
+            bail!(
+                "not converged after {CONVERGE_TIMEOUT:?}: ready {}, {} present, {} of {agents} matching; spoke log:\n{}",
+                ready_at.is_some(),
+                state.present,
+                state.matching,
+                log_tail(&spoke.log_path(), 40)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let spoke_cpu = cpu_seconds(spoke.pid())?;
+    let peak = proc_status_kib(spoke.pid(), "VmHWM")?;
+    let metrics = spoke.metrics().await?;
+    let (ready, first, all) = converged;
+    Ok((
+        ColdStart {
+            ready: ready - spawned,
+            first_policy: first - spawned,
+            all_policies: all - spawned,
+            writes: metric(&metrics, "tollgate_spoke_policy_writes_total").unwrap_or(0.0) as u64,
+            reconciles: metric(&metrics, "tollgate_spoke_reconciles_total").unwrap_or(0.0) as u64,
+            spoke_cpu,
+            apiserver_cpu: cpu_seconds(apiserver_pid)? - cpu_before.0,
+            etcd_cpu: cpu_seconds(etcd_pid)? - cpu_before.1,
+            bench_cpu: self_cpu_seconds()? - cpu_before.2,
+            spoke_peak_rss_kib: peak,
+            first_pass: first_pass_elapsed(&spoke.log_path()),
+        },
+        spoke,
+    ))
+}
+
+/// `elapsed_ms` of the first "Reconciled" line of a spoke log (plain format, ANSI colours stripped).
+fn first_pass_elapsed(log: &Path) -> Option<Duration> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|l| l.contains("Reconciled"))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            plain.push(c);
+        }
+    }
+    let ms = plain.split("elapsed_ms=").nth(1)?.split_whitespace().next()?;
+    Some(Duration::from_millis(ms.parse().ok()?))
+}
+
+/// The cost of one full pass that writes nothing (what the 300 s resync costs at idle).
+#[derive(Debug)]
+struct NoopPass {
+    passes: u64,
+    writes: u64,
+    wall_seconds: f64,
+    cpu_seconds: f64,
+}
+
+/// Annotates the kube-dns Service (the planner ignores annotations), which triggers one full pass with no writes,
+/// and measures its duration (the spoke's histogram) and the spoke's CPU time around it.
+async fn noop_pass(cluster: &Cluster, spoke: &Spoke) -> Result<NoopPass> {
+    let pid = spoke.pid();
+    let before = spoke.metrics().await?;
+    let cpu_before = cpu_seconds(pid)?;
+    let patch = json!({"metadata": {"annotations": {"bench.tollgate.dev/touched": format!("{:?}", Instant::now())}}});
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(cluster.client(), "kube-system");
+    services
+        .patch("kube-dns", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let passes_before = metric(&before, "tollgate_spoke_reconciles_total").unwrap_or(0.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let after = spoke.metrics().await?;
+        if metric(&after, "tollgate_spoke_reconciles_total").unwrap_or(0.0) > passes_before {
+            break after;
+        }
+        if Instant::now() > deadline {
+            bail!("no pass within 30 s of touching the kube-dns Service");
+        }
+    };
+    // Let the CPU accounting of the pass's tail land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu_seconds = cpu_seconds(pid)? - cpu_before;
+    let after = {
+        let late = spoke.metrics().await?;
+        if metric(&late, "tollgate_spoke_reconciles_total") == metric(&after, "tollgate_spoke_reconciles_total") {
+            late
+        } else {
+            after
+        }
+    };
+    let delta = |name: &str| metric(&after, name).unwrap_or(0.0) - metric(&before, name).unwrap_or(0.0);
+    Ok(NoopPass {
+        passes: delta("tollgate_spoke_reconciles_total") as u64,
+        writes: delta("tollgate_spoke_policy_writes_total") as u64,
+        wall_seconds: delta("tollgate_spoke_reconcile_duration_seconds_sum"),
+        cpu_seconds,
+    })
+}
+
+/// Idle cost over a window.
+#[derive(Debug)]
+struct Idle {
+    window: Duration,
+    rss_max_kib: u64,
+    rss_median_kib: u64,
+    peak_rss_kib: u64,
+    cpu_seconds: f64,
+    writes: u64,
+    reconciles: u64,
+    agents_by_mode: Vec<(String, u64)>,
+}
+
+/// Samples VmRSS every second and the CPU time at both ends of the window.
+async fn idle_cost(spoke: &Spoke, window: Duration) -> Result<Idle> {
+    let pid = spoke.pid();
+    let metrics_before = spoke.metrics().await?;
+    let cpu_before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let mut rss = vec![proc_status_kib(pid, "VmRSS")?];
+    while started.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(1).min(window.saturating_sub(started.elapsed()))).await;
+        rss.push(proc_status_kib(pid, "VmRSS")?);
+    }
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    let window = started.elapsed();
+    let metrics_after = spoke.metrics().await?;
+    let delta = |name: &str| {
+        (metric(&metrics_after, name).unwrap_or(0.0) - metric(&metrics_before, name).unwrap_or(0.0)) as u64
+    };
+    rss.sort_unstable();
+    let agents_by_mode = ["scoped", "allow-all", "baseline-only", "restricted"]
+        .iter()
+        .map(|mode| {
+            let name = format!("tollgate_spoke_agents{{mode=\"{mode}\"}}");
+            (mode.to_string(), metric(&metrics_after, &name).unwrap_or(0.0) as u64)
+        })
+        .collect();
+    Ok(Idle {
+        window,
+        rss_max_kib: *rss.last().unwrap_or(&0),
+        rss_median_kib: rss[rss.len() / 2],
+        peak_rss_kib: proc_status_kib(pid, "VmHWM")?,
+        cpu_seconds: cpu,
+        writes: delta("tollgate_spoke_policy_writes_total"),
+        reconciles: delta("tollgate_spoke_reconciles_total"),
+        agents_by_mode,
+    })
+}
+
+fn report(options: &Options, setup: Duration, runs: &[ColdStart], idle: &Idle, resync: &NoopPass, spoke: &Spoke) {
+    let median = |f: &dyn Fn(&ColdStart) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let all = median(&|r| r.all_policies.as_secs_f64());
+    let ready = median(&|r| r.ready.as_secs_f64());
+    let rss_mib = idle.rss_max_kib as f64 / 1024.0;
+    let cpu_percent = idle.cpu_seconds / idle.window.as_secs_f64() * 100.0;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+
+    println!();
+    println!("## Results ({} AgentRuntimes, {} runs)", options.agents, runs.len());
+    println!();
+    println!(
+        "set-up (not counted): {} AgentRuntimes + status in {:.1} s",
+        options.agents,
+        setup.as_secs_f64()
+    );
+    println!();
+    println!(
+        "| run | all policies | /readyz 200 | first policy | first pass (log) | writes | spoke CPU | apiserver CPU | \
+         etcd CPU | bench CPU | spoke peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let pass = |r: &ColdStart| r.first_pass.map_or(f64::NAN, |d| d.as_secs_f64());
+    for (i, r) in runs.iter().enumerate() {
+        println!(
+            "| {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.1} MiB |",
+            i + 1,
+            r.all_policies.as_secs_f64(),
+            r.ready.as_secs_f64(),
+            r.first_policy.as_secs_f64(),
+            pass(r),
+            r.writes,
+            r.spoke_cpu,
+            r.apiserver_cpu,
+            r.etcd_cpu,
+            r.bench_cpu,
+            r.spoke_peak_rss_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "| median | {all:.2} s | {ready:.2} s | {:.2} s | {:.2} s | | {:.2} s | {:.2} s | {:.2} s | {:.2} s | |",
+        median(&|r| r.first_policy.as_secs_f64()),
+        median(&pass),
+        median(&|r| r.spoke_cpu),
+        median(&|r| r.apiserver_cpu),
+        median(&|r| r.etcd_cpu),
+        median(&|r| r.bench_cpu),
+    );
+    println!();
+    println!(
+        "idle ({:.0} s window after the last run, {} s settle): RSS max {:.1} MiB, median {:.1} MiB (peak VmHWM {:.1} MiB); \
+         CPU {:.3} s = {cpu_percent:.2}% of one core; {} writes, {} passes during the window",
+        idle.window.as_secs_f64(),
+        SETTLE.as_secs(),
+        rss_mib,
+        idle.rss_median_kib as f64 / 1024.0,
+        idle.peak_rss_kib as f64 / 1024.0,
+        idle.cpu_seconds,
+        idle.writes,
+        idle.reconciles
+    );
+    println!(
+        "CPU resolution: 1 clock tick = {:.3} s, i.e. {:.3}% of a core over this window",
+        1.0 / clock_ticks(),
+        100.0 / clock_ticks() / idle.window.as_secs_f64()
+    );
+    println!(
+        "one full pass with nothing to write (triggered by annotating kube-dns): {:.0} ms wall, {:.0} ms spoke CPU, \
+         {} pass(es), {} writes; as the {} s resync: {:.3}% of a core on average",
+        resync.wall_seconds * 1000.0,
+        resync.cpu_seconds * 1000.0,
+        resync.passes,
+        resync.writes,
+        RESYNC_SECS,
+        resync.cpu_seconds / RESYNC_SECS * 100.0
+    );
+    let modes: Vec<String> = idle.agents_by_mode.iter().map(|(m, n)| format!("{m}={n}")).collect();
+    println!("agents by mode (spoke metric): {}", modes.join(", "));
+    println!();
+    println!("| target | measured (median) | verdict |");
+    println!("|---|---|---|");
+    println!(
+        "| cold start to all policies ≤ {TARGET_CONVERGE_SECS} s | {all:.2} s | {} |",
+        verdict(all <= TARGET_CONVERGE_SECS)
+    );
+    println!(
+        "| idle RSS ≤ {TARGET_RSS_MIB} MiB | {rss_mib:.1} MiB (max sample) | {} |",
+        verdict(rss_mib <= TARGET_RSS_MIB)
+    );
+    println!(
+        "| idle CPU ≤ {TARGET_CPU_PERCENT}% of a core | {cpu_percent:.2}% | {} |",
+        verdict(cpu_percent <= TARGET_CPU_PERCENT)
+    );
+    println!();
+    println!("load average at the end: {}", load_average());
+    println!(
+        "spoke logs: {}",
+        spoke.log_path().parent().unwrap_or(Path::new(".")).display()
+    );
+    println!(
+        "reproduce: cargo bench -p tollgate-spoke --bench cold_start -- --agents {} --runs {} --idle-secs {}",
+        options.agents, options.runs, options.idle_secs
+    );
+}
+
+/// The value of the first sample line named exactly `name` (with its labels, if any) in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|line| line.rsplit_once(' '))
+        .find(|(series, _)| *series == name)
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// `/proc/loadavg`: the 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if that fails).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+fn self_cpu_seconds() -> Result<f64> {
+    stat_cpu_seconds("/proc/self/stat")
+}
+
+fn stat_cpu_seconds(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name in parentheses: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no ')' in stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("field {} of {path}", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+}
+
+/// A `kB` line of `/proc/PID/status`, such as `VmRSS` or `VmHWM`.
+fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {field} in {path}"))
+}
