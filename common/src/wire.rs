@@ -4,13 +4,16 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
 use tollgate_proto::v1 as pb;
 
 use crate::document::{DocumentSet, Source};
+use crate::egress_rule::parse_egress_rules;
 use crate::egress_rule::{PortRange, Protocol};
 use crate::field_error::{DocumentError, FieldError};
 use crate::intent::Intent;
-use crate::planner::{AgentOutcome, ApiServerFacts, ClusterFacts, DnsFacts};
+use crate::planner::{Agent, AgentOutcome, ApiServerFacts, ClusterFacts, DnsFacts, LocalEgress};
+use crate::verification::{Reason, Verification};
 
 /// The documents of a set as wire documents (canonical YAML each), sorted by kind then name.
 pub fn documents_to_wire(set: &DocumentSet) -> Vec<pb::Document> {
@@ -143,12 +146,77 @@ pub fn facts_from_wire(message: &pb::ClusterFacts) -> Result<ClusterFacts, Field
     })
 }
 
-/// One agent's outcome as reported to the hub.
-pub fn agent_status_to_wire(
-    outcome: &AgentOutcome,
-    labels: &BTreeMap<String, String>,
-    applied_revision: u64,
-) -> pb::AgentStatus {
+/// What the hub needs to plan one agent under other intent: everything of a planner [`Agent`] that shapes its
+/// egress.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanInputs {
+    pub target_name: String,
+    pub namespace_labels: BTreeMap<String, String>,
+    pub verified: bool,
+    pub verification_reason: String,
+    /// The valid local rules (NetworkPolicy egress shape); `None` when `spec.egress` is absent.
+    pub local_rules: Option<serde_json::Value>,
+    /// Why `spec.egress` is invalid, when it is.
+    pub local_errors: Vec<String>,
+}
+
+impl PlanInputs {
+    pub fn of(agent: &Agent) -> Self {
+        let (local_rules, local_errors) = match &agent.local_egress {
+            LocalEgress::Absent => (None, Vec::new()),
+            LocalEgress::Rules(rules) => (Some(serde_json::to_value(rules).expect("rules serialize")), Vec::new()),
+            LocalEgress::Invalid(errors) => (
+                Some(serde_json::Value::Array(Vec::new())),
+                errors.iter().map(ToString::to_string).collect(),
+            ),
+        };
+        Self {
+            target_name: agent.target_name.clone(),
+            namespace_labels: agent.namespace_labels.clone(),
+            verified: agent.verification.verified,
+            verification_reason: agent.verification.reason.as_str().to_string(),
+            local_rules,
+            local_errors,
+        }
+    }
+
+    /// The planner agent these inputs describe; the rules are validated again (a hub never trusts them blindly).
+    pub fn agent(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> Result<Agent, String> {
+        let reason = Reason::parse(&self.verification_reason)
+            .ok_or_else(|| format!("unknown verification reason {:?}", self.verification_reason))?;
+        let local_egress = match (&self.local_rules, self.local_errors.is_empty()) {
+            (None, _) => LocalEgress::Absent,
+            (Some(_), false) => {
+                LocalEgress::Invalid(self.local_errors.iter().map(|e| FieldError::new("", e)).collect())
+            }
+            (Some(rules), true) => LocalEgress::Rules(
+                parse_egress_rules(rules, "spec.egress.rules")
+                    .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?,
+            ),
+        };
+        Ok(Agent {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            uid: String::new(),
+            target_name: self.target_name.clone(),
+            labels: labels.clone(),
+            namespace_labels: self.namespace_labels.clone(),
+            pod_labels: None,
+            local_egress,
+            verification: Verification {
+                verified: self.verified,
+                reason,
+                message: String::new(),
+                binding_warning: None,
+            },
+        })
+    }
+}
+
+/// One agent's outcome as reported to the hub, with the inputs the hub's `plan` needs.
+pub fn agent_status_to_wire(outcome: &AgentOutcome, agent: &Agent, applied_revision: u64) -> pb::AgentStatus {
+    let labels = &agent.labels;
     pb::AgentStatus {
         namespace: outcome.namespace.clone(),
         name: outcome.name.clone(),
@@ -161,6 +229,7 @@ pub fn agent_status_to_wire(
         applied_revision,
         errors: outcome.errors.clone(),
         dropped_rules: outcome.dropped.iter().map(ToString::to_string).collect(),
+        plan_inputs: serde_json::to_string(&PlanInputs::of(agent)).expect("plan inputs serialize"),
     }
 }
 

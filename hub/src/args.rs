@@ -48,6 +48,8 @@ enum Command {
     Rollback(crate::cli::RollbackArgs),
     /// Fleet status: one row per cluster, or per agent with --cluster.
     Status(crate::cli::StatusArgs),
+    /// Preview a change fleet-wide: per cluster and agent, the destinations gained and lost and mode changes.
+    Plan(crate::cli::PlanArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,7 +121,8 @@ impl Args {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr);
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         match self.log_format {
             LogFormat::Plain => builder.init(),
             LogFormat::Json => builder.json().init(),
@@ -144,6 +147,7 @@ impl Args {
             Command::History(args) => runtime()?.block_on(args.run(out)),
             Command::Rollback(args) => runtime()?.block_on(args.run(out)),
             Command::Status(args) => runtime()?.block_on(args.run(out)),
+            Command::Plan(args) => runtime()?.block_on(args.run(out)),
         }
     }
 }

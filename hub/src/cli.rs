@@ -138,6 +138,55 @@ impl ApplyArgs {
     }
 }
 
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Preview as if hub documents not in the files were deleted.
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+impl PlanArgs {
+    pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+        let Self {
+            files,
+            prune,
+            connection,
+        } = self;
+        let sources = read_sources(&files.files)?;
+        if let Err(errors) = tollgate_common::document::DocumentSet::from_sources(&sources) {
+            let mut err = std::io::stderr().lock();
+            for error in &errors {
+                writeln!(err, "{error}")?;
+            }
+            writeln!(err, "{} error(s); nothing to preview", errors.len())?;
+            return Ok(ExitCode::FAILURE);
+        }
+        let request = pb::PlanRequest {
+            sources: sources
+                .into_iter()
+                .map(|s| pb::Source {
+                    name: s.name,
+                    yaml: s.text,
+                })
+                .collect(),
+            prune,
+        };
+        let response = connection
+            .admin()
+            .await?
+            .plan(request)
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        out.write_all(crate::plan::render(&response.clusters).as_bytes())?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
     Policies,

@@ -269,6 +269,7 @@ mod tests {
                 dropped_rules: vec![
                     "local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod".into(),
                 ],
+                plan_inputs: String::new(),
             }],
         }
     }

@@ -118,8 +118,8 @@ pub struct PassReport {
     pub plan: Plan,
     /// What was discovered about the cluster.
     pub facts: planner::ClusterFacts,
-    /// Labels of every agent, by (namespace, name).
-    pub agent_labels: HashMap<Key, BTreeMap<String, String>>,
+    /// The planner's input for every agent, by (namespace, name).
+    pub agents: HashMap<Key, planner::Agent>,
     pub written: usize,
     pub deleted: usize,
     pub errors: Vec<WriteError>,
@@ -170,7 +170,7 @@ impl Reconciler {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let runtimes: Vec<Arc<AgentRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
-        let (plan, facts) = self.plan(world, intent, &runtimes, now_unix);
+        let (plan, facts, agents) = self.plan(world, intent, &runtimes, now_unix);
 
         let existing: HashMap<Key, Arc<NetworkPolicy>> = world
             .policies
@@ -308,9 +308,9 @@ impl Reconciler {
         }
         report.plan = plan;
         report.facts = facts;
-        report.agent_labels = runtimes
-            .iter()
-            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt.labels().clone()))
+        report.agents = agents
+            .into_iter()
+            .map(|a| ((a.namespace.clone(), a.name.clone()), a))
             .collect();
         report
     }
@@ -321,7 +321,7 @@ impl Reconciler {
         intent: &Intent,
         runtimes: &[Arc<AgentRuntime>],
         now_unix: i64,
-    ) -> (Plan, planner::ClusterFacts) {
+    ) -> (Plan, planner::ClusterFacts, Vec<planner::Agent>) {
         let api_endpoints = world.api_endpoints.state().into_iter().next();
         let api_service = world.api_service.state().into_iter().next();
         let api = facts::api_server(api_endpoints.as_deref(), api_service.as_deref());
@@ -378,10 +378,8 @@ impl Reconciler {
                 )
             })
             .collect();
-        (
-            planner::plan(&self.settings.planner, &cluster, &agents, intent),
-            cluster,
-        )
+        let plan = planner::plan(&self.settings.planner, &cluster, &agents, intent);
+        (plan, cluster, agents)
     }
 
     /// Events on each AgentRuntime: the mode when its policy was written with a new mode, and its problems when

@@ -235,13 +235,9 @@ fn publish_reports(
         .plan
         .outcomes
         .iter()
-        .map(|o| {
-            let labels = report
-                .agent_labels
-                .get(&(o.namespace.clone(), o.name.clone()))
-                .cloned()
-                .unwrap_or_default();
-            wire::agent_status_to_wire(o, &labels, applied)
+        .filter_map(|o| {
+            let agent = report.agents.get(&(o.namespace.clone(), o.name.clone()))?;
+            Some(wire::agent_status_to_wire(o, agent, applied))
         })
         .collect();
     inventory.send_if_modified(|current| replace_if_different(current, Some(pb::AgentInventory { agents })));

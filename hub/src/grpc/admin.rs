@@ -97,6 +97,7 @@ pub async fn fleet_status<S: Store>(
                     applied_revision: a.applied_revision,
                     errors: a.errors,
                     dropped_rules: a.dropped,
+                    plan_inputs: String::new(),
                 })
                 .collect(),
         });
@@ -217,9 +218,22 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
 
     async fn plan(&self, request: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
         self.authorize(&request)?;
-        Err(Status::unimplemented(
-            "plan is not implemented yet: the spokes do not report the inputs a fleet-wide preview needs",
-        ))
+        let pb::PlanRequest { sources: raw, prune } = request.into_inner();
+        let applied =
+            DocumentSet::from_sources(&sources(raw)).map_err(|e| status(crate::state::HubError::Invalid(e)))?;
+        let current = self.hub.snapshot();
+        let mut proposed = if prune {
+            DocumentSet::default()
+        } else {
+            current.documents.clone()
+        };
+        for document in applied.documents() {
+            proposed.insert(document);
+        }
+        let clusters = crate::plan::preview(self.hub.store(), &current.documents, &proposed)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::PlanResponse { clusters }))
     }
 
     async fn fleet_status(

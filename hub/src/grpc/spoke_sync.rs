@@ -339,6 +339,7 @@ fn agent_record(status: pb::AgentStatus) -> AgentRecord {
         applied_revision: status.applied_revision,
         errors: status.errors,
         dropped: status.dropped_rules,
+        plan_inputs_json: status.plan_inputs,
     }
 }
 

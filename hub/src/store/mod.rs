@@ -157,6 +157,9 @@ pub struct AgentRecord {
     pub errors: Vec<String>,
     /// Local rules (or peers) dropped by a guardrail ceiling, described.
     pub dropped: Vec<String>,
+    /// What the planner needs to preview this agent under other intent (`plan`), as the spoke reported it
+    /// (JSON; empty when not reported).
+    pub plan_inputs_json: String,
 }
 
 /// Why a store operation failed.

@@ -32,9 +32,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema, as ordered steps `(version, SQL)`; versions are 1, 2, 3, … Append new steps; never edit one that
 /// has shipped.
-pub const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    "CREATE TABLE revisions (
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE revisions (
         number INTEGER PRIMARY KEY,
         created_unix_millis INTEGER NOT NULL,
         operation TEXT NOT NULL CHECK (operation IN ('apply', 'delete', 'rollback')),
@@ -65,7 +66,12 @@ pub const MIGRATIONS: &[(u32, &str)] = &[(
         dropped_json TEXT NOT NULL,
         PRIMARY KEY (cluster_id, namespace, name)
     ) WITHOUT ROWID;",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE agents ADD COLUMN plan_inputs_json TEXT NOT NULL DEFAULT '';",
+    ),
+];
 
 /// The embedded SQLite store. Cheap to clone: clones share one connection.
 #[derive(Clone)]
@@ -436,6 +442,7 @@ impl Store for SqliteStore {
                     to_sql_u64(agent.applied_revision, "applied revision")?,
                     to_json(&agent.errors)?,
                     to_json(&agent.dropped)?,
+                    agent.plan_inputs_json.clone(),
                 ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -452,15 +459,27 @@ impl Store for SqliteStore {
             {
                 let mut insert = tx.prepare(
                     "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, verification_reason, mode,
-                         rule_count, rule_sources_json, applied_revision, errors_json, dropped_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                         rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 )?;
-                for (namespace, name, labels, verified, reason, mode, rule_count, sources, applied, errors, dropped) in
-                    rows
+                for (
+                    namespace,
+                    name,
+                    labels,
+                    verified,
+                    reason,
+                    mode,
+                    rule_count,
+                    sources,
+                    applied,
+                    errors,
+                    dropped,
+                    inputs,
+                ) in rows
                 {
                     insert.execute(params![
                         id, namespace, name, labels, verified, reason, mode, rule_count, sources, applied, errors,
-                        dropped
+                        dropped, inputs
                     ])?;
                 }
             }
@@ -537,7 +556,7 @@ impl Store for SqliteStore {
         self.run(move |connection| {
             let mut statement = connection.prepare(
                 "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json
+                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json
                  FROM agents WHERE cluster_id = ?1 ORDER BY namespace, name",
             )?;
             let rows = statement
@@ -554,6 +573,7 @@ impl Store for SqliteStore {
                         row.get::<_, i64>(8)?,
                         row.get::<_, String>(9)?,
                         row.get::<_, String>(10)?,
+                        row.get::<_, String>(11)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -571,6 +591,7 @@ impl Store for SqliteStore {
                         applied,
                         errors,
                         dropped,
+                        plan_inputs_json,
                     )| {
                         let what =
                             |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
@@ -585,6 +606,7 @@ impl Store for SqliteStore {
                                 .map_err(|_| StoreError::Backend(format!("negative {}", what("applied revision"))))?,
                             errors: from_json(&errors, &what("errors"))?,
                             dropped: from_json(&dropped, &what("dropped rules"))?,
+                            plan_inputs_json,
                             namespace,
                             name,
                         })

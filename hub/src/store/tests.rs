@@ -73,6 +73,7 @@ fn agent(namespace: &str, name: &str) -> AgentRecord {
         applied_revision: 3,
         errors: vec!["a local rule was invalid".to_string()],
         dropped: vec!["203.0.113.0/24 is outside the ceiling".to_string()],
+        plan_inputs_json: String::new(),
     }
 }
 
