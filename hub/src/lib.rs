@@ -4,6 +4,7 @@ pub mod args;
 pub mod certs;
 pub mod cli;
 pub mod grpc;
+pub mod metrics;
 pub mod plan;
 pub mod render;
 pub mod serve;

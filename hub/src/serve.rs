@@ -36,6 +36,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_HUB_INSECURE_DEV_PLAINTEXT")]
     insecure_dev_plaintext: bool,
 
+    /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints.
+    #[arg(long, env = "TOLLGATE_HUB_METRICS_ADDR", default_value = "127.0.0.1:9465")]
+    metrics_addr: SocketAddr,
+
     /// Heartbeat period of spoke streams, in seconds.
     #[arg(long, env = "TOLLGATE_HUB_HEARTBEAT_SECONDS", default_value_t = 10)]
     heartbeat_seconds: u64,
@@ -50,6 +54,7 @@ impl ServeArgs {
             tls_key,
             client_ca,
             insecure_dev_plaintext,
+            metrics_addr,
             heartbeat_seconds,
         } = self;
         let tls = match (tls_cert, tls_key, client_ca, insecure_dev_plaintext) {
@@ -80,7 +85,16 @@ impl ServeArgs {
             tls = options.tls.is_some(),
             "Hub serving"
         );
-        grpc::serve(hub, Arc::new(Sessions::default()), listener, options, shutdown()).await?;
+        let sessions = Arc::new(Sessions::default());
+        let metrics = crate::metrics::serve(metrics_addr, options.metrics.clone(), hub.clone(), sessions.clone());
+        let metrics_task = tokio::spawn(async move {
+            if let Err(error) = metrics.await {
+                tracing::error!(%error, "The health and metrics server stopped");
+            }
+        });
+        let served = grpc::serve(hub, sessions, listener, options, shutdown()).await;
+        metrics_task.abort();
+        served?;
         tracing::info!("Hub stopped");
         Ok(())
     }

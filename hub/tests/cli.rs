@@ -31,7 +31,14 @@ impl Drop for Server {
 fn serve(dir: &Path, port: u16) -> Server {
     let certs = dir.join("certs");
     let mut child = hub()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.join("data"))
         .arg("--tls-cert")
         .arg(certs.join("hub.pem"))

@@ -71,6 +71,7 @@ async fn start(heartbeat: Duration) -> TestHub {
         }),
         heartbeat,
         send_timeout: Duration::from_secs(2),
+        ..ServeOptions::default()
     };
     let store = SqliteStore::open(&dir.path().join("data")).unwrap();
     let hub = Arc::new(Hub::new(store).await.unwrap());

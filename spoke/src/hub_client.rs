@@ -172,11 +172,12 @@ pub async fn run(
     state: watch::Sender<Arc<IntentState>>,
     persisted: PersistedIntent,
     mut reports: Reports,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut attempt: u32 = 0;
     loop {
         let started = Instant::now();
-        let result = session(&settings, &state, &persisted, &mut reports).await;
+        let result = session(&settings, &state, &persisted, &mut reports, &metrics).await;
         let status = match result {
             Ok(()) => tonic::Status::unavailable("the stream ended"),
             Err(status) => status,
@@ -240,6 +241,7 @@ async fn session(
     state: &watch::Sender<Arc<IntentState>>,
     persisted: &PersistedIntent,
     reports: &mut Reports,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), tonic::Status> {
     let channel = connect(settings).await?;
     let (tx, rx) = mpsc::channel(16);
@@ -286,6 +288,7 @@ async fn session(
                 let Some(message) = message? else { return Ok(()) };
                 last_heard = Instant::now();
                 if let Some(hub_message::Msg::Intent(intent)) = message.msg {
+                    metrics.hub_updated();
                     receive(intent, state, persisted, &send).await?;
                 }
             }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -35,6 +35,9 @@ pub struct Metrics {
     pub agents: Family<ModeLabel, Gauge>,
     pub writes: Counter,
     pub deletes: Counter,
+    hub_update_age: Gauge,
+    /// Unix seconds of the last intent received from the hub (0: none yet).
+    last_hub_update: AtomicI64,
     ready: AtomicBool,
 }
 
@@ -53,6 +56,7 @@ impl Metrics {
         let agents = Family::<ModeLabel, Gauge>::default();
         let writes = Counter::default();
         let deletes = Counter::default();
+        let hub_update_age = Gauge::default();
         registry.register(
             "reconciles",
             "Reconcile passes over the cluster's agents",
@@ -67,6 +71,11 @@ impl Metrics {
         registry.register("agents", "Agents by egress mode", agents.clone());
         registry.register("policy_writes", "NetworkPolicies created or updated", writes.clone());
         registry.register("policy_deletes", "NetworkPolicies deleted", deletes.clone());
+        registry.register(
+            "hub_update_age_seconds",
+            "Seconds since the last intent received from the hub (-1: none yet, or standalone)",
+            hub_update_age.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -75,6 +84,8 @@ impl Metrics {
             agents,
             writes,
             deletes,
+            hub_update_age,
+            last_hub_update: AtomicI64::new(0),
             ready: AtomicBool::new(false),
         }
     }
@@ -87,11 +98,25 @@ impl Metrics {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Records that an intent arrived from the hub now.
+    pub fn hub_updated(&self) {
+        self.last_hub_update.store(unix_now(), Ordering::Release);
+    }
+
     pub fn encode(&self) -> String {
+        let last = self.last_hub_update.load(Ordering::Acquire);
+        self.hub_update_age
+            .set(if last == 0 { -1 } else { (unix_now() - last).max(0) });
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Serves the health and metrics endpoints until the task is dropped.

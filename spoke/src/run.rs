@@ -182,7 +182,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             inventory: inventory_rx,
             ack: ack_rx,
         };
-        tasks.spawn(crate::hub_client::run(hub, intent_tx, persisted, reports));
+        tasks.spawn(crate::hub_client::run(
+            hub,
+            intent_tx,
+            persisted,
+            reports,
+            metrics.clone(),
+        ));
     } else {
         tasks.spawn(async move {
             // Standalone: the intent never changes; keep the sender alive.

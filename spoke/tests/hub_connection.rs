@@ -37,6 +37,8 @@ fn start_hub(dir: &Path, port: u16) -> anyhow::Result<ChildProcess> {
         certs.join("hub-key.pem").display().to_string(),
         "--client-ca".into(),
         certs.join("ca.pem").display().to_string(),
+        "--metrics-addr".into(),
+        "127.0.0.1:0".into(),
         "--heartbeat-seconds".into(),
         "1".into(),
     ];
@@ -168,6 +170,14 @@ spec:
             .any(|l| l.contains("llm") && l.contains("scoped") && l.contains("policy/llm-apis")),
         "{agents}"
     );
+
+    let (_, metrics) = spoke.get("/metrics").await?;
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_spoke_hub_update_age_seconds "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .expect("the hub update age is exported");
+    assert!((0..60).contains(&age), "{metrics}");
 
     // Hub outage: every policy stays as it is.
     let before = resource_versions(&client).await?;

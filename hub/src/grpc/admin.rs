@@ -23,14 +23,21 @@ pub struct AdminService<S> {
     hub: Arc<Hub<S>>,
     sessions: Arc<Sessions>,
     plaintext: bool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<S: Store> AdminService<S> {
-    pub fn new(hub: Arc<Hub<S>>, sessions: Arc<Sessions>, plaintext: bool) -> Self {
+    pub fn new(
+        hub: Arc<Hub<S>>,
+        sessions: Arc<Sessions>,
+        plaintext: bool,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             hub,
             sessions,
             plaintext,
+            metrics,
         }
     }
 
@@ -138,12 +145,19 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             dry_run,
             prune,
         } = request.into_inner();
-        let outcome = self
-            .hub
-            .apply(&sources(raw), dry_run, prune, now_millis())
-            .await
-            .map_err(status)?;
-        Ok(Response::new(apply_response(outcome)))
+        let result = self.hub.apply(&sources(raw), dry_run, prune, now_millis()).await;
+        let label = match &result {
+            Ok(_) if dry_run => "dry-run",
+            Ok(outcome) if outcome.revision.is_some() => "committed",
+            Ok(_) => "unchanged",
+            Err(crate::state::HubError::Invalid(_)) => "invalid",
+            Err(_) => "error",
+        };
+        self.metrics
+            .applies
+            .get_or_create(&crate::metrics::ResultLabel { result: label })
+            .inc();
+        Ok(Response::new(apply_response(result.map_err(status)?)))
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     /// How long a spoke may take to accept one message before its stream is dropped (it reconnects and
     /// resyncs).
     pub send_timeout: Duration,
+    /// Where pushes and apply results are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for ServeOptions {
@@ -49,6 +51,7 @@ impl Default for ServeOptions {
             tls: None,
             heartbeat: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
+            metrics: Arc::default(),
         }
     }
 }
@@ -80,7 +83,7 @@ pub async fn serve<S: Store>(
         builder = builder.tls_config(config).context("configuring TLS")?;
     }
     let spoke = SpokeSyncService::new(hub.clone(), sessions, options.clone(), plaintext);
-    let admin = AdminService::new(hub, spoke.sessions(), plaintext);
+    let admin = AdminService::new(hub, spoke.sessions(), plaintext, options.metrics.clone());
     builder
         .add_service(SpokeSyncServer::new(spoke))
         .add_service(AdminServer::new(admin))

@@ -38,19 +38,28 @@ struct Session {
     id: u64,
     labels: BTreeMap<String, String>,
     connected_unix_millis: i64,
+    applied_revision: u64,
     cancel: Option<oneshot::Sender<()>>,
 }
 
-/// A connected spoke, as the status commands show it.
+/// A connected spoke, as the status commands and metrics show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connected {
     pub labels: BTreeMap<String, String>,
     pub connected_unix_millis: i64,
+    /// The last revision it acknowledged on this stream (or said it had applied in its hello).
+    pub applied_revision: u64,
 }
 
 impl Sessions {
     /// Registers a stream for a cluster; an older stream of the same cluster is cancelled.
-    fn register(&self, cluster: &str, labels: BTreeMap<String, String>, now: i64) -> (u64, oneshot::Receiver<()>) {
+    fn register(
+        &self,
+        cluster: &str,
+        labels: BTreeMap<String, String>,
+        applied_revision: u64,
+        now: i64,
+    ) -> (u64, oneshot::Receiver<()>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancelled) = oneshot::channel();
         let previous = self.inner.lock().expect("sessions lock").insert(
@@ -59,6 +68,7 @@ impl Sessions {
                 id,
                 labels,
                 connected_unix_millis: now,
+                applied_revision,
                 cancel: Some(cancel),
             },
         );
@@ -68,6 +78,14 @@ impl Sessions {
             let _ = cancel.send(());
         }
         (id, cancelled)
+    }
+
+    fn acknowledged(&self, cluster: &str, id: u64, revision: u64) {
+        if let Some(session) = self.inner.lock().expect("sessions lock").get_mut(cluster)
+            && session.id == id
+        {
+            session.applied_revision = revision;
+        }
     }
 
     fn unregister(&self, cluster: &str, id: u64) {
@@ -89,6 +107,7 @@ impl Sessions {
                     Connected {
                         labels: s.labels.clone(),
                         connected_unix_millis: s.connected_unix_millis,
+                        applied_revision: s.applied_revision,
                     },
                 )
             })
@@ -179,10 +198,13 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         tx.send(Ok(intent(&snapshot, &selected, unchanged)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
-        let (id, cancelled) = self.sessions.register(&cluster, labels.clone(), now);
+        let (id, cancelled) = self
+            .sessions
+            .register(&cluster, labels.clone(), hello.last_applied_revision, now);
         tracing::info!(cluster = %cluster, revision = snapshot.revision, resumed = unchanged, "Spoke connected");
         let session = SessionTask {
             hub: self.hub.clone(),
+            metrics: self.options.metrics.clone(),
             sessions: self.sessions.clone(),
             options: self.options.clone(),
             cluster,
@@ -236,6 +258,7 @@ fn valid_id(id: &str) -> bool {
 
 struct SessionTask<S> {
     hub: Arc<Hub<S>>,
+    metrics: Arc<crate::metrics::Metrics>,
     sessions: Arc<Sessions>,
     options: ServeOptions,
     cluster: String,
@@ -268,7 +291,9 @@ impl<S: Store> SessionTask<S> {
                     let message = intent(&snapshot, &selected, unchanged);
                     self.sent = selected;
                     match tokio::time::timeout(self.options.send_timeout, tx.send(Ok(message))).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => {
+                            self.metrics.pushes.inc();
+                        }
                         Ok(Err(_)) => break "stream closed",
                         Err(_) => break "spoke fell behind; dropped so it reconnects and resyncs",
                     }
@@ -312,6 +337,7 @@ impl<S: Store> SessionTask<S> {
                 if !ack.errors.is_empty() {
                     tracing::warn!(cluster = %self.cluster, revision = ack.revision, errors = ?ack.errors, "Spoke reported errors");
                 }
+                self.sessions.acknowledged(&self.cluster, self.id, ack.revision);
                 store.record_applied(&self.cluster, ack.revision, now).await
             }
             Some(spoke_message::Msg::Heartbeat(_)) => Ok(()),

@@ -1,0 +1,123 @@
+//! Prometheus metrics of the hub and its `/healthz`, `/readyz`, `/metrics` endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::grpc::Sessions;
+use crate::state::Hub;
+use crate::store::Store;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+/// Every metric of the hub.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub connected: Gauge,
+    pub revision: Gauge,
+    pub lag: Family<ClusterLabel, Gauge>,
+    pub pushes: Counter,
+    pub applies: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tollgate_hub");
+        let connected = Gauge::default();
+        let revision = Gauge::default();
+        let lag = Family::<ClusterLabel, Gauge>::default();
+        let pushes = Counter::default();
+        let applies = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "connected_spokes",
+            "Spokes with an open stream to this hub",
+            connected.clone(),
+        );
+        registry.register("latest_revision", "The latest intent revision", revision.clone());
+        registry.register(
+            "revision_lag",
+            "Latest revision minus the revision a connected cluster acknowledged",
+            lag.clone(),
+        );
+        registry.register("pushes", "Intent revisions sent to spokes", pushes.clone());
+        registry.register("applies", "Apply calls, by result", applies.clone());
+        Self {
+            registry,
+            connected,
+            revision,
+            lag,
+            pushes,
+            applies,
+        }
+    }
+}
+
+impl Metrics {
+    /// Refreshes the gauges that describe the present, then encodes everything.
+    pub fn encode(&self, latest_revision: u64, sessions: &Sessions) -> String {
+        let connected = sessions.connected();
+        self.connected.set(connected.len() as i64);
+        self.revision.set(latest_revision as i64);
+        self.lag.clear();
+        for (cluster, session) in connected {
+            let lag = latest_revision.saturating_sub(session.applied_revision);
+            self.lag.get_or_create(&ClusterLabel { cluster }).set(lag as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+struct Context<S> {
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub<S>>,
+    sessions: Arc<Sessions>,
+}
+
+/// Serves the health and metrics endpoints until the task is dropped.
+pub async fn serve<S: Store>(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub<S>>,
+    sessions: Arc<Sessions>,
+) -> anyhow::Result<()> {
+    let context = Arc::new(Context { metrics, hub, sessions });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(c): State<Arc<Context<S>>>| async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    c.metrics.encode(c.hub.snapshot().revision, &c.sessions),
+                )
+            }),
+        )
+        .with_state(context);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "Serving /healthz, /readyz and /metrics");
+    axum::serve(listener, app).await?;
+    Ok(())
+}
