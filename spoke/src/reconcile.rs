@@ -324,11 +324,25 @@ impl Reconciler {
     ) -> (Plan, planner::ClusterFacts, Vec<planner::Agent>) {
         let api_endpoints = world.api_endpoints.state().into_iter().next();
         let api_service = world.api_service.state().into_iter().next();
-        let api = facts::api_server(api_endpoints.as_deref(), api_service.as_deref());
+        let api_slices: Vec<_> = world.api_slices.iter().flat_map(|s| s.state()).collect();
+        let api_slice_refs: Vec<&_> = api_slices.iter().map(|s| s.as_ref()).collect();
+        let api = facts::api_server(
+            facts::EndpointSources {
+                endpoints: api_endpoints.as_deref(),
+                slices: &api_slice_refs,
+            },
+            api_service.as_deref(),
+        );
         let dns = world.dns.iter().find_map(|candidate| {
             let service = candidate.service.state().into_iter().next()?;
             let endpoints = candidate.endpoints.state().into_iter().next();
-            facts::dns(&candidate.namespace, endpoints.as_deref(), Some(&service))
+            let slices: Vec<_> = candidate.slices.iter().flat_map(|s| s.state()).collect();
+            let slice_refs: Vec<&_> = slices.iter().map(|s| s.as_ref()).collect();
+            let sources = facts::EndpointSources {
+                endpoints: endpoints.as_deref(),
+                slices: &slice_refs,
+            };
+            facts::dns(&candidate.namespace, sources, Some(&service))
         });
         let cluster = planner::ClusterFacts { api, dns };
 

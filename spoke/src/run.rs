@@ -117,11 +117,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("no --kubeconfig given, and neither in-cluster configuration nor KUBECONFIG works")?,
     };
     let agent_card = discover_agent_card(&client).await;
+    let endpoint_slices = serves_endpoint_slices(&client).await;
     tracing::info!(
         cluster = %cluster_id,
         labels = ?cluster_labels,
         namespaces = ?namespaces,
         agent_cards = agent_card.is_some(),
+        endpoint_slices,
         hub = hub.as_ref().map_or("standalone: local rules only", |h| h.url.as_str()),
         "Starting spoke"
     );
@@ -141,6 +143,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces,
         dns_candidates,
         agent_card,
+        endpoint_slices,
     };
     let world = World::start(&client, &scope, &trigger, &mut tasks);
     tokio::select! {
@@ -282,6 +285,17 @@ async fn discover_agent_card(client: &Client) -> Option<ApiResource> {
         .into_iter()
         .find(|(ar, _)| ar.kind == "AgentCard")
         .map(|(ar, _)| ar)
+}
+
+/// Whether the server offers discovery.k8s.io/v1 EndpointSlices (1.21 and later).
+async fn serves_endpoint_slices(client: &Client) -> bool {
+    match kube::discovery::group(client, "discovery.k8s.io").await {
+        Ok(group) => group
+            .versioned_resources("v1")
+            .iter()
+            .any(|(ar, _)| ar.kind == "EndpointSlice"),
+        Err(_) => false,
+    }
 }
 
 async fn shutdown() {

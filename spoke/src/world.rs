@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
@@ -26,6 +27,8 @@ pub struct DnsCandidate {
     pub name: String,
     pub service: Store<Service>,
     pub endpoints: Store<Endpoints>,
+    /// Its discovery.k8s.io/v1 EndpointSlices, where the server offers them.
+    pub slices: Option<Store<EndpointSlice>>,
 }
 
 /// Every store the reconciler reads. Namespaced kinds have one store per watched namespace (one in all when
@@ -39,6 +42,8 @@ pub struct World {
     pub agent_cards: Vec<Store<DynamicObject>>,
     pub namespaces: Store<Namespace>,
     pub api_endpoints: Store<Endpoints>,
+    /// EndpointSlices of `default/kubernetes`, where the server offers discovery.k8s.io/v1.
+    pub api_slices: Option<Store<EndpointSlice>>,
     pub api_service: Store<Service>,
     pub dns: Vec<DnsCandidate>,
 }
@@ -52,6 +57,8 @@ pub struct Scope {
     pub dns_candidates: Vec<(String, String)>,
     /// The deprecated AgentCard kind, when its CRD is installed.
     pub agent_card: Option<ApiResource>,
+    /// Whether the server offers discovery.k8s.io/v1 EndpointSlices.
+    pub endpoint_slices: bool,
 }
 
 impl World {
@@ -86,6 +93,12 @@ impl World {
             }
         });
         let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let slices_of = |ns: &str, service: &str, tasks: &mut JoinSet<()>| {
+            scope.endpoint_slices.then(|| {
+                let config = watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+                watch(Api::namespaced(client.clone(), ns), config, trigger, tasks)
+            })
+        };
         let dns = scope
             .dns_candidates
             .iter()
@@ -94,8 +107,10 @@ impl World {
                 name: name.clone(),
                 service: watch(Api::namespaced(client.clone(), ns), by_name(name), trigger, tasks),
                 endpoints: watch(Api::namespaced(client.clone(), ns), by_name(name), trigger, tasks),
+                slices: slices_of(ns, name, tasks),
             })
             .collect();
+        let api_slices = slices_of("default", "kubernetes", tasks);
         Self {
             runtimes,
             deployments,
@@ -109,6 +124,7 @@ impl World {
                 trigger,
                 tasks,
             ),
+            api_slices,
             api_service: watch(
                 Api::namespaced(client.clone(), "default"),
                 by_name("kubernetes"),
@@ -139,9 +155,11 @@ impl World {
         ready(std::slice::from_ref(&self.namespaces)).await?;
         ready(std::slice::from_ref(&self.api_endpoints)).await?;
         ready(std::slice::from_ref(&self.api_service)).await?;
+        ready(self.api_slices.as_slice()).await?;
         for candidate in &self.dns {
             ready(std::slice::from_ref(&candidate.service)).await?;
             ready(std::slice::from_ref(&candidate.endpoints)).await?;
+            ready(candidate.slices.as_slice()).await?;
         }
         Ok(())
     }
