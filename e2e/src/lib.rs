@@ -34,6 +34,7 @@ mod cluster;
 mod control_plane;
 mod controller_manager;
 mod etcd;
+pub mod helm;
 mod helpers;
 mod kubeconfig;
 mod pki;

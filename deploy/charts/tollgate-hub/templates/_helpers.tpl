@@ -1,0 +1,62 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "tollgate-hub.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The object name prefix: fullnameOverride, else the release name followed by the chart name unless it holds it. */}}
+{{- define "tollgate-hub.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the hub's pod. */}}
+{{- define "tollgate-hub.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tollgate-hub.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "tollgate-hub.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "tollgate-hub.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: hub
+app.kubernetes.io/part-of: tollgate
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* The hub's arguments, one per line, each quoted; checks the values the hub would refuse at start. */}}
+{{- define "tollgate-hub.args" -}}
+{{- if ne (int .Values.replicas) 1 }}
+{{- fail (printf "replicas is %v: the embedded store serves exactly one replica" .Values.replicas) }}
+{{- end }}
+{{- if not (has .Values.logFormat (list "plain" "json")) }}
+{{- fail (printf "logFormat %q must be plain or json" .Values.logFormat) }}
+{{- end }}
+{{- if lt (int .Values.heartbeatSeconds) 1 }}
+{{- fail "heartbeatSeconds must be at least 1" }}
+{{- end }}
+{{- $bind := toString .Values.metrics.bindAddress }}
+{{- $metrics := ternary (printf "[%s]:%v" $bind .Values.metrics.port) (printf "%s:%v" $bind .Values.metrics.port) (contains ":" $bind) }}
+- {{ printf "--log-level=%s" .Values.logLevel | quote }}
+- {{ printf "--log-format=%s" .Values.logFormat | quote }}
+- serve
+- {{ printf "--listen=0.0.0.0:%v" .Values.grpcPort | quote }}
+- "--data-dir=/var/lib/tollgate-hub"
+- "--tls-cert=/etc/tollgate/tls/tls.crt"
+- "--tls-key=/etc/tollgate/tls/tls.key"
+- "--client-ca=/etc/tollgate/tls/ca.crt"
+- {{ printf "--metrics-addr=%s" $metrics | quote }}
+- {{ printf "--heartbeat-seconds=%v" .Values.heartbeatSeconds | quote }}
+{{- range .Values.extraArgs }}
+- {{ toString . | quote }}
+{{- end }}
+{{- end }}

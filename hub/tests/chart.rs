@@ -1,0 +1,228 @@
+//! The Helm chart `deploy/charts/tollgate-hub`, proven without Helm: rendered by the faithful renderer for the
+//! default and non-default values, refused for bad values, every object accepted by a real API server
+//! (server-side apply), and the real hub started with exactly the arguments the chart gives it.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use tollgate_e2e::{ChildProcess, ControlPlane, free_port, helm, wait_until};
+
+const CHART: &str = "deploy/charts/tollgate-hub";
+const NS: &str = "tollgate-system";
+
+fn objects(rendered: &str) -> Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for document in serde_yaml_ng::Deserializer::from_str(rendered) {
+        let value: Value = serde::Deserialize::deserialize(document)?;
+        if value.is_null() {
+            continue;
+        }
+        let key = format!(
+            "{}/{}",
+            value["kind"].as_str().unwrap_or(""),
+            value["metadata"]["name"].as_str().unwrap_or("")
+        );
+        out.insert(key, value);
+    }
+    Ok(out)
+}
+
+fn args_of(statefulset: &Value) -> Vec<String> {
+    statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
+    let rendered = helm::render(CHART, "tollgate-hub", NS, &["tlsSecretName: hub-tls\n"])?;
+    let objects = objects(&rendered)?;
+    assert_eq!(
+        objects.keys().collect::<Vec<_>>(),
+        ["Service/tollgate-hub", "StatefulSet/tollgate-hub"]
+    );
+    let sts = &objects["StatefulSet/tollgate-hub"];
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["automountServiceAccountToken"], false,
+        "the hub needs no Kubernetes API access"
+    );
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert!(
+        security.get("runAsUser").is_none() && pod["securityContext"].get("runAsUser").is_none(),
+        "no fixed UID"
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(
+        args_of(sts),
+        [
+            "--log-level=info",
+            "--log-format=json",
+            "serve",
+            "--listen=0.0.0.0:7443",
+            "--data-dir=/var/lib/tollgate-hub",
+            "--tls-cert=/etc/tollgate/tls/tls.crt",
+            "--tls-key=/etc/tollgate/tls/tls.key",
+            "--client-ca=/etc/tollgate/tls/ca.crt",
+            "--metrics-addr=0.0.0.0:9465",
+            "--heartbeat-seconds=10",
+        ]
+    );
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "1Gi"
+    );
+    let service = &objects["Service/tollgate-hub"];
+    let ports: Vec<(&str, i64)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["port"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ports, [("grpc", 7443), ("metrics", 9465)]);
+    Ok(())
+}
+
+#[test]
+fn non_default_values_reach_the_right_fields() -> Result<()> {
+    let values = "tlsSecretName: hub-tls
+grpcPort: 8443
+heartbeatSeconds: 5
+logLevel: tollgate_hub=debug
+logFormat: plain
+service: {type: LoadBalancer, annotations: {example.com/lb: internal}}
+persistence: {size: 5Gi, storageClassName: fast}
+metrics: {bindAddress: '::', port: 9999}
+";
+    let objects = objects(&helm::render(CHART, "fleet", NS, &[values])?)?;
+    let sts = &objects["StatefulSet/fleet-tollgate-hub"];
+    let args = args_of(sts);
+    for expected in [
+        "--log-level=tollgate_hub=debug",
+        "--log-format=plain",
+        "--listen=0.0.0.0:8443",
+        "--metrics-addr=[::]:9999",
+        "--heartbeat-seconds=5",
+    ] {
+        assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
+    }
+    let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
+    assert_eq!(
+        (
+            claim["storageClassName"].as_str(),
+            claim["resources"]["requests"]["storage"].as_str()
+        ),
+        (Some("fast"), Some("5Gi"))
+    );
+    let service = &objects["Service/fleet-tollgate-hub"];
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["metadata"]["annotations"]["example.com/lb"], "internal");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8443);
+    Ok(())
+}
+
+#[test]
+fn bad_values_are_refused_with_a_reason() -> Result<()> {
+    for (values, reason) in [
+        ("{}\n", "tlsSecretName is required"),
+        (
+            "tlsSecretName: t\nreplicas: 2\n",
+            "replicas is 2: the embedded store serves exactly one replica",
+        ),
+        (
+            "tlsSecretName: t\nlogFormat: xml\n",
+            "logFormat \"xml\" must be plain or json",
+        ),
+        (
+            "tlsSecretName: t\nheartbeatSeconds: 0\n",
+            "heartbeatSeconds must be at least 1",
+        ),
+    ] {
+        let message = helm::render_error(CHART, "tollgate-hub", NS, &[values])?;
+        assert!(message.contains(reason), "values {values:?}: {message}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() -> Result<()> {
+    let rendered = helm::render(CHART, "tollgate-hub", NS, &["tlsSecretName: hub-tls\n"])?;
+    let cp = ControlPlane::builder().clusters(1).start().await?;
+    let cluster = &cp.clusters()[0];
+    cluster.create_namespace(NS).await?;
+    let applied = cluster.apply_yaml(&rendered).await?;
+    assert_eq!(applied.len(), 2);
+
+    // The hub binary accepts exactly the chart's arguments (paths and addresses moved to a temp folder and
+    // loopback, as servers in tests listen on loopback only).
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    let hub = env!("CARGO_BIN_EXE_tollgate-hub");
+    for args in [
+        vec!["certs", "init", "--dir", certs.to_str().unwrap()],
+        vec!["certs", "hub", "--dir", certs.to_str().unwrap()],
+    ] {
+        assert!(Command::new(hub).args(&args).status()?.success());
+    }
+    let (grpc, metrics) = (free_port()?, free_port()?);
+    let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
+    let data = dir.path().join("data");
+    let args: Vec<String> = args_of(sts)
+        .into_iter()
+        .map(|arg| {
+            arg.replace("0.0.0.0:7443", &format!("127.0.0.1:{grpc}"))
+                .replace("0.0.0.0:9465", &format!("127.0.0.1:{metrics}"))
+                .replace("/var/lib/tollgate-hub", data.to_str().unwrap())
+                .replace("/etc/tollgate/tls/tls.crt", certs.join("hub.pem").to_str().unwrap())
+                .replace("/etc/tollgate/tls/tls.key", certs.join("hub-key.pem").to_str().unwrap())
+                .replace("/etc/tollgate/tls/ca.crt", certs.join("ca.pem").to_str().unwrap())
+        })
+        .collect();
+    let process = ChildProcess::spawn(
+        "tollgate-hub",
+        std::path::Path::new(hub),
+        &args,
+        &dir.path().join("hub.log"),
+    )?;
+    wait_until(
+        format!("hub /readyz (log: {})", process.log_path().display()),
+        Duration::from_secs(20),
+        || async {
+            http_get(metrics, "/readyz")
+                .await
+                .is_ok_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+        },
+    )
+    .await?;
+    let log = std::fs::read_to_string(process.log_path()).context("reading the hub log")?;
+    assert!(
+        log.contains("\"Hub serving\""),
+        "the chart's --log-format=json gives JSON logs: {log}"
+    );
+    Ok(())
+}
+
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
