@@ -76,6 +76,29 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Reads the `-f` sources and validates them locally with the hub's own function, so bad input never leaves the
+/// machine: every error is printed and `None` returned.
+fn valid_sources(files: &FileArgs, consequence: &str) -> anyhow::Result<Option<Vec<pb::Source>>> {
+    let sources = read_sources(&files.files)?;
+    if let Err(errors) = tollgate_common::document::DocumentSet::from_sources(&sources) {
+        let mut err = std::io::stderr().lock();
+        for error in &errors {
+            writeln!(err, "{error}")?;
+        }
+        writeln!(err, "{} error(s); {consequence}", errors.len())?;
+        return Ok(None);
+    }
+    Ok(Some(
+        sources
+            .into_iter()
+            .map(|s| pb::Source {
+                name: s.name,
+                yaml: s.text,
+            })
+            .collect(),
+    ))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -105,24 +128,11 @@ impl ApplyArgs {
             prune,
             connection,
         } = self;
-        let sources = read_sources(&files.files)?;
-        // Validate locally first: the same function the hub runs, so bad input never leaves the machine.
-        if let Err(errors) = tollgate_common::document::DocumentSet::from_sources(&sources) {
-            let mut err = std::io::stderr().lock();
-            for error in &errors {
-                writeln!(err, "{error}")?;
-            }
-            writeln!(err, "{} error(s); nothing was applied", errors.len())?;
+        let Some(sources) = valid_sources(&files, "nothing was applied")? else {
             return Ok(ExitCode::FAILURE);
-        }
+        };
         let request = pb::ApplyRequest {
-            sources: sources
-                .into_iter()
-                .map(|s| pb::Source {
-                    name: s.name,
-                    yaml: s.text,
-                })
-                .collect(),
+            sources,
             dry_run,
             prune,
         };
@@ -156,25 +166,10 @@ impl PlanArgs {
             prune,
             connection,
         } = self;
-        let sources = read_sources(&files.files)?;
-        if let Err(errors) = tollgate_common::document::DocumentSet::from_sources(&sources) {
-            let mut err = std::io::stderr().lock();
-            for error in &errors {
-                writeln!(err, "{error}")?;
-            }
-            writeln!(err, "{} error(s); nothing to preview", errors.len())?;
+        let Some(sources) = valid_sources(&files, "nothing to preview")? else {
             return Ok(ExitCode::FAILURE);
-        }
-        let request = pb::PlanRequest {
-            sources: sources
-                .into_iter()
-                .map(|s| pb::Source {
-                    name: s.name,
-                    yaml: s.text,
-                })
-                .collect(),
-            prune,
         };
+        let request = pb::PlanRequest { sources, prune };
         let response = connection
             .admin()
             .await?
