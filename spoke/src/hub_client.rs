@@ -287,9 +287,17 @@ async fn session(
             message = inbound.message() => {
                 let Some(message) = message? else { return Ok(()) };
                 last_heard = Instant::now();
-                if let Some(hub_message::Msg::Intent(intent)) = message.msg {
-                    metrics.hub_updated();
-                    receive(intent, state, persisted, &send).await?;
+                match message.msg {
+                    Some(hub_message::Msg::Intent(intent)) => {
+                        metrics.hub_updated();
+                        receive(intent, state, persisted, &send).await?;
+                    }
+                    // Answer the hub's heartbeats, so the hub hears from this spoke once per its own period,
+                    // whatever period it was started with.
+                    Some(hub_message::Msg::Heartbeat(_)) => {
+                        send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: unix_millis() })).await?;
+                    }
+                    None => {}
                 }
             }
             Ok(()) = reports.facts.changed() => {
@@ -308,11 +316,16 @@ async fn session(
                 if last_heard.elapsed() > HEARTBEAT * 3 {
                     return Err(tonic::Status::unavailable("heartbeat timeout: nothing heard from the hub"));
                 }
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-                send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: now })).await?;
+                send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: unix_millis() })).await?;
             }
         }
     }
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 async fn receive<F, Fut>(
@@ -362,7 +375,10 @@ where
         "Intent received"
     );
     if let Err(error) = persisted.save(&next).await {
-        tracing::warn!(%error, "Could not persist the intent; enforcing it anyway");
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "Could not persist the intent; enforcing it anyway"
+        );
     }
     state.send_replace(Arc::new(next));
     Ok(())

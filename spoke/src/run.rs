@@ -170,7 +170,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Ok(None) => IntentState::default(),
             Err(error) => {
-                tracing::warn!(%error, "Could not read the persisted intent");
+                tracing::warn!(error = format!("{error:#}"), "Could not read the persisted intent");
                 IntentState::default()
             }
         },

@@ -20,6 +20,9 @@ use tollgate_common::planner::{LABEL_MANAGED_BY, MANAGED_BY};
 
 use crate::agent_runtime::AgentRuntime;
 
+/// The annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// A candidate DNS Service and its endpoints.
 #[derive(Debug)]
 pub struct DnsCandidate {
@@ -208,10 +211,14 @@ where
     let trigger = trigger.clone();
     let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
     tasks.spawn(async move {
-        // Managed fields are large and never read: drop them before they reach the store.
+        // Managed fields and kubectl's last-applied copy are large and never read: drop them before they reach
+        // the store.
         let events = stream
             .default_backoff()
-            .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+            .modify(|obj: &mut K| {
+                obj.managed_fields_mut().clear();
+                obj.annotations_mut().remove(LAST_APPLIED);
+            })
             .reflect(writer);
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
