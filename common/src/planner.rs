@@ -231,7 +231,9 @@ pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], inte
     let planner = Planner::new(config, facts, intent);
     let mut order: Vec<&Agent> = agents.iter().collect();
     order.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut taken: BTreeMap<(&str, String), &str> = BTreeMap::new();
+    // Policy names are the workload name plus a fixed suffix: one policy per (namespace, workload).
+    let mut taken: std::collections::HashMap<(&str, &str), &str> =
+        std::collections::HashMap::with_capacity(agents.len());
     let mut plan = Plan {
         policies: Vec::with_capacity(agents.len()),
         outcomes: Vec::with_capacity(agents.len()),
@@ -239,15 +241,15 @@ pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], inte
     };
     for agent in order {
         let (policy, mut outcome) = planner.plan_agent(agent);
-        let name = outcome.policy_name.clone().expect("plan_agent always names the policy");
-        if let Some(owner) = taken.get(&(agent.namespace.as_str(), name.clone())) {
+        let key = (agent.namespace.as_str(), agent.target_name.as_str());
+        if let Some(owner) = taken.get(&key) {
+            let name = outcome.policy_name.take().unwrap_or_default();
             outcome.errors.push(format!(
                 "policy {name} is already written for agent {owner} (both target the same workload); no policy \
                  is written for this agent"
             ));
-            outcome.policy_name = None;
         } else {
-            taken.insert((agent.namespace.as_str(), name), agent.name.as_str());
+            taken.insert(key, agent.name.as_str());
             plan.policies.push(policy);
         }
         plan.outcomes.push(outcome);
