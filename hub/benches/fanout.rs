@@ -5,16 +5,18 @@
 //! with `TOLLGATE_FANOUT_SWARM=1`, one tokio task, one TLS connection and one client certificate per spoke. Bench
 //! and swarm talk in lines over the swarm's stdin / stdout; instants cross processes as CLOCK_REALTIME nanoseconds.
 //!
-//! Per N: hub RSS idle and with N spokes connected, hub CPU at idle (heartbeats) and over the applies, the
-//! last-receipt latency of each apply (apply call start → the last spoke's receipt of that revision), the apply
-//! RPC's own duration, and a reconnect storm (SIGKILL, a short outage, restart on the same data folder → every
-//! spoke reconnected and holding its intent again).
+//! Per N, on a fresh data folder: the same applies with no spoke connected (the per-apply cost that does not depend
+//! on N), hub RSS idle and with N spokes connected (connected 64 at a time), hub CPU at idle (heartbeats) and over
+//! the applies, the last-receipt latency of each apply (apply call start → the last spoke's receipt of that
+//! revision), the apply RPC's own duration, and a reconnect storm (SIGKILL, a short outage, restart on the same
+//! data folder → every spoke reconnected, with the real spoke's backoff, and holding its intent again).
 //!
 //! `cargo bench -p tollgate-hub --bench fanout [-- 100 1000 10000] [--applies 20] [--ack] [--data-dir DIR]
 //! [--idle-secs 10] [--outage-secs 1] [--no-storm]`
 //!
 //! `--ack`: spokes acknowledge every revision (as the real spoke does after applying it), which the hub records.
 //! `--data-dir`: where the hub's data folder and the certificates go (default: the target's tmp folder, on disk).
+//! `TOLLGATE_FANOUT_HUB_WRAPPER="valgrind --tool=massif"` runs the hub under a profiler.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -61,9 +63,9 @@ mod bench {
 
     /// Lines of `ipBlock` peers in the applied policy: its canonical YAML is about 4 KB.
     const PEERS: usize = 87;
-    /// Pause after each apply's last receipt, before the next apply.
     /// Policy numbers of the applies made before any spoke connects.
     const BASELINE: usize = 1_000;
+    /// Pause after each apply's last receipt, before the next apply.
     const GAP: Duration = Duration::from_millis(200);
     const READY_TIMEOUT: Duration = Duration::from_secs(1200);
     const REACHED_TIMEOUT: Duration = Duration::from_secs(300);
@@ -173,9 +175,12 @@ mod bench {
         let offset = std::fs::metadata(log).map_or(0, |m| m.len());
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let started = Instant::now();
+        // For profiling: `TOLLGATE_FANOUT_HUB_WRAPPER="valgrind --tool=massif"` runs the hub under that command.
+        let wrapper = std::env::var("TOLLGATE_FANOUT_HUB_WRAPPER").unwrap_or_default();
         let child = Command::new("sh")
             .arg("-c")
             .arg(RAISE_NOFILE)
+            .args(wrapper.split_whitespace())
             .arg(hub_bin())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--metrics-addr"])
             .arg(format!("127.0.0.1:{metrics_port}"))
@@ -403,7 +408,11 @@ mod bench {
         outcome.rss_idle_kib = rss_kib(hub.process.0.id())?;
 
         // The same applies with no spoke connected: the per-apply cost that does not depend on N.
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // A worker thread keeps the admin connection answering the hub's keepalive pings while this thread sleeps.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
         let mut admin = runtime.block_on(admin_client(port, certs))?;
         let mut revision = 0;
         let ticks = cpu_ticks(hub.process.0.id())?;

@@ -7,17 +7,53 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tollgate_common::document::{Document, DocumentSet, Source};
 use tollgate_common::field_error::DocumentError;
+use tollgate_common::label_selector::LabelSelector;
+use tollgate_proto::v1 as pb;
 
 use crate::store::{Operation, RevisionInfo, Store, StoreError};
 
 /// How often an optimistic commit is retried when another writer committed first.
 const COMMIT_ATTEMPTS: usize = 16;
 
-/// The latest committed intent.
+/// The latest committed intent, with every document rendered for the wire once, shared by every session.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub revision: u64,
     pub documents: DocumentSet,
+    /// Each document's cluster selector and wire form, in `documents` order.
+    pub wire: Vec<(Option<LabelSelector>, pb::Document)>,
+}
+
+impl Snapshot {
+    pub fn new(revision: u64, documents: DocumentSet) -> Self {
+        let wire = documents
+            .documents()
+            .map(|d| {
+                let selector = d.cluster_selector().cloned();
+                let document = pb::Document {
+                    kind: d.kind().to_string(),
+                    name: d.name().to_string(),
+                    yaml: d.to_yaml(),
+                };
+                (selector, document)
+            })
+            .collect();
+        Self {
+            revision,
+            documents,
+            wire,
+        }
+    }
+
+    /// Indices (into `wire`) of the documents whose cluster selector matches these labels.
+    pub fn select(&self, labels: &BTreeMap<String, String>) -> Vec<usize> {
+        self.wire
+            .iter()
+            .enumerate()
+            .filter(|(_, (selector, _))| selector.as_ref().is_none_or(|s| s.matches(labels)))
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// Why a write was refused.
@@ -78,10 +114,7 @@ impl<S: Store> Hub<S> {
     /// Loads the latest revision.
     pub async fn new(store: S) -> Result<Self, StoreError> {
         let latest = store.latest().await?;
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
-            revision: latest.info.number,
-            documents: latest.documents,
-        }));
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::new(latest.info.number, latest.documents)));
         Ok(Self { store, snapshot })
     }
 
@@ -214,9 +247,14 @@ impl<S: Store> Hub<S> {
 
     /// Publishes a revision to every session, unless a newer one is already published.
     fn publish(&self, revision: u64, documents: DocumentSet) {
+        if revision <= self.snapshot.borrow().revision {
+            return;
+        }
+        // Rendered outside the channel's lock, once for every session.
+        let next = Arc::new(Snapshot::new(revision, documents));
         self.snapshot.send_if_modified(|current| {
-            if revision > current.revision {
-                *current = Arc::new(Snapshot { revision, documents });
+            if next.revision > current.revision {
+                *current = next;
                 true
             } else {
                 false

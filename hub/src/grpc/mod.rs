@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::spoke_sync_server::SpokeSyncServer;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
@@ -87,7 +87,8 @@ pub async fn serve<S: Store>(
     builder
         .add_service(SpokeSyncServer::new(spoke))
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Small responses must not wait for Nagle's algorithm and a delayed ACK (~40 ms per apply otherwise).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
         .context("serving gRPC")
 }

@@ -11,8 +11,6 @@ use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_common::document::DocumentSet;
-use tollgate_common::wire::documents_to_wire;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -185,12 +183,16 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
 
         let mut snapshots = self.hub.subscribe();
         let snapshot = snapshots.borrow_and_update().clone();
-        let selected = select(&snapshot.documents, &labels);
+        let selected = snapshot.select(&labels);
         let unchanged = match hello.last_applied_revision {
             0 => false,
             last if last > snapshot.revision => false,
+            last if last == snapshot.revision => true,
             last => match store.revision(last).await {
-                Ok(revision) => select(&revision.documents, &labels) == selected,
+                Ok(revision) => {
+                    let then = Snapshot::new(revision.info.number, revision.documents);
+                    same_documents(&then, &then.select(&labels), &snapshot, &selected)
+                }
                 Err(_) => false,
             },
         };
@@ -210,30 +212,31 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             cluster,
             labels,
             id,
-            sent: selected,
+            sent: (snapshot, selected),
         };
         tokio::spawn(session.run(inbound, tx, snapshots, cancelled));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// The documents whose `clusterSelector` matches the labels.
-fn select(documents: &DocumentSet, labels: &BTreeMap<String, String>) -> DocumentSet {
-    let mut out = DocumentSet::default();
-    for document in documents.documents().filter(|d| d.selects_cluster(labels)) {
-        out.insert(document);
-    }
-    out
+/// Whether two selections hold the same documents (kind, name and canonical YAML), without copying any.
+fn same_documents(a: &Snapshot, a_selected: &[usize], b: &Snapshot, b_selected: &[usize]) -> bool {
+    a_selected.len() == b_selected.len()
+        && a_selected
+            .iter()
+            .zip(b_selected)
+            .all(|(i, j)| a.wire[*i].1 == b.wire[*j].1)
 }
 
-fn intent(snapshot: &Snapshot, selected: &DocumentSet, unchanged: bool) -> pb::HubMessage {
+/// The intent message of a selection: the shared, pre-rendered documents, or the `unchanged` marker.
+fn intent(snapshot: &Snapshot, selected: &[usize], unchanged: bool) -> pb::HubMessage {
     pb::HubMessage {
         msg: Some(hub_message::Msg::Intent(pb::IntentRevision {
             revision: snapshot.revision,
             documents: if unchanged {
                 Vec::new()
             } else {
-                documents_to_wire(selected)
+                selected.iter().map(|i| snapshot.wire[*i].1.clone()).collect()
             },
             unchanged,
         })),
@@ -264,8 +267,8 @@ struct SessionTask<S> {
     cluster: String,
     labels: BTreeMap<String, String>,
     id: u64,
-    /// The documents last sent in full.
-    sent: DocumentSet,
+    /// The snapshot and selection last sent (shared with every session; nothing is copied per spoke).
+    sent: (Arc<Snapshot>, Vec<usize>),
 }
 
 impl<S: Store> SessionTask<S> {
@@ -286,10 +289,10 @@ impl<S: Store> SessionTask<S> {
                         break "hub shutting down";
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
-                    let selected = select(&snapshot.documents, &self.labels);
-                    let unchanged = selected == self.sent;
+                    let selected = snapshot.select(&self.labels);
+                    let unchanged = same_documents(&self.sent.0, &self.sent.1, &snapshot, &selected);
                     let message = intent(&snapshot, &selected, unchanged);
-                    self.sent = selected;
+                    self.sent = (snapshot, selected);
                     match tokio::time::timeout(self.options.send_timeout, tx.send(Ok(message))).await {
                         Ok(Ok(())) => {
                             self.metrics.pushes.inc();
