@@ -77,6 +77,74 @@ pub fn facts_to_wire(facts: &ClusterFacts, kubernetes_version: &str) -> pb::Clus
     }
 }
 
+/// Reported facts as the hub stores them (JSON with the wire message's field names).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct StoredFacts {
+    api_server_addresses: Vec<String>,
+    api_server_ports: Vec<u32>,
+    api_service_address: String,
+    api_service_port: u32,
+    dns_namespace: String,
+    dns_addresses: Vec<String>,
+    dns_ports: Vec<StoredPort>,
+    dns_service_address: String,
+    kubernetes_version: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+struct StoredPort {
+    protocol: String,
+    port: u32,
+}
+
+/// Reported facts as stored JSON.
+pub fn facts_to_json(message: &pb::ClusterFacts) -> String {
+    let stored = StoredFacts {
+        api_server_addresses: message.api_server_addresses.clone(),
+        api_server_ports: message.api_server_ports.clone(),
+        api_service_address: message.api_service_address.clone(),
+        api_service_port: message.api_service_port,
+        dns_namespace: message.dns_namespace.clone(),
+        dns_addresses: message.dns_addresses.clone(),
+        dns_ports: message
+            .dns_ports
+            .iter()
+            .map(|p| StoredPort {
+                protocol: p.protocol.clone(),
+                port: p.port,
+            })
+            .collect(),
+        dns_service_address: message.dns_service_address.clone(),
+        kubernetes_version: message.kubernetes_version.clone(),
+    };
+    serde_json::to_string(&stored).expect("facts serialize")
+}
+
+/// Stored facts JSON back as the wire message (validate it with [`facts_from_wire`]).
+pub fn facts_from_json(json: &str) -> Result<pb::ClusterFacts, String> {
+    let stored: StoredFacts = serde_json::from_str(json).map_err(|e| format!("stored facts: {e}"))?;
+    Ok(pb::ClusterFacts {
+        api_server_addresses: stored.api_server_addresses,
+        api_server_ports: stored.api_server_ports,
+        api_service_address: stored.api_service_address,
+        api_service_port: stored.api_service_port,
+        dns_namespace: stored.dns_namespace,
+        dns_addresses: stored.dns_addresses,
+        dns_ports: stored
+            .dns_ports
+            .into_iter()
+            .map(|p| pb::PortSpec {
+                protocol: p.protocol,
+                port: p.port,
+            })
+            .collect(),
+        dns_service_address: stored.dns_service_address,
+        kubernetes_version: stored.kubernetes_version,
+    })
+}
+
 fn ip(text: &str, path: &str) -> Result<IpAddr, FieldError> {
     text.parse()
         .map_err(|_| FieldError::new(path, format!("{text:?} is not an IP address")))
@@ -281,6 +349,12 @@ mod tests {
         let wire = facts_to_wire(&facts, "v1.20.2");
         assert_eq!(wire.kubernetes_version, "v1.20.2");
         assert_eq!(facts_from_wire(&wire).unwrap(), facts);
+        assert_eq!(
+            facts_from_json(&facts_to_json(&wire)).unwrap(),
+            wire,
+            "stored JSON round-trips"
+        );
+        assert!(facts_from_json("[1]").unwrap_err().starts_with("stored facts:"));
         let mut bad = wire;
         bad.api_server_ports = vec![70000];
         assert_eq!(facts_from_wire(&bad).unwrap_err().path, "apiServerPorts");

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use tollgate_common::document::DocumentSet;
 use tollgate_common::planner::{self, PlannerConfig};
-use tollgate_common::wire::{PlanInputs, facts_from_wire};
+use tollgate_common::wire::{PlanInputs, facts_from_json, facts_from_wire};
 use tollgate_proto::v1 as pb;
 
 use crate::store::{ClusterRecord, Store, StoreError};
@@ -69,43 +69,18 @@ pub async fn preview<S: Store>(
 }
 
 fn cluster_facts(cluster: &ClusterRecord) -> planner::ClusterFacts {
-    let Some(json) = &cluster.facts_json else {
-        return planner::ClusterFacts::default();
-    };
-    let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let strings = |key: &str| -> Vec<String> {
-        value[key]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default()
-    };
-    let text = |key: &str| value[key].as_str().unwrap_or_default().to_string();
-    let number = |v: &serde_json::Value| v.as_u64().and_then(|n| u32::try_from(n).ok()).unwrap_or_default();
-    let message = pb::ClusterFacts {
-        api_server_addresses: strings("apiServerAddresses"),
-        api_server_ports: value["apiServerPorts"]
-            .as_array()
-            .map(|a| a.iter().map(number).collect())
-            .unwrap_or_default(),
-        api_service_address: text("apiServiceAddress"),
-        api_service_port: number(&value["apiServicePort"]),
-        dns_namespace: text("dnsNamespace"),
-        dns_addresses: strings("dnsAddresses"),
-        dns_ports: value["dnsPorts"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|p| pb::PortSpec {
-                        protocol: p["protocol"].as_str().unwrap_or_default().to_string(),
-                        port: number(&p["port"]),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        dns_service_address: text("dnsServiceAddress"),
-        kubernetes_version: text("kubernetesVersion"),
-    };
-    facts_from_wire(&message).unwrap_or_default()
+    let facts = cluster
+        .facts_json
+        .as_deref()
+        .map(|json| facts_from_json(json).and_then(|message| facts_from_wire(&message).map_err(|e| e.to_string())));
+    match facts {
+        None => planner::ClusterFacts::default(),
+        Some(Ok(facts)) => facts,
+        Some(Err(reason)) => {
+            tracing::warn!(cluster = %cluster.id, reason, "Unreadable stored facts; previewing without them");
+            planner::ClusterFacts::default()
+        }
+    }
 }
 
 /// The preview as text: one block per cluster, `+` gained and `-` lost destinations per agent.

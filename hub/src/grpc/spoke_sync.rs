@@ -331,7 +331,11 @@ impl<S: Store> SessionTask<S> {
         let store = self.hub.store();
         let now = now_millis();
         let result = match message.msg {
-            Some(spoke_message::Msg::Facts(facts)) => store.record_facts(&self.cluster, &facts_json(&facts), now).await,
+            Some(spoke_message::Msg::Facts(facts)) => {
+                store
+                    .record_facts(&self.cluster, &tollgate_common::wire::facts_to_json(&facts), now)
+                    .await
+            }
             Some(spoke_message::Msg::Inventory(inventory)) => {
                 let agents: Vec<AgentRecord> = inventory.agents.into_iter().map(agent_record).collect();
                 store.record_inventory(&self.cluster, &agents, now).await
@@ -370,19 +374,4 @@ fn agent_record(status: pb::AgentStatus) -> AgentRecord {
         dropped: status.dropped_rules,
         plan_inputs_json: status.plan_inputs,
     }
-}
-
-fn facts_json(facts: &pb::ClusterFacts) -> String {
-    serde_json::json!({
-        "apiServerAddresses": facts.api_server_addresses,
-        "apiServerPorts": facts.api_server_ports,
-        "apiServiceAddress": facts.api_service_address,
-        "apiServicePort": facts.api_service_port,
-        "dnsNamespace": facts.dns_namespace,
-        "dnsAddresses": facts.dns_addresses,
-        "dnsPorts": facts.dns_ports.iter().map(|p| serde_json::json!({"protocol": p.protocol, "port": p.port})).collect::<Vec<_>>(),
-        "dnsServiceAddress": facts.dns_service_address,
-        "kubernetesVersion": facts.kubernetes_version,
-    })
-    .to_string()
 }
