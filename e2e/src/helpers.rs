@@ -42,6 +42,42 @@ impl Cluster {
             .with_context(|| format!("{}: creating namespace {name:?}", self.name()))
     }
 
+    /// Creates a cluster DNS Service (`dns` UDP and `dns-tcp` TCP on port 53, named target ports) and its
+    /// Endpoints: one pod address listening on `pod_port` (53 for kube-dns, 5353 for OpenShift's dns-default).
+    pub async fn create_dns_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        cluster_ip: &str,
+        pod_ip: &str,
+        pod_port: u16,
+    ) -> Result<()> {
+        let yaml = format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  clusterIP: {cluster_ip}
+  ports:
+    - {{name: dns, port: 53, protocol: UDP, targetPort: dns}}
+    - {{name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: {name}, namespace: {namespace}}}
+subsets:
+  - addresses: [{{ip: {pod_ip}}}]
+    ports:
+      - {{name: dns, port: {pod_port}, protocol: UDP}}
+      - {{name: dns-tcp, port: {pod_port}, protocol: TCP}}
+"
+        );
+        self.apply_yaml(&yaml)
+            .await
+            .with_context(|| format!("{}: creating the DNS Service {namespace}/{name}", self.name()))?;
+        Ok(())
+    }
+
     /// Applies a CRD and waits until its `Established` condition is `True`.
     pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<CustomResourceDefinition> {
         let name = crd.metadata.name.as_deref().context("the CRD has no metadata.name")?;

@@ -222,27 +222,7 @@ async fn cluster() -> Result<ControlPlane> {
         cluster.create_namespace(&namespace(i)).await?;
     }
     cluster
-        .apply_yaml(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: {name: kube-dns, namespace: kube-system}
-spec:
-  clusterIP: 10.0.0.10
-  ports:
-    - {name: dns, port: 53, protocol: UDP, targetPort: 53}
-    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: kube-dns, namespace: kube-system}
-subsets:
-  - addresses: [{ip: 10.244.0.5}]
-    ports:
-      - {name: dns, port: 53, protocol: UDP}
-      - {name: dns-tcp, port: 53, protocol: TCP}
-"#,
-        )
+        .create_dns_service("kube-system", "kube-dns", "10.0.0.10", "10.244.0.5", 53)
         .await?;
     Ok(control_plane)
 }

@@ -176,27 +176,7 @@ async fn api_endpoint_and_dns_changes_re_plan_every_agent() -> anyhow::Result<()
     cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
     cluster.create_namespace("openshift-dns").await?;
     cluster
-        .apply_yaml(
-            r#"
-apiVersion: v1
-kind: Service
-metadata: {name: dns-default, namespace: openshift-dns}
-spec:
-  clusterIP: 10.0.0.53
-  ports:
-    - {name: dns, port: 53, protocol: UDP, targetPort: dns}
-    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}
----
-apiVersion: v1
-kind: Endpoints
-metadata: {name: dns-default, namespace: openshift-dns}
-subsets:
-  - addresses: [{ip: 10.128.0.7}]
-    ports:
-      - {name: dns, port: 5353, protocol: UDP}
-      - {name: dns-tcp, port: 5353, protocol: TCP}
-"#,
-        )
+        .create_dns_service("openshift-dns", "dns-default", "10.0.0.53", "10.128.0.7", 5353)
         .await?;
     // kube-dns is preferred while it exists; remove it as an OpenShift cluster would not have it.
     let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "kube-system");
