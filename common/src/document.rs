@@ -1,7 +1,7 @@
 //! Hub documents (`tollgate.dev/v1alpha1` `EgressPolicy` and `EgressGuardrail`), multi-document YAML parsing,
 //! and the one validation function used by the hub on apply, the CLI and `--dry-run`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -118,11 +118,6 @@ impl Document {
             Self::Policy(p) => p.spec.cluster_selector.as_ref(),
             Self::Guardrail(g) => g.spec.cluster_selector.as_ref(),
         }
-    }
-
-    /// Whether this document applies to a cluster with these labels.
-    pub fn selects_cluster(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.cluster_selector().is_none_or(|s| s.matches(labels))
     }
 
     /// The canonical YAML of this one document (stable field order, no `---`).
@@ -281,13 +276,6 @@ impl DocumentSet {
                 .cloned()
                 .collect(),
         }
-    }
-
-    /// Names of the documents (as `Kind/name`) in this set.
-    pub fn keys(&self) -> BTreeSet<(String, String)> {
-        self.documents()
-            .map(|d| (d.kind().to_string(), d.name().to_string()))
-            .collect()
     }
 }
 

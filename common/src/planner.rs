@@ -292,11 +292,6 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Cluster-wide problems.
-    pub fn warnings(&self) -> Vec<String> {
-        self.baseline.warnings()
-    }
-
     /// The desired policy and the outcome for one agent.
     pub fn plan_agent(&self, agent: &Agent) -> (NetworkPolicy, AgentOutcome) {
         let verification = &agent.verification;

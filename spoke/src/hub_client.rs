@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_common::Intent;
 use tollgate_common::document::{DocumentSet, EgressGuardrail, EgressGuardrailSpec, Metadata, VerifiedDefault};
-use tollgate_common::wire::documents_from_wire;
+use tollgate_common::wire::intent_from_wire;
 use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::Code;
@@ -345,13 +345,9 @@ where
             latest_revision: message.revision,
         }
     } else {
-        match documents_from_wire(&message.documents) {
-            Ok(set) => IntentState {
-                intent: Intent {
-                    revision: Some(message.revision),
-                    policies: set.policies.into_values().collect(),
-                    guardrails: set.guardrails.into_values().collect(),
-                },
+        match intent_from_wire(&message) {
+            Ok(intent) => IntentState {
+                intent,
                 latest_revision: message.revision,
             },
             Err(errors) => {

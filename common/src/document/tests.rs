@@ -1,3 +1,5 @@
+use std::collections::BTreeSet;
+
 use super::*;
 
 fn parse(text: &str) -> Result<DocumentSet, Vec<DocumentError>> {
