@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tollgate_e2e::{ChildProcess, ControlPlane, free_port, helm, wait_until};
+use tollgate_e2e::{ChildProcess, ControlPlane, free_port, helm, http_get, wait_until};
 
 const CHART: &str = "deploy/charts/tollgate-hub";
 const NS: &str = "tollgate-system";
@@ -201,11 +201,7 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     wait_until(
         format!("hub /readyz (log: {})", process.log_path().display()),
         Duration::from_secs(20),
-        || async {
-            http_get(metrics, "/readyz")
-                .await
-                .is_ok_and(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
-        },
+        || async { matches!(http_get(metrics, "/readyz").await, Ok((200, _))) },
     )
     .await?;
     let log = std::fs::read_to_string(process.log_path()).context("reading the hub log")?;
@@ -214,15 +210,4 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
         "the chart's --log-format=json gives JSON logs: {log}"
     );
     Ok(())
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response)
 }

@@ -7,12 +7,11 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, wait_for, wait_until};
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
@@ -91,22 +90,7 @@ impl Spoke {
 
     /// A plain HTTP GET on the metrics listener: (status, body).
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("no HTTP status")?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((status, body))
+        tollgate_e2e::http_get(self.metrics_port, path).await
     }
 
     /// The spoke's log, for assertions and failure messages.
