@@ -83,6 +83,8 @@ pub(crate) struct ApiServerSpec<'a> {
 #[derive(Debug)]
 pub(crate) struct RunningApiServer {
     pub(crate) process: ChildProcess,
+    /// The binary and its arguments, to start it again on the same port and etcd prefix.
+    pub(crate) command: (PathBuf, Vec<String>),
     pub(crate) port: u16,
     pub(crate) url: String,
     pub(crate) kubeconfig_yaml: String,
@@ -130,13 +132,15 @@ pub(crate) async fn start_apiserver(spec: &ApiServerSpec<'_>) -> Result<RunningA
         let log_path = spec
             .log_dir
             .join(log_file_name(&format!("{}.kube-apiserver", spec.cluster), attempt));
-        let mut process = ChildProcess::spawn(&name, spec.binary, &flags.to_args(), &log_path)?;
+        let args = flags.to_args();
+        let mut process = ChildProcess::spawn(&name, spec.binary, &args, &log_path)?;
         let deadline = Instant::now() + spec.startup_timeout;
         match process.await_ready(deadline, || probe_readyz(client.clone())).await {
             Ok(()) => {
                 tracing::info!(cluster = spec.cluster, %url, pid = process.pid(), "kube-apiserver ready");
                 return Ok(RunningApiServer {
                     process,
+                    command: (spec.binary.to_path_buf(), args),
                     port,
                     url,
                     kubeconfig_yaml,
@@ -153,7 +157,7 @@ pub(crate) async fn start_apiserver(spec: &ApiServerSpec<'_>) -> Result<RunningA
 }
 
 /// `GET /readyz` must answer `ok`.
-async fn probe_readyz(client: kube::Client) -> Result<(), String> {
+pub(crate) async fn probe_readyz(client: kube::Client) -> Result<(), String> {
     let request = http::Request::get("/readyz")
         .body(Vec::new())
         .map_err(|e| e.to_string())?;

@@ -3,9 +3,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use std::time::Duration;
 
-use crate::apiserver::RunningApiServer;
+use anyhow::Result;
+use tokio::time::Instant;
+
+use crate::apiserver::{RunningApiServer, probe_readyz};
 use crate::kubeconfig::{client_from_kubeconfig, config_from_kubeconfig, render_kubeconfig};
 use crate::process::ChildProcess;
 
@@ -21,6 +24,8 @@ pub struct Cluster {
     // Fields drop in order: the controller manager goes before its API server.
     controller_manager: Option<ChildProcess>,
     apiserver: ChildProcess,
+    apiserver_command: (PathBuf, Vec<String>),
+    apiserver_starts: u32,
 }
 
 impl fmt::Debug for Cluster {
@@ -54,6 +59,8 @@ impl Cluster {
             client: apiserver.client.0,
             controller_manager,
             apiserver: apiserver.process,
+            apiserver_command: apiserver.command,
+            apiserver_starts: 1,
         }
     }
 
@@ -111,6 +118,32 @@ impl Cluster {
     /// The kube-apiserver process (pid, log file).
     pub fn apiserver_process(&self) -> &ChildProcess {
         &self.apiserver
+    }
+
+    /// Kills the kube-apiserver (SIGKILL) and reaps it: the cluster is down until [`Self::start_apiserver`].
+    /// Its data stays in etcd.
+    pub fn kill_apiserver(&mut self) {
+        self.apiserver.kill();
+    }
+
+    /// Starts the kube-apiserver again (killing it first if it still runs) with its first command line: same
+    /// port, certificates, tokens and etcd prefix, so every kubeconfig and client keeps working. Returns
+    /// once `/readyz` answers `ok`; its log goes to a new file next to the first.
+    pub async fn start_apiserver(&mut self, timeout: Duration) -> Result<()> {
+        self.apiserver.kill();
+        self.apiserver_starts += 1;
+        let log_path = self.apiserver.log_path().with_file_name(format!(
+            "{}.kube-apiserver.start{}.log",
+            self.name, self.apiserver_starts
+        ));
+        let (binary, args) = &self.apiserver_command;
+        let name = self.apiserver.name().to_string();
+        self.apiserver = ChildProcess::spawn(&name, binary, args, &log_path)?;
+        let client = self.client.clone();
+        self.apiserver
+            .await_ready(Instant::now() + timeout, || probe_readyz(client.clone()))
+            .await
+            .map_err(|failure| failure.error)
     }
 
     /// The kube-controller-manager process, if one was requested.

@@ -314,6 +314,14 @@ impl ControlPlane {
             .with_context(|| format!("no cluster named {name:?}"))
     }
 
+    /// The cluster with this name, to restart its API server.
+    pub fn cluster_mut(&mut self, name: &str) -> Result<&mut Cluster> {
+        self.clusters
+            .iter_mut()
+            .find(|c| c.name() == name)
+            .with_context(|| format!("no cluster named {name:?}"))
+    }
+
     /// The shared etcd.
     pub fn etcd(&self) -> &Etcd {
         &self.etcd

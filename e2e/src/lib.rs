@@ -30,10 +30,12 @@
 
 mod apiserver;
 mod assets;
+mod binaries;
 mod cluster;
 mod control_plane;
 mod controller_manager;
 mod etcd;
+pub mod fleet;
 pub mod helm;
 mod helpers;
 mod http;
@@ -45,6 +47,7 @@ mod users;
 mod wait;
 
 pub use assets::{ASSETS_ENV, Assets, workspace_root};
+pub use binaries::{BIN_DIR_ENV, binary};
 pub use cluster::Cluster;
 pub use control_plane::{ControlPlane, ControlPlaneBuilder, DEFAULT_STARTUP_TIMEOUT, KEEP_LOGS_ENV};
 pub use etcd::Etcd;

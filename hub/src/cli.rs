@@ -155,6 +155,9 @@ pub struct PlanArgs {
     /// Preview as if hub documents not in the files were deleted.
     #[arg(long)]
     prune: bool,
+    /// Output format: the readable preview, or one object per cluster.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(flatten)]
     connection: Connection,
 }
@@ -164,6 +167,7 @@ impl PlanArgs {
         let Self {
             files,
             prune,
+            output,
             connection,
         } = self;
         let Some(sources) = valid_sources(&files, "nothing to preview")? else {
@@ -177,7 +181,12 @@ impl PlanArgs {
             .await
             .map_err(call_error)?
             .into_inner();
-        out.write_all(crate::plan::render(&response.clusters).as_bytes())?;
+        let text = match output {
+            Output::Table => crate::plan::render(&response.clusters),
+            Output::Json => serde_json::to_string_pretty(&crate::plan::rows(&response.clusters))? + "\n",
+            Output::Yaml => serde_yaml_ng::to_string(&crate::plan::rows(&response.clusters))?,
+        };
+        out.write_all(text.as_bytes())?;
         Ok(ExitCode::SUCCESS)
     }
 }

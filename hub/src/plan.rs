@@ -83,6 +83,47 @@ fn cluster_facts(cluster: &ClusterRecord) -> planner::ClusterFacts {
     }
 }
 
+/// The preview of one cluster, for `-o json|yaml`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterPlanRow {
+    pub cluster: String,
+    pub agents: Vec<AgentPlanRow>,
+}
+
+/// One agent whose policy would change.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPlanRow {
+    pub namespace: String,
+    pub name: String,
+    pub mode_before: String,
+    pub mode_after: String,
+    pub gained: Vec<String>,
+    pub lost: Vec<String>,
+}
+
+pub fn rows(plans: &[pb::ClusterPlan]) -> Vec<ClusterPlanRow> {
+    plans
+        .iter()
+        .map(|c| ClusterPlanRow {
+            cluster: c.cluster_id.clone(),
+            agents: c
+                .agents
+                .iter()
+                .map(|a| AgentPlanRow {
+                    namespace: a.namespace.clone(),
+                    name: a.name.clone(),
+                    mode_before: a.mode_before.clone(),
+                    mode_after: a.mode_after.clone(),
+                    gained: a.gained.clone(),
+                    lost: a.lost.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// The preview as text: one block per cluster, `+` gained and `-` lost destinations per agent.
 pub fn render(plans: &[pb::ClusterPlan]) -> String {
     let mut out = String::new();

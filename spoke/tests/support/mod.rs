@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
 use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, wait_for, wait_until};
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
 pub const WAIT: Duration = Duration::from_secs(30);
-pub const NS: &str = "team-a";
+pub const NS: &str = tollgate_e2e::fleet::TEAM_NS;
 
 /// One cluster whose `default/kubernetes` Endpoints the test owns, with kube-dns, the CRD and namespace `team-a`.
 pub async fn cluster() -> Result<ControlPlane> {
@@ -99,43 +99,13 @@ impl Spoke {
     }
 }
 
-/// Applies an AgentRuntime (spec and optional status) for a Deployment of the same name.
+/// Applies an AgentRuntime labelled `tier: llm` (spec and optional status) for a Deployment of the same name.
 pub async fn agent(client: &Client, name: &str, egress: Option<Value>, card: Option<Value>) -> Result<()> {
-    let api: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
-    let mut spec = json!({
-        "type": "agent",
-        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-    });
-    if let Some(egress) = egress {
-        spec["egress"] = egress;
-    }
-    let object = json!({
-        "apiVersion": "agent.kagenti.dev/v1alpha1",
-        "kind": "AgentRuntime",
-        "metadata": {"name": name, "namespace": NS, "labels": {"tier": "llm"}},
-        "spec": spec,
-    });
-    let params = PatchParams::apply("test").force();
-    api.patch(name, &params, &Patch::Apply(&object)).await?;
-    set_card(client, name, card).await
+    tollgate_e2e::fleet::apply_agent(client, name, &[("tier", "llm")], egress, card).await
 }
 
-/// Writes `status.card` as the operator would (status subresource).
-pub async fn set_card(client: &Client, name: &str, card: Option<Value>) -> Result<()> {
-    let api: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
-    let status = json!({
-        "apiVersion": "agent.kagenti.dev/v1alpha1",
-        "kind": "AgentRuntime",
-        "status": {"card": card},
-    });
-    api.patch_status(name, &PatchParams::apply("operator").force(), &Patch::Apply(&status))
-        .await?;
-    Ok(())
-}
-
-pub fn mtls_card() -> Value {
-    json!({"transportSecurity": "mtls", "attestedAgentSpiffeID": "spiffe://example.org/ns/team-a/sa/agent"})
-}
+#[allow(unused_imports)] // Not every test binary writes cards.
+pub use tollgate_e2e::fleet::{mtls_card, set_card};
 
 /// A Deployment whose pod template carries `labels`.
 pub async fn deployment(cluster: &Cluster, name: &str, labels: Value) -> Result<()> {
@@ -286,17 +256,7 @@ impl Spoke {
     }
 }
 
-/// The `tollgate-hub` binary next to the spoke's (built for the workspace's tests; built here if missing).
+/// The `tollgate-hub` binary of the same build.
 pub fn hub_binary() -> std::path::PathBuf {
-    let spoke = Path::new(env!("CARGO_BIN_EXE_tollgate-spoke"));
-    let hub = spoke.with_file_name("tollgate-hub");
-    if !hub.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--locked", "-p", "tollgate-hub", "--bin", "tollgate-hub"])
-            .status()
-            .expect("running cargo build for the hub");
-        assert!(status.success(), "building tollgate-hub failed");
-    }
-    hub
+    tollgate_e2e::binary("tollgate-hub").expect("the tollgate-hub binary")
 }

@@ -1,0 +1,632 @@
+//! A whole Tollgate fleet on one machine, the way a platform team runs it: N clusters of one
+//! [`ControlPlane`], certificates from `tollgate-hub certs`, the real `tollgate-hub serve` on its embedded
+//! store with mTLS, one real `tollgate-spoke run` per cluster with its own certificate, kubeconfig and
+//! labels, and the CLI run as a user runs it. Every process is killed when the [`Fleet`] is dropped.
+//!
+//! Each cluster is prepared like a vanilla one: the AgentRuntime CRD from `deploy/crds`, test-owned
+//! `default/kubernetes` Endpoints (one address per cluster on 6443), `kube-system/kube-dns`, and the namespaces
+//! [`TEAM_NS`] and [`SPOKE_NS`]. Before the spokes start, every cluster gets the three [`STANDARD_AGENTS`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::binaries::binary;
+use crate::{ChildProcess, Cluster, ControlPlane, free_port, http_get, wait_for, wait_until, workspace_root};
+
+/// The namespace of the agents.
+pub const TEAM_NS: &str = "team-a";
+/// The spoke's own namespace (its persisted intent lives there).
+pub const SPOKE_NS: &str = "tollgate-system";
+/// How long the fleet helpers wait for a state to be reached.
+pub const WAIT: Duration = Duration::from_secs(30);
+/// The port of every cluster's API-server endpoints.
+pub const API_PORT: u16 = 6443;
+/// The `kubernetes` Service ClusterIP of the harness clusters (first address of 10.0.0.0/24).
+pub const API_SERVICE_IP: &str = "10.0.0.1";
+/// kube-dns: Service ClusterIP and its one endpoint address (port 53).
+pub const DNS_SERVICE_IP: &str = "10.0.0.10";
+pub const DNS_POD_IP: &str = "10.244.0.5";
+
+/// An agent of the standard set.
+#[derive(Clone, Copy, Debug)]
+pub struct StandardAgent {
+    pub name: &'static str,
+    pub tier: &'static str,
+    /// A verified (mTLS) status card.
+    pub verified: bool,
+    /// `spec.egress` of the AgentRuntime.
+    pub local_egress: Option<&'static str>,
+}
+
+/// `chat`: verified, no rules (allow-all); `search`: verified with one local rule (scoped); `untrusted`: no card
+/// (restricted). `chat` and `untrusted` carry `tier: llm`, `search` carries `tier: tools`.
+pub const STANDARD_AGENTS: [StandardAgent; 3] = [
+    StandardAgent {
+        name: "chat",
+        tier: "llm",
+        verified: true,
+        local_egress: None,
+    },
+    StandardAgent {
+        name: "search",
+        tier: "tools",
+        verified: true,
+        local_egress: Some(
+            r#"{"rules": [{"to": [{"ipBlock": {"cidr": "198.51.100.0/24"}}], "ports": [{"port": 443}]}]}"#,
+        ),
+    },
+    StandardAgent {
+        name: "untrusted",
+        tier: "llm",
+        verified: false,
+        local_egress: None,
+    },
+];
+
+/// One cluster of the fleet, as the hub knows it.
+#[derive(Clone, Debug)]
+pub struct FleetCluster {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The address of its `default/kubernetes` Endpoints.
+    pub api_address: IpAddr,
+}
+
+impl FleetCluster {
+    fn labels_flag(&self) -> String {
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The three clusters of the fleet scenarios: `prod-east` and `prod-west` (`env=prod`), `staging`.
+pub fn three_clusters() -> Vec<FleetCluster> {
+    let cluster = |name: &str, labels: &[(&str, &str)], last: u8| FleetCluster {
+        name: name.to_string(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        api_address: IpAddr::from([192, 0, 2, last]),
+    };
+    vec![
+        cluster("prod-east", &[("env", "prod"), ("region", "east")], 11),
+        cluster("prod-west", &[("env", "prod"), ("region", "west")], 12),
+        cluster("staging", &[("env", "staging")], 13),
+    ]
+}
+
+/// `count` clusters `c00`, `c01`, … all labelled `env=prod`, for benchmarks.
+pub fn numbered_clusters(count: usize) -> Vec<FleetCluster> {
+    (0..count)
+        .map(|i| FleetCluster {
+            name: format!("c{i:02}"),
+            labels: BTreeMap::from([("env".to_string(), "prod".to_string())]),
+            api_address: IpAddr::from([192, 0, 2, u8::try_from(10 + i).unwrap_or(255)]),
+        })
+        .collect()
+}
+
+/// What a CLI call printed and how it ended.
+#[derive(Clone, Debug)]
+pub struct CliOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A running spoke.
+#[derive(Debug)]
+pub struct SpokeProcess {
+    pub process: ChildProcess,
+    pub metrics_port: u16,
+}
+
+/// The fleet. Field order is drop order: spokes, then the hub, then the clusters, then the folder.
+#[derive(Debug)]
+pub struct Fleet {
+    spokes: Vec<Option<SpokeProcess>>,
+    hub: Option<ChildProcess>,
+    control_plane: ControlPlane,
+    clusters: Vec<FleetCluster>,
+    hub_port: u16,
+    hub_metrics_port: u16,
+    hub_binary: PathBuf,
+    spoke_binary: PathBuf,
+    starts: u32,
+    dir: TempDir,
+}
+
+impl Fleet {
+    /// The three-cluster fleet of [`three_clusters`], every spoke connected.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(three_clusters()).await
+    }
+
+    /// A fleet of these clusters: prepared, with the standard agents, the hub up and every spoke connected
+    /// (the hub's status shows each cluster connected with its agents).
+    pub async fn start_with(clusters: Vec<FleetCluster>) -> Result<Self> {
+        let hub_binary = binary("tollgate-hub")?;
+        let spoke_binary = binary("tollgate-spoke")?;
+        let control_plane = ControlPlane::builder()
+            .cluster_names(clusters.iter().map(|c| c.name.clone()))
+            .endpoint_reconciler_none(true)
+            .start()
+            .await?;
+        let crd = std::fs::read_to_string(workspace_root().join("deploy/crds/agentruntimes.agent.kagenti.dev.yaml"))
+            .context("reading the AgentRuntime CRD from deploy/crds")?;
+        let prepare = clusters.iter().map(|spec| {
+            let crd = &crd;
+            let cluster = control_plane.cluster(&spec.name);
+            async move {
+                let cluster = cluster?;
+                cluster.install_crd_yaml(crd).await?;
+                cluster.set_api_endpoints(&[spec.api_address], API_PORT).await?;
+                cluster.create_namespace(TEAM_NS).await?;
+                cluster.create_namespace(SPOKE_NS).await?;
+                cluster
+                    .create_dns_service("kube-system", "kube-dns", DNS_SERVICE_IP, DNS_POD_IP, 53)
+                    .await?;
+                for agent in STANDARD_AGENTS {
+                    let egress = agent.local_egress.map(serde_json::from_str).transpose()?;
+                    let card = agent.verified.then(mtls_card);
+                    apply_agent(&cluster.client(), agent.name, &[("tier", agent.tier)], egress, card).await?;
+                }
+                anyhow::Ok(())
+            }
+        });
+        futures::future::try_join_all(prepare).await?;
+
+        let dir = tempfile::Builder::new().prefix("tollgate-fleet-").tempdir()?;
+        let certs = dir.path().join("certs");
+        let certs_arg = certs.display().to_string();
+        run_ok(&hub_binary, &["certs", "init", "--dir", &certs_arg]).await?;
+        run_ok(&hub_binary, &["certs", "hub", "--dir", &certs_arg]).await?;
+        run_ok(&hub_binary, &["certs", "admin", "--dir", &certs_arg]).await?;
+        for cluster in &clusters {
+            run_ok(
+                &hub_binary,
+                &["certs", "spoke", "--dir", &certs_arg, "--cluster-id", &cluster.name],
+            )
+            .await?;
+        }
+        let mut fleet = Self {
+            spokes: clusters.iter().map(|_| None).collect(),
+            hub: None,
+            control_plane,
+            hub_port: free_port()?,
+            hub_metrics_port: free_port()?,
+            clusters,
+            hub_binary,
+            spoke_binary,
+            starts: 0,
+            dir,
+        };
+        fleet.start_hub().await?;
+        for index in 0..fleet.clusters.len() {
+            fleet.start_spoke(index).await?;
+        }
+        let agents = STANDARD_AGENTS.len() as u64;
+        let count = fleet.clusters.len();
+        fleet
+            .wait_status("every cluster connected with its agents", |rows| {
+                rows.as_array().is_some_and(|rows| {
+                    rows.len() == count
+                        && rows
+                            .iter()
+                            .all(|r| r["connected"] == true && r["agents"].as_u64() == Some(agents))
+                })
+            })
+            .await?;
+        Ok(fleet)
+    }
+
+    /// The clusters as the hub knows them.
+    pub fn specs(&self) -> &[FleetCluster] {
+        &self.clusters
+    }
+
+    /// The control plane of cluster `index`.
+    pub fn cluster(&self, index: usize) -> &Cluster {
+        &self.control_plane.clusters()[index]
+    }
+
+    /// The admin client of cluster `index`.
+    pub fn client(&self, index: usize) -> Client {
+        self.cluster(index).client()
+    }
+
+    /// The folder of certificates (`ca.pem`, `hub.pem`, `spoke-<id>.pem`, `admin-admin.pem`, keys).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// The fleet's folder (certificates, hub data, logs of the hub and spokes, intent files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `https://localhost:PORT` of the hub.
+    pub fn hub_url(&self) -> String {
+        format!("https://localhost:{}", self.hub_port)
+    }
+
+    /// Starts `tollgate-hub serve` (mTLS, embedded store in the fleet's folder, 1 s heartbeats) on the fleet's
+    /// port and waits until it serves; a restart reuses the port and the store.
+    pub async fn start_hub(&mut self) -> Result<()> {
+        if let Some(mut hub) = self.hub.take() {
+            hub.kill();
+        }
+        let certs = self.certs_dir();
+        let path = |name: &str| certs.join(name).display().to_string();
+        let args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.hub_port),
+            "--data-dir".into(),
+            self.dir.path().join("hub-data").display().to_string(),
+            "--tls-cert".into(),
+            path("hub.pem"),
+            "--tls-key".into(),
+            path("hub-key.pem"),
+            "--client-ca".into(),
+            path("ca.pem"),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{}", self.hub_metrics_port),
+            "--heartbeat-seconds".into(),
+            "1".into(),
+        ];
+        self.starts += 1;
+        let log = self.dir.path().join(format!("hub.{}.log", self.starts));
+        let hub = ChildProcess::spawn("tollgate-hub", &self.hub_binary, &args, &log)?;
+        let port = self.hub_metrics_port;
+        wait_until(format!("hub /readyz (log: {})", log.display()), WAIT, || async move {
+            matches!(http_get(port, "/readyz").await, Ok((200, _)))
+        })
+        .await?;
+        self.hub = Some(hub);
+        Ok(())
+    }
+
+    /// SIGKILLs the hub.
+    pub fn kill_hub(&mut self) {
+        if let Some(mut hub) = self.hub.take() {
+            hub.kill();
+        }
+    }
+
+    /// The hub's log (the latest start).
+    pub fn hub_log(&self) -> String {
+        self.hub
+            .as_ref()
+            .map(|h| std::fs::read_to_string(h.log_path()).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Starts cluster `index`'s spoke with its own identity and waits until its first pass is done.
+    pub async fn start_spoke(&mut self, index: usize) -> Result<()> {
+        let name = self.clusters[index].name.clone();
+        self.start_spoke_as(index, &name, &name).await
+    }
+
+    /// Starts cluster `index`'s spoke saying it is cluster `claimed_id` with the certificate issued to
+    /// `certificate_of`, and waits until its first pass is done (`/readyz`).
+    pub async fn start_spoke_as(&mut self, index: usize, claimed_id: &str, certificate_of: &str) -> Result<()> {
+        self.kill_spoke(index);
+        let certs = self.certs_dir();
+        let path = |name: String| certs.join(name).display().to_string();
+        let metrics_port = free_port()?;
+        let spec = &self.clusters[index];
+        let args = vec![
+            "run".to_string(),
+            "--cluster-id".into(),
+            claimed_id.to_string(),
+            "--cluster-labels".into(),
+            spec.labels_flag(),
+            "--kubeconfig".into(),
+            self.cluster(index).kubeconfig_path().display().to_string(),
+            "--hub".into(),
+            self.hub_url(),
+            "--hub-ca".into(),
+            path("ca.pem".into()),
+            "--tls-cert".into(),
+            path(format!("spoke-{certificate_of}.pem")),
+            "--tls-key".into(),
+            path(format!("spoke-{certificate_of}-key.pem")),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--log-level".into(),
+            "info,tollgate_spoke=debug".into(),
+        ];
+        self.starts += 1;
+        let log = self.dir.path().join(format!("spoke-{}.{}.log", spec.name, self.starts));
+        let process = ChildProcess::spawn("tollgate-spoke", &self.spoke_binary, &args, &log)?;
+        wait_until(format!("spoke /readyz (log: {})", log.display()), WAIT, || async move {
+            matches!(http_get(metrics_port, "/readyz").await, Ok((200, _)))
+        })
+        .await?;
+        self.spokes[index] = Some(SpokeProcess { process, metrics_port });
+        Ok(())
+    }
+
+    /// SIGKILLs cluster `index`'s spoke.
+    pub fn kill_spoke(&mut self, index: usize) {
+        if let Some(mut spoke) = self.spokes[index].take() {
+            spoke.process.kill();
+        }
+    }
+
+    /// The log of cluster `index`'s spoke (its latest start).
+    pub fn spoke_log(&self, index: usize) -> String {
+        self.spokes[index]
+            .as_ref()
+            .map(|s| std::fs::read_to_string(s.process.log_path()).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The last lines of cluster `index`'s spoke log, for failure messages.
+    pub fn spoke_log_tail(&self, index: usize) -> String {
+        self.spokes[index]
+            .as_ref()
+            .map(|s| crate::log_tail(s.process.log_path(), crate::LOG_TAIL_LINES))
+            .unwrap_or_default()
+    }
+
+    /// `/metrics` of cluster `index`'s spoke.
+    pub async fn spoke_metrics(&self, index: usize) -> Result<String> {
+        let spoke = self.spokes[index].as_ref().context("the spoke is not running")?;
+        Ok(http_get(spoke.metrics_port, "/metrics").await?.1)
+    }
+
+    /// SIGKILLs cluster `index`'s kube-apiserver.
+    pub fn kill_apiserver(&mut self, index: usize) -> Result<()> {
+        let name = self.clusters[index].name.clone();
+        self.control_plane.cluster_mut(&name)?.kill_apiserver();
+        Ok(())
+    }
+
+    /// Starts cluster `index`'s kube-apiserver again on its port and etcd prefix.
+    pub async fn start_apiserver(&mut self, index: usize) -> Result<()> {
+        let name = self.clusters[index].name.clone();
+        self.control_plane
+            .cluster_mut(&name)?
+            .start_apiserver(crate::DEFAULT_STARTUP_TIMEOUT)
+            .await
+    }
+
+    /// Runs `tollgate-hub ARGS --hub … --ca … --cert … --key …` with the admin certificate.
+    pub async fn cli(&self, args: &[&str]) -> Result<CliOutput> {
+        let certs = self.certs_dir();
+        let output = tokio::process::Command::new(&self.hub_binary)
+            .args(args)
+            .args(["--hub", &self.hub_url()])
+            .arg("--ca")
+            .arg(certs.join("ca.pem"))
+            .arg("--cert")
+            .arg(certs.join("admin-admin.pem"))
+            .arg("--key")
+            .arg(certs.join("admin-admin-key.pem"))
+            .output()
+            .await
+            .with_context(|| format!("running tollgate-hub {args:?}"))?;
+        Ok(CliOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    /// [`Self::cli`] that must succeed: its standard output.
+    pub async fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let output = self.cli(args).await?;
+        if !output.success {
+            bail!("tollgate-hub {args:?} failed:\n{}{}", output.stdout, output.stderr);
+        }
+        Ok(output.stdout)
+    }
+
+    /// Writes `yaml` to a file of the fleet's folder and returns its path, for `-f`.
+    pub fn intent_file(&self, name: &str, yaml: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// `apply -f` of these documents; must succeed. Returns what it printed.
+    pub async fn apply(&self, yaml: &str) -> Result<String> {
+        let file = self.intent_file("apply.yaml", yaml)?;
+        self.cli_ok(&["apply", "-f", &file.display().to_string()]).await
+    }
+
+    /// `status -o json`: one object per cluster.
+    pub async fn status(&self) -> Result<Value> {
+        let text = self.cli_ok(&["status", "-o", "json"]).await?;
+        serde_json::from_str(&text).with_context(|| format!("status -o json printed {text:?}"))
+    }
+
+    /// `status --cluster NAME -o json`: one object per agent.
+    pub async fn agent_status(&self, cluster: &str) -> Result<Value> {
+        let text = self.cli_ok(&["status", "--cluster", cluster, "-o", "json"]).await?;
+        serde_json::from_str(&text).with_context(|| format!("status --cluster printed {text:?}"))
+    }
+
+    /// Polls `status -o json` until `check` holds; returns the rows.
+    pub async fn wait_status(&self, what: &str, check: impl Fn(&Value) -> bool) -> Result<Value> {
+        let found = wait_for(format!("hub status: {what}"), WAIT, || {
+            let check = &check;
+            async move {
+                let Ok(rows) = self.status().await else { return Ok(None) };
+                Ok(check(&rows).then_some(rows))
+            }
+        })
+        .await;
+        match found {
+            Ok(rows) => Ok(rows),
+            Err(error) => {
+                let last = self.status().await.unwrap_or_default();
+                Err(error.context(format!("the last status: {last:#}")))
+            }
+        }
+    }
+
+    /// Waits until every cluster is connected and has applied the latest revision without errors.
+    pub async fn wait_converged(&self) -> Result<Value> {
+        self.wait_status(
+            "every cluster connected at the latest revision, without errors",
+            |rows| {
+                rows.as_array().is_some_and(|rows| {
+                    rows.iter().all(|r| {
+                        r["connected"] == true && r["appliedRevision"] == r["latestRevision"] && r["errors"] == 0
+                    })
+                })
+            },
+        )
+        .await
+    }
+
+    /// The managed NetworkPolicies of [`TEAM_NS`] in cluster `index`, by name, as JSON.
+    pub async fn policies(&self, index: usize) -> Result<BTreeMap<String, Value>> {
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client(index), TEAM_NS);
+        let list = api
+            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tollgate-spoke"))
+            .await
+            .with_context(|| format!("listing NetworkPolicies of {}", self.clusters[index].name))?;
+        list.items
+            .into_iter()
+            .map(|p| Ok((p.name_any(), serde_json::to_value(&p)?)))
+            .collect()
+    }
+
+    /// `name → resourceVersion` of every NetworkPolicy of [`TEAM_NS`], per cluster.
+    pub async fn resource_versions(&self) -> Result<Vec<BTreeMap<String, String>>> {
+        let mut out = Vec::new();
+        for index in 0..self.clusters.len() {
+            let api: Api<NetworkPolicy> = Api::namespaced(self.client(index), TEAM_NS);
+            let list = api.list(&ListParams::default()).await?;
+            out.push(
+                list.items
+                    .iter()
+                    .map(|p| (p.name_any(), p.resource_version().unwrap_or_default()))
+                    .collect(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Waits until cluster `index`'s policy `name` satisfies `check`; returns it.
+    pub async fn wait_policy(
+        &self,
+        index: usize,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client(index), TEAM_NS);
+        let cluster = &self.clusters[index].name;
+        wait_for(format!("{cluster}: NetworkPolicy {name}: {what}"), WAIT, || {
+            let api = api.clone();
+            let check = &check;
+            async move {
+                let Some(policy) = api.get_opt(name).await? else {
+                    return Ok(None);
+                };
+                let value = serde_json::to_value(&policy)?;
+                Ok(check(&value).then_some(value))
+            }
+        })
+        .await
+        .with_context(|| format!("the spoke's log ends:\n{}", self.spoke_log_tail(index)))
+    }
+
+    /// Writes the `status.card` of agent `name` in cluster `index` (as the operator would).
+    pub async fn set_card(&self, index: usize, name: &str, card: Option<Value>) -> Result<()> {
+        set_card(&self.client(index), name, card).await
+    }
+}
+
+/// The AgentRuntime kind, without depending on the spoke's types.
+fn agent_runtimes(client: &Client) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("agent.kagenti.dev", "v1alpha1", "AgentRuntime"),
+        "agentruntimes",
+    );
+    Api::namespaced_with(client.clone(), TEAM_NS, &resource)
+}
+
+/// Applies an AgentRuntime in [`TEAM_NS`] for a Deployment of the same name, then its status card.
+pub async fn apply_agent(
+    client: &Client,
+    name: &str,
+    labels: &[(&str, &str)],
+    egress: Option<Value>,
+    card: Option<Value>,
+) -> Result<()> {
+    let mut spec = json!({
+        "type": "agent",
+        "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+    });
+    if let Some(egress) = egress {
+        spec["egress"] = egress;
+    }
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let object = json!({
+        "apiVersion": "agent.kagenti.dev/v1alpha1",
+        "kind": "AgentRuntime",
+        "metadata": {"name": name, "namespace": TEAM_NS, "labels": labels},
+        "spec": spec,
+    });
+    agent_runtimes(client)
+        .patch(
+            name,
+            &PatchParams::apply("tollgate-e2e").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("applying AgentRuntime {name}: {e:?}"))?;
+    set_card(client, name, card).await
+}
+
+/// Writes `status.card` through the status subresource (`None` removes it).
+pub async fn set_card(client: &Client, name: &str, card: Option<Value>) -> Result<()> {
+    let status = json!({
+        "apiVersion": "agent.kagenti.dev/v1alpha1",
+        "kind": "AgentRuntime",
+        "status": {"card": card},
+    });
+    agent_runtimes(client)
+        .patch_status(name, &PatchParams::apply("operator").force(), &Patch::Apply(&status))
+        .await
+        .with_context(|| format!("writing the status card of {name}"))?;
+    Ok(())
+}
+
+/// A card attested over mTLS: the agent is verified.
+pub fn mtls_card() -> Value {
+    json!({"transportSecurity": "mtls", "attestedAgentSpiffeID": "spiffe://example.org/ns/team-a/sa/agent"})
+}
+
+async fn run_ok(program: &Path, args: &[&str]) -> Result<()> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running {} {args:?}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {args:?} failed: {}",
+            program.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

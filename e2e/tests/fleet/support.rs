@@ -1,0 +1,148 @@
+//! Expected policy shapes and intent documents of the fleet scenarios.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use serde_json::{Value, json};
+use tollgate_e2e::fleet::{API_PORT, API_SERVICE_IP, DNS_POD_IP, DNS_SERVICE_IP, Fleet};
+
+pub const PROD_EAST: usize = 0;
+pub const PROD_WEST: usize = 1;
+pub const STAGING: usize = 2;
+
+/// Agents in prod clusters labelled `tier=llm` may reach 104.18.0.0/16 on 443.
+pub const LLM_POLICY: &str = "\
+apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: llm-apis}
+spec:
+  clusterSelector: {matchLabels: {env: prod}}
+  agentSelector: {matchLabels: {tier: llm}}
+  egress:
+    - to: [{ipBlock: {cidr: 104.18.0.0/16}}]
+      ports: [{port: 443}]
+";
+
+pub fn policy_name(agent: &str) -> String {
+    format!("{agent}-signature-policy")
+}
+
+pub fn mode(policy: &Value) -> &str {
+    policy["metadata"]["labels"]["tollgate.dev/mode"].as_str().unwrap_or("")
+}
+
+pub fn egress(policy: &Value) -> Value {
+    policy["spec"]["egress"].clone()
+}
+
+pub fn annotation<'a>(policy: &'a Value, key: &str) -> &'a str {
+    policy["metadata"]["annotations"][key].as_str().unwrap_or("")
+}
+
+/// One ipBlock peer per address on the API port.
+pub fn api_rule(addresses: &[&str]) -> Value {
+    json!({
+        "to": addresses.iter().map(|a| json!({"ipBlock": {"cidr": format!("{a}/32")}})).collect::<Vec<_>>(),
+        "ports": [{"protocol": "TCP", "port": API_PORT}],
+    })
+}
+
+pub fn api_service_rule() -> Value {
+    json!({"to": [{"ipBlock": {"cidr": format!("{API_SERVICE_IP}/32")}}], "ports": [{"protocol": "TCP", "port": 443}]})
+}
+
+pub fn dns_rule() -> Value {
+    json!({
+        "to": [
+            {"ipBlock": {"cidr": format!("{DNS_SERVICE_IP}/32")}},
+            {"ipBlock": {"cidr": format!("{DNS_POD_IP}/32")}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
+        ],
+        "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "UDP", "port": 53}],
+    })
+}
+
+/// A TCP rule to one CIDR.
+pub fn rule(cidr: &str, port: u16) -> Value {
+    json!({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": port}]})
+}
+
+fn api_address(fleet: &Fleet, index: usize) -> String {
+    fleet.specs()[index].api_address.to_string()
+}
+
+/// The egress of a restricted agent in cluster `index`.
+pub fn restricted(fleet: &Fleet, index: usize) -> Value {
+    json!([api_rule(&[&api_address(fleet, index)]), api_service_rule()])
+}
+
+/// The baseline (API server, API Service, DNS) of cluster `index`, followed by `rules`.
+pub fn baseline_and(fleet: &Fleet, index: usize, rules: &[Value]) -> Value {
+    let mut all = vec![api_rule(&[&api_address(fleet, index)]), api_service_rule(), dns_rule()];
+    all.extend_from_slice(rules);
+    Value::Array(all)
+}
+
+/// The egress of an allow-all agent.
+pub fn allow_all() -> Value {
+    json!([{}])
+}
+
+/// Per cluster: agent name → (mode, destinations as the planner prints them).
+pub type Observed = Vec<BTreeMap<String, (String, BTreeSet<String>)>>;
+
+/// The agents' modes and destinations in every cluster, from the NetworkPolicies the spokes wrote.
+pub async fn observe(fleet: &Fleet) -> anyhow::Result<Observed> {
+    let mut out = Vec::new();
+    for index in 0..fleet.specs().len() {
+        let mut agents = BTreeMap::new();
+        for policy in fleet.policies(index).await?.into_values() {
+            let agent = policy["metadata"]["labels"]["tollgate.dev/agent"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let typed: NetworkPolicy = serde_json::from_value(policy.clone())?;
+            agents.insert(
+                agent,
+                (
+                    mode(&policy).to_string(),
+                    tollgate_common::planner::destinations(&typed),
+                ),
+            );
+        }
+        out.push(agents);
+    }
+    Ok(out)
+}
+
+/// What an agent's policy looks like for a rollback comparison: spec, mode and rule sources.
+pub fn essence(policy: &Value) -> Value {
+    json!({
+        "spec": policy["spec"],
+        "mode": mode(policy),
+        "sources": annotation(policy, "tollgate.dev/rule-sources"),
+    })
+}
+
+/// [`essence`] of every policy in every cluster.
+pub async fn essences(fleet: &Fleet) -> anyhow::Result<Vec<BTreeMap<String, Value>>> {
+    let mut out = Vec::new();
+    for index in 0..fleet.specs().len() {
+        out.push(
+            fleet
+                .policies(index)
+                .await?
+                .into_iter()
+                .map(|(name, policy)| (name, essence(&policy)))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// The row of `status --cluster` for `agent`.
+pub fn agent_row<'a>(rows: &'a Value, agent: &str) -> &'a Value {
+    rows.as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == agent))
+        .unwrap_or(&Value::Null)
+}
