@@ -158,9 +158,12 @@ impl Fleet {
     pub async fn start_with(clusters: Vec<FleetCluster>) -> Result<Self> {
         let hub_binary = binary("tollgate-hub")?;
         let spoke_binary = binary("tollgate-spoke")?;
+        // Many API servers starting at once on two cores take longer than one.
+        let startup = crate::DEFAULT_STARTUP_TIMEOUT.max(Duration::from_secs(10 * clusters.len() as u64));
         let control_plane = ControlPlane::builder()
             .cluster_names(clusters.iter().map(|c| c.name.clone()))
             .endpoint_reconciler_none(true)
+            .startup_timeout(startup)
             .start()
             .await?;
         let crd = std::fs::read_to_string(workspace_root().join("deploy/crds/agentruntimes.agent.kagenti.dev.yaml"))
