@@ -1,4 +1,5 @@
-//! `tollgate-hub serve`: the hub on its embedded store.
+//! `tollgate-hub serve`: the hub on its embedded store (SQLite in `--data-dir`), or one of several replicas
+//! sharing a PostgreSQL database (`--store postgres://…`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use anyhow::{Context, bail};
 
 use crate::grpc::{self, ServeOptions, Sessions, TlsFiles};
 use crate::state::Hub;
+use crate::store::Store;
+use crate::store::postgres::{PgStore, listen_for_revisions, redact};
 use crate::store::sqlite::SqliteStore;
 
 #[derive(Debug, clap::Args)]
@@ -16,9 +19,18 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_HUB_LISTEN", default_value = "127.0.0.1:7443")]
     listen: SocketAddr,
 
-    /// Folder of the embedded store.
+    /// Folder of the embedded store (used when --store is not given).
     #[arg(long, env = "TOLLGATE_HUB_DATA_DIR", default_value = ".tollgate/hub")]
     data_dir: PathBuf,
+
+    /// A shared PostgreSQL store, `postgres://user:password@host:port/database`, for several hub replicas
+    /// (default: the embedded SQLite store in --data-dir, for one hub).
+    #[arg(long, env = "TOLLGATE_HUB_STORE")]
+    store: Option<String>,
+
+    /// This replica's name in the shared store (default: the host name and process id).
+    #[arg(long, env = "TOLLGATE_HUB_REPLICA_ID")]
+    replica_id: Option<String>,
 
     /// The hub's certificate (PEM).
     #[arg(long, env = "TOLLGATE_HUB_TLS_CERT")]
@@ -50,6 +62,8 @@ impl ServeArgs {
         let Self {
             listen,
             data_dir,
+            store,
+            replica_id,
             tls_cert,
             tls_key,
             client_ca,
@@ -75,29 +89,82 @@ impl ServeArgs {
             ..ServeOptions::default()
         };
         let listener = grpc::bind(listen, &options).await?;
-        let store =
-            SqliteStore::open(&data_dir).with_context(|| format!("opening the store in {}", data_dir.display()))?;
-        let hub = Arc::new(Hub::new(store).await?);
-        tracing::info!(
-            addr = %listener.local_addr()?,
-            data_dir = %data_dir.display(),
-            revision = hub.snapshot().revision,
-            tls = options.tls.is_some(),
-            "Hub serving"
-        );
-        let sessions = Arc::new(Sessions::default());
-        let metrics = crate::metrics::serve(metrics_addr, options.metrics.clone(), hub.clone(), sessions.clone());
-        let metrics_task = tokio::spawn(async move {
-            if let Err(error) = metrics.await {
-                tracing::error!(%error, "The health and metrics server stopped");
+        let replica = replica_id.unwrap_or_else(default_replica_id);
+        match store {
+            None => {
+                let store = SqliteStore::open(&data_dir)
+                    .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+                let location = data_dir.display().to_string();
+                run(store, &location, None, replica, listener, metrics_addr, options).await
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let store = PgStore::connect(&url).await.context("opening the PostgreSQL store")?;
+                let location = redact(&url);
+                run(store, &location, Some(url), replica, listener, metrics_addr, options).await
+            }
+            Some(other) => bail!(
+                "--store {:?}: expected a postgres:// URL (omit --store for the embedded store in --data-dir)",
+                redact(&other)
+            ),
+        }
+    }
+}
+
+/// `<host name>-<process id>`: unique among replicas, and stable across restarts of a StatefulSet pod (pid 1).
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "hub".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn run<S: Store>(
+    store: S,
+    location: &str,
+    listen_url: Option<String>,
+    replica: String,
+    listener: tokio::net::TcpListener,
+    metrics_addr: SocketAddr,
+    options: ServeOptions,
+) -> anyhow::Result<()> {
+    let hub = Arc::new(Hub::new(store).await?);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        store = location,
+        replica,
+        revision = hub.snapshot().revision,
+        tls = options.tls.is_some(),
+        "Hub serving"
+    );
+    let sessions = Arc::new(Sessions::new(replica, options.heartbeat));
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(sessions.clone().renew(hub.clone(), options.heartbeat));
+    if let Some(url) = listen_url {
+        // Revisions committed by other replicas: pushed by the database, re-read, published to this replica's spokes.
+        let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+        background.spawn(listen_for_revisions(url, wake));
+        let hub = hub.clone();
+        background.spawn(async move {
+            while woken.recv().await.is_some() {
+                while woken.try_recv().is_ok() {}
+                match hub.refresh().await {
+                    Ok(revision) => tracing::debug!(revision, "Refreshed from the shared store"),
+                    Err(error) => tracing::warn!(%error, "Could not read the latest revision"),
+                }
             }
         });
-        let served = grpc::serve(hub, sessions, listener, options, shutdown()).await;
-        metrics_task.abort();
-        served?;
-        tracing::info!("Hub stopped");
-        Ok(())
     }
+    let metrics = crate::metrics::serve(metrics_addr, options.metrics.clone(), hub.clone(), sessions.clone());
+    background.spawn(async move {
+        if let Err(error) = metrics.await {
+            tracing::error!(%error, "The health and metrics server stopped");
+        }
+    });
+    let served = grpc::serve(hub, sessions, listener, options, shutdown()).await;
+    background.abort_all();
+    served?;
+    tracing::info!("Hub stopped");
+    Ok(())
 }
 
 async fn shutdown() {

@@ -127,6 +127,15 @@ impl<S: Store> Hub<S> {
         self.snapshot.borrow().clone()
     }
 
+    /// Re-reads the latest revision from the store and publishes it when it is newer than the one published
+    /// (another replica committed it).
+    pub async fn refresh(&self) -> Result<u64, StoreError> {
+        let latest = self.store.latest().await?;
+        let number = latest.info.number;
+        self.publish(number, latest.documents);
+        Ok(number)
+    }
+
     /// A receiver that sees every new revision (bursts coalesce to the latest).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()

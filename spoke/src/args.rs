@@ -44,7 +44,8 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_SPOKE_STANDALONE")]
     pub standalone: bool,
 
-    /// Hub address (`https://host:port`, or `http://` on loopback with --insecure-dev-plaintext).
+    /// Hub address (`https://host:port`, or `http://` on loopback with --insecure-dev-plaintext). Several hub
+    /// replicas: a comma-separated list, tried in turn whenever a connection fails or ends.
     #[arg(long, env = "TOLLGATE_SPOKE_HUB")]
     pub hub: Option<String>,
 

@@ -41,7 +41,8 @@ pub struct IntentState {
 /// How to reach the hub.
 #[derive(Clone, Debug)]
 pub struct HubSettings {
-    pub url: String,
+    /// One address per hub replica (at least one); the spoke moves to the next whenever a session ends.
+    pub urls: Vec<String>,
     /// `None`: plaintext (development, loopback).
     pub tls: Option<HubTls>,
     pub cluster_id: String,
@@ -175,9 +176,11 @@ pub async fn run(
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut attempt: u32 = 0;
+    let mut replica = 0;
     loop {
         let started = Instant::now();
-        let result = session(&settings, &state, &persisted, &mut reports, &metrics).await;
+        let url = &settings.urls[replica % settings.urls.len()];
+        let result = session(&settings, url, &state, &persisted, &mut reports, &metrics).await;
         let status = match result {
             Ok(()) => tonic::Status::unavailable("the stream ended"),
             Err(status) => status,
@@ -192,9 +195,17 @@ pub async fn run(
         if started.elapsed() > BACKOFF_CAP {
             attempt = 0;
         }
-        let delay = backoff(attempt, jitter_seed());
-        attempt = attempt.saturating_add(1);
-        tracing::warn!(code = ?status.code(), message = status.message(), retry_ms = delay.as_millis() as u64, "Hub connection lost; enforcing the last intent");
+        // With several replicas, the next one is tried at once; the backoff starts when every one failed in turn.
+        replica += 1;
+        let delay = if settings.urls.len() > 1 && replica % settings.urls.len() != 0 {
+            BACKOFF_FIRST / 5
+        } else {
+            let delay = backoff(attempt, jitter_seed());
+            attempt = attempt.saturating_add(1);
+            delay
+        };
+        let next = &settings.urls[replica % settings.urls.len()];
+        tracing::warn!(hub = %url, code = ?status.code(), message = status.message(), next = %next, retry_ms = delay.as_millis() as u64, "Hub connection lost; enforcing the last intent");
         tokio::time::sleep(delay).await;
     }
 }
@@ -214,11 +225,10 @@ fn jitter_seed() -> u64 {
     u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7
 }
 
-async fn connect(settings: &HubSettings) -> Result<Channel, tonic::Status> {
-    let unavailable =
-        |e: &dyn std::fmt::Display| tonic::Status::unavailable(format!("connecting to {}: {e}", settings.url));
-    let mut endpoint = Channel::from_shared(settings.url.clone())
-        .map_err(|e| tonic::Status::invalid_argument(format!("--hub {:?}: {e}", settings.url)))?
+async fn connect(settings: &HubSettings, url: &str) -> Result<Channel, tonic::Status> {
+    let unavailable = |e: &dyn std::fmt::Display| tonic::Status::unavailable(format!("connecting to {url}: {e}"));
+    let mut endpoint = Channel::from_shared(url.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(format!("--hub {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(HEARTBEAT);
     if let Some(tls) = &settings.tls {
@@ -238,12 +248,13 @@ async fn connect(settings: &HubSettings) -> Result<Channel, tonic::Status> {
 
 async fn session(
     settings: &HubSettings,
+    url: &str,
     state: &watch::Sender<Arc<IntentState>>,
     persisted: &PersistedIntent,
     reports: &mut Reports,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), tonic::Status> {
-    let channel = connect(settings).await?;
+    let channel = connect(settings, url).await?;
     let (tx, rx) = mpsc::channel(16);
     let send = |msg: spoke_message::Msg| {
         let tx = tx.clone();
@@ -265,7 +276,7 @@ async fn session(
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    tracing::info!(hub = %settings.url, last_applied, "Connected to the hub");
+    tracing::info!(hub = %url, last_applied, "Connected to the hub");
     // Whatever was reported while away.
     let facts = reports.facts.borrow_and_update().clone();
     if let Some(facts) = facts {

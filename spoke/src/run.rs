@@ -59,7 +59,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (true, Some(_)) => bail!("--standalone and --hub exclude each other"),
         (false, None) => bail!("either --hub ADDRESS or --standalone is required"),
         (true, None) => None,
-        (false, Some(url)) => {
+        (false, Some(addresses)) => {
+            let urls: Vec<String> = addresses
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect();
+            if urls.is_empty() {
+                bail!("--hub: no address given");
+            }
             let tls = match (hub_ca, tls_cert, tls_key, insecure_dev_plaintext) {
                 (Some(ca), Some(cert), Some(key), false) => Some(HubTls {
                     ca,
@@ -72,7 +81,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 _ => bail!("--hub needs --hub-ca, --tls-cert and --tls-key (or --insecure-dev-plaintext on loopback)"),
             };
             Some(HubSettings {
-                url,
+                urls,
                 tls,
                 cluster_id: cluster_id.clone(),
                 labels: cluster_labels.clone(),
@@ -124,7 +133,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespaces = ?namespaces,
         agent_cards = agent_card.is_some(),
         endpoint_slices,
-        hub = hub.as_ref().map_or("standalone: local rules only", |h| h.url.as_str()),
+        hub = hub.as_ref().map_or("standalone: local rules only".to_string(), |h| h.urls.join(",")),
         "Starting spoke"
     );
 

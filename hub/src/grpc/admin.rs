@@ -80,6 +80,7 @@ pub async fn fleet_status<S: Store>(
     let store = hub.store();
     let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
     let connected = sessions.connected();
+    let now = super::now_millis();
     let latest_revision = hub.snapshot().revision;
     if !cluster_id.is_empty() {
         let clusters = store.clusters().await.map_err(unavailable)?;
@@ -114,7 +115,7 @@ pub async fn fleet_status<S: Store>(
         let agents = store.agents(&cluster.id).await.map_err(unavailable)?;
         let count = |mode: &str| agents.iter().filter(|a| a.mode == mode).count() as u32;
         rows.push(pb::ClusterStatus {
-            connected: connected.contains_key(&cluster.id),
+            connected: connected.contains_key(&cluster.id) || sessions.held_elsewhere(&cluster, now),
             labels: cluster.labels.into_iter().collect(),
             last_seen_unix_millis: cluster.last_seen_unix_millis,
             applied_revision: cluster.applied_revision,

@@ -25,10 +25,20 @@ const QUEUE: usize = 8;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The spokes connected to this hub replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
     next_id: AtomicU64,
+    /// This replica's name in the store's `connected_replica`.
+    replica: String,
+    /// A stream another replica holds counts as connected while it renewed `last_seen` within this long.
+    stale_after: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new("hub", Duration::from_secs(30))
+    }
 }
 
 #[derive(Debug)]
@@ -50,6 +60,41 @@ pub struct Connected {
 }
 
 impl Sessions {
+    /// Sessions of replica `replica`, whose heartbeat period is `heartbeat` (other replicas' streams count as
+    /// connected while renewed within three periods).
+    pub fn new(replica: impl Into<String>, heartbeat: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            replica: replica.into(),
+            stale_after: heartbeat * 3,
+        }
+    }
+
+    /// This replica's name.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Whether the store says another replica holds the cluster's stream (renewed recently enough).
+    pub fn held_elsewhere(&self, record: &crate::store::ClusterRecord, now_unix_millis: i64) -> bool {
+        let fresh = now_unix_millis.saturating_sub(record.last_seen_unix_millis)
+            <= i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX);
+        fresh && record.connected_replica.as_deref().is_some_and(|r| r != self.replica)
+    }
+
+    /// Renews this replica's hold of its streams in the store, once per `period`, until the task is dropped.
+    pub async fn renew<S: Store>(self: Arc<Self>, hub: Arc<Hub<S>>, period: Duration) {
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            let ids: Vec<String> = self.inner.lock().expect("sessions lock").keys().cloned().collect();
+            if let Err(error) = hub.store().record_connections(&self.replica, &ids, now_millis()).await {
+                tracing::warn!(%error, "Could not renew the connected spokes in the store");
+            }
+        }
+    }
+
     /// Registers a stream for a cluster; an older stream of the same cluster is cancelled.
     fn register(
         &self,
@@ -203,6 +248,12 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         let (id, cancelled) = self
             .sessions
             .register(&cluster, labels.clone(), hello.last_applied_revision, now);
+        if let Err(error) = store
+            .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
+            .await
+        {
+            tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
+        }
         tracing::info!(cluster = %cluster, revision = snapshot.revision, resumed = unchanged, "Spoke connected");
         let session = SessionTask {
             hub: self.hub.clone(),
@@ -323,7 +374,11 @@ impl<S: Store> SessionTask<S> {
             }
         };
         self.sessions.unregister(&self.cluster, self.id);
-        let _ = self.hub.store().touch(&self.cluster, now_millis()).await;
+        let _ = self
+            .hub
+            .store()
+            .record_disconnect(&self.cluster, self.sessions.replica(), now_millis())
+            .await;
         tracing::info!(cluster = %self.cluster, reason, "Spoke disconnected");
     }
 

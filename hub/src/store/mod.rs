@@ -6,8 +6,8 @@
 //! a new revision. Clusters, their agent inventory with per-agent status, and each cluster's applied revision are
 //! persisted alongside.
 //!
-//! The store is a small trait so that a shared PostgreSQL backend can follow for multi-replica hubs; the hub is
-//! generic over `S: Store`. [`SqliteStore`] is the embedded default (one SQLite file in the data folder).
+//! The store is a small trait; the hub is generic over `S: Store`. [`SqliteStore`] is the embedded default (one
+//! SQLite file in the data folder, one hub); [`PgStore`] is shared by several hub replicas (PostgreSQL).
 //! Concurrency between writers is optimistic: a commit names the revision it was computed from and fails with
 //! [`StoreError::Conflict`] when another commit landed first, so the caller re-reads and retries.
 
@@ -19,11 +19,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tollgate_common::document::DocumentSet;
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
 mod tests;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// What created a revision.
@@ -132,6 +134,8 @@ pub struct ClusterRecord {
     pub facts_json: Option<String>,
     /// The revision the spoke last acknowledged as applied; 0 when none.
     pub applied_revision: u64,
+    /// The hub replica holding the spoke's stream, renewed with `last_seen` while it lasts; `None` once it ended.
+    pub connected_replica: Option<String>,
 }
 
 /// One agent of a cluster's inventory, with its status as the spoke reported it.
@@ -246,9 +250,53 @@ pub trait Store: Send + Sync + 'static {
     /// Sets `last_seen` only (heartbeats).
     fn touch(&self, id: &str, now_unix_millis: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Records that `replica` holds the streams of these clusters now: sets their `connected_replica` and
+    /// `last_seen` (one statement, renewed by each replica once per heartbeat period). Unknown ids are ignored.
+    fn record_connections(
+        &self,
+        replica: &str,
+        clusters: &[String],
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records the end of `replica`'s stream of cluster `id`: clears `connected_replica` if it still names
+    /// `replica` (another replica may hold a newer stream) and sets `last_seen`.
+    fn record_disconnect(
+        &self,
+        id: &str,
+        replica: &str,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Every registered cluster, sorted by id.
     fn clusters(&self) -> impl Future<Output = Result<Vec<ClusterRecord>, StoreError>> + Send;
 
     /// The inventory of one cluster, sorted by namespace then name (empty for an unknown cluster).
     fn agents(&self, cluster_id: &str) -> impl Future<Output = Result<Vec<AgentRecord>, StoreError>> + Send;
+}
+
+/// The error for a call about a cluster that never said hello.
+pub(crate) fn unknown_cluster(id: &str) -> StoreError {
+    StoreError::Backend(format!("cluster {id:?} is not registered (no hello recorded)"))
+}
+
+/// Parses and validates a stored revision's YAML against its record, as both backends store it.
+pub(crate) fn decode_revision(info: RevisionInfo, yaml: &str) -> Result<Revision, StoreError> {
+    let number = info.number;
+    let documents =
+        DocumentSet::from_yaml(&format!("revision {number}"), yaml).map_err(|errors| StoreError::Corrupt {
+            revision: number,
+            reason: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        })?;
+    if documents.len() != info.document_count as usize {
+        return Err(StoreError::Corrupt {
+            revision: number,
+            reason: format!(
+                "holds {} documents, its record says {}",
+                documents.len(),
+                info.document_count
+            ),
+        });
+    }
+    Ok(Revision { info, documents })
 }

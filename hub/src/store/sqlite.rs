@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tollgate_common::document::DocumentSet;
 
-use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError};
+use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError, unknown_cluster};
 
 /// The database file's name within the data folder.
 pub const DATABASE_FILE: &str = "tollgate-hub.db";
@@ -71,6 +71,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         2,
         "ALTER TABLE agents ADD COLUMN plan_inputs_json TEXT NOT NULL DEFAULT '';",
     ),
+    (3, "ALTER TABLE clusters ADD COLUMN connected_replica TEXT;"),
 ];
 
 /// The embedded SQLite store. Cheap to clone: clones share one connection.
@@ -275,27 +276,7 @@ fn read_revision(connection: &Connection, number: u64) -> Result<Revision, Store
     let Some((row, yaml)) = row else {
         return Err(StoreError::NoSuchRevision(number));
     };
-    let info = row.decode()?;
-    let documents =
-        DocumentSet::from_yaml(&format!("revision {number}"), &yaml).map_err(|errors| StoreError::Corrupt {
-            revision: number,
-            reason: errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-        })?;
-    if documents.len() != info.document_count as usize {
-        return Err(StoreError::Corrupt {
-            revision: number,
-            reason: format!(
-                "holds {} documents, its record says {}",
-                documents.len(),
-                info.document_count
-            ),
-        });
-    }
-    Ok(Revision { info, documents })
-}
-
-fn unknown_cluster(id: &str) -> StoreError {
-    StoreError::Backend(format!("cluster {id:?} is not registered (no hello recorded)"))
+    super::decode_revision(row.decode()?, &yaml)
 }
 
 /// Runs one `UPDATE clusters … WHERE id = ?` in its own transaction; fails when the cluster is unknown.
@@ -516,10 +497,53 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_connections(
+        &self,
+        replica: &str,
+        clusters: &[String],
+        now_unix_millis: i64,
+    ) -> Result<(), StoreError> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        let replica = replica.to_string();
+        let clusters = clusters.to_vec();
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut update =
+                    tx.prepare("UPDATE clusters SET connected_replica = ?2, last_seen_unix_millis = ?3 WHERE id = ?1")?;
+                for id in &clusters {
+                    update.execute(params![id, replica, now_unix_millis])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_disconnect(&self, id: &str, replica: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let replica = replica.to_string();
+        self.run(move |connection| {
+            connection.execute(
+                "UPDATE clusters SET
+                     connected_replica = CASE WHEN connected_replica = ?2 THEN NULL ELSE connected_replica END,
+                     last_seen_unix_millis = MAX(last_seen_unix_millis, ?3)
+                 WHERE id = ?1",
+                params![id, replica, now_unix_millis],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         self.run(|connection| {
             let mut statement = connection.prepare(
-                "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision
+                "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision,
+                        connected_replica
                  FROM clusters ORDER BY id",
             )?;
             let rows = statement
@@ -531,21 +555,26 @@ impl Store for SqliteStore {
                         row.get::<_, i64>(3)?,
                         row.get::<_, Option<String>>(4)?,
                         row.get::<_, i64>(5)?,
+                        row.get::<_, Option<String>>(6)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(id, labels, first_seen, last_seen, facts_json, applied)| {
-                    Ok(ClusterRecord {
-                        labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
-                        applied_revision: u64::try_from(applied)
-                            .map_err(|_| StoreError::Backend(format!("negative applied revision of cluster {id:?}")))?,
-                        id,
-                        first_seen_unix_millis: first_seen,
-                        last_seen_unix_millis: last_seen,
-                        facts_json,
-                    })
-                })
+                .map(
+                    |(id, labels, first_seen, last_seen, facts_json, applied, connected_replica)| {
+                        Ok(ClusterRecord {
+                            labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                            applied_revision: u64::try_from(applied).map_err(|_| {
+                                StoreError::Backend(format!("negative applied revision of cluster {id:?}"))
+                            })?,
+                            id,
+                            first_seen_unix_millis: first_seen,
+                            last_seen_unix_millis: last_seen,
+                            facts_json,
+                            connected_replica,
+                        })
+                    },
+                )
                 .collect()
         })
         .await

@@ -9,6 +9,208 @@ use tollgate_common::document::{Document, DocumentSet};
 use super::sqlite::{DATABASE_FILE, MIGRATIONS};
 use super::*;
 
+/// Runs each named `async fn NAME(backend: Backend)` once per backend: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    empty_store_is_revision_zero_with_an_empty_set,
+    revisions_are_monotonic_from_one_and_history_lists_them_in_order,
+    every_revision_returns_exactly_its_set_and_rollback_is_byte_exact,
+    a_stale_parent_conflicts_and_writes_nothing,
+    concurrent_commits_serialise_without_lost_updates,
+    clusters_inventory_and_applied_revision_round_trip_and_persist_across_reopen,
+    inventory_replacement_removes_agents_not_listed,
+    a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing,
+    updates_of_an_unregistered_cluster_fail_and_create_nothing,
+    connections_are_recorded_renewed_and_released_per_replica,
+);
+
+/// The backend a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What keeps a test's store alive: its folder, or its PostgreSQL server (killed on drop) and database.
+pub(crate) enum Fixture {
+    Sqlite(tempfile::TempDir),
+    Postgres(#[allow(dead_code)] tollgate_e2e::Postgres, String),
+}
+
+/// Either store, so one test body runs on both.
+#[derive(Clone, Debug)]
+pub(crate) enum AnyStore {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// A new empty store of the backend; PostgreSQL gets its own server and database.
+pub(crate) async fn open(backend: Backend) -> (AnyStore, Fixture) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SqliteStore::open(&dir.path().join("nested/data")).unwrap();
+            assert!(store.path().ends_with("nested/data/tollgate-hub.db"));
+            (AnyStore::Sqlite(store), Fixture::Sqlite(dir))
+        }
+        Backend::Postgres => {
+            let server = tollgate_e2e::Postgres::start().await.unwrap();
+            let url = server.create_database().await.unwrap();
+            let store = PgStore::connect(&url).await.unwrap();
+            (AnyStore::Postgres(store), Fixture::Postgres(server, url))
+        }
+    }
+}
+
+impl Fixture {
+    /// The same database, opened again (a restarted hub).
+    pub(crate) async fn reopen(&self) -> AnyStore {
+        match self {
+            Self::Sqlite(dir) => AnyStore::Sqlite(SqliteStore::open(&dir.path().join("nested/data")).unwrap()),
+            Self::Postgres(_, url) => AnyStore::Postgres(PgStore::connect(url).await.unwrap()),
+        }
+    }
+
+    /// The `documents_yaml` column of a revision, read past the store.
+    async fn stored_yaml(&self, number: i64) -> String {
+        match self {
+            Self::Sqlite(dir) => raw_connection(&dir.path().join("nested/data"))
+                .query_row(
+                    "SELECT documents_yaml FROM revisions WHERE number = ?1",
+                    [number],
+                    |row| row.get(0),
+                )
+                .unwrap(),
+            Self::Postgres(_, url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client
+                    .query_one("SELECT documents_yaml FROM revisions WHERE number = $1", &[&number])
+                    .await
+                    .unwrap()
+                    .get(0)
+            }
+        }
+    }
+}
+
+/// Delegates every method to the wrapped store.
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($store) => $call.await,
+            AnyStore::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn latest(&self) -> Result<Revision, StoreError> {
+        delegate!(self, s => s.latest())
+    }
+    async fn revision(&self, number: u64) -> Result<Revision, StoreError> {
+        delegate!(self, s => s.revision(number))
+    }
+    async fn history(&self) -> Result<Vec<RevisionInfo>, StoreError> {
+        delegate!(self, s => s.history())
+    }
+    async fn commit(
+        &self,
+        parent: u64,
+        operation: Operation,
+        summary: &str,
+        documents: &DocumentSet,
+        now: i64,
+    ) -> Result<RevisionInfo, StoreError> {
+        delegate!(self, s => s.commit(parent, operation, summary, documents, now))
+    }
+    async fn upsert_cluster(&self, id: &str, labels: &BTreeMap<String, String>, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.upsert_cluster(id, labels, now))
+    }
+    async fn record_facts(&self, id: &str, facts_json: &str, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_facts(id, facts_json, now))
+    }
+    async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_inventory(id, agents, now))
+    }
+    async fn record_applied(&self, id: &str, revision: u64, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_applied(id, revision, now))
+    }
+    async fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.touch(id, now))
+    }
+    async fn record_connections(&self, replica: &str, clusters: &[String], now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_connections(replica, clusters, now))
+    }
+    async fn record_disconnect(&self, id: &str, replica: &str, now: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_disconnect(id, replica, now))
+    }
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        delegate!(self, s => s.clusters())
+    }
+    async fn agents(&self, cluster_id: &str) -> Result<Vec<AgentRecord>, StoreError> {
+        delegate!(self, s => s.agents(cluster_id))
+    }
+}
+
+async fn connections_are_recorded_renewed_and_released_per_replica(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
+    store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
+    store.upsert_cluster("c2", &BTreeMap::new(), 1).await.unwrap();
+    let holder = |clusters: Vec<ClusterRecord>| {
+        clusters
+            .into_iter()
+            .map(|c| (c.id, c.connected_replica, c.last_seen_unix_millis))
+            .collect::<Vec<_>>()
+    };
+    store
+        .record_connections("hub-a", &["c1".to_string(), "c2".to_string(), "ghost".to_string()], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        holder(store.clusters().await.unwrap()),
+        [
+            ("c1".into(), Some("hub-a".into()), 10),
+            ("c2".into(), Some("hub-a".into()), 10)
+        ]
+    );
+    // c2 moves to hub-b; hub-a's late disconnect of c2 must not clear hub-b's hold.
+    store
+        .record_connections("hub-b", &["c2".to_string()], 20)
+        .await
+        .unwrap();
+    store.record_disconnect("c2", "hub-a", 21).await.unwrap();
+    store.record_disconnect("c1", "hub-a", 22).await.unwrap();
+    assert_eq!(
+        holder(store.clusters().await.unwrap()),
+        [("c1".into(), None, 22), ("c2".into(), Some("hub-b".into()), 21)]
+    );
+    // A disconnect never moves last_seen backwards.
+    store.record_disconnect("c2", "hub-b", 5).await.unwrap();
+    assert_eq!(holder(store.clusters().await.unwrap())[1], ("c2".into(), None, 21));
+    assert!(store.record_connections("hub-a", &[], 30).await.is_ok());
+}
+
 fn policy_yaml(name: &str, cidr: &str) -> String {
     format!(
         "apiVersion: tollgate.dev/v1alpha1
@@ -87,21 +289,16 @@ fn operation_names_round_trip() {
     assert!("prune".parse::<Operation>().unwrap_err().contains("prune"));
 }
 
-#[tokio::test]
-async fn empty_store_is_revision_zero_with_an_empty_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("nested/data")).unwrap();
-    assert!(store.path().ends_with("nested/data/tollgate-hub.db"));
+async fn empty_store_is_revision_zero_with_an_empty_set(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
     assert_eq!(store.latest().await.unwrap(), Revision::initial());
     assert_eq!(store.revision(0).await.unwrap(), Revision::initial());
     assert!(matches!(store.revision(1).await, Err(StoreError::NoSuchRevision(1))));
     assert!(store.history().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn revisions_are_monotonic_from_one_and_history_lists_them_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn revisions_are_monotonic_from_one_and_history_lists_them_in_order(backend: Backend) {
+    let (store, fixture) = open(backend).await;
     let one = set_of([policy("p1")]);
     let two = set_of([policy("p1"), policy("p2"), guardrail("prod")]);
     let three = set_of([policy("p2"), guardrail("prod")]);
@@ -152,15 +349,13 @@ async fn revisions_are_monotonic_from_one_and_history_lists_them_in_order() {
 
     // The history survives a reopen.
     drop(store);
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = fixture.reopen().await;
     assert_eq!(store.history().await.unwrap(), expected);
     assert_eq!(store.revision(2).await.unwrap().documents, two);
 }
 
-#[tokio::test]
-async fn every_revision_returns_exactly_its_set_and_rollback_is_byte_exact() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn every_revision_returns_exactly_its_set_and_rollback_is_byte_exact(backend: Backend) {
+    let (store, fixture) = open(backend).await;
     let a = set_of([
         policy("alpha"),
         policy_with_cidr("beta", "192.168.0.0/16"),
@@ -188,20 +383,13 @@ async fn every_revision_returns_exactly_its_set_and_rollback_is_byte_exact() {
     assert_eq!(latest.documents, a);
     assert_eq!(latest.documents.to_yaml(), a.to_yaml());
     // What is stored is the canonical text itself.
-    let stored: String = raw_connection(dir.path())
-        .query_row("SELECT documents_yaml FROM revisions WHERE number = 3", [], |row| {
-            row.get(0)
-        })
-        .unwrap();
-    assert_eq!(stored, a.to_yaml());
+    assert_eq!(fixture.stored_yaml(3).await, a.to_yaml());
     // Revision 2 is still there, unchanged.
     assert_eq!(store.revision(2).await.unwrap().documents, b);
 }
 
-#[tokio::test]
-async fn a_stale_parent_conflicts_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn a_stale_parent_conflicts_and_writes_nothing(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
     let first = set_of([policy("p1")]);
     store.commit(0, Operation::Apply, "first", &first, 1).await.unwrap();
     store
@@ -228,11 +416,9 @@ async fn a_stale_parent_conflicts_and_writes_nothing() {
     assert_eq!(store.latest().await.unwrap().documents, set_of([policy("p2")]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_commits_serialise_without_lost_updates() {
+async fn concurrent_commits_serialise_without_lost_updates(backend: Backend) {
     const TASKS: usize = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let (store, _fixture) = open(backend).await;
     let tasks: Vec<_> = (0..TASKS)
         .map(|i| {
             let store = store.clone();
@@ -286,10 +472,8 @@ async fn concurrent_commits_serialise_without_lost_updates() {
     }
 }
 
-#[tokio::test]
-async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_reopen(backend: Backend) {
+    let (store, fixture) = open(backend).await;
     store
         .upsert_cluster("west", &labels(&[("env", "prod")]), 100)
         .await
@@ -330,6 +514,7 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
             last_seen_unix_millis: 600,
             facts_json: None,
             applied_revision: 0,
+            connected_replica: None,
         },
         ClusterRecord {
             id: "west".to_string(),
@@ -338,6 +523,7 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
             last_seen_unix_millis: 500,
             facts_json: Some(r#"{"kubernetesVersion":"v1.33.1"}"#.to_string()),
             applied_revision: 7,
+            connected_replica: None,
         },
     ];
     let mut expected_agents = inventory.clone();
@@ -350,15 +536,13 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
     assert!(store.agents("nowhere").await.unwrap().is_empty());
 
     drop(store);
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = fixture.reopen().await;
     assert_eq!(store.clusters().await.unwrap(), expected_clusters);
     assert_eq!(store.agents("west").await.unwrap(), expected_agents);
 }
 
-#[tokio::test]
-async fn inventory_replacement_removes_agents_not_listed() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn inventory_replacement_removes_agents_not_listed(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
     store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
     store.upsert_cluster("c2", &BTreeMap::new(), 1).await.unwrap();
     store
@@ -391,10 +575,8 @@ async fn inventory_replacement_removes_agents_not_listed() {
     assert_eq!(store.clusters().await.unwrap()[0].last_seen_unix_millis, 4);
 }
 
-#[tokio::test]
-async fn a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
     store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
     store.record_inventory("c1", &[agent("a", "kept")], 2).await.unwrap();
     let error = store
@@ -406,10 +588,8 @@ async fn a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing() {
     assert_eq!(store.clusters().await.unwrap()[0].last_seen_unix_millis, 2);
 }
 
-#[tokio::test]
-async fn updates_of_an_unregistered_cluster_fail_and_create_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+async fn updates_of_an_unregistered_cluster_fail_and_create_nothing(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
     let errors = [
         store.record_facts("ghost", "{}", 1).await.unwrap_err(),
         store
@@ -634,5 +814,113 @@ async fn an_acknowledged_commit_survives_sigkill() {
             .map(|r| r.number)
             .collect::<Vec<_>>(),
         (1..=CHILD_COMMITS).collect::<Vec<_>>()
+    );
+}
+
+/// Two PostgreSQL stores on one database are two hub replicas: their concurrent commits form one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_commit_concurrently_into_one_order() {
+    let server = tollgate_e2e::Postgres::start().await.unwrap();
+    let url = server.create_database().await.unwrap();
+    let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+    let replicas = [a.unwrap(), b.unwrap()];
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let store = replicas[i % 2].clone();
+            tokio::spawn(async move {
+                let name = format!("policy-{i:02}");
+                loop {
+                    let latest = store.latest().await.unwrap();
+                    let mut documents = latest.documents.clone();
+                    documents.insert(policy(&name));
+                    match store
+                        .commit(latest.info.number, Operation::Apply, &name, &documents, 1)
+                        .await
+                    {
+                        Ok(info) => return info.number,
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut numbers = Vec::new();
+    for task in tasks {
+        numbers.push(task.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=12).collect::<Vec<u64>>());
+    for store in &replicas {
+        let latest = store.latest().await.unwrap();
+        assert_eq!((latest.info.number, latest.documents.len()), (12, 12));
+    }
+}
+
+/// A commit wakes every replica's listener once it is committed; a refused commit wakes nobody.
+#[tokio::test]
+async fn postgres_commits_notify_listeners_and_refused_commits_do_not() {
+    use std::time::Duration;
+    let server = tollgate_e2e::Postgres::start().await.unwrap();
+    let url = server.create_database().await.unwrap();
+    let store = PgStore::connect(&url).await.unwrap();
+    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::spawn(postgres::listen_for_revisions(url.clone(), wake));
+    assert!(
+        woken_within(&mut woken, Duration::from_secs(10)).await,
+        "no wake after LISTEN"
+    );
+
+    store
+        .commit(0, Operation::Apply, "one", &set_of([policy("p1")]), 1)
+        .await
+        .unwrap();
+    assert!(
+        woken_within(&mut woken, Duration::from_secs(5)).await,
+        "no wake after a commit"
+    );
+    let refused = store
+        .commit(0, Operation::Apply, "stale", &set_of([policy("p2")]), 2)
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict { .. })));
+    assert!(
+        !woken_within(&mut woken, Duration::from_millis(500)).await,
+        "a refused commit notified"
+    );
+    listener.abort();
+}
+
+async fn woken_within(woken: &mut tokio::sync::mpsc::UnboundedReceiver<()>, within: std::time::Duration) -> bool {
+    matches!(tokio::time::timeout(within, woken.recv()).await, Ok(Some(())))
+}
+
+/// Replicas starting together apply each migration once; a schema newer than this build is refused.
+#[tokio::test]
+async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
+    let server = tollgate_e2e::Postgres::start().await.unwrap();
+    let url = server.create_database().await.unwrap();
+    let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+    a.unwrap();
+    b.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    client
+        .execute("INSERT INTO schema_migrations VALUES (99, 0)", &[])
+        .await
+        .unwrap();
+    let error = PgStore::connect(&url).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("schema version 99 is newer than this hub supports (3)"),
+        "{error}"
     );
 }

@@ -1,0 +1,656 @@
+//! The shared store for several hub replicas: PostgreSQL, chosen with `--store postgres://…`.
+//!
+//! Same concepts as the embedded store ([`super::sqlite`]): the same tables and columns, ordered migrations
+//! recorded in `schema_migrations` (a database written by a newer hub is refused), revisions holding the canonical
+//! YAML of their whole set, re-validated when read. Differences that come from sharing one database:
+//!
+//! - **One global revision order.** A commit takes the transaction-scoped advisory lock [`COMMIT_LOCK`] before it
+//!   reads the latest number, so commits from any replica serialise; the parent check then refuses a stale parent
+//!   exactly as SQLite's `BEGIN IMMEDIATE` does, and the primary key on `number` is the last line of defence.
+//! - **Push to the other replicas.** A commit runs `pg_notify('tollgate_revisions', number)` inside its
+//!   transaction, so the notification is delivered if and only if the revision is committed.
+//!   [`listen_for_revisions`] keeps one `LISTEN` connection per replica and wakes the hub, which re-reads the
+//!   latest revision; after every (re)connection it wakes the hub once, so a notification missed while
+//!   disconnected is caught up.
+//! - Migrations run under the advisory lock [`MIGRATION_LOCK`], so replicas starting together apply each step once.
+//! - Connections come from a small pool; every method is one transaction (or one statement).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::StreamExt;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tollgate_common::document::DocumentSet;
+
+use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError};
+
+/// The channel commits notify on.
+pub const CHANNEL: &str = "tollgate_revisions";
+/// Advisory lock key held by every commit transaction (`'tollgate'` in ASCII, as a number).
+pub const COMMIT_LOCK: i64 = 0x746f_6c6c_6761_7465;
+/// Advisory lock key held while migrating.
+pub const MIGRATION_LOCK: i64 = COMMIT_LOCK + 1;
+/// Connections per replica.
+const POOL_SIZE: usize = 16;
+
+/// The schema, as ordered steps `(version, SQL)`, mirroring the embedded store's steps. Append; never edit one that
+/// has shipped.
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE revisions (
+        number BIGINT PRIMARY KEY CHECK (number > 0),
+        created_unix_millis BIGINT NOT NULL,
+        operation TEXT NOT NULL CHECK (operation IN ('apply', 'delete', 'rollback')),
+        summary TEXT NOT NULL,
+        document_count BIGINT NOT NULL,
+        documents_yaml TEXT NOT NULL
+    );
+    CREATE TABLE clusters (
+        id TEXT PRIMARY KEY,
+        labels_json TEXT NOT NULL,
+        first_seen_unix_millis BIGINT NOT NULL,
+        last_seen_unix_millis BIGINT NOT NULL,
+        facts_json TEXT,
+        applied_revision BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE agents (
+        cluster_id TEXT NOT NULL REFERENCES clusters (id) ON DELETE CASCADE,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        verified BOOLEAN NOT NULL,
+        verification_reason TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        rule_count BIGINT NOT NULL,
+        rule_sources_json TEXT NOT NULL,
+        applied_revision BIGINT NOT NULL,
+        errors_json TEXT NOT NULL,
+        dropped_json TEXT NOT NULL,
+        PRIMARY KEY (cluster_id, namespace, name)
+    );",
+    ),
+    (
+        2,
+        "ALTER TABLE agents ADD COLUMN plan_inputs_json TEXT NOT NULL DEFAULT '';",
+    ),
+    (3, "ALTER TABLE clusters ADD COLUMN connected_replica TEXT;"),
+];
+
+/// The PostgreSQL store. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    display: String,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("database", &self.display).finish()
+    }
+}
+
+/// A database error with PostgreSQL's own message (the driver's `Display` alone says only "db error").
+fn pg(error: tokio_postgres::Error) -> StoreError {
+    match error.as_db_error() {
+        Some(db) => StoreError::Backend(format!("postgres: {}: {}", db.code().code(), db.message())),
+        None => StoreError::Backend(format!("postgres: {error}")),
+    }
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => pg(error),
+        other => StoreError::Backend(format!("postgres pool: {other}")),
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/database`, libpq-style key/value strings work
+    /// too) and applies the missing migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let display = redact(url);
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("--store {display}: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("{display}: {e}")))?;
+        let store = Self { pool, display };
+        store.migrate().await.map_err(|e| match e {
+            StoreError::Backend(message) => StoreError::Backend(format!("{}: {message}", store.display)),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg)?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_unix_millis BIGINT NOT NULL
+            );",
+        )
+        .await
+        .map_err(pg)?;
+        let current: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+        if current > known {
+            return Err(StoreError::Backend(format!(
+                "database schema version {current} is newer than this hub supports ({known}); run a newer tollgate-hub"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tx.batch_execute(sql)
+                .await
+                .map_err(|e| StoreError::Backend(format!("migration {version} failed: {}", pg(e))))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES ($1, $2)",
+                &[version, &unix_millis_now()],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    /// Runs one `UPDATE clusters … WHERE id = $1`; fails when the cluster is unknown.
+    async fn update_cluster(
+        &self,
+        id: &str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        if client.execute(sql, params).await.map_err(pg)? == 0 {
+            return Err(super::unknown_cluster(id));
+        }
+        Ok(())
+    }
+}
+
+fn unix_millis_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn to_sql_u64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} is too large to store")))
+}
+
+fn from_sql_u64(value: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Backend(format!("negative {what} {value}")))
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
+}
+
+const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count";
+
+fn revision_info(row: &Row) -> Result<RevisionInfo, StoreError> {
+    let number = from_sql_u64(row.get(0), "revision number")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        revision: number,
+        reason,
+    };
+    let operation: String = row.get(2);
+    let count: i64 = row.get(4);
+    Ok(RevisionInfo {
+        number,
+        created_unix_millis: row.get(1),
+        operation: Operation::parse(&operation).ok_or_else(|| corrupt(format!("unknown operation {operation:?}")))?,
+        summary: row.get(3),
+        document_count: u32::try_from(count).map_err(|_| corrupt(format!("bad document count {count}")))?,
+    })
+}
+
+async fn read_revision(client: &impl deadpool_postgres::GenericClient, number: u64) -> Result<Revision, StoreError> {
+    if number == 0 {
+        return Ok(Revision::initial());
+    }
+    let key = to_sql_u64(number, "revision")?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {REVISION_COLUMNS}, documents_yaml FROM revisions WHERE number = $1"),
+            &[&key],
+        )
+        .await
+        .map_err(pg)?
+        .ok_or(StoreError::NoSuchRevision(number))?;
+    let info = revision_info(&row)?;
+    let yaml: String = row.get(5);
+    super::decode_revision(info, &yaml)
+}
+
+async fn latest_number(client: &impl deadpool_postgres::GenericClient) -> Result<u64, StoreError> {
+    let number: i64 = client
+        .query_one("SELECT COALESCE(MAX(number), 0) FROM revisions", &[])
+        .await
+        .map_err(pg)?
+        .get(0);
+    from_sql_u64(number, "revision number")
+}
+
+impl Store for PgStore {
+    async fn latest(&self) -> Result<Revision, StoreError> {
+        let mut client = self.client().await?;
+        // One snapshot for the number and the row it names.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg)?;
+        let number = latest_number(&tx).await?;
+        let revision = read_revision(&tx, number).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(revision)
+    }
+
+    async fn revision(&self, number: u64) -> Result<Revision, StoreError> {
+        read_revision(&self.client().await?, number).await
+    }
+
+    async fn history(&self) -> Result<Vec<RevisionInfo>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT {REVISION_COLUMNS} FROM revisions ORDER BY number"),
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(revision_info).collect()
+    }
+
+    async fn commit(
+        &self,
+        parent: u64,
+        operation: Operation,
+        summary: &str,
+        documents: &DocumentSet,
+        now_unix_millis: i64,
+    ) -> Result<RevisionInfo, StoreError> {
+        let yaml = documents.to_yaml();
+        let document_count = u32::try_from(documents.len())
+            .map_err(|_| StoreError::Backend(format!("{} documents are too many for one revision", documents.len())))?;
+        let number = parent
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("revision numbers are exhausted".to_string()))?;
+        let key = to_sql_u64(number, "revision")?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])
+            .await
+            .map_err(pg)?;
+        let actual = latest_number(&tx).await?;
+        if actual != parent {
+            return Err(StoreError::Conflict {
+                expected: parent,
+                actual,
+            });
+        }
+        tx.execute(
+            "INSERT INTO revisions (number, created_unix_millis, operation, summary, document_count, documents_yaml)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &key,
+                &now_unix_millis,
+                &operation.as_str(),
+                &summary,
+                &i64::from(document_count),
+                &yaml,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &number.to_string()])
+            .await
+            .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(RevisionInfo {
+            number,
+            created_unix_millis: now_unix_millis,
+            operation,
+            summary: summary.to_string(),
+            document_count,
+        })
+    }
+
+    async fn upsert_cluster(
+        &self,
+        id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        now_unix_millis: i64,
+    ) -> Result<(), StoreError> {
+        let labels = to_json(labels)?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO clusters (id, labels_json, first_seen_unix_millis, last_seen_unix_millis)
+                 VALUES ($1, $2, $3, $3)
+                 ON CONFLICT (id) DO UPDATE SET
+                     labels_json = excluded.labels_json,
+                     last_seen_unix_millis = excluded.last_seen_unix_millis",
+                &[&id, &labels, &now_unix_millis],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn record_facts(&self, id: &str, facts_json: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+        self.update_cluster(
+            id,
+            "UPDATE clusters SET facts_json = $2, last_seen_unix_millis = $3 WHERE id = $1",
+            &[&id, &facts_json, &now_unix_millis],
+        )
+        .await
+    }
+
+    async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now_unix_millis: i64) -> Result<(), StoreError> {
+        let mut seen = BTreeSet::new();
+        for agent in agents {
+            if !seen.insert((agent.namespace.as_str(), agent.name.as_str())) {
+                return Err(StoreError::Backend(format!(
+                    "inventory of cluster {id:?} lists agent {}/{} twice",
+                    agent.namespace, agent.name
+                )));
+            }
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        if tx
+            .execute(
+                "UPDATE clusters SET last_seen_unix_millis = $2 WHERE id = $1",
+                &[&id, &now_unix_millis],
+            )
+            .await
+            .map_err(pg)?
+            == 0
+        {
+            return Err(super::unknown_cluster(id));
+        }
+        tx.execute("DELETE FROM agents WHERE cluster_id = $1", &[&id])
+            .await
+            .map_err(pg)?;
+        let insert = tx
+            .prepare(
+                "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, verification_reason, mode,
+                     rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .await
+            .map_err(pg)?;
+        for agent in agents {
+            tx.execute(
+                &insert,
+                &[
+                    &id,
+                    &agent.namespace,
+                    &agent.name,
+                    &to_json(&agent.labels)?,
+                    &agent.verified,
+                    &agent.verification_reason,
+                    &agent.mode,
+                    &i64::from(agent.rule_count),
+                    &to_json(&agent.rule_sources)?,
+                    &to_sql_u64(agent.applied_revision, "applied revision")?,
+                    &to_json(&agent.errors)?,
+                    &to_json(&agent.dropped)?,
+                    &agent.plan_inputs_json,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn record_applied(&self, id: &str, revision: u64, now_unix_millis: i64) -> Result<(), StoreError> {
+        let revision = to_sql_u64(revision, "applied revision")?;
+        self.update_cluster(
+            id,
+            "UPDATE clusters SET applied_revision = $2, last_seen_unix_millis = $3 WHERE id = $1",
+            &[&id, &revision, &now_unix_millis],
+        )
+        .await
+    }
+
+    async fn touch(&self, id: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+        self.update_cluster(
+            id,
+            "UPDATE clusters SET last_seen_unix_millis = $2 WHERE id = $1",
+            &[&id, &now_unix_millis],
+        )
+        .await
+    }
+
+    async fn record_connections(
+        &self,
+        replica: &str,
+        clusters: &[String],
+        now_unix_millis: i64,
+    ) -> Result<(), StoreError> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE clusters SET connected_replica = $1, last_seen_unix_millis = $2 WHERE id = ANY($3)",
+                &[&replica, &now_unix_millis, &clusters],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn record_disconnect(&self, id: &str, replica: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE clusters SET
+                     connected_replica = CASE WHEN connected_replica = $2 THEN NULL ELSE connected_replica END,
+                     last_seen_unix_millis = GREATEST(last_seen_unix_millis, $3)
+                 WHERE id = $1",
+                &[&id, &replica, &now_unix_millis],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision,
+                        connected_replica
+                 FROM clusters ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let labels: String = row.get(1);
+                Ok(ClusterRecord {
+                    labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                    first_seen_unix_millis: row.get(2),
+                    last_seen_unix_millis: row.get(3),
+                    facts_json: row.get(4),
+                    applied_revision: from_sql_u64(row.get(5), "applied revision")?,
+                    connected_replica: row.get(6),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn agents(&self, cluster_id: &str) -> Result<Vec<AgentRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
+                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json
+                 FROM agents WHERE cluster_id = $1 ORDER BY namespace, name",
+                &[&cluster_id],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let namespace: String = row.get(0);
+                let name: String = row.get(1);
+                let what = |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
+                let labels: String = row.get(2);
+                let sources: String = row.get(7);
+                let errors: String = row.get(9);
+                let dropped: String = row.get(10);
+                let rule_count: i64 = row.get(6);
+                Ok(AgentRecord {
+                    labels: from_json(&labels, &what("labels"))?,
+                    verified: row.get(3),
+                    verification_reason: row.get(4),
+                    mode: row.get(5),
+                    rule_count: u32::try_from(rule_count)
+                        .map_err(|_| StoreError::Backend(format!("bad {}", what("rule count"))))?,
+                    rule_sources: from_json(&sources, &what("rule sources"))?,
+                    applied_revision: from_sql_u64(row.get(8), &what("applied revision"))?,
+                    errors: from_json(&errors, &what("errors"))?,
+                    dropped: from_json(&dropped, &what("dropped rules"))?,
+                    plan_inputs_json: row.get(11),
+                    namespace,
+                    name,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Keeps one `LISTEN tollgate_revisions` connection to `url` and sends `()` on `wake` for every notification, and
+/// once after every (re)connection (a commit may have been missed while disconnected). Reconnects with capped
+/// backoff; returns when `wake` is closed.
+pub async fn listen_for_revisions(url: String, wake: mpsc::UnboundedSender<()>) {
+    let database = redact(&url);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let forward = wake.clone();
+                let messages = tokio::spawn(async move {
+                    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(_)) => {
+                                if forward.send(()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                tracing::warn!(%error, "The revision listener's connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    Ok(()) => {
+                        tracing::info!(%database, "Listening for revisions committed by other replicas");
+                        delay = Duration::from_millis(100);
+                        if wake.send(()).is_err() {
+                            return;
+                        }
+                        let _ = messages.await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %pg(error), "LISTEN failed");
+                        messages.abort();
+                    }
+                }
+                drop(client);
+            }
+            Err(error) => tracing::warn!(%database, error = %pg(error), "Cannot connect the revision listener"),
+        }
+        if wake.is_closed() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://hub:s3cret@db:5432/tollgate"),
+            "postgres://hub:***@db:5432/tollgate"
+        );
+        assert_eq!(redact("postgres://hub@db/tollgate"), "postgres://hub@db/tollgate");
+        assert_eq!(redact("host=db user=hub"), "host=db user=hub");
+    }
+
+    #[test]
+    fn migrations_are_ordered_from_one() {
+        for (i, (version, _)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(*version, i as i32 + 1);
+        }
+    }
+}
