@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::binaries::binary;
-use crate::{ChildProcess, Cluster, ControlPlane, free_port, http_get, wait_for, wait_until, workspace_root};
+use crate::{ChildProcess, Cluster, ControlPlane, Postgres, free_port, http_get, wait_for, wait_until, workspace_root};
 
 /// The namespace of the agents.
 pub const TEAM_NS: &str = "team-a";
@@ -132,15 +132,18 @@ pub struct SpokeProcess {
     pub metrics_port: u16,
 }
 
-/// The fleet. Field order is drop order: spokes, then the hub, then the clusters, then the folder.
+/// The fleet. Field order is drop order: spokes, then the hub replicas, their database, the clusters, the folder.
 #[derive(Debug)]
 pub struct Fleet {
     spokes: Vec<Option<SpokeProcess>>,
-    hub: Option<ChildProcess>,
+    hubs: Vec<Option<ChildProcess>>,
+    postgres: Option<Postgres>,
     control_plane: ControlPlane,
     clusters: Vec<FleetCluster>,
-    hub_port: u16,
-    hub_metrics_port: u16,
+    /// Per replica: (gRPC port, metrics port).
+    hub_ports: Vec<(u16, u16)>,
+    /// The shared store of the replicas; `None`: one hub on its embedded store.
+    store_url: Option<String>,
     hub_binary: PathBuf,
     spoke_binary: PathBuf,
     starts: u32,
@@ -153,9 +156,31 @@ impl Fleet {
         Self::start_with(three_clusters()).await
     }
 
-    /// A fleet of these clusters: prepared, with the standard agents, the hub up and every spoke connected
-    /// (the hub's status shows each cluster connected with its agents).
+    /// A fleet of these clusters: prepared, with the standard agents, the hub up on its embedded store and every
+    /// spoke connected (the hub's status shows each cluster connected with its agents).
     pub async fn start_with(clusters: Vec<FleetCluster>) -> Result<Self> {
+        Self::launch(clusters, 1, false).await
+    }
+
+    /// A fleet whose hub is `replicas` replicas sharing a PostgreSQL database (a [`Postgres`] server of the
+    /// fleet's own). Spoke `i` lists every replica, starting with replica `i % replicas`.
+    pub async fn start_replicated(clusters: Vec<FleetCluster>, replicas: usize) -> Result<Self> {
+        Self::launch(clusters, replicas, true).await
+    }
+
+    async fn launch(clusters: Vec<FleetCluster>, replicas: usize, shared_store: bool) -> Result<Self> {
+        if replicas == 0 || (replicas > 1 && !shared_store) {
+            bail!("several hub replicas need the shared store");
+        }
+        let postgres = if shared_store {
+            Some(Postgres::start().await?)
+        } else {
+            None
+        };
+        let store_url = match &postgres {
+            Some(server) => Some(server.create_database().await?),
+            None => None,
+        };
         let hub_binary = binary("tollgate-hub")?;
         let spoke_binary = binary("tollgate-spoke")?;
         // Many API servers starting at once on two cores take longer than one.
@@ -203,19 +228,25 @@ impl Fleet {
             )
             .await?;
         }
+        let hub_ports = (0..replicas)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<Vec<_>>>()?;
         let mut fleet = Self {
             spokes: clusters.iter().map(|_| None).collect(),
-            hub: None,
+            hubs: (0..replicas).map(|_| None).collect(),
+            postgres,
             control_plane,
-            hub_port: free_port()?,
-            hub_metrics_port: free_port()?,
+            hub_ports,
+            store_url,
             clusters,
             hub_binary,
             spoke_binary,
             starts: 0,
             dir,
         };
-        fleet.start_hub().await?;
+        for replica in 0..replicas {
+            fleet.start_hub_replica(replica).await?;
+        }
         for index in 0..fleet.clusters.len() {
             fleet.start_spoke(index).await?;
         }
@@ -259,23 +290,45 @@ impl Fleet {
         self.dir.path()
     }
 
-    /// `https://localhost:PORT` of the hub.
+    /// `https://localhost:PORT` of the hub (replica 0).
     pub fn hub_url(&self) -> String {
-        format!("https://localhost:{}", self.hub_port)
+        self.replica_url(0)
     }
 
-    /// Starts `tollgate-hub serve` (mTLS, embedded store in the fleet's folder, 1 s heartbeats) on the fleet's
-    /// port and waits until it serves; a restart reuses the port and the store.
+    /// `https://localhost:PORT` of hub replica `replica`.
+    pub fn replica_url(&self, replica: usize) -> String {
+        format!("https://localhost:{}", self.hub_ports[replica].0)
+    }
+
+    /// How many hub replicas the fleet has.
+    pub fn replicas(&self) -> usize {
+        self.hubs.len()
+    }
+
+    /// The PostgreSQL server of the replicas' shared store.
+    pub fn postgres(&self) -> Option<&Postgres> {
+        self.postgres.as_ref()
+    }
+
+    /// Starts the hub (replica 0); see [`Self::start_hub_replica`].
     pub async fn start_hub(&mut self) -> Result<()> {
-        if let Some(mut hub) = self.hub.take() {
+        self.start_hub_replica(0).await
+    }
+
+    /// Starts `tollgate-hub serve` for `replica` (mTLS, 1 s heartbeats; the embedded store in the fleet's folder,
+    /// or the shared PostgreSQL store as replica `hub-<replica>`) on its port and waits until it serves; a restart
+    /// reuses the port and the store.
+    pub async fn start_hub_replica(&mut self, replica: usize) -> Result<()> {
+        if let Some(mut hub) = self.hubs[replica].take() {
             hub.kill();
         }
+        let (port, metrics_port) = self.hub_ports[replica];
         let certs = self.certs_dir();
         let path = |name: &str| certs.join(name).display().to_string();
-        let args = vec![
+        let mut args = vec![
             "serve".to_string(),
             "--listen".into(),
-            format!("127.0.0.1:{}", self.hub_port),
+            format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             self.dir.path().join("hub-data").display().to_string(),
             "--tls-cert".into(),
@@ -285,32 +338,44 @@ impl Fleet {
             "--client-ca".into(),
             path("ca.pem"),
             "--metrics-addr".into(),
-            format!("127.0.0.1:{}", self.hub_metrics_port),
+            format!("127.0.0.1:{metrics_port}"),
             "--heartbeat-seconds".into(),
             "1".into(),
         ];
+        if let Some(url) = &self.store_url {
+            args.extend([
+                "--store".into(),
+                url.clone(),
+                "--replica-id".into(),
+                format!("hub-{replica}"),
+            ]);
+        }
         self.starts += 1;
-        let log = self.dir.path().join(format!("hub.{}.log", self.starts));
+        let log = self.dir.path().join(format!("hub-{replica}.{}.log", self.starts));
         let hub = ChildProcess::spawn("tollgate-hub", &self.hub_binary, &args, &log)?;
-        let port = self.hub_metrics_port;
         wait_until(format!("hub /readyz (log: {})", log.display()), WAIT, || async move {
-            matches!(http_get(port, "/readyz").await, Ok((200, _)))
+            matches!(http_get(metrics_port, "/readyz").await, Ok((200, _)))
         })
         .await?;
-        self.hub = Some(hub);
+        self.hubs[replica] = Some(hub);
         Ok(())
     }
 
-    /// SIGKILLs the hub.
+    /// SIGKILLs the hub (replica 0).
     pub fn kill_hub(&mut self) {
-        if let Some(mut hub) = self.hub.take() {
+        self.kill_hub_replica(0);
+    }
+
+    /// SIGKILLs hub replica `replica`.
+    pub fn kill_hub_replica(&mut self, replica: usize) {
+        if let Some(mut hub) = self.hubs[replica].take() {
             hub.kill();
         }
     }
 
-    /// The hub's log (the latest start).
-    pub fn hub_log(&self) -> String {
-        self.hub
+    /// The log of hub replica `replica` (its latest start).
+    pub fn hub_log(&self, replica: usize) -> String {
+        self.hubs[replica]
             .as_ref()
             .map(|h| std::fs::read_to_string(h.log_path()).unwrap_or_default())
             .unwrap_or_default()
@@ -339,7 +404,10 @@ impl Fleet {
             "--kubeconfig".into(),
             self.cluster(index).kubeconfig_path().display().to_string(),
             "--hub".into(),
-            self.hub_url(),
+            (0..self.hubs.len())
+                .map(|k| self.replica_url((index + k) % self.hubs.len()))
+                .collect::<Vec<_>>()
+                .join(","),
             "--hub-ca".into(),
             path("ca.pem".into()),
             "--tls-cert".into(),
@@ -407,12 +475,17 @@ impl Fleet {
             .await
     }
 
-    /// Runs `tollgate-hub ARGS --hub … --ca … --cert … --key …` with the admin certificate.
+    /// Runs `tollgate-hub ARGS --hub … --ca … --cert … --key …` with the admin certificate, against replica 0.
     pub async fn cli(&self, args: &[&str]) -> Result<CliOutput> {
+        self.cli_on(0, args).await
+    }
+
+    /// [`Self::cli`] against hub replica `replica`.
+    pub async fn cli_on(&self, replica: usize, args: &[&str]) -> Result<CliOutput> {
         let certs = self.certs_dir();
         let output = tokio::process::Command::new(&self.hub_binary)
             .args(args)
-            .args(["--hub", &self.hub_url()])
+            .args(["--hub", &self.replica_url(replica)])
             .arg("--ca")
             .arg(certs.join("ca.pem"))
             .arg("--cert")
@@ -431,7 +504,12 @@ impl Fleet {
 
     /// [`Self::cli`] that must succeed: its standard output.
     pub async fn cli_ok(&self, args: &[&str]) -> Result<String> {
-        let output = self.cli(args).await?;
+        self.cli_ok_on(0, args).await
+    }
+
+    /// [`Self::cli_on`] that must succeed: its standard output.
+    pub async fn cli_ok_on(&self, replica: usize, args: &[&str]) -> Result<String> {
+        let output = self.cli_on(replica, args).await?;
         if !output.success {
             bail!("tollgate-hub {args:?} failed:\n{}{}", output.stdout, output.stderr);
         }

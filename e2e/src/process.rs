@@ -44,6 +44,17 @@ impl fmt::Debug for ChildProcess {
 impl ChildProcess {
     /// Starts `program args…`, writing the command line and then its stdout + stderr to `log_path`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log_path: &Path) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log_path)
+    }
+
+    /// [`Self::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_path: &Path,
+    ) -> Result<Self> {
         let mut log = File::create(log_path).with_context(|| format!("creating log file {}", log_path.display()))?;
         writeln!(log, "$ {} {}", program.display(), args.join(" "))
             .with_context(|| format!("writing {}", log_path.display()))?;
@@ -54,6 +65,7 @@ impl ChildProcess {
         let stderr = log.try_clone().context("duplicating a log file handle")?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)

@@ -136,12 +136,60 @@ metrics: {bindAddress: '::', port: 9999}
 }
 
 #[test]
+fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret() -> Result<()> {
+    let rendered = helm::render(
+        CHART,
+        "tollgate-hub",
+        NS,
+        &["tlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
+    )?;
+    let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+    assert!(sts["spec"]["volumeClaimTemplates"].is_null(), "no volume: {sts:#}");
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(mounts, ["tls", "tmp"]);
+    assert_eq!(
+        container["env"],
+        serde_json::json!([
+            {"name": "TOLLGATE_HUB_STORE", "valueFrom": {"secretKeyRef": {"name": "hub-db", "key": "url"}}},
+            {"name": "TOLLGATE_HUB_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ])
+    );
+    let args = args_of(sts);
+    assert!(!args.iter().any(|a| a.starts_with("--data-dir")), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.contains("postgres://")),
+        "the URL stays out of the arguments: {args:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn bad_values_are_refused_with_a_reason() -> Result<()> {
     for (values, reason) in [
         ("{}\n", "tlsSecretName is required"),
         (
             "tlsSecretName: t\nreplicas: 2\n",
-            "replicas is 2: the embedded store serves exactly one replica",
+            "replicas is 2: the embedded store serves exactly one replica; several replicas need store.type postgres",
+        ),
+        (
+            "tlsSecretName: t\nreplicas: 0\nstore: {type: postgres, postgres: {existingSecret: db}}\n",
+            "replicas is 0: at least one hub replica is needed",
+        ),
+        (
+            "tlsSecretName: t\nstore: {type: postgres}\n",
+            "store.postgres.existingSecret is required with store.type postgres",
+        ),
+        (
+            "tlsSecretName: t\nstore: {type: mysql}\n",
+            "store.type \"mysql\" must be embedded or postgres",
         ),
         (
             "tlsSecretName: t\nlogFormat: xml\n",
@@ -181,17 +229,15 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     let (grpc, metrics) = (free_port()?, free_port()?);
     let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
     let data = dir.path().join("data");
-    let args: Vec<String> = args_of(sts)
-        .into_iter()
-        .map(|arg| {
-            arg.replace("0.0.0.0:7443", &format!("127.0.0.1:{grpc}"))
-                .replace("0.0.0.0:9465", &format!("127.0.0.1:{metrics}"))
-                .replace("/var/lib/tollgate-hub", data.to_str().unwrap())
-                .replace("/etc/tollgate/tls/tls.crt", certs.join("hub.pem").to_str().unwrap())
-                .replace("/etc/tollgate/tls/tls.key", certs.join("hub-key.pem").to_str().unwrap())
-                .replace("/etc/tollgate/tls/ca.crt", certs.join("ca.pem").to_str().unwrap())
-        })
-        .collect();
+    let local = |arg: &str| {
+        arg.replace("0.0.0.0:7443", &format!("127.0.0.1:{grpc}"))
+            .replace("0.0.0.0:9465", &format!("127.0.0.1:{metrics}"))
+            .replace("/var/lib/tollgate-hub", data.to_str().unwrap())
+            .replace("/etc/tollgate/tls/tls.crt", certs.join("hub.pem").to_str().unwrap())
+            .replace("/etc/tollgate/tls/tls.key", certs.join("hub-key.pem").to_str().unwrap())
+            .replace("/etc/tollgate/tls/ca.crt", certs.join("ca.pem").to_str().unwrap())
+    };
+    let args: Vec<String> = args_of(sts).into_iter().map(|arg| local(&arg)).collect();
     let process = ChildProcess::spawn(
         "tollgate-hub",
         std::path::Path::new(hub),
@@ -208,6 +254,56 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     assert!(
         log.contains("\"Hub serving\""),
         "the chart's --log-format=json gives JSON logs: {log}"
+    );
+    drop(process);
+
+    // The PostgreSQL mode (a new release: a StatefulSet's volumes and pod management cannot change in place, so the
+    // store type of an installed release is fixed): the API server accepts it, and the hub runs on a real database
+    // with exactly the chart's arguments and environment (the Secret's URL and the pod name, resolved as the
+    // kubelet would).
+    cluster.create_namespace("tollgate-ha").await?;
+    let rendered = helm::render(
+        CHART,
+        "tollgate-hub",
+        "tollgate-ha",
+        &["tlsSecretName: hub-tls\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
+    )?;
+    assert_eq!(cluster.apply_yaml(&rendered).await?.len(), 2);
+    let postgres = tollgate_e2e::Postgres::start().await?;
+    let url = postgres.create_database().await?;
+    let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
+    let env: Vec<(String, String)> = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match name.as_str() {
+                "TOLLGATE_HUB_STORE" => url.clone(),
+                "TOLLGATE_HUB_REPLICA_ID" => "tollgate-hub-1".to_string(),
+                other => panic!("unexpected variable {other}"),
+            };
+            (name, value)
+        })
+        .collect();
+    let args: Vec<String> = args_of(sts).into_iter().map(|arg| local(&arg)).collect();
+    let process = ChildProcess::spawn_with_env(
+        "tollgate-hub",
+        std::path::Path::new(hub),
+        &args,
+        &env,
+        &dir.path().join("hub-postgres.log"),
+    )?;
+    wait_until(
+        format!("hub on PostgreSQL /readyz (log: {})", process.log_path().display()),
+        Duration::from_secs(20),
+        || async { matches!(http_get(metrics, "/readyz").await, Ok((200, _))) },
+    )
+    .await?;
+    let log = std::fs::read_to_string(process.log_path()).context("reading the hub log")?;
+    assert!(
+        log.contains("\"replica\":\"tollgate-hub-1\"") && log.contains("postgres://"),
+        "{log}"
     );
     Ok(())
 }

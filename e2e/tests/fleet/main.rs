@@ -6,4 +6,5 @@
 mod cluster_changes;
 mod failures;
 mod intent;
+mod replicas;
 mod support;

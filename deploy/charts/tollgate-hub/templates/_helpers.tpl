@@ -35,8 +35,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The hub's arguments, one per line, each quoted; checks the values the hub would refuse at start. */}}
 {{- define "tollgate-hub.args" -}}
-{{- if ne (int .Values.replicas) 1 }}
-{{- fail (printf "replicas is %v: the embedded store serves exactly one replica" .Values.replicas) }}
+{{- if not (has .Values.store.type (list "embedded" "postgres")) }}
+{{- fail (printf "store.type %q must be embedded or postgres" .Values.store.type) }}
+{{- end }}
+{{- if lt (int .Values.replicas) 1 }}
+{{- fail (printf "replicas is %v: at least one hub replica is needed" .Values.replicas) }}
+{{- end }}
+{{- if and (ne (int .Values.replicas) 1) (eq .Values.store.type "embedded") }}
+{{- fail (printf "replicas is %v: the embedded store serves exactly one replica; several replicas need store.type postgres" .Values.replicas) }}
+{{- end }}
+{{- if and (eq .Values.store.type "postgres") (not .Values.store.postgres.existingSecret) }}
+{{- fail "store.postgres.existingSecret is required with store.type postgres: a Secret holding the postgres:// URL" }}
 {{- end }}
 {{- if not (has .Values.logFormat (list "plain" "json")) }}
 {{- fail (printf "logFormat %q must be plain or json" .Values.logFormat) }}
@@ -50,7 +59,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - {{ printf "--log-format=%s" .Values.logFormat | quote }}
 - serve
 - {{ printf "--listen=0.0.0.0:%v" .Values.grpcPort | quote }}
+{{- if eq .Values.store.type "embedded" }}
 - "--data-dir=/var/lib/tollgate-hub"
+{{- end }}
 - "--tls-cert=/etc/tollgate/tls/tls.crt"
 - "--tls-key=/etc/tollgate/tls/tls.key"
 - "--client-ca=/etc/tollgate/tls/ca.crt"
