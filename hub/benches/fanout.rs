@@ -12,7 +12,13 @@
 //! data folder → every spoke reconnected, with the real spoke's backoff, and holding its intent again).
 //!
 //! `cargo bench -p tollgate-hub --bench fanout [-- 100 1000 10000] [--applies 20] [--ack] [--data-dir DIR]
-//! [--idle-secs 10] [--outage-secs 1] [--no-storm]`
+//! [--idle-secs 10] [--outage-secs 1] [--no-storm] [--setups embedded,postgres:2]`
+//!
+//! `--setups`: the hub setups to run side by side for each N (default `embedded`): `embedded` is one hub on its
+//! SQLite store; `postgres:R` is R replicas on one PostgreSQL database (a server of the bench's own from Debian's
+//! packages, via `tollgate_e2e::Postgres`), spoke `i` connected to replica `i mod R`, every apply sent to replica
+//! 0, so the spokes of the other replicas are reached through the database's `NOTIFY`. Hub CPU and RSS are summed
+//! over the replicas; the reconnect storm runs for `embedded` only.
 //!
 //! `--ack`: spokes acknowledge every revision (as the real spoke does after applying it), which the hub records.
 //! `--data-dir`: where the hub's data folder and the certificates go (default: the target's tmp folder, on disk).
@@ -28,6 +34,7 @@ use anyhow::{Context, bail, ensure};
 
 /// Set (to anything) in the swarm process.
 const SWARM_ENV: &str = "TOLLGATE_FANOUT_SWARM";
+/// The hub replicas' URLs, comma-separated; spoke `i` uses the `i mod R`-th.
 const SWARM_URL_ENV: &str = "TOLLGATE_FANOUT_URL";
 const SWARM_CERTS_ENV: &str = "TOLLGATE_FANOUT_CERTS";
 const SWARM_N_ENV: &str = "TOLLGATE_FANOUT_N";
@@ -80,6 +87,42 @@ mod bench {
         idle: Duration,
         outage: Duration,
         storm: bool,
+        setups: Vec<Setup>,
+    }
+
+    /// How the hub runs.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Setup {
+        Embedded,
+        Postgres(usize),
+    }
+
+    impl Setup {
+        fn parse(text: &str) -> anyhow::Result<Self> {
+            match text.split_once(':') {
+                None if text == "embedded" => Ok(Self::Embedded),
+                Some(("postgres", replicas)) => {
+                    let replicas: usize = replicas.parse().with_context(|| format!("--setups {text:?}"))?;
+                    ensure!(replicas >= 1, "--setups {text:?}: at least one replica");
+                    Ok(Self::Postgres(replicas))
+                }
+                _ => bail!("--setups {text:?}: expected embedded or postgres:R"),
+            }
+        }
+
+        fn replicas(self) -> usize {
+            match self {
+                Self::Embedded => 1,
+                Self::Postgres(replicas) => replicas,
+            }
+        }
+
+        fn name(self) -> String {
+            match self {
+                Self::Embedded => "one hub, embedded store".to_string(),
+                Self::Postgres(replicas) => format!("{replicas} replica(s) on PostgreSQL"),
+            }
+        }
     }
 
     fn options() -> anyhow::Result<Options> {
@@ -91,6 +134,7 @@ mod bench {
             idle: Duration::from_secs(10),
             outage: Duration::from_secs(1),
             storm: true,
+            setups: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -103,6 +147,11 @@ mod bench {
                 "--idle-secs" => options.idle = Duration::from_secs(value("--idle-secs")?.parse()?),
                 "--outage-secs" => options.outage = Duration::from_secs(value("--outage-secs")?.parse()?),
                 "--no-storm" => options.storm = false,
+                "--setups" => {
+                    for setup in value("--setups")?.split(',') {
+                        options.setups.push(Setup::parse(setup.trim())?);
+                    }
+                }
                 n if n.chars().all(|c| c.is_ascii_digit() || c == '_' || c == ',') => {
                     options.ns.push(n.replace(['_', ','], "").parse()?);
                 }
@@ -111,6 +160,9 @@ mod bench {
         }
         if options.ns.is_empty() {
             options.ns = vec![100, 1_000, 10_000];
+        }
+        if options.setups.is_empty() {
+            options.setups = vec![Setup::Embedded];
         }
         ensure!(options.applies > 0, "--applies must be at least 1");
         Ok(options)
@@ -170,8 +222,16 @@ mod bench {
         serving_after: Duration,
     }
 
-    /// Starts `tollgate-hub serve` with the open-file limit raised; its log is appended to `log`.
-    fn start_hub(port: u16, metrics_port: u16, data: &Path, certs: &Path, log: &Path) -> anyhow::Result<Hub> {
+    /// Starts `tollgate-hub serve` with the open-file limit raised; its log is appended to `log`. `store`: the
+    /// shared store's URL and this replica's id; `None`: the embedded store in `data`.
+    fn start_hub(
+        port: u16,
+        metrics_port: u16,
+        data: &Path,
+        store: Option<(&str, usize)>,
+        certs: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Hub> {
         let offset = std::fs::metadata(log).map_or(0, |m| m.len());
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         let started = Instant::now();
@@ -192,6 +252,18 @@ mod bench {
             .arg(certs.join("hub-key.pem"))
             .arg("--client-ca")
             .arg(certs.join("ca.pem"))
+            .args(
+                store
+                    .map(|(url, replica)| {
+                        vec![
+                            "--store".to_string(),
+                            url.to_string(),
+                            "--replica-id".into(),
+                            format!("hub-{replica}"),
+                        ]
+                    })
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -224,13 +296,14 @@ mod bench {
     }
 
     impl Swarm {
-        fn spawn(n: usize, port: u16, certs: &Path, ack: bool) -> anyhow::Result<Self> {
+        fn spawn(n: usize, ports: &[u16], certs: &Path, ack: bool) -> anyhow::Result<Self> {
+            let urls: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
             let mut child = Command::new("sh")
                 .arg("-c")
                 .arg(RAISE_NOFILE)
                 .arg(std::env::current_exe()?)
                 .env(SWARM_ENV, "1")
-                .env(SWARM_URL_ENV, format!("https://127.0.0.1:{port}"))
+                .env(SWARM_URL_ENV, urls.join(","))
                 .env(SWARM_CERTS_ENV, certs)
                 .env(SWARM_N_ENV, n.to_string())
                 .env(SWARM_ACK_ENV, if ack { "1" } else { "0" })
@@ -348,6 +421,7 @@ mod bench {
     #[derive(Debug, Default)]
     struct Outcome {
         n: usize,
+        setup: String,
         connect_all: Duration,
         rss_idle_kib: u64,
         rss_connected_kib: u64,
@@ -395,27 +469,62 @@ mod bench {
         }
     }
 
-    fn run_n(options: &Options, work: &Path, certs: &Path, clk_tck: f64, n: usize) -> anyhow::Result<Outcome> {
+    /// The CPU ticks and RSS of every replica, summed.
+    fn hubs_cpu_ticks(hubs: &[Hub]) -> anyhow::Result<u64> {
+        hubs.iter().map(|h| cpu_ticks(h.process.0.id())).sum()
+    }
+
+    fn hubs_rss_kib(hubs: &[Hub]) -> anyhow::Result<u64> {
+        hubs.iter().map(|h| rss_kib(h.process.0.id())).sum()
+    }
+
+    fn run_n(
+        options: &Options,
+        setup: Setup,
+        work: &Path,
+        certs: &Path,
+        clk_tck: f64,
+        n: usize,
+    ) -> anyhow::Result<Outcome> {
         let mut outcome = Outcome {
             n,
+            setup: setup.name(),
             ..Outcome::default()
         };
-        let data = work.join(format!("data-{n}"));
-        let log = work.join(format!("hub-{n}.log"));
-        let (port, metrics_port) = (free_port()?, free_port()?);
-        let mut hub = start_hub(port, metrics_port, &data, certs, &log)?;
-        std::thread::sleep(Duration::from_secs(1));
-        outcome.rss_idle_kib = rss_kib(hub.process.0.id())?;
-
-        // The same applies with no spoke connected: the per-apply cost that does not depend on N.
-        // A worker thread keeps the admin connection answering the hub's keepalive pings while this thread sleeps.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
+        // The shared store's server lives as long as this run.
+        let postgres = match setup {
+            Setup::Embedded => None,
+            Setup::Postgres(_) => {
+                let server = runtime.block_on(tollgate_e2e::Postgres::start())?;
+                let url = runtime.block_on(server.create_database())?;
+                Some((server, url))
+            }
+        };
+        let tag = format!("{n}-{}", setup.replicas());
+        let data = work.join(format!("data-{tag}"));
+        let log = work.join(format!("hub-{tag}.log"));
+        let ports: Vec<(u16, u16)> = (0..setup.replicas())
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let mut hubs = Vec::new();
+        for (replica, (port, metrics_port)) in ports.iter().enumerate() {
+            let store = postgres.as_ref().map(|(_, url)| (url.as_str(), replica));
+            hubs.push(start_hub(*port, *metrics_port, &data, store, certs, &log)?);
+        }
+        let (port, metrics_port) = ports[0];
+        std::thread::sleep(Duration::from_secs(1));
+        outcome.rss_idle_kib = hubs_rss_kib(&hubs)?;
+
+        // The same applies with no spoke connected: the per-apply cost that does not depend on N.
+        // The runtime's worker thread keeps the admin connection answering the hub's keepalive pings while this
+        // thread sleeps.
         let mut admin = runtime.block_on(admin_client(port, certs))?;
         let mut revision = 0;
-        let ticks = cpu_ticks(hub.process.0.id())?;
+        let ticks = hubs_cpu_ticks(&hubs)?;
         for apply in 1..=options.applies {
             let call = Instant::now();
             revision = runtime
@@ -424,10 +533,13 @@ mod bench {
                 .revision;
             outcome.baseline_rpc_ms.push(call.elapsed().as_secs_f64() * 1e3);
         }
-        outcome.baseline_cpu_s = (cpu_ticks(hub.process.0.id())? - ticks) as f64 / clk_tck;
+        outcome.baseline_cpu_s = (hubs_cpu_ticks(&hubs)? - ticks) as f64 / clk_tck;
+        // Every replica has seen the baseline revisions before the spokes connect.
+        std::thread::sleep(Duration::from_millis(500));
 
         let started = Instant::now();
-        let mut swarm = Swarm::spawn(n, port, certs, options.ack)?;
+        let swarm_ports: Vec<u16> = ports.iter().map(|(p, _)| *p).collect();
+        let mut swarm = Swarm::spawn(n, &swarm_ports, certs, options.ack)?;
         swarm.expect("ready", READY_TIMEOUT)?;
         outcome.connect_all = started.elapsed();
         eprintln!(
@@ -435,15 +547,14 @@ mod bench {
             outcome.connect_all.as_secs_f64()
         );
         std::thread::sleep(Duration::from_secs(2));
-        let hub_pid = hub.process.0.id();
-        outcome.rss_connected_kib = rss_kib(hub_pid)?;
+        outcome.rss_connected_kib = hubs_rss_kib(&hubs)?;
 
         // Background: heartbeats and keepalive pings of N idle streams.
-        let (ticks, at) = (cpu_ticks(hub_pid)?, Instant::now());
+        let (ticks, at) = (hubs_cpu_ticks(&hubs)?, Instant::now());
         std::thread::sleep(options.idle);
-        outcome.idle_cpu_per_s = (cpu_ticks(hub_pid)? - ticks) as f64 / clk_tck / at.elapsed().as_secs_f64();
+        outcome.idle_cpu_per_s = (hubs_cpu_ticks(&hubs)? - ticks) as f64 / clk_tck / at.elapsed().as_secs_f64();
 
-        let (hub_ticks, swarm_ticks, window) = (cpu_ticks(hub_pid)?, cpu_ticks(swarm.pid())?, Instant::now());
+        let (hub_ticks, swarm_ticks, window) = (hubs_cpu_ticks(&hubs)?, cpu_ticks(swarm.pid())?, Instant::now());
         for apply in 1..=options.applies {
             revision += 1;
             swarm.send(&format!("expect {revision}"))?;
@@ -473,23 +584,23 @@ mod bench {
             std::thread::sleep(GAP);
         }
         let elapsed = window.elapsed().as_secs_f64();
-        outcome.apply_cpu_s = (cpu_ticks(hub_pid)? - hub_ticks) as f64 / clk_tck;
+        outcome.apply_cpu_s = (hubs_cpu_ticks(&hubs)? - hub_ticks) as f64 / clk_tck;
         outcome.apply_background_s = outcome.idle_cpu_per_s * elapsed;
         outcome.swarm_cpu_s = (cpu_ticks(swarm.pid())? - swarm_ticks) as f64 / clk_tck;
-        outcome.rss_after_applies_kib = rss_kib(hub_pid)?;
+        outcome.rss_after_applies_kib = hubs_rss_kib(&hubs)?;
         outcome.swarm_rss_kib = rss_kib(swarm.pid())?;
         drop(admin);
 
         swarm.send("stats")?;
         outcome.drops = number(&swarm.expect("stats", Duration::from_secs(30))?, 0)?;
 
-        if options.storm {
+        if options.storm && setup == Setup::Embedded {
             swarm.send("storm")?;
             swarm.expect("armed-storm", Duration::from_secs(30))?;
-            drop(hub);
+            hubs.clear();
             std::thread::sleep(options.outage);
             let start = now_ns();
-            hub = start_hub(port, metrics_port, &data, certs, &log)?;
+            let hub = start_hub(port, metrics_port, &data, None, certs, &log)?;
             let hub_pid = hub.process.0.id();
             eprintln!(
                 "[N={n}] hub restarted (serving after {:.0} ms)",
@@ -507,13 +618,15 @@ mod bench {
             };
             eprintln!("[N={n}] storm settled in {:.2} s", storm.settled.as_secs_f64());
             outcome.storm = Some(storm);
+            hubs.push(hub);
         }
         swarm.send("quit")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while swarm.process.0.try_wait()?.is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        drop(hub);
+        drop(hubs);
+        drop(postgres);
         Ok(outcome)
     }
 
@@ -526,7 +639,8 @@ mod bench {
         let (base_p50, _) = summary(&outcome.baseline_rpc_ms);
         let deliveries = (n * outcome.last_ms.len()) as f64;
         println!(
-            "== N = {n}: {} applies, IntentRevision {} bytes",
+            "== N = {n}, {}: {} applies, IntentRevision {} bytes",
+            outcome.setup,
             outcome.last_ms.len(),
             outcome.message_bytes
         );
@@ -644,9 +758,11 @@ mod bench {
         );
         println!("open files: hard limit {hard_nofile}, hub and swarm raise their soft limit to it");
         for n in ns {
-            let outcome = run_n(&options, work.path(), &certs, clk_tck, n)?;
-            report(&outcome);
-            println!("   uptime after: {}", sh("uptime")?);
+            for &setup in &options.setups {
+                let outcome = run_n(&options, setup, work.path(), &certs, clk_tck, n)?;
+                report(&outcome);
+                println!("   uptime after: {}", sh("uptime")?);
+            }
         }
         Ok(())
     }
@@ -811,7 +927,9 @@ mod swarm {
                 .ca_certificate(ca.clone())
                 .identity(identity)
                 .domain_name("localhost");
-            tokio::spawn(spoke(shared.clone(), url.clone(), index, tls, connecting.clone()));
+            let urls: Vec<&str> = url.split(',').collect();
+            let url = urls[index % urls.len()].to_string();
+            tokio::spawn(spoke(shared.clone(), url, index, tls, connecting.clone()));
         }
         if !shared.wait_all(&shared.first_intents, &shared.ready).await {
             report_errors(&shared);
