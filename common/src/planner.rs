@@ -6,10 +6,12 @@ mod guardrail;
 mod render;
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule};
 
 use crate::document::{EgressPolicy, VerifiedDefault};
@@ -232,8 +234,7 @@ pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], inte
     let mut order: Vec<&Agent> = agents.iter().collect();
     order.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     // Policy names are the workload name plus a fixed suffix: one policy per (namespace, workload).
-    let mut taken: std::collections::HashMap<(&str, &str), &str> =
-        std::collections::HashMap::with_capacity(agents.len());
+    let mut taken: HashMap<(&str, &str), &str> = HashMap::with_capacity(agents.len());
     let mut plan = Plan {
         policies: Vec::with_capacity(agents.len()),
         outcomes: Vec::with_capacity(agents.len()),
@@ -241,21 +242,28 @@ pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], inte
     };
     for agent in order {
         let (policy, mut outcome) = planner.plan_agent(agent);
-        let key = (agent.namespace.as_str(), agent.target_name.as_str());
-        if let Some(owner) = taken.get(&key) {
-            let name = outcome.policy_name.take().unwrap_or_default();
-            outcome.errors.push(format!(
-                "policy {name} is already written for agent {owner} (both target the same workload); no policy \
-                 is written for this agent"
-            ));
-        } else {
-            taken.insert(key, agent.name.as_str());
-            plan.policies.push(policy);
+        match taken.entry((agent.namespace.as_str(), agent.target_name.as_str())) {
+            Entry::Occupied(slot) => {
+                let owner = slot.get();
+                let name = outcome.policy_name.take().unwrap_or_default();
+                outcome.errors.push(format!(
+                    "policy {name} is already written for agent {owner} (both target the same workload); no policy \
+                     is written for this agent"
+                ));
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(agent.name.as_str());
+                plan.policies.push(policy);
+            }
         }
         plan.outcomes.push(outcome);
     }
-    plan.policies
-        .sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    // (namespace, name) is unique among the written policies (one per workload), so an unstable sort is as
+    // deterministic as a stable one. It sorts in place (a stable sort would copy the policies to a scratch buffer)
+    // and takes linear time when workload names sort like agent names, as they usually do.
+    plan.policies.sort_unstable_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
     plan
 }
 
@@ -264,7 +272,8 @@ pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], inte
 pub struct Planner<'a> {
     config: &'a PlannerConfig,
     baseline: Baseline,
-    revision: Option<u64>,
+    /// The hub revision, written once for the annotation of every policy.
+    revision: Option<String>,
     /// Hub policies sorted by name, with their rules rendered once.
     policies: Vec<(&'a EgressPolicy, Vec<NetworkPolicyEgressRule>)>,
     guardrails: Guardrails<'a>,
@@ -284,7 +293,7 @@ impl<'a> Planner<'a> {
         Self {
             config,
             baseline: Baseline::new(facts, config.restricted_allow_dns),
-            revision: intent.revision,
+            revision: intent.revision.map(|r| r.to_string()),
             policies,
             guardrails: Guardrails::new(&intent.guardrails),
             ingress_verified: render::ingress(config, true),
@@ -295,10 +304,14 @@ impl<'a> Planner<'a> {
     /// The desired policy and the outcome for one agent.
     pub fn plan_agent(&self, agent: &Agent) -> (NetworkPolicy, AgentOutcome) {
         let verification = &agent.verification;
+        let suffix = &self.config.name_suffix;
+        let mut policy_name = String::with_capacity(agent.target_name.len() + suffix.len());
+        policy_name.push_str(&agent.target_name);
+        policy_name.push_str(suffix);
         let mut outcome = AgentOutcome {
             namespace: agent.namespace.clone(),
             name: agent.name.clone(),
-            policy_name: Some(format!("{}{}", agent.target_name, self.config.name_suffix)),
+            policy_name: Some(policy_name),
             mode: Mode::Restricted,
             verified: verification.verified,
             verification_reason: verification.reason,
@@ -311,8 +324,8 @@ impl<'a> Planner<'a> {
         if let Some(warning) = &verification.binding_warning {
             outcome.warnings.push(format!("identity binding: {warning}"));
         }
-        let selecting: Vec<&(&EgressPolicy, Vec<NetworkPolicyEgressRule>)> =
-            self.policies.iter().filter(|(p, _)| selects(p, agent)).collect();
+        // Evaluated where needed rather than collected: most agents are selected by no hub policy.
+        let selecting = || self.policies.iter().filter(|(p, _)| selects(p, agent));
 
         if let LocalEgress::Invalid(errors) = &agent.local_egress {
             outcome
@@ -331,7 +344,7 @@ impl<'a> Planner<'a> {
                     reason: reason.clone(),
                 }));
             }
-            for (policy, rules) in &selecting {
+            for (policy, rules) in selecting() {
                 outcome.dropped.extend((0..rules.len()).map(|rule| DroppedRule {
                     source: RuleSource::Policy(policy.metadata.name.clone()),
                     rule,
@@ -344,57 +357,31 @@ impl<'a> Planner<'a> {
                     .warnings
                     .push("API server not discovered: restricted agent gets no API access".into());
             }
-            self.baseline.restricted()
-        } else if let LocalEgress::Invalid(_) = &agent.local_egress {
-            outcome.mode = Mode::BaselineOnly;
-            self.baseline.full()
+            self.baseline.restricted_rules().to_vec()
         } else {
-            // Deduplicate on the domain rules (cheap comparisons), render each kept rule once; hub rules were
-            // rendered when the planner was built.
-            let mut seen: Vec<Cow<'_, EgressRule>> = Vec::new();
-            let mut declared: Vec<NetworkPolicyEgressRule> = Vec::new();
-            let local_present = matches!(agent.local_egress, LocalEgress::Rules(_));
-            if let LocalEgress::Rules(rules) = &agent.local_egress {
-                for (i, rule) in rules.iter().enumerate() {
-                    if let Some(kept) = self.guardrails.constrain(rule, i, &mut outcome.dropped)
-                        && !seen.contains(&kept)
-                    {
-                        declared.push(render::egress_rule(&kept));
-                        seen.push(kept);
-                    }
+            match &agent.local_egress {
+                LocalEgress::Invalid(_) => {
+                    outcome.mode = Mode::BaselineOnly;
+                    self.baseline.full_rules().to_vec()
                 }
-                if !declared.is_empty() {
-                    outcome.rule_sources.push(RuleSource::Local);
+                LocalEgress::Rules(local) => {
+                    outcome.mode = Mode::Scoped;
+                    self.scoped_egress(local, selecting, &mut outcome)
                 }
-            }
-            for (policy, rendered) in &selecting {
-                for (rule, k8s) in policy.spec.egress.iter().zip(rendered) {
-                    if !seen.iter().any(|s| s.as_ref() == rule) {
-                        seen.push(Cow::Borrowed(rule));
-                        declared.push(k8s.clone());
-                    }
+                LocalEgress::Absent if selecting().next().is_some() => {
+                    outcome.mode = Mode::Scoped;
+                    self.scoped_egress(&[], selecting, &mut outcome)
                 }
-                outcome
-                    .rule_sources
-                    .push(RuleSource::Policy(policy.metadata.name.clone()));
-            }
-            if local_present || !selecting.is_empty() {
-                outcome.mode = Mode::Scoped;
-                outcome.rule_count = declared.len();
-                let mut egress = self.baseline.full();
-                egress.append(&mut declared);
-                egress
-            } else {
-                match self.guardrails.verified_default() {
+                LocalEgress::Absent => match self.guardrails.verified_default() {
                     VerifiedDefault::AllowAll => {
                         outcome.mode = Mode::AllowAll;
                         vec![NetworkPolicyEgressRule::default()]
                     }
                     VerifiedDefault::BaselineOnly => {
                         outcome.mode = Mode::BaselineOnly;
-                        self.baseline.full()
+                        self.baseline.full_rules().to_vec()
                     }
-                }
+                },
             }
         };
         let ingress = if verification.verified {
@@ -402,9 +389,84 @@ impl<'a> Planner<'a> {
         } else {
             self.ingress_unverified.clone()
         };
-        let policy = render::network_policy(agent, &outcome, self.revision, ingress, egress);
+        let policy = render::network_policy(agent, &outcome, self.revision.as_deref(), ingress, egress);
         (policy, outcome)
     }
+
+    /// The baseline, then the local rules inside the guardrail ceilings, then the rules of the selecting hub
+    /// policies, each distinct rule once. Deduplicates on the domain rules (cheap comparisons) and renders each
+    /// kept local rule once; hub rules were rendered when the planner was built. The output vector is sized once.
+    fn scoped_egress<'r, I>(
+        &'r self,
+        local: &'r [EgressRule],
+        selecting: impl Fn() -> I,
+        outcome: &mut AgentOutcome,
+    ) -> Vec<NetworkPolicyEgressRule>
+    where
+        I: Iterator<Item = &'r (&'a EgressPolicy, Vec<NetworkPolicyEgressRule>)>,
+    {
+        let (selected, hub_rules) = selecting().fold((0, 0), |(n, rules), (_, r)| (n + 1, rules + r.len()));
+        let candidates = local.len() + hub_rules;
+        let baseline = self.baseline.full_rules();
+        let mut egress = Vec::with_capacity(baseline.len() + candidates);
+        egress.extend_from_slice(baseline);
+        // Each kept rule with its digest: most comparisons stop at the digest.
+        let mut kept: Vec<(u64, Cow<'r, EgressRule>)> = Vec::with_capacity(candidates);
+        for (i, rule) in local.iter().enumerate() {
+            if let Some(rule) = self.guardrails.constrain(rule, i, &mut outcome.dropped) {
+                let digest = digest(&rule);
+                if !is_kept(&kept, digest, &rule) {
+                    egress.push(render::egress_rule(&rule));
+                    kept.push((digest, rule));
+                }
+            }
+        }
+        let local_kept = !kept.is_empty();
+        outcome.rule_sources = Vec::with_capacity(usize::from(local_kept) + selected);
+        if local_kept {
+            outcome.rule_sources.push(RuleSource::Local);
+        }
+        for (policy, rendered) in selecting() {
+            for (rule, k8s) in policy.spec.egress.iter().zip(rendered) {
+                let digest = digest(rule);
+                if !is_kept(&kept, digest, rule) {
+                    kept.push((digest, Cow::Borrowed(rule)));
+                    egress.push(k8s.clone());
+                }
+            }
+            outcome
+                .rule_sources
+                .push(RuleSource::Policy(policy.metadata.name.clone()));
+        }
+        outcome.rule_count = kept.len();
+        egress
+    }
+}
+
+/// Whether `rule` (of digest `digest`) is among the kept rules.
+fn is_kept(kept: &[(u64, Cow<'_, EgressRule>)], digest: u64, rule: &EgressRule) -> bool {
+    kept.iter().any(|(d, k)| *d == digest && k.as_ref() == rule)
+}
+
+/// A cheap digest of a rule's addresses and ports for deduplication: equal rules have equal digests, so the full
+/// comparison only runs when the digests match. Selector peers all contribute the same constant; the full
+/// comparison tells them apart.
+fn digest(rule: &EgressRule) -> u64 {
+    let peers = rule.to.iter().fold(rule.to.len() as u64, |acc, peer| {
+        let bits = match peer.ip_block.as_ref().map(|b| b.cidr) {
+            Some(IpNet::V4(net)) => (u64::from(net.addr().to_bits()) << 8) | u64::from(net.prefix_len()),
+            Some(IpNet::V6(net)) => {
+                let bits = net.addr().to_bits();
+                (((bits >> 64) as u64 ^ bits as u64) << 8) | u64::from(net.prefix_len())
+            }
+            None => 1,
+        };
+        acc.rotate_left(13) ^ bits
+    });
+    rule.ports.iter().fold(peers, |acc, port| {
+        let bits = (u64::from(port.port.unwrap_or(0)) << 32) | (u64::from(port.end_port.unwrap_or(0)) << 8);
+        acc.rotate_left(7) ^ bits ^ port.protocol as u64
+    })
 }
 
 /// Whether a hub policy selects an agent by namespace and labels.

@@ -16,17 +16,22 @@ pub const OPENSHIFT_DNS_TARGET_PORT: u16 = 5353;
 /// The rendered API-server and DNS rules of one cluster.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Baseline {
-    api: Vec<NetworkPolicyEgressRule>,
-    dns: NetworkPolicyEgressRule,
+    /// The API-server rules, then the DNS rule.
+    rules: Vec<NetworkPolicyEgressRule>,
+    /// How many of `rules` are API-server rules.
+    api_len: usize,
     dns_discovered: bool,
     restricted_allow_dns: bool,
 }
 
 impl Baseline {
     pub fn new(facts: &ClusterFacts, restricted_allow_dns: bool) -> Self {
+        let mut rules: Vec<_> = api_rules(facts).iter().map(render::egress_rule).collect();
+        let api_len = rules.len();
+        rules.push(render::egress_rule(&dns_rule(facts)));
         Self {
-            api: api_rules(facts).iter().map(render::egress_rule).collect(),
-            dns: render::egress_rule(&dns_rule(facts)),
+            rules,
+            api_len,
             dns_discovered: facts.dns.is_some(),
             restricted_allow_dns,
         }
@@ -34,24 +39,31 @@ impl Baseline {
 
     /// At least one API-server endpoint address is known.
     pub fn api_discovered(&self) -> bool {
-        !self.api.is_empty()
+        self.api_len > 0
     }
 
     /// API server + DNS.
     pub fn full(&self) -> Vec<NetworkPolicyEgressRule> {
-        let mut rules = Vec::with_capacity(self.api.len() + 1);
-        rules.extend(self.api.iter().cloned());
-        rules.push(self.dns.clone());
-        rules
+        self.full_rules().to_vec()
+    }
+
+    /// API server + DNS, borrowed.
+    pub fn full_rules(&self) -> &[NetworkPolicyEgressRule] {
+        &self.rules
     }
 
     /// API server, plus DNS when restricted agents may resolve names. Empty (deny all) when nothing is known.
     pub fn restricted(&self) -> Vec<NetworkPolicyEgressRule> {
-        let mut rules = self.api.clone();
+        self.restricted_rules().to_vec()
+    }
+
+    /// [`Self::restricted`], borrowed.
+    pub fn restricted_rules(&self) -> &[NetworkPolicyEgressRule] {
         if self.restricted_allow_dns {
-            rules.push(self.dns.clone());
+            &self.rules
+        } else {
+            &self.rules[..self.api_len]
         }
-        rules
     }
 
     pub fn warnings(&self) -> Vec<String> {

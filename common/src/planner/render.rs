@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{
     AGENT_RUNTIME_API_VERSION, AGENT_RUNTIME_KIND, ANNOTATION_REVISION, ANNOTATION_RULE_SOURCES, Agent, AgentOutcome,
     LABEL_AGENT, LABEL_MANAGED_BY, LABEL_MODE, LABEL_NAMESPACE_NAME, LABEL_SIGNATURE_VERIFIED, MANAGED_BY,
-    PlannerConfig,
+    PlannerConfig, RuleSource,
 };
 use crate::egress_rule::{EgressRule, Peer, PortRange};
 use crate::label_selector::LabelSelector;
@@ -132,7 +132,7 @@ pub(super) fn ingress(config: &PlannerConfig, verified: bool) -> Vec<NetworkPoli
 pub(super) fn network_policy(
     agent: &Agent,
     outcome: &AgentOutcome,
-    revision: Option<u64>,
+    revision: Option<&str>,
     ingress: Vec<NetworkPolicyIngressRule>,
     egress: Vec<NetworkPolicyEgressRule>,
 ) -> NetworkPolicy {
@@ -153,8 +153,7 @@ pub(super) fn network_policy(
         annotations.insert(ANNOTATION_REVISION.to_string(), revision.to_string());
     }
     if !outcome.rule_sources.is_empty() {
-        let sources: Vec<String> = outcome.rule_sources.iter().map(ToString::to_string).collect();
-        annotations.insert(ANNOTATION_RULE_SOURCES.to_string(), sources.join(","));
+        annotations.insert(ANNOTATION_RULE_SOURCES.to_string(), rule_sources(&outcome.rule_sources));
     }
     NetworkPolicy {
         metadata: ObjectMeta {
@@ -180,6 +179,48 @@ pub(super) fn network_policy(
             ingress: Some(ingress),
             egress: Some(egress),
         }),
+    }
+}
+
+/// The sources joined by commas, as their `Display` writes them, in one allocation.
+fn rule_sources(sources: &[RuleSource]) -> String {
+    const LOCAL: &str = "local";
+    const POLICY: &str = "policy/";
+    let len = sources
+        .iter()
+        .map(|source| match source {
+            RuleSource::Local => LOCAL.len(),
+            RuleSource::Policy(name) => POLICY.len() + name.len(),
+        })
+        .sum::<usize>()
+        + sources.len().saturating_sub(1);
+    let mut text = String::with_capacity(len);
+    for (i, source) in sources.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        match source {
+            RuleSource::Local => text.push_str(LOCAL),
+            RuleSource::Policy(name) => {
+                text.push_str(POLICY);
+                text.push_str(name);
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+#[test]
+fn rule_sources_match_display() {
+    let sources = [
+        RuleSource::Local,
+        RuleSource::Policy("llm-apis".into()),
+        RuleSource::Policy("b".into()),
+    ];
+    for n in 0..=sources.len() {
+        let joined: Vec<String> = sources[..n].iter().map(ToString::to_string).collect();
+        assert_eq!(rule_sources(&sources[..n]), joined.join(","));
     }
 }
 

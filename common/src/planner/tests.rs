@@ -641,3 +641,60 @@ fn guardrail_without_a_ceiling_drops_nothing() {
     assert!(outcome.dropped.is_empty());
     assert_eq!(outcome.rule_count, 1);
 }
+
+#[test]
+fn equal_rules_are_kept_once_and_rules_with_equal_digests_are_told_apart() {
+    // Pairs with equal digests but different rules: selector peers (digested alike) and IPv6 nets whose halves
+    // swap.
+    let local = rules(
+        "- to: [{namespaceSelector: {matchLabels: {team: db}}}]\n\
+         - to: [{namespaceSelector: {matchLabels: {team: cache}}}]\n\
+         - to: [{namespaceSelector: {matchLabels: {team: db}}}]\n\
+         - to: [{ipBlock: {cidr: \"2001:db8::/128\"}}]\n\
+         - to: [{ipBlock: {cidr: \"::2001:db8:0:0/128\"}}]\n\
+         - to: [{ipBlock: {cidr: 104.18.0.0/16}}]\n  ports: [{protocol: TCP, port: 443}]\n\
+         - to: [{ipBlock: {cidr: 104.18.0.0/16}}]\n  ports: [{protocol: TCP, port: 443}]\n\
+         - to: [{ipBlock: {cidr: \"2001:db8::/128\"}}]",
+    );
+    assert_eq!(digest(&local[0]), digest(&local[1]));
+    assert_eq!(digest(&local[3]), digest(&local[4]));
+    let intent = intent(
+        "apiVersion: tollgate.dev/v1alpha1
+kind: EgressPolicy
+metadata: {name: hub}
+spec:
+  egress:
+  - {to: [{ipBlock: {cidr: 104.18.0.0/16}}], ports: [{port: 443}]}
+  - {to: [{namespaceSelector: {matchLabels: {team: web}}}]}
+  - {to: [{namespaceSelector: {matchLabels: {team: web}}}]}
+",
+        3,
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &mk_facts(),
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &intent,
+    );
+    let team = |t: &str| json!({"to": [{"namespaceSelector": {"matchLabels": {"team": t}}}]});
+    assert_eq!(
+        policy,
+        expected(
+            "a",
+            "scoped",
+            true,
+            json!([
+                api_rule(),
+                dns_rule(),
+                team("db"),
+                team("cache"),
+                {"to": [{"ipBlock": {"cidr": "2001:db8::/128"}}]},
+                {"to": [{"ipBlock": {"cidr": "::2001:db8:0:0/128"}}]},
+                {"to": [{"ipBlock": {"cidr": "104.18.0.0/16"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+                team("web"),
+            ]),
+            Some(json!({"tollgate.dev/revision": "3", "tollgate.dev/rule-sources": "local,policy/hub"}))
+        )
+    );
+    assert_eq!(outcome.rule_count, 6);
+}
