@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
+use crate::pki::Pki;
 use crate::ports::free_port;
 use crate::process::{ChildProcess, MAX_START_ATTEMPTS};
 
@@ -26,6 +27,8 @@ pub struct Postgres {
     process: ChildProcess,
     port: u16,
     databases: AtomicU32,
+    /// With TLS: the CA that signed the server's certificate (SANs 127.0.0.1 and localhost).
+    ca: Option<PathBuf>,
     // Last: removed after the process is killed.
     dir: TempDir,
 }
@@ -104,6 +107,21 @@ impl Postgres {
     /// `initdb` in a new temporary folder, then `postgres` on a free loopback port; returns once it accepts
     /// connections.
     pub async fn start() -> Result<Self> {
+        Self::launch(false).await
+    }
+
+    /// [`Self::start`] with TLS on (`ssl=on`, a server certificate from a CA of its own, see [`Self::ca_path`]).
+    /// Plaintext connections are still accepted, so tests can tell which one a client made (`pg_stat_ssl`).
+    pub async fn start_with_tls() -> Result<Self> {
+        Self::launch(true).await
+    }
+
+    /// The PEM CA certificate that signed the server's certificate, when started with TLS.
+    pub fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
+    async fn launch(tls: bool) -> Result<Self> {
         let bin = binaries()?;
         let user = run_as()?;
         let dir = tempfile::Builder::new().prefix("tollgate-postgres-").tempdir()?;
@@ -140,6 +158,31 @@ impl Postgres {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
+        let mut tls_args = Vec::new();
+        let mut ca = None;
+        if tls {
+            let pki_dir = dir.path().join("pki");
+            std::fs::create_dir_all(&pki_dir)?;
+            let pki = Pki::generate(&pki_dir)?;
+            let serving = pki.serving_cert(&pki_dir, "postgres-server")?;
+            // PostgreSQL refuses a key readable by others or owned by another user.
+            std::fs::set_permissions(&serving.key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some((uid, gid)) = user {
+                for path in [&pki_dir, &serving.cert_path, &serving.key_path] {
+                    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                        .with_context(|| format!("handing {} to the postgres account", path.display()))?;
+                }
+            }
+            tls_args = vec![
+                "-c".to_string(),
+                "ssl=on".to_string(),
+                "-c".to_string(),
+                format!("ssl_cert_file={}", serving.cert_path.display()),
+                "-c".to_string(),
+                format!("ssl_key_file={}", serving.key_path.display()),
+            ];
+            ca = Some(pki.ca_cert_path.clone());
+        }
         let mut attempt = 1;
         loop {
             let port = free_port()?;
@@ -156,7 +199,10 @@ impl Postgres {
                     dir.path().display().to_string(),
                     "-c".into(),
                     "max_connections=300".into(),
-                ],
+                ]
+                .into_iter()
+                .chain(tls_args.iter().cloned())
+                .collect::<Vec<_>>(),
                 user,
             );
             let log = dir.path().join(format!("postgres-{attempt}.log"));
@@ -178,6 +224,7 @@ impl Postgres {
                         process,
                         port,
                         databases: AtomicU32::new(0),
+                        ca,
                         dir,
                     });
                 }

@@ -28,6 +28,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_HUB_STORE")]
     store: Option<String>,
 
+    /// With --store: the CA certificate (PEM) that signed the PostgreSQL server's certificate. Turns TLS on,
+    /// required and verified for the URL's host.
+    #[arg(long, env = "TOLLGATE_HUB_STORE_CA", requires = "store")]
+    store_ca: Option<PathBuf>,
+
     /// This replica's name in the shared store (default: the host name and process id).
     #[arg(long, env = "TOLLGATE_HUB_REPLICA_ID")]
     replica_id: Option<String>,
@@ -63,6 +68,7 @@ impl ServeArgs {
             listen,
             data_dir,
             store,
+            store_ca,
             replica_id,
             tls_cert,
             tls_key,
@@ -98,9 +104,12 @@ impl ServeArgs {
                 run(store, &location, None, replica, listener, metrics_addr, options).await
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let store = PgStore::connect(&url).await.context("opening the PostgreSQL store")?;
+                let store = PgStore::connect(&url, store_ca.as_deref())
+                    .await
+                    .context("opening the PostgreSQL store")?;
                 let location = redact(&url);
-                run(store, &location, Some(url), replica, listener, metrics_addr, options).await
+                let shared = Some((url, store_ca));
+                run(store, &location, shared, replica, listener, metrics_addr, options).await
             }
             Some(other) => bail!(
                 "--store {:?}: expected a postgres:// URL (omit --store for the embedded store in --data-dir)",
@@ -121,7 +130,7 @@ fn default_replica_id() -> String {
 async fn run<S: Store>(
     store: S,
     location: &str,
-    listen_url: Option<String>,
+    listen_to: Option<(String, Option<PathBuf>)>,
     replica: String,
     listener: tokio::net::TcpListener,
     metrics_addr: SocketAddr,
@@ -139,10 +148,10 @@ async fn run<S: Store>(
     let sessions = Arc::new(Sessions::new(replica, options.heartbeat));
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sessions.clone().renew(hub.clone(), options.heartbeat));
-    if let Some(url) = listen_url {
+    if let Some((url, ca)) = listen_to {
         // Revisions committed by other replicas: pushed by the database, re-read, published to this replica's spokes.
         let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
-        background.spawn(listen_for_revisions(url, wake));
+        background.spawn(listen_for_revisions(url, ca, wake));
         let hub = hub.clone();
         background.spawn(async move {
             while woken.recv().await.is_some() {

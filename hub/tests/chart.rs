@@ -257,19 +257,22 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     );
     drop(process);
 
-    // The PostgreSQL mode (a new release: a StatefulSet's volumes and pod management cannot change in place, so the
-    // store type of an installed release is fixed): the API server accepts it, and the hub runs on a real database
-    // with exactly the chart's arguments and environment (the Secret's URL and the pod name, resolved as the
-    // kubelet would).
+    // The PostgreSQL mode with TLS to the database (a new release: a StatefulSet's volumes and pod management
+    // cannot change in place, so the store type of an installed release is fixed): the API server accepts it, and
+    // the hub runs on a real database over verified TLS with exactly the chart's arguments and environment (the
+    // Secret's URL and the pod name, resolved as the kubelet would).
     cluster.create_namespace("tollgate-ha").await?;
     let rendered = helm::render(
         CHART,
         "tollgate-hub",
         "tollgate-ha",
-        &["tlsSecretName: hub-tls\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
+        &[
+            "tlsSecretName: hub-tls\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: hub-db, caSecretName: db-ca}}\n",
+        ],
     )?;
     assert_eq!(cluster.apply_yaml(&rendered).await?.len(), 2);
-    let postgres = tollgate_e2e::Postgres::start().await?;
+    let postgres = tollgate_e2e::Postgres::start_with_tls().await?;
+    let store_ca = postgres.ca_path().unwrap().display().to_string();
     let url = postgres.create_database().await?;
     let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
     let env: Vec<(String, String)> = sts["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -286,7 +289,10 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
             (name, value)
         })
         .collect();
-    let args: Vec<String> = args_of(sts).into_iter().map(|arg| local(&arg)).collect();
+    let args: Vec<String> = args_of(sts)
+        .into_iter()
+        .map(|arg| local(&arg).replace("/etc/tollgate/store-ca/ca.crt", &store_ca))
+        .collect();
     let process = ChildProcess::spawn_with_env(
         "tollgate-hub",
         std::path::Path::new(hub),

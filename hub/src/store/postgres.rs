@@ -14,17 +14,25 @@
 //!   disconnected is caught up.
 //! - Migrations run under the advisory lock [`MIGRATION_LOCK`], so replicas starting together apply each step once.
 //! - Connections come from a small pool; every method is one transaction (or one statement).
+//! - TLS: with `--store-ca FILE` every connection (pool and listener) is TLS, required and verified against that
+//!   CA for the URL's host (rustls); without it the URL must not ask for TLS (`sslmode=require`), and connections
+//!   are plaintext.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
+use futures::stream::BoxStream;
+use rustls::pki_types::pem::PemObject as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_common::document::DocumentSet;
 
 use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError};
@@ -98,10 +106,17 @@ impl fmt::Debug for PgStore {
 
 /// A database error with PostgreSQL's own message (the driver's `Display` alone says only "db error").
 fn pg(error: tokio_postgres::Error) -> StoreError {
-    match error.as_db_error() {
-        Some(db) => StoreError::Backend(format!("postgres: {}: {}", db.code().code(), db.message())),
-        None => StoreError::Backend(format!("postgres: {error}")),
+    if let Some(db) = error.as_db_error() {
+        return StoreError::Backend(format!("postgres: {}: {}", db.code().code(), db.message()));
     }
+    // The causes carry the useful part ("invalid peer certificate: UnknownIssuer", "Connection refused").
+    let mut message = format!("postgres: {error}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    StoreError::Backend(message)
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
@@ -125,21 +140,107 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// How connections to the database are made.
+#[derive(Clone)]
+pub enum Connector {
+    Plain,
+    /// TLS verified against a CA.
+    Tls(MakeRustlsConnect),
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Plain => "Plain",
+            Self::Tls(_) => "Tls",
+        })
+    }
+}
+
+/// Parses `url` and decides how to connect: `ca` (PEM, the CA that signed the server's certificate) turns TLS on,
+/// required and verified; `sslmode=require` without a CA and `sslmode=disable` with one are refused.
+pub fn connection(url: &str, ca: Option<&Path>) -> Result<(tokio_postgres::Config, Connector), StoreError> {
+    let shown = redact(url);
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("--store {shown}: {e}")))?;
+    match (ca, config.get_ssl_mode()) {
+        (None, SslMode::Require) => Err(StoreError::Backend(format!(
+            "--store {shown}: sslmode=require needs --store-ca FILE, the CA that signed the database server's certificate"
+        ))),
+        (None, _) => Ok((config, Connector::Plain)),
+        (Some(_), SslMode::Disable) => Err(StoreError::Backend(format!(
+            "--store {shown}: sslmode=disable contradicts --store-ca (which turns TLS on)"
+        ))),
+        (Some(ca), _) => {
+            let pem =
+                std::fs::read(ca).map_err(|e| StoreError::Backend(format!("--store-ca {}: {e}", ca.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| StoreError::Backend(format!("--store-ca {}: {e}", ca.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StoreError::Backend(format!("--store-ca {}: {e}", ca.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError::Backend(format!(
+                    "--store-ca {}: no PEM certificate in the file",
+                    ca.display()
+                )));
+            }
+            let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.ssl_mode(SslMode::Require);
+            Ok((config, Connector::Tls(MakeRustlsConnect::new(tls))))
+        }
+    }
+}
+
+/// The messages of a connection (notifications among them), whatever its transport.
+type Messages = BoxStream<'static, Result<AsyncMessage, tokio_postgres::Error>>;
+
+/// One connection outside the pool, for `LISTEN`.
+async fn connect_one(
+    config: &tokio_postgres::Config,
+    connector: &Connector,
+) -> Result<(tokio_postgres::Client, Messages), tokio_postgres::Error> {
+    fn messages<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> Messages
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed()
+    }
+    Ok(match connector {
+        Connector::Plain => {
+            let (client, connection) = config.connect(NoTls).await?;
+            (client, messages(connection))
+        }
+        Connector::Tls(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await?;
+            (client, messages(connection))
+        }
+    })
+}
+
 impl PgStore {
     /// Connects to `url` (`postgres://user[:password]@host[:port]/database`, libpq-style key/value strings work
-    /// too) and applies the missing migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// too) and applies the missing migrations; see [`connection`] for `ca`.
+    pub async fn connect(url: &str, ca: Option<&Path>) -> Result<Self, StoreError> {
         let display = redact(url);
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("--store {display}: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let (config, connector) = connection(url, ca)?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match connector {
+            Connector::Plain => Manager::from_config(config, NoTls, manager_config),
+            Connector::Tls(tls) => Manager::from_config(config, tls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .wait_timeout(Some(Duration::from_secs(30)))
@@ -580,18 +681,24 @@ impl Store for PgStore {
     }
 }
 
-/// Keeps one `LISTEN tollgate_revisions` connection to `url` and sends `()` on `wake` for every notification, and
-/// once after every (re)connection (a commit may have been missed while disconnected). Reconnects with capped
-/// backoff; returns when `wake` is closed.
-pub async fn listen_for_revisions(url: String, wake: mpsc::UnboundedSender<()>) {
+/// Keeps one `LISTEN tollgate_revisions` connection to `url` (see [`connection`] for `ca`) and sends `()` on
+/// `wake` for every notification, and once after every (re)connection (a commit may have been missed while
+/// disconnected). Reconnects with capped backoff; returns when `wake` is closed.
+pub async fn listen_for_revisions(url: String, ca: Option<std::path::PathBuf>, wake: mpsc::UnboundedSender<()>) {
     let database = redact(&url);
+    let (config, connector) = match connection(&url, ca.as_deref()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::error!(%error, "The revision listener cannot start");
+            return;
+        }
+    };
     let mut delay = Duration::from_millis(100);
     loop {
-        match tokio_postgres::connect(&url, NoTls).await {
-            Ok((client, mut connection)) => {
+        match connect_one(&config, &connector).await {
+            Ok((client, mut messages)) => {
                 let forward = wake.clone();
                 let messages = tokio::spawn(async move {
-                    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(message) = messages.next().await {
                         match message {
                             Ok(AsyncMessage::Notification(_)) => {

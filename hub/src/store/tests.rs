@@ -76,7 +76,7 @@ pub(crate) async fn open(backend: Backend) -> (AnyStore, Fixture) {
         Backend::Postgres => {
             let server = tollgate_e2e::Postgres::start().await.unwrap();
             let url = server.create_database().await.unwrap();
-            let store = PgStore::connect(&url).await.unwrap();
+            let store = PgStore::connect(&url, None).await.unwrap();
             (AnyStore::Postgres(store), Fixture::Postgres(server, url))
         }
     }
@@ -87,7 +87,7 @@ impl Fixture {
     pub(crate) async fn reopen(&self) -> AnyStore {
         match self {
             Self::Sqlite(dir) => AnyStore::Sqlite(SqliteStore::open(&dir.path().join("nested/data")).unwrap()),
-            Self::Postgres(_, url) => AnyStore::Postgres(PgStore::connect(url).await.unwrap()),
+            Self::Postgres(_, url) => AnyStore::Postgres(PgStore::connect(url, None).await.unwrap()),
         }
     }
 
@@ -822,7 +822,7 @@ async fn an_acknowledged_commit_survives_sigkill() {
 async fn postgres_replicas_commit_concurrently_into_one_order() {
     let server = tollgate_e2e::Postgres::start().await.unwrap();
     let url = server.create_database().await.unwrap();
-    let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+    let (a, b) = tokio::join!(PgStore::connect(&url, None), PgStore::connect(&url, None));
     let replicas = [a.unwrap(), b.unwrap()];
     let tasks: Vec<_> = (0..12)
         .map(|i| {
@@ -863,9 +863,9 @@ async fn postgres_commits_notify_listeners_and_refused_commits_do_not() {
     use std::time::Duration;
     let server = tollgate_e2e::Postgres::start().await.unwrap();
     let url = server.create_database().await.unwrap();
-    let store = PgStore::connect(&url).await.unwrap();
+    let store = PgStore::connect(&url, None).await.unwrap();
     let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
-    let listener = tokio::spawn(postgres::listen_for_revisions(url.clone(), wake));
+    let listener = tokio::spawn(postgres::listen_for_revisions(url.clone(), None, wake));
     assert!(
         woken_within(&mut woken, Duration::from_secs(10)).await,
         "no wake after LISTEN"
@@ -899,7 +899,7 @@ async fn woken_within(woken: &mut tokio::sync::mpsc::UnboundedReceiver<()>, with
 async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
     let server = tollgate_e2e::Postgres::start().await.unwrap();
     let url = server.create_database().await.unwrap();
-    let (a, b) = tokio::join!(PgStore::connect(&url), PgStore::connect(&url));
+    let (a, b) = tokio::join!(PgStore::connect(&url, None), PgStore::connect(&url, None));
     a.unwrap();
     b.unwrap();
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
@@ -916,11 +916,62 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
         .execute("INSERT INTO schema_migrations VALUES (99, 0)", &[])
         .await
         .unwrap();
-    let error = PgStore::connect(&url).await.unwrap_err();
+    let error = PgStore::connect(&url, None).await.unwrap_err();
     assert!(
         error
             .to_string()
             .contains("schema version 99 is newer than this hub supports (3)"),
         "{error}"
     );
+}
+
+/// With `--store-ca`, every connection to the database is TLS, verified against that CA; a wrong CA is refused
+/// with the reason, and the URL's `sslmode` must agree with the CA's presence.
+#[tokio::test]
+async fn postgres_over_tls_verifies_the_server_and_refuses_a_wrong_ca() {
+    let server = tollgate_e2e::Postgres::start_with_tls().await.unwrap();
+    let url = server.create_database().await.unwrap();
+    let ca = server.ca_path().unwrap().to_path_buf();
+    let store = PgStore::connect(&url, Some(&ca)).await.unwrap();
+    store
+        .commit(0, Operation::Apply, "one", &set_of([policy("p1")]), 1)
+        .await
+        .unwrap();
+    assert_eq!(store.latest().await.unwrap().info.number, 1);
+    let database = url.rsplit('/').next().unwrap().to_string();
+    let (admin, connection) = tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = admin
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+            &[&database],
+        )
+        .await
+        .unwrap();
+    let (tls, plain): (i64, i64) = (row.get(0), row.get(1));
+    assert!(tls >= 1 && plain == 0, "{tls} TLS and {plain} plaintext connections");
+
+    // A CA that did not sign the server's certificate.
+    let other = tollgate_e2e::Postgres::start_with_tls().await.unwrap();
+    let error = PgStore::connect(&url, other.ca_path()).await.unwrap_err().to_string();
+    assert!(error.contains("certificate"), "{error}");
+
+    let error = PgStore::connect(&format!("{url}?sslmode=require"), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("sslmode=require needs --store-ca FILE"), "{error}");
+    let error = PgStore::connect(&format!("{url}?sslmode=disable"), Some(&ca))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("sslmode=disable contradicts --store-ca"), "{error}");
+    let error = PgStore::connect(&url, Some(std::path::Path::new("/nonexistent/ca.pem")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--store-ca /nonexistent/ca.pem"), "{error}");
 }

@@ -61,6 +61,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - {{ printf "--listen=0.0.0.0:%v" .Values.grpcPort | quote }}
 {{- if eq .Values.store.type "embedded" }}
 - "--data-dir=/var/lib/tollgate-hub"
+{{- else if .Values.store.postgres.caSecretName }}
+- "--store-ca=/etc/tollgate/store-ca/ca.crt"
 {{- end }}
 - "--tls-cert=/etc/tollgate/tls/tls.crt"
 - "--tls-key=/etc/tollgate/tls/tls.key"
