@@ -13,6 +13,10 @@ use crate::store::Store;
 use crate::store::postgres::{PgStore, listen_for_revisions, redact};
 use crate::store::sqlite::SqliteStore;
 
+/// How often a replica re-reads the latest revision even without a notification (a listener connection cut off
+/// silently by the network): the worst case for a missed push, not the normal path.
+const SAFETY_NET: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address of the gRPC listener (spokes and the admin CLI).
@@ -25,7 +29,7 @@ pub struct ServeArgs {
 
     /// A shared PostgreSQL store, `postgres://user:password@host:port/database`, for several hub replicas
     /// (default: the embedded SQLite store in --data-dir, for one hub).
-    #[arg(long, env = "TOLLGATE_HUB_STORE")]
+    #[arg(long, env = "TOLLGATE_HUB_STORE", hide_env_values = true)]
     store: Option<String>,
 
     /// With --store: the CA certificate (PEM) that signed the PostgreSQL server's certificate. Turns TLS on,
@@ -154,11 +158,27 @@ async fn run<S: Store>(
         background.spawn(listen_for_revisions(url, ca, wake));
         let hub = hub.clone();
         background.spawn(async move {
-            while woken.recv().await.is_some() {
+            // Pushed by the database; a slow safety net covers a listener cut off without an error.
+            let mut safety_net = tokio::time::interval(SAFETY_NET);
+            loop {
+                tokio::select! {
+                    woken = woken.recv() => if woken.is_none() { break },
+                    _ = safety_net.tick() => {}
+                }
                 while woken.try_recv().is_ok() {}
-                match hub.refresh().await {
-                    Ok(revision) => tracing::debug!(revision, "Refreshed from the shared store"),
-                    Err(error) => tracing::warn!(%error, "Could not read the latest revision"),
+                let mut delay = std::time::Duration::from_millis(100);
+                loop {
+                    match hub.refresh().await {
+                        Ok(revision) => {
+                            tracing::debug!(revision, "Refreshed from the shared store");
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, retry_ms = delay.as_millis() as u64, "Could not read the latest revision");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        }
+                    }
                 }
             }
         });

@@ -166,6 +166,28 @@ pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
+/// Parses `--hub`: one address, or a comma-separated list of hub replicas; every entry must be `https://HOST[:PORT]`
+/// (or `http://`), checked at start rather than when the rotation first reaches it.
+pub fn parse_hub_addresses(text: &str) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    if urls.is_empty() {
+        bail!("--hub: no address given");
+    }
+    for url in &urls {
+        let uri: Option<tonic::transport::Uri> = url.parse().ok();
+        let valid = uri.is_some_and(|u| matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some());
+        if !valid {
+            bail!("--hub {url:?}: expected https://HOST:PORT (or http:// with --insecure-dev-plaintext)");
+        }
+    }
+    Ok(urls)
+}
+
 /// Parses `namespace/name`.
 pub fn parse_namespaced(text: &str, flag: &str) -> anyhow::Result<(String, String)> {
     let (ns, name) = text
@@ -182,6 +204,20 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_hub_addresses(" https://a:7443 ,https://b.example.com:7443,").unwrap(),
+            ["https://a:7443", "https://b.example.com:7443"]
+        );
+        for bad in [
+            "",
+            " , ",
+            "https://a:7443,not an address",
+            "ftp://a:1",
+            "https://a:7443,a:7443",
+        ] {
+            let error = parse_hub_addresses(bad).unwrap_err().to_string();
+            assert!(error.starts_with("--hub"), "{bad:?}: {error}");
+        }
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("2w").unwrap_err().contains("unit must be"));

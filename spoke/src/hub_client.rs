@@ -177,6 +177,7 @@ pub async fn run(
 ) {
     let mut attempt: u32 = 0;
     let mut replica = 0;
+    let mut refused = 0;
     loop {
         let started = Instant::now();
         let url = &settings.urls[replica % settings.urls.len()];
@@ -189,8 +190,15 @@ pub async fn run(
             status.code(),
             Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition
         ) {
-            tracing::error!(code = ?status.code(), message = status.message(), "The hub refused this spoke; not retrying (enforcing the last intent)");
-            return;
+            // Final only when every replica refused in turn (one misconfigured replica must not stop the rest).
+            refused += 1;
+            if refused >= settings.urls.len() {
+                tracing::error!(code = ?status.code(), message = status.message(), "The hub refused this spoke; not retrying (enforcing the last intent)");
+                return;
+            }
+            tracing::error!(hub = %url, code = ?status.code(), message = status.message(), "This hub replica refused the spoke; trying the next");
+        } else {
+            refused = 0;
         }
         if started.elapsed() > BACKOFF_CAP {
             attempt = 0;

@@ -15,7 +15,7 @@ use tollgate_common::planner::PlannerConfig;
 use tollgate_common::wire;
 use tollgate_proto::v1 as pb;
 
-use crate::args::{RunArgs, parse_labels, parse_namespaced};
+use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_namespaced};
 use crate::hub_client::{HubSettings, HubTls, IntentState, PersistedIntent, Reports};
 use crate::metrics::Metrics;
 use crate::reconcile::{Backoff, PassReport, Reconciler, Settings};
@@ -60,15 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (false, None) => bail!("either --hub ADDRESS or --standalone is required"),
         (true, None) => None,
         (false, Some(addresses)) => {
-            let urls: Vec<String> = addresses
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(String::from)
-                .collect();
-            if urls.is_empty() {
-                bail!("--hub: no address given");
-            }
+            let urls = parse_hub_addresses(&addresses)?;
             let tls = match (hub_ca, tls_cert, tls_key, insecure_dev_plaintext) {
                 (Some(ca), Some(cert), Some(key), false) => Some(HubTls {
                     ca,

@@ -23,11 +23,13 @@ fn comparable(rows: &Value) -> Value {
 #[tokio::test]
 async fn an_apply_on_one_replica_reaches_spokes_on_the_other_and_status_agrees() -> anyhow::Result<()> {
     let fleet = Fleet::start_replicated(three_clusters(), 2).await?;
-    assert!(
-        fleet.hub_log(1).contains("cluster=prod-west"),
-        "prod-west should be on replica 1:\n{}",
-        fleet.hub_log(1)
-    );
+    // The store records the stream (so status shows it) just before the replica logs it.
+    wait_until(
+        "prod-west's stream is on replica 1",
+        Duration::from_secs(10),
+        || async { fleet.hub_log(1).contains("Spoke connected cluster=prod-west") },
+    )
+    .await?;
     assert_eq!(
         fleet.apply(LLM_POLICY).await?,
         "EgressPolicy/llm-apis created\nrevision 1\n"

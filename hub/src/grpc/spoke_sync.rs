@@ -131,11 +131,14 @@ impl Sessions {
         }
     }
 
-    fn unregister(&self, cluster: &str, id: u64) {
+    /// Removes the session if it is still the cluster's current one; whether it was.
+    fn unregister(&self, cluster: &str, id: u64) -> bool {
         let mut inner = self.inner.lock().expect("sessions lock");
-        if inner.get(cluster).is_some_and(|s| s.id == id) {
+        let current = inner.get(cluster).is_some_and(|s| s.id == id);
+        if current {
             inner.remove(cluster);
         }
+        current
     }
 
     /// Connected clusters by id.
@@ -225,6 +228,13 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             .upsert_cluster(&cluster, &labels, now)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        // A spoke ahead of this replica (it moved here from a replica that saw a newer revision first): catch up from
+        // the store before answering, or it would be sent an older intent.
+        if hello.last_applied_revision > self.hub.snapshot().revision
+            && let Err(error) = self.hub.refresh().await
+        {
+            tracing::warn!(cluster = %cluster, %error, "Could not catch up with the store");
+        }
 
         let mut snapshots = self.hub.subscribe();
         let snapshot = snapshots.borrow_and_update().clone();
@@ -245,15 +255,18 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         tx.send(Ok(intent(&snapshot, &selected, unchanged)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
-        let (id, cancelled) = self
-            .sessions
-            .register(&cluster, labels.clone(), hello.last_applied_revision, now);
+        // Recorded before the session is registered: nothing awaits between registering it and spawning its task,
+        // so a stream dropped meanwhile cannot leave a session that never ends (a record without a session expires
+        // after three heartbeat periods).
         if let Err(error) = store
             .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
             .await
         {
             tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
         }
+        let (id, cancelled) = self
+            .sessions
+            .register(&cluster, labels.clone(), hello.last_applied_revision, now);
         tracing::info!(cluster = %cluster, revision = snapshot.revision, resumed = unchanged, "Spoke connected");
         let session = SessionTask {
             hub: self.hub.clone(),
@@ -373,12 +386,14 @@ impl<S: Store> SessionTask<S> {
                 _ = &mut cancelled => break "replaced by a newer stream of the same cluster",
             }
         };
-        self.sessions.unregister(&self.cluster, self.id);
-        let _ = self
-            .hub
-            .store()
-            .record_disconnect(&self.cluster, self.sessions.replica(), now_millis())
-            .await;
+        // A newer stream of the same cluster on this replica replaced this one: the store's record is its.
+        if self.sessions.unregister(&self.cluster, self.id) {
+            let _ = self
+                .hub
+                .store()
+                .record_disconnect(&self.cluster, self.sessions.replica(), now_millis())
+                .await;
+        }
         tracing::info!(cluster = %self.cluster, reason, "Spoke disconnected");
     }
 

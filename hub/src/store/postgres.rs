@@ -45,6 +45,10 @@ pub const COMMIT_LOCK: i64 = 0x746f_6c6c_6761_7465;
 pub const MIGRATION_LOCK: i64 = COMMIT_LOCK + 1;
 /// Connections per replica.
 const POOL_SIZE: usize = 16;
+/// Connecting to the database, and waiting for a pooled connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive probes start after this much idle time.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// The schema, as ordered steps `(version, SQL)`, mirroring the embedded store's steps. Append; never edit one that
 /// has shipped.
@@ -126,18 +130,26 @@ fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// The URL with every password replaced by `***`: in the user info (`postgres://user:secret@host/db`) and in a
+/// `password=` option (`?password=secret`, or a key/value string).
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+    let mut out = url.to_string();
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((credentials, host)) = rest.split_once('@')
+        && let Some((user, _)) = credentials.split_once(':')
+    {
+        out = format!("{scheme}://{user}:***@{host}");
     }
+    let mut from = 0;
+    while let Some(found) = out[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let end = out[start..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
 }
 
 /// How connections to the database are made.
@@ -164,6 +176,12 @@ pub fn connection(url: &str, ca: Option<&Path>) -> Result<(tokio_postgres::Confi
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Backend(format!("--store {shown}: {e}")))?;
+    // An unreachable database fails calls in seconds, and a connection cut off silently (a NAT or load balancer
+    // dropping idle flows) is noticed, instead of hanging for the kernel's defaults.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
     match (ca, config.get_ssl_mode()) {
         (None, SslMode::Require) => Err(StoreError::Backend(format!(
             "--store {shown}: sslmode=require needs --store-ca FILE, the CA that signed the database server's certificate"
@@ -229,8 +247,8 @@ async fn connect_one(
 }
 
 impl PgStore {
-    /// Connects to `url` (`postgres://user[:password]@host[:port]/database`, libpq-style key/value strings work
-    /// too) and applies the missing migrations; see [`connection`] for `ca`.
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/database[?options]`) and applies the missing
+    /// migrations; see [`connection`] for `ca`.
     pub async fn connect(url: &str, ca: Option<&Path>) -> Result<Self, StoreError> {
         let display = redact(url);
         let (config, connector) = connection(url, ca)?;
@@ -243,7 +261,8 @@ impl PgStore {
         };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
-            .wait_timeout(Some(Duration::from_secs(30)))
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("{display}: {e}")))?;
@@ -752,6 +771,18 @@ mod unit_tests {
         );
         assert_eq!(redact("postgres://hub@db/tollgate"), "postgres://hub@db/tollgate");
         assert_eq!(redact("host=db user=hub"), "host=db user=hub");
+        assert_eq!(
+            redact("postgres://hub@db/tollgate?password=s3cret&sslmode=require"),
+            "postgres://hub@db/tollgate?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("host=db password=s3cret user=hub"),
+            "host=db password=*** user=hub"
+        );
+        assert_eq!(
+            redact("postgres://hub:a@db/x?password=b"),
+            "postgres://hub:***@db/x?password=***"
+        );
     }
 
     #[test]
