@@ -102,21 +102,7 @@ async fn status_shows_every_cluster_with_labels_agents_and_modes() -> anyhow::Re
 async fn policy_scopes_matching_agents_in_matching_clusters_only() -> anyhow::Result<()> {
     let fleet = Fleet::start().await?;
     let before = fleet.resource_versions().await?;
-    assert_eq!(
-        fleet.apply(LLM_POLICY).await?,
-        "EgressPolicy/llm-apis created\nrevision 1\n"
-    );
-
-    for index in [PROD_EAST, PROD_WEST] {
-        let chat = fleet
-            .wait_policy(index, "chat-signature-policy", "scoped by the hub", |p| {
-                mode(p) == "scoped"
-            })
-            .await?;
-        assert_eq!(
-            egress(&chat),
-            baseline_and(&fleet, index, &[rule("104.18.0.0/16", 443)])
-        );
+    for chat in apply_llm_policy_and_wait(&fleet).await? {
         assert_eq!(annotation(&chat, "tollgate.dev/rule-sources"), "policy/llm-apis");
         assert_eq!(annotation(&chat, "tollgate.dev/revision"), "1");
     }

@@ -146,3 +146,23 @@ pub fn agent_row<'a>(rows: &'a Value, agent: &str) -> &'a Value {
         .and_then(|rows| rows.iter().find(|r| r["name"] == agent))
         .unwrap_or(&Value::Null)
 }
+
+/// Applies [`LLM_POLICY`] as the first revision and waits until `chat` is scoped by it in both prod clusters, with
+/// exactly its rule after the baseline; returns the two policies.
+pub async fn apply_llm_policy_and_wait(fleet: &Fleet) -> anyhow::Result<Vec<Value>> {
+    assert_eq!(
+        fleet.apply(LLM_POLICY).await?,
+        "EgressPolicy/llm-apis created\nrevision 1\n"
+    );
+    let mut out = Vec::new();
+    for index in [PROD_EAST, PROD_WEST] {
+        let chat = fleet
+            .wait_policy(index, "chat-signature-policy", "scoped by the hub", |p| {
+                mode(p) == "scoped"
+            })
+            .await?;
+        assert_eq!(egress(&chat), baseline_and(fleet, index, &[rule("104.18.0.0/16", 443)]));
+        out.push(chat);
+    }
+    Ok(out)
+}

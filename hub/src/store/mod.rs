@@ -300,3 +300,17 @@ pub(crate) fn decode_revision(info: RevisionInfo, yaml: &str) -> Result<Revision
     }
     Ok(Revision { info, documents })
 }
+
+/// Refuses an inventory that names one agent twice (before anything is written).
+pub(crate) fn check_inventory(id: &str, agents: &[AgentRecord]) -> Result<(), StoreError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for agent in agents {
+        if !seen.insert((agent.namespace.as_str(), agent.name.as_str())) {
+            return Err(StoreError::Backend(format!(
+                "inventory of cluster {id:?} lists agent {}/{} twice",
+                agent.namespace, agent.name
+            )));
+        }
+    }
+    Ok(())
+}

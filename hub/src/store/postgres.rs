@@ -18,7 +18,6 @@
 //!   CA for the URL's host (rustls); without it the URL must not ask for TLS (`sslmode=require`), and connections
 //!   are plaintext.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -519,15 +518,7 @@ impl Store for PgStore {
     }
 
     async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now_unix_millis: i64) -> Result<(), StoreError> {
-        let mut seen = BTreeSet::new();
-        for agent in agents {
-            if !seen.insert((agent.namespace.as_str(), agent.name.as_str())) {
-                return Err(StoreError::Backend(format!(
-                    "inventory of cluster {id:?} lists agent {}/{} twice",
-                    agent.namespace, agent.name
-                )));
-            }
-        }
+        super::check_inventory(id, agents)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         if tx

@@ -11,7 +11,7 @@
 //!   API never blocks the runtime. The mutex also serialises writers within the process; `BEGIN IMMEDIATE` and the
 //!   parent check serialise them across processes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -398,15 +398,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now_unix_millis: i64) -> Result<(), StoreError> {
-        let mut seen = BTreeSet::new();
-        for agent in agents {
-            if !seen.insert((agent.namespace.as_str(), agent.name.as_str())) {
-                return Err(StoreError::Backend(format!(
-                    "inventory of cluster {id:?} lists agent {}/{} twice",
-                    agent.namespace, agent.name
-                )));
-            }
-        }
+        super::check_inventory(id, agents)?;
         let id = id.to_string();
         let rows = agents
             .iter()
