@@ -149,7 +149,7 @@ async fn run<S: Store>(
         tls = options.tls.is_some(),
         "Hub serving"
     );
-    let sessions = Arc::new(Sessions::new(replica, options.heartbeat));
+    let sessions = Arc::new(Sessions::new(replica, options.heartbeat, listen_to.is_some()));
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sessions.clone().renew(hub.clone(), options.heartbeat));
     if let Some((url, ca)) = listen_to {

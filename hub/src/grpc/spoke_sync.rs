@@ -33,11 +33,14 @@ pub struct Sessions {
     replica: String,
     /// A stream another replica holds counts as connected while it renewed `last_seen` within this long.
     stale_after: Duration,
+    /// Whether other replicas share the store; with the embedded store a record naming another replica is a
+    /// leftover of an earlier run of this hub, never a live stream.
+    shared_store: bool,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
-        Self::new("hub", Duration::from_secs(30))
+        Self::new("hub", Duration::from_secs(30), false)
     }
 }
 
@@ -60,14 +63,15 @@ pub struct Connected {
 }
 
 impl Sessions {
-    /// Sessions of replica `replica`, whose heartbeat period is `heartbeat` (other replicas' streams count as
-    /// connected while renewed within three periods).
-    pub fn new(replica: impl Into<String>, heartbeat: Duration) -> Self {
+    /// Sessions of replica `replica`, whose heartbeat period is `heartbeat`. With a `shared_store`, other
+    /// replicas' streams count as connected while renewed within three periods.
+    pub fn new(replica: impl Into<String>, heartbeat: Duration, shared_store: bool) -> Self {
         Self {
             inner: Mutex::default(),
             next_id: AtomicU64::new(0),
             replica: replica.into(),
             stale_after: heartbeat * 3,
+            shared_store,
         }
     }
 
@@ -78,6 +82,9 @@ impl Sessions {
 
     /// Whether the store says another replica holds the cluster's stream (renewed recently enough).
     pub fn held_elsewhere(&self, record: &crate::store::ClusterRecord, now_unix_millis: i64) -> bool {
+        if !self.shared_store {
+            return false;
+        }
         let fresh = now_unix_millis.saturating_sub(record.last_seen_unix_millis)
             <= i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX);
         fresh && record.connected_replica.as_deref().is_some_and(|r| r != self.replica)
@@ -443,5 +450,40 @@ fn agent_record(status: pb::AgentStatus) -> AgentRecord {
         errors: status.errors,
         dropped: status.dropped_rules,
         plan_inputs_json: status.plan_inputs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ClusterRecord;
+
+    fn record(replica: Option<&str>, last_seen: i64) -> ClusterRecord {
+        ClusterRecord {
+            id: "c1".to_string(),
+            labels: BTreeMap::new(),
+            first_seen_unix_millis: 0,
+            last_seen_unix_millis: last_seen,
+            facts_json: None,
+            applied_revision: 0,
+            connected_replica: replica.map(String::from),
+        }
+    }
+
+    #[test]
+    fn another_replicas_stream_counts_only_on_a_shared_store_and_while_renewed() {
+        let shared = Sessions::new("hub-a", Duration::from_secs(1), true);
+        let held = record(Some("hub-b"), 10_000);
+        assert!(shared.held_elsewhere(&held, 10_000));
+        assert!(shared.held_elsewhere(&held, 13_000), "three heartbeat periods");
+        assert!(!shared.held_elsewhere(&held, 13_001), "no renewal for longer");
+        assert!(
+            !shared.held_elsewhere(&record(Some("hub-a"), 10_000), 10_000),
+            "its own: the sessions decide"
+        );
+        assert!(!shared.held_elsewhere(&record(None, 10_000), 10_000));
+        // The embedded store has one replica: a record of another is left over from an earlier run.
+        let embedded = Sessions::new("hub-a", Duration::from_secs(1), false);
+        assert!(!embedded.held_elsewhere(&held, 10_000));
     }
 }
