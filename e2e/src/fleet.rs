@@ -614,25 +614,36 @@ impl Fleet {
     ) -> Result<Value> {
         let api: Api<NetworkPolicy> = Api::namespaced(self.client(index), TEAM_NS);
         let cluster = &self.clusters[index].name;
-        wait_for(format!("{cluster}: NetworkPolicy {name}: {what}"), WAIT, || {
-            let api = api.clone();
-            let check = &check;
-            async move {
-                let Some(policy) = api.get_opt(name).await? else {
-                    return Ok(None);
-                };
-                let value = serde_json::to_value(&policy)?;
-                Ok(check(&value).then_some(value))
-            }
-        })
-        .await
-        .with_context(|| format!("the spoke's log ends:\n{}", self.spoke_log_tail(index)))
+        wait_for_policy(&api, name, &format!("{cluster}: {what}"), check)
+            .await
+            .with_context(|| format!("the spoke's log ends:\n{}", self.spoke_log_tail(index)))
     }
 
     /// Writes the `status.card` of agent `name` in cluster `index` (as the operator would).
     pub async fn set_card(&self, index: usize, name: &str, card: Option<Value>) -> Result<()> {
         set_card(&self.client(index), name, card).await
     }
+}
+
+/// Waits until the NetworkPolicy `name` exists and its JSON satisfies `check`; returns it.
+pub async fn wait_for_policy(
+    api: &Api<NetworkPolicy>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    wait_for(format!("NetworkPolicy {name}: {what}"), WAIT, || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            let Some(policy) = api.get_opt(name).await? else {
+                return Ok(None);
+            };
+            let value = serde_json::to_value(&policy)?;
+            Ok(check(&value).then_some(value))
+        }
+    })
+    .await
 }
 
 /// The AgentRuntime kind, without depending on the spoke's types.

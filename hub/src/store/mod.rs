@@ -314,3 +314,51 @@ pub(crate) fn check_inventory(id: &str, agents: &[AgentRecord]) -> Result<(), St
     }
     Ok(())
 }
+
+/// The columns of a revision record, in the order both backends read them.
+pub(crate) const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count";
+
+/// What a commit writes, computed the same way by both backends.
+pub(crate) struct NewRevision {
+    /// The canonical YAML of the whole set.
+    pub yaml: String,
+    pub document_count: u32,
+    /// `parent + 1`.
+    pub number: u64,
+    /// `number` as the databases' signed 64-bit integer.
+    pub key: i64,
+}
+
+impl NewRevision {
+    pub(crate) fn of(parent: u64, documents: &DocumentSet) -> Result<Self, StoreError> {
+        let document_count = u32::try_from(documents.len())
+            .map_err(|_| StoreError::Backend(format!("{} documents are too many for one revision", documents.len())))?;
+        let number = parent
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Backend("revision numbers are exhausted".to_string()))?;
+        Ok(Self {
+            yaml: documents.to_yaml(),
+            document_count,
+            number,
+            key: to_sql_u64(number, "revision")?,
+        })
+    }
+}
+
+pub(crate) fn unix_millis_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub(crate) fn to_sql_u64(value: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} is too large to store")))
+}
+
+pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
+}

@@ -20,21 +20,22 @@
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use rustls::pki_types::pem::PemObject as _;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_common::document::DocumentSet;
 
-use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError};
+use super::{
+    AgentRecord, ClusterRecord, NewRevision, Operation, REVISION_COLUMNS, Revision, RevisionInfo, Store, StoreError,
+    from_json, to_json, to_sql_u64, unix_millis_now,
+};
 
 /// The channel commits notify on.
 pub const CHANNEL: &str = "tollgate_revisions";
@@ -331,29 +332,9 @@ impl PgStore {
     }
 }
 
-fn unix_millis_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn to_sql_u64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} is too large to store")))
-}
-
 fn from_sql_u64(value: i64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(value).map_err(|_| StoreError::Backend(format!("negative {what} {value}")))
 }
-
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
-}
-
-fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
-}
-
-const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count";
 
 fn revision_info(row: &Row) -> Result<RevisionInfo, StoreError> {
     let number = from_sql_u64(row.get(0), "revision number")?;
@@ -440,13 +421,12 @@ impl Store for PgStore {
         documents: &DocumentSet,
         now_unix_millis: i64,
     ) -> Result<RevisionInfo, StoreError> {
-        let yaml = documents.to_yaml();
-        let document_count = u32::try_from(documents.len())
-            .map_err(|_| StoreError::Backend(format!("{} documents are too many for one revision", documents.len())))?;
-        let number = parent
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Backend("revision numbers are exhausted".to_string()))?;
-        let key = to_sql_u64(number, "revision")?;
+        let NewRevision {
+            yaml,
+            document_count,
+            number,
+            key,
+        } = NewRevision::of(parent, documents)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&COMMIT_LOCK])

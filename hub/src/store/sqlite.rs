@@ -15,14 +15,15 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tollgate_common::document::DocumentSet;
 
-use super::{AgentRecord, ClusterRecord, Operation, Revision, RevisionInfo, Store, StoreError, unknown_cluster};
+use super::{
+    AgentRecord, ClusterRecord, NewRevision, Operation, REVISION_COLUMNS, Revision, RevisionInfo, Store, StoreError,
+    from_json, to_json, to_sql_u64, unix_millis_now, unknown_cluster,
+};
 
 /// The database file's name within the data folder.
 pub const DATABASE_FILE: &str = "tollgate-hub.db";
@@ -196,24 +197,6 @@ fn schema_version(tx: &Transaction<'_>) -> Result<u32, rusqlite::Error> {
     })
 }
 
-fn unix_millis_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn to_sql_u64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} is too large to store")))
-}
-
-fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
-}
-
-fn from_json<T: DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
-}
-
 fn latest_number(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     let number: i64 = tx.query_row("SELECT COALESCE(MAX(number), 0) FROM revisions", [], |row| row.get(0))?;
     u64::try_from(number).map_err(|_| StoreError::Backend(format!("negative revision number {number}")))
@@ -227,8 +210,6 @@ struct RevisionRow {
     summary: String,
     document_count: i64,
 }
-
-const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count";
 
 fn revision_row(row: &Row<'_>) -> Result<RevisionRow, rusqlite::Error> {
     Ok(RevisionRow {
@@ -327,14 +308,13 @@ impl Store for SqliteStore {
         documents: &DocumentSet,
         now_unix_millis: i64,
     ) -> Result<RevisionInfo, StoreError> {
-        let yaml = documents.to_yaml();
-        let document_count = u32::try_from(documents.len())
-            .map_err(|_| StoreError::Backend(format!("{} documents are too many for one revision", documents.len())))?;
+        let NewRevision {
+            yaml,
+            document_count,
+            number,
+            key,
+        } = NewRevision::of(parent, documents)?;
         let summary = summary.to_string();
-        let number = parent
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Backend("revision numbers are exhausted".to_string()))?;
-        let key = to_sql_u64(number, "revision")?;
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let actual = latest_number(&tx)?;

@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::{Client, CustomResourceExt};
 use serde_json::{Value, json};
-use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, wait_for, wait_until};
+use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, wait_until};
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -132,19 +132,7 @@ pub fn policies(client: &Client) -> Api<NetworkPolicy> {
 
 /// Waits until the policy exists and its JSON satisfies `check`; returns it.
 pub async fn wait_policy(client: &Client, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Result<Value> {
-    let api = policies(client);
-    wait_for(format!("NetworkPolicy {name}: {what}"), WAIT, || {
-        let api = api.clone();
-        let check = &check;
-        async move {
-            let Some(policy) = api.get_opt(name).await? else {
-                return Ok(None);
-            };
-            let value = serde_json::to_value(&policy)?;
-            Ok(check(&value).then_some(value))
-        }
-    })
-    .await
+    tollgate_e2e::fleet::wait_for_policy(&policies(client), name, what, check).await
 }
 
 pub fn mode(policy: &Value) -> &str {
