@@ -1,4 +1,4 @@
-//! Fleet latency (issue 7): from `tollgate-hub apply` returning to the NetworkPolicy being updated in every
+//! Fleet latency: from `tollgate-hub apply` returning to the NetworkPolicy being updated in every
 //! cluster's kube-apiserver, side by side with what a team does without a hub — `kubectl apply` of the
 //! equivalent NetworkPolicy to each cluster in turn.
 //!

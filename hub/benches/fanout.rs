@@ -1,4 +1,4 @@
-//! Issue 5: how long one `apply` takes to reach N spokes, over real mTLS on loopback, persistence included.
+//! How long one `apply` takes to reach N spokes, over real mTLS on loopback, persistence included.
 //!
 //! Three processes: this bench (certificates, the admin client, the measurements), the real `tollgate-hub serve`
 //! (bench-profile binary, its own data folder), and a swarm of N simulated spokes: this same binary re-executed

@@ -1,4 +1,4 @@
-//! Spoke cold start and idle cost (issue 4): 1,000 AgentRuntimes in one real kube-apiserver, the release
+//! Spoke cold start and idle cost: 1,000 AgentRuntimes in one real kube-apiserver, the release
 //! `tollgate-spoke` binary started cold until every NetworkPolicy is applied (target ≤ 20 s), then its idle cost
 //! (target: RSS ≤ 50 MiB, CPU ≤ 1% of one core).
 //!
@@ -124,7 +124,7 @@ async fn main() -> Result<()> {
     let options = Options::parse()?;
     let spoke_binary = Path::new(env!("CARGO_BIN_EXE_tollgate-spoke"));
     let optimized = !cfg!(debug_assertions);
-    println!("tollgate-spoke cold start and idle cost (issue 4)");
+    println!("tollgate-spoke cold start and idle cost");
     println!(
         "binary: {} ({})",
         spoke_binary.display(),

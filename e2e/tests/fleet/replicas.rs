@@ -1,4 +1,4 @@
-//! Several hub replicas on one PostgreSQL database (issue 8): two `tollgate-hub serve --store postgres://…`
+//! Several hub replicas on one PostgreSQL database: two `tollgate-hub serve --store postgres://…`
 //! processes, three spokes spread over them (prod-east and staging start on replica 0, prod-west on replica 1).
 
 use std::time::Duration;
