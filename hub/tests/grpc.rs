@@ -487,3 +487,33 @@ async fn invalid_apply_changes_nothing_and_rollback_is_exact() {
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 }
+
+/// A spoke that already applied a revision this hub has not published yet (it moved here from a replica that saw
+/// the revision first) makes the hub catch up from the store: it is answered `unchanged` at that revision, never
+/// sent an older intent.
+#[tokio::test]
+async fn a_hello_ahead_of_the_hub_is_answered_from_the_store() {
+    let hub = start(Duration::from_secs(10)).await;
+    let documents =
+        tollgate_common::document::DocumentSet::from_yaml("test", &policy("p1", "prod", "104.18.0.0/16")).unwrap();
+    // Committed behind this hub's back, as another replica would.
+    hub.hub
+        .store()
+        .commit(
+            0,
+            tollgate_hub::store::Operation::Apply,
+            "another replica",
+            &documents,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(hub.hub.snapshot().revision, 0);
+
+    let mut spoke = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 1)
+        .await
+        .unwrap();
+    let intent = spoke.intent().await.unwrap();
+    assert_eq!((intent.revision, intent.unchanged), (1, true), "{intent:?}");
+    assert_eq!(hub.hub.snapshot().revision, 1);
+}
