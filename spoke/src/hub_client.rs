@@ -175,46 +175,78 @@ pub async fn run(
     mut reports: Reports,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let mut attempt: u32 = 0;
-    let mut replica = 0;
-    let mut refused = 0;
+    let mut rotation = Rotation::new(settings.urls.len());
     loop {
         let started = Instant::now();
-        let url = &settings.urls[replica % settings.urls.len()];
+        let url = &settings.urls[rotation.current()];
         let result = session(&settings, url, &state, &persisted, &mut reports, &metrics).await;
         let status = match result {
             Ok(()) => tonic::Status::unavailable("the stream ended"),
             Err(status) => status,
         };
-        if matches!(
+        let refused = matches!(
             status.code(),
             Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition
-        ) {
-            // Final only when every replica refused in turn (one misconfigured replica must not stop the rest).
-            refused += 1;
-            if refused >= settings.urls.len() {
-                tracing::error!(code = ?status.code(), message = status.message(), "The hub refused this spoke; not retrying (enforcing the last intent)");
-                return;
-            }
-            tracing::error!(hub = %url, code = ?status.code(), message = status.message(), "This hub replica refused the spoke; trying the next");
-        } else {
-            refused = 0;
-        }
-        if started.elapsed() > BACKOFF_CAP {
-            attempt = 0;
-        }
-        // With several replicas, the next one is tried at once; the backoff starts when every one failed in turn.
-        replica += 1;
-        let delay = if settings.urls.len() > 1 && replica % settings.urls.len() != 0 {
-            BACKOFF_FIRST / 5
-        } else {
-            let delay = backoff(attempt, jitter_seed());
-            attempt = attempt.saturating_add(1);
-            delay
+        );
+        let Some(delay) = rotation.after_session(refused, started.elapsed(), jitter_seed()) else {
+            tracing::error!(code = ?status.code(), message = status.message(), "The hub refused this spoke; not retrying (enforcing the last intent)");
+            return;
         };
-        let next = &settings.urls[replica % settings.urls.len()];
+        if refused {
+            tracing::error!(hub = %url, code = ?status.code(), message = status.message(), "This hub replica refused the spoke; trying the next");
+        }
+        let next = &settings.urls[rotation.current()];
         tracing::warn!(hub = %url, code = ?status.code(), message = status.message(), next = %next, retry_ms = delay.as_millis() as u64, "Hub connection lost; enforcing the last intent");
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Which hub replica to try next, and after how long.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    replicas: usize,
+    /// Sessions started so far; the current replica is `sessions mod replicas`.
+    sessions: usize,
+    /// Backoff step, advanced once per full round of failures.
+    attempt: u32,
+    /// Refusals in a row (InvalidArgument / PermissionDenied / FailedPrecondition).
+    refused: usize,
+}
+
+impl Rotation {
+    pub fn new(replicas: usize) -> Self {
+        Self {
+            replicas: replicas.max(1),
+            sessions: 0,
+            attempt: 0,
+            refused: 0,
+        }
+    }
+
+    /// The index of the replica to connect to.
+    pub fn current(&self) -> usize {
+        self.sessions % self.replicas
+    }
+
+    /// After a session that lasted `lasted` ended (`refused`: with a final status code): `None` when every replica
+    /// refused in turn (stop), else the delay before the next replica. The next replica is tried after a short
+    /// pause; the capped exponential backoff applies once a whole round failed, and restarts after a session that
+    /// lasted longer than the cap.
+    pub fn after_session(&mut self, refused: bool, lasted: Duration, seed: u64) -> Option<Duration> {
+        self.refused = if refused { self.refused + 1 } else { 0 };
+        if self.refused >= self.replicas {
+            return None;
+        }
+        if lasted > BACKOFF_CAP {
+            self.attempt = 0;
+        }
+        self.sessions += 1;
+        if self.current() != 0 {
+            return Some(BACKOFF_FIRST / 5);
+        }
+        let delay = backoff(self.attempt, seed);
+        self.attempt = self.attempt.saturating_add(1);
+        Some(delay)
     }
 }
 
@@ -402,6 +434,45 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_hub_backs_off_and_a_refusal_stops() {
+        let mut one = Rotation::new(1);
+        let short = Duration::from_secs(1);
+        assert_eq!(one.after_session(false, short, 0), Some(Duration::from_millis(125)));
+        assert_eq!(one.after_session(false, short, 0), Some(Duration::from_millis(250)));
+        assert_eq!(one.current(), 0);
+        // A session that lasted past the cap starts the backoff again.
+        assert_eq!(
+            one.after_session(false, BACKOFF_CAP * 2, 0),
+            Some(Duration::from_millis(125))
+        );
+        assert_eq!(one.after_session(true, short, 0), None);
+    }
+
+    #[test]
+    fn replicas_are_tried_in_turn_and_only_a_refusal_by_every_one_stops() {
+        let short = Duration::from_secs(1);
+        let mut three = Rotation::new(3);
+        assert_eq!(three.current(), 0);
+        assert_eq!(three.after_session(false, short, 0), Some(Duration::from_millis(50)));
+        assert_eq!(three.current(), 1);
+        assert_eq!(three.after_session(false, short, 0), Some(Duration::from_millis(50)));
+        // A full round failed: back to the first, after the backoff.
+        assert_eq!(three.after_session(false, short, 0), Some(Duration::from_millis(125)));
+        assert_eq!(three.current(), 0);
+        // Two refusals, then a replica that is only unavailable: the count starts again.
+        assert!(three.after_session(true, short, 0).is_some());
+        assert!(three.after_session(true, short, 0).is_some());
+        assert!(three.after_session(false, short, 0).is_some());
+        assert!(three.after_session(true, short, 0).is_some());
+        assert!(three.after_session(true, short, 0).is_some());
+        assert_eq!(
+            three.after_session(true, short, 0),
+            None,
+            "every replica refused in turn"
+        );
+    }
 
     #[test]
     fn backoff_is_capped_and_jittered() {
