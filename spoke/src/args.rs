@@ -166,15 +166,19 @@ pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
+/// A comma-separated list, entries trimmed, empty ones dropped.
+pub fn parse_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Parses `--hub`: one address, or a comma-separated list of hub replicas; every entry must be `https://HOST[:PORT]`
 /// (or `http://`), checked at start rather than when the rotation first reaches it.
 pub fn parse_hub_addresses(text: &str) -> anyhow::Result<Vec<String>> {
-    let urls: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(String::from)
-        .collect();
+    let urls = parse_list(text);
     if urls.is_empty() {
         bail!("--hub: no address given");
     }

@@ -15,7 +15,7 @@ use tollgate_common::planner::PlannerConfig;
 use tollgate_common::wire;
 use tollgate_proto::v1 as pb;
 
-use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_namespaced};
+use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_list, parse_namespaced};
 use crate::hub_client::{HubSettings, HubTls, IntentState, PersistedIntent, Reports};
 use crate::metrics::Metrics;
 use crate::reconcile::{Backoff, PassReport, Reconciler, Settings};
@@ -80,12 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
         }
     };
-    let namespaces: Vec<String> = namespaces
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(String::from)
-        .collect();
+    let namespaces = parse_list(&namespaces);
     let dns_candidates = match dns_service {
         Some(text) => vec![parse_namespaced(&text, "--dns-service")?],
         None => DNS_CANDIDATES

@@ -90,8 +90,12 @@ impl Sessions {
         fresh && record.connected_replica.as_deref().is_some_and(|r| r != self.replica)
     }
 
-    /// Renews this replica's hold of its streams in the store, once per `period`, until the task is dropped.
+    /// Renews this replica's hold of its streams in the store, once per `period`, until the task is dropped. Only
+    /// with a shared store: nobody else reads it from the embedded one.
     pub async fn renew<S: Store>(self: Arc<Self>, hub: Arc<Hub<S>>, period: Duration) {
+        if !self.shared_store {
+            return;
+        }
         let mut ticker = tokio::time::interval(period);
         loop {
             ticker.tick().await;
@@ -262,12 +266,14 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         tx.send(Ok(intent(&snapshot, &selected, unchanged)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
+        // Other replicas learn who holds the stream from the store (the embedded store has no other replica).
         // Recorded before the session is registered: nothing awaits between registering it and spawning its task,
         // so a stream dropped meanwhile cannot leave a session that never ends (a record without a session expires
         // after three heartbeat periods).
-        if let Err(error) = store
-            .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
-            .await
+        if self.sessions.shared_store
+            && let Err(error) = store
+                .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
+                .await
         {
             tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
         }
