@@ -156,20 +156,22 @@ pub(crate) async fn start_apiserver(spec: &ApiServerSpec<'_>) -> Result<RunningA
     }
 }
 
-/// `GET /readyz` must answer `ok`.
+/// `GET /readyz` must answer `ok`, and the `default` namespace must exist: `/readyz` only waits for the bootstrap
+/// controller to start, and a loaded machine can answer it before that controller has created the namespace.
 pub(crate) async fn probe_readyz(client: kube::Client) -> Result<(), String> {
-    let request = http::Request::get("/readyz")
-        .body(Vec::new())
-        .map_err(|e| e.to_string())?;
-    let answer = tokio::time::timeout(Duration::from_secs(3), client.request_text(request))
-        .await
-        .map_err(|_| "GET /readyz timed out".to_string())?
-        .map_err(|e| format!("GET /readyz: {e}"))?;
-    if answer.trim() == "ok" {
-        Ok(())
-    } else {
-        Err(format!("GET /readyz answered {answer:?}"))
+    let answer = get_text(&client, "/readyz").await?;
+    if answer.trim() != "ok" {
+        return Err(format!("GET /readyz answered {answer:?}"));
     }
+    get_text(&client, "/api/v1/namespaces/default").await.map(drop)
+}
+
+async fn get_text(client: &kube::Client, path: &str) -> Result<String, String> {
+    let request = http::Request::get(path).body(Vec::new()).map_err(|e| e.to_string())?;
+    tokio::time::timeout(Duration::from_secs(3), client.request_text(request))
+        .await
+        .map_err(|_| format!("GET {path} timed out"))?
+        .map_err(|e| format!("GET {path}: {e}"))
 }
 
 #[cfg(test)]
