@@ -1,14 +1,96 @@
-//! Whether the desired NetworkPolicy differs from the one in the cluster, in the fields the spoke owns.
+//! Whether the desired NetworkPolicy differs from the one in the cluster, in the fields the spoke owns, and the
+//! compact form the spoke keeps observed policies in.
+
+use std::borrow::Cow;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
 use serde_json::Value;
 
 /// Labels and annotation keys of this prefix are the spoke's; others on the object are left alone.
 const OWN_ANNOTATION_PREFIX: &str = "tollgate.dev/";
 
+/// A managed NetworkPolicy as the spoke's store keeps it: the metadata [`needs_apply`] reads (name, namespace,
+/// labels, the spoke's own annotations, owner uids) and the spec as one canonical JSON text. A whole
+/// `NetworkPolicy` costs several KiB more per agent, mostly in label-selector maps, and its spec would otherwise
+/// be converted to JSON again on every pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedPolicy {
+    metadata: ObjectMeta,
+    spec: String,
+}
+
+impl From<NetworkPolicy> for ObservedPolicy {
+    fn from(policy: NetworkPolicy) -> Self {
+        let spec = canonical_spec(&policy);
+        let meta = policy.metadata;
+        let metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            labels: meta.labels,
+            annotations: meta
+                .annotations
+                .map(|all| {
+                    all.into_iter()
+                        .filter(|(k, _)| k.starts_with(OWN_ANNOTATION_PREFIX))
+                        .collect::<std::collections::BTreeMap<_, _>>()
+                })
+                .filter(|own| !own.is_empty()),
+            owner_references: meta.owner_references.map(|owners| {
+                owners
+                    .into_iter()
+                    .map(|o| OwnerReference {
+                        uid: o.uid,
+                        controller: o.controller,
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            resource_version: meta.resource_version,
+            uid: meta.uid,
+            ..Default::default()
+        };
+        Self { metadata, spec }
+    }
+}
+
+impl Resource for ObservedPolicy {
+    type DynamicType = ();
+    type Scope = <NetworkPolicy as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        NetworkPolicy::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        NetworkPolicy::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        NetworkPolicy::version(dt)
+    }
+
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        NetworkPolicy::api_version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        NetworkPolicy::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// `true` when applying `desired` would change `existing` (or create it). Server defaults and empty lists that
 /// the API server drops do not count, so a converged cluster sees no writes.
-pub fn needs_apply(desired: &NetworkPolicy, existing: Option<&NetworkPolicy>) -> bool {
+pub fn needs_apply(desired: &NetworkPolicy, existing: Option<&ObservedPolicy>) -> bool {
     let Some(existing) = existing else { return true };
     let labels_ok = desired
         .metadata
@@ -16,8 +98,7 @@ pub fn needs_apply(desired: &NetworkPolicy, existing: Option<&NetworkPolicy>) ->
         .iter()
         .flatten()
         .all(|(k, v)| existing.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v));
-    let desired_annotations: Vec<(&String, &String)> = own_annotations(desired).collect();
-    let existing_annotations: Vec<(&String, &String)> = own_annotations(existing).collect();
+    let annotations_ok = own_annotations(&desired.metadata).eq(own_annotations(&existing.metadata));
     let owners_ok = desired.metadata.owner_references.iter().flatten().all(|o| {
         existing
             .metadata
@@ -26,23 +107,23 @@ pub fn needs_apply(desired: &NetworkPolicy, existing: Option<&NetworkPolicy>) ->
             .flatten()
             .any(|e| e.uid == o.uid && e.controller == o.controller)
     });
-    let spec_ok = normalized(&desired.spec) == normalized(&existing.spec);
-    !(labels_ok && desired_annotations == existing_annotations && owners_ok && spec_ok)
+    !(labels_ok && annotations_ok && owners_ok && canonical_spec(desired) == existing.spec)
 }
 
-fn own_annotations(policy: &NetworkPolicy) -> impl Iterator<Item = (&String, &String)> {
-    policy
-        .metadata
+fn own_annotations(metadata: &ObjectMeta) -> impl Iterator<Item = (&String, &String)> {
+    metadata
         .annotations
         .iter()
         .flatten()
         .filter(|(k, _)| k.starts_with(OWN_ANNOTATION_PREFIX))
 }
 
-fn normalized<T: serde::Serialize>(value: &T) -> Value {
-    let mut value = serde_json::to_value(value).expect("Kubernetes objects serialize to JSON");
+/// The spec as JSON without the members the API server omits, its object keys in order: equal texts mean equal
+/// specs.
+fn canonical_spec(policy: &NetworkPolicy) -> String {
+    let mut value = serde_json::to_value(&policy.spec).expect("Kubernetes objects serialize to JSON");
     strip_empty(&mut value);
-    value
+    value.to_string()
 }
 
 /// Drops object members that are null or empty lists (the API server omits them), keeping empty objects: `{}`
@@ -86,7 +167,7 @@ mod tests {
         existing["metadata"]["labels"]["team"] = json!("a");
         existing["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json!("{}");
         existing["spec"].as_object_mut().unwrap().remove("egress");
-        assert!(!needs_apply(&desired(), Some(&policy(existing))));
+        assert!(!needs_apply(&desired(), Some(&policy(existing).into())));
         assert!(needs_apply(&desired(), None));
     }
 
@@ -108,10 +189,45 @@ mod tests {
             ("owner", other_owner),
         ] {
             assert!(
-                needs_apply(&desired(), Some(&policy(existing))),
+                needs_apply(&desired(), Some(&policy(existing).into())),
                 "{name} drift not seen"
             );
         }
+    }
+
+    #[test]
+    fn the_stored_form_keeps_only_what_the_diff_reads() {
+        let mut existing = serde_json::to_value(desired()).unwrap();
+        existing["metadata"]["resourceVersion"] = json!("42");
+        existing["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = json!("{}");
+        existing["metadata"]["managedFields"] = json!([{"manager": "tollgate-spoke", "operation": "Apply"}]);
+        let observed = ObservedPolicy::from(policy(existing));
+        let meta = observed.meta();
+        assert_eq!(meta.name.as_deref(), Some("a-signature-policy"));
+        assert_eq!(meta.namespace.as_deref(), Some("ns"));
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert_eq!(
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get("tollgate.dev/mode"))
+                .map(String::as_str),
+            Some("restricted")
+        );
+        let annotations: Vec<&str> = meta.annotations.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(annotations, ["tollgate.dev/revision"]);
+        assert!(meta.managed_fields.is_none());
+        let owner = &meta.owner_references.as_deref().unwrap()[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller, owner.name.as_str()),
+            ("u1", Some(true), "")
+        );
+        assert_eq!(
+            observed.spec,
+            // The empty egress list is left out, as the API server leaves it out.
+            r#"{"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"x":"y"}}}]}],"podSelector":{"matchLabels":{"app":"a"}},"policyTypes":["Ingress","Egress"]}"#
+        );
+        assert_eq!(ObservedPolicy::kind(&()), "NetworkPolicy");
+        assert_eq!(ObservedPolicy::api_version(&()), "networking.k8s.io/v1");
     }
 
     #[test]
@@ -119,6 +235,6 @@ mod tests {
         let mut allow_all = serde_json::to_value(desired()).unwrap();
         allow_all["spec"]["egress"] = json!([{}]);
         let deny_all = desired();
-        assert!(needs_apply(&policy(allow_all), Some(&deny_all)));
+        assert!(needs_apply(&policy(allow_all), Some(&deny_all.into())));
     }
 }

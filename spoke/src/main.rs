@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         Command::Run(run) => run,
     };
     init_tracing(&run.log_level, run.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: a pass is CPU work of tens of milliseconds between waits on the API server, and one malloc arena
+    // keeps less memory resident than one per worker thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: starting the async runtime: {error}");

@@ -16,7 +16,7 @@ use tollgate_common::planner::{self, AgentOutcome, LABEL_MODE, Mode, Plan, Plann
 use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
 use crate::agent_runtime::AgentRuntime;
-use crate::diff::needs_apply;
+use crate::diff::{ObservedPolicy, needs_apply};
 use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
 use crate::world::World;
 use crate::{agents, facts};
@@ -172,7 +172,7 @@ impl Reconciler {
         let runtimes: Vec<Arc<AgentRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
         let (plan, facts, agents) = self.plan(world, intent, &runtimes, now_unix);
 
-        let existing: HashMap<Key, Arc<NetworkPolicy>> = world
+        let existing: HashMap<Key, Arc<ObservedPolicy>> = world
             .policies
             .iter()
             .flat_map(|s| s.state())
@@ -184,7 +184,7 @@ impl Reconciler {
             .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
             .collect();
 
-        let writes: Vec<(NetworkPolicy, Option<Arc<NetworkPolicy>>)> = plan
+        let writes: Vec<(NetworkPolicy, Option<Arc<ObservedPolicy>>)> = plan
             .policies
             .iter()
             .filter_map(|desired| {
@@ -514,8 +514,8 @@ fn problems(outcome: &AgentOutcome, cluster_warnings: &[String]) -> Vec<(String,
     out
 }
 
-fn mode_of(policy: &NetworkPolicy) -> Option<Mode> {
-    Mode::parse(policy.metadata.labels.as_ref()?.get(LABEL_MODE)?)
+fn mode_of(policy: &impl Resource) -> Option<Mode> {
+    Mode::parse(policy.meta().labels.as_ref()?.get(LABEL_MODE)?)
 }
 
 /// Server-side apply. A policy the spoke already manages is applied with force, which also repairs edits made by

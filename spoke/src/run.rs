@@ -209,6 +209,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.set_ready();
         publish_reports(&report, &state, &facts_tx, &inventory_tx, &ack_tx);
         let failed: HashSet<_> = report.errors.iter().map(|e| e.kind).collect();
+        // The pass's plan and inputs are not needed while waiting for the next change: free them now rather than
+        // hold a copy of every policy through an idle period.
+        drop(report);
         let retry = backoff.next(&failed);
         if let Some(delay) = retry {
             tracing::info!(delay_ms = delay.as_millis() as u64, "Retrying failed writes");

@@ -4,7 +4,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tollgate_common::planner::{LABEL_MANAGED_BY, MANAGED_BY};
 
 use crate::agent_runtime::AgentRuntime;
+use crate::diff::ObservedPolicy;
 
 /// The annotation `kubectl apply` keeps a whole copy of the object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -41,7 +42,8 @@ pub struct World {
     pub runtimes: Vec<Store<AgentRuntime>>,
     pub deployments: Vec<Store<Deployment>>,
     pub statefulsets: Vec<Store<StatefulSet>>,
-    pub policies: Vec<Store<NetworkPolicy>>,
+    /// The managed NetworkPolicies, in the compact form the diff reads.
+    pub policies: Vec<Store<ObservedPolicy>>,
     pub agent_cards: Vec<Store<DynamicObject>>,
     pub namespaces: Store<Namespace>,
     pub api_endpoints: Store<Endpoints>,
@@ -86,7 +88,7 @@ impl World {
             deployments.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-            policies.push(watch(api(client, ns), managed, trigger, tasks));
+            policies.push(watch_policies(api(client, ns), managed, trigger, tasks));
             if let Some(ar) = &scope.agent_card {
                 let cards = match ns {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
@@ -187,6 +189,28 @@ where
 {
     let (reader, writer) = reflector::store();
     spawn_reflector(watcher(api, config), writer, trigger, tasks);
+    reader
+}
+
+/// A reflector of managed NetworkPolicies that stores each in its compact form.
+fn watch_policies(
+    api: Api<NetworkPolicy>,
+    config: watcher::Config,
+    trigger: &Arc<Notify>,
+    tasks: &mut JoinSet<()>,
+) -> Store<ObservedPolicy> {
+    fn compact(event: watcher::Event<NetworkPolicy>) -> watcher::Event<ObservedPolicy> {
+        use watcher::Event;
+        match event {
+            Event::Apply(policy) => Event::Apply(policy.into()),
+            Event::Delete(policy) => Event::Delete(policy.into()),
+            Event::Init => Event::Init,
+            Event::InitApply(policy) => Event::InitApply(policy.into()),
+            Event::InitDone => Event::InitDone,
+        }
+    }
+    let (reader, writer) = reflector::store();
+    spawn_reflector(watcher(api, config).map_ok(compact), writer, trigger, tasks);
     reader
 }
 
