@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -188,7 +188,8 @@ where
     K::DynamicType: Default + Eq + Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    spawn_reflector(watcher(api, config), writer, trigger, tasks);
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    spawn_reflector(kind, watcher(api, config).map_ok(lean), writer, trigger, tasks);
     reader
 }
 
@@ -210,7 +211,8 @@ fn watch_policies(
         }
     }
     let (reader, writer) = reflector::store();
-    spawn_reflector(watcher(api, config).map_ok(compact), writer, trigger, tasks);
+    let kind = NetworkPolicy::kind(&()).into_owned();
+    spawn_reflector(kind, watcher(api, config).map_ok(compact), writer, trigger, tasks);
     reader
 }
 
@@ -220,36 +222,95 @@ fn watch_dynamic(
     trigger: &Arc<Notify>,
     tasks: &mut JoinSet<()>,
 ) -> Store<DynamicObject> {
+    let kind = resource.kind.clone();
     let writer = reflector::store::Writer::new(resource);
     let reader = writer.as_reader();
-    spawn_reflector(watcher(api, watcher::Config::default()), writer, trigger, tasks);
+    let events = watcher(api, watcher::Config::default()).map_ok(lean);
+    spawn_reflector(kind, events, writer, trigger, tasks);
     reader
 }
 
-fn spawn_reflector<K, S>(stream: S, writer: reflector::store::Writer<K>, trigger: &Arc<Notify>, tasks: &mut JoinSet<()>)
-where
+/// Drops the managed fields and kubectl's last-applied copy, large and never read, before an object reaches its
+/// store.
+fn lean<K: Resource>(event: watcher::Event<K>) -> watcher::Event<K> {
+    event.modify(|obj| {
+        let meta = obj.meta_mut();
+        meta.managed_fields = None;
+        if let Some(annotations) = &mut meta.annotations {
+            annotations.remove(LAST_APPLIED);
+        }
+    })
+}
+
+fn spawn_reflector<K, S>(
+    kind: String,
+    stream: S,
+    writer: reflector::store::Writer<K>,
+    trigger: &Arc<Notify>,
+    tasks: &mut JoinSet<()>,
+) where
     K: Resource + Clone + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     let trigger = trigger.clone();
-    let kind = std::any::type_name::<K>().rsplit("::").next().unwrap_or("object");
     tasks.spawn(async move {
-        // Managed fields and kubectl's last-applied copy are large and never read: drop them before they reach
-        // the store.
-        let events = stream
-            .default_backoff()
-            .modify(|obj: &mut K| {
-                obj.managed_fields_mut().clear();
-                obj.annotations_mut().remove(LAST_APPLIED);
-            })
-            .reflect(writer);
+        let events = stream.default_backoff().reflect(writer);
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             match event {
                 Ok(_) => trigger.notify_one(),
-                Err(error) => tracing::warn!(kind, %error, "Watch failed; retrying with backoff"),
+                Err(error) => tracing::warn!(%kind, %error, "Watch failed; retrying with backoff"),
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    use super::*;
+
+    #[test]
+    fn lean_objects_lose_managed_fields_and_the_last_applied_copy_only() {
+        let object = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("a".into()),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                annotations: Some(BTreeMap::from([
+                    (LAST_APPLIED.to_string(), "{}".to_string()),
+                    ("team".to_string(), "x".to_string()),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let watcher::Event::Apply(lean_object) = lean(watcher::Event::Apply(object)) else {
+            panic!("the event kind changed");
+        };
+        assert_eq!(lean_object.metadata.name.as_deref(), Some("a"));
+        assert_eq!(lean_object.metadata.managed_fields, None);
+        let annotations: Vec<&str> = lean_object
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(annotations, ["team"]);
+
+        let bare = ConfigMap::default();
+        let watcher::Event::InitApply(bare) = lean(watcher::Event::InitApply(bare)) else {
+            panic!("the event kind changed");
+        };
+        assert_eq!(
+            bare.metadata,
+            ObjectMeta::default(),
+            "nothing is added to an object without them"
+        );
+    }
 }
