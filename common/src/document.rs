@@ -17,7 +17,7 @@ pub const API_VERSION: &str = "tollgate.dev/v1alpha1";
 pub const KIND_POLICY: &str = "EgressPolicy";
 pub const KIND_GUARDRAIL: &str = "EgressGuardrail";
 
-/// The largest document accepted, in bytes of its YAML text.
+/// The largest document accepted, in bytes of its YAML text as written and of its canonical form.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 
 /// `metadata` of a document.
@@ -350,6 +350,7 @@ fn parse_source(source: &Source, errors: &mut Vec<DocumentError>) -> Vec<ParsedD
                     object = raw.object_name();
                     if let Some(document) = raw.validate(&mut field_errors)
                         && field_errors.is_empty()
+                        && canonical_size_fits(&document, &mut field_errors)
                     {
                         out.push(ParsedDocument {
                             index,
@@ -374,6 +375,24 @@ fn parse_source(source: &Source, errors: &mut Vec<DocumentError>) -> Vec<ParsedD
         }));
     }
     out
+}
+
+/// Whether the document's canonical form (what the hub stores and sends) fits the document limit: a short text can
+/// expand (a list of `{port: N}` written inline becomes several lines per entry), and a stored document must
+/// always read back.
+fn canonical_size_fits(document: &Document, errors: &mut Vec<FieldError>) -> bool {
+    let size = document.to_yaml().len();
+    if size <= MAX_DOCUMENT_BYTES {
+        return true;
+    }
+    errors.push(FieldError::new(
+        "",
+        format!(
+            "document is {size} bytes in canonical form (as stored), over the limit of {MAX_DOCUMENT_BYTES} bytes; \
+             split it into smaller documents"
+        ),
+    ));
+    false
 }
 
 /// A document as written; the spec holds the fields of both kinds so that every unknown field of either kind

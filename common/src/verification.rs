@@ -59,6 +59,8 @@ pub enum Reason {
     NotVerified,
     BindingFailed,
     CardStale,
+    /// The `AgentRuntime` has a field the spoke cannot read: treated as unverified until it is fixed.
+    Malformed,
 }
 
 impl Reason {
@@ -70,6 +72,7 @@ impl Reason {
             Self::NotVerified => "NotVerified",
             Self::BindingFailed => "BindingFailed",
             Self::CardStale => "CardStale",
+            Self::Malformed => "Malformed",
         }
     }
 
@@ -81,6 +84,7 @@ impl Reason {
             Self::NotVerified,
             Self::BindingFailed,
             Self::CardStale,
+            Self::Malformed,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)

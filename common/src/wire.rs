@@ -320,6 +320,7 @@ mod tests {
             revision: 7,
             documents: wire.clone(),
             unchanged: false,
+            ..Default::default()
         })
         .unwrap();
         assert_eq!(intent.revision, Some(7));

@@ -132,6 +132,21 @@ pub struct SpokeProcess {
     pub metrics_port: u16,
 }
 
+/// How [`Fleet::start_spoke_with`] starts a spoke; the default is the cluster's own spoke.
+#[derive(Clone, Debug, Default)]
+pub struct SpokeStart {
+    /// The cluster id it says hello with (default: the cluster's name).
+    pub claimed_id: Option<String>,
+    /// Whose certificate it presents (default: the cluster's own).
+    pub certificate_of: Option<String>,
+    /// Other certificate and key files (`--tls-cert`, `--tls-key`) instead.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// More flags.
+    pub extra_args: Vec<String>,
+    /// Wait only until `/readyz` answers, ready or not (a spoke that is expected not to become ready).
+    pub answering: bool,
+}
+
 /// The fleet. Field order is drop order: spokes, then the hub replicas, their database, the clusters, the folder.
 #[derive(Debug)]
 pub struct Fleet {
@@ -381,6 +396,36 @@ impl Fleet {
             .unwrap_or_default()
     }
 
+    /// `GET path` on hub replica `replica`'s metrics port: the status code and the body.
+    pub async fn hub_http(&self, replica: usize, path: &str) -> Result<(u16, String)> {
+        http_get(self.hub_ports[replica].1, path).await
+    }
+
+    /// The embedded store's folder of the hub (`--data-dir`).
+    pub fn hub_data_dir(&self) -> PathBuf {
+        self.dir.path().join("hub-data")
+    }
+
+    /// The URL of the replicas' shared PostgreSQL database; `None` on the embedded store.
+    pub fn store_url(&self) -> Option<&str> {
+        self.store_url.as_deref()
+    }
+
+    /// Gives the hub a new, empty store from its next start (a lost volume, a new database), keeping the old one
+    /// aside: the embedded store's folder is moved away, or the replicas are pointed at a new database.
+    pub async fn replace_hub_store(&mut self) -> Result<()> {
+        if let Some(server) = &self.postgres {
+            self.store_url = Some(server.create_database().await?);
+            return Ok(());
+        }
+        let data = self.hub_data_dir();
+        if data.exists() {
+            let aside = self.dir.path().join(format!("hub-data.old.{}", self.starts));
+            std::fs::rename(&data, &aside).with_context(|| format!("moving {} aside", data.display()))?;
+        }
+        Ok(())
+    }
+
     /// Starts cluster `index`'s spoke with its own identity and waits until its first pass is done.
     pub async fn start_spoke(&mut self, index: usize) -> Result<()> {
         let name = self.clusters[index].name.clone();
@@ -390,15 +435,38 @@ impl Fleet {
     /// Starts cluster `index`'s spoke saying it is cluster `claimed_id` with the certificate issued to
     /// `certificate_of`, and waits until its first pass is done (`/readyz`).
     pub async fn start_spoke_as(&mut self, index: usize, claimed_id: &str, certificate_of: &str) -> Result<()> {
+        self.start_spoke_with(
+            index,
+            SpokeStart {
+                claimed_id: Some(claimed_id.to_string()),
+                certificate_of: Some(certificate_of.to_string()),
+                ..SpokeStart::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts cluster `index`'s spoke as `start` says, and waits until it is ready (or, with
+    /// [`SpokeStart::answering`], until `/readyz` answers at all).
+    pub async fn start_spoke_with(&mut self, index: usize, start: SpokeStart) -> Result<()> {
         self.kill_spoke(index);
         let certs = self.certs_dir();
         let path = |name: String| certs.join(name).display().to_string();
         let metrics_port = free_port()?;
         let spec = &self.clusters[index];
-        let args = vec![
+        let claimed_id = start.claimed_id.clone().unwrap_or_else(|| spec.name.clone());
+        let certificate_of = start.certificate_of.clone().unwrap_or_else(|| spec.name.clone());
+        let (cert, key) = match &start.tls_files {
+            Some((cert, key)) => (cert.display().to_string(), key.display().to_string()),
+            None => (
+                path(format!("spoke-{certificate_of}.pem")),
+                path(format!("spoke-{certificate_of}-key.pem")),
+            ),
+        };
+        let mut args = vec![
             "run".to_string(),
             "--cluster-id".into(),
-            claimed_id.to_string(),
+            claimed_id,
             "--cluster-labels".into(),
             spec.labels_flag(),
             "--kubeconfig".into(),
@@ -411,23 +479,35 @@ impl Fleet {
             "--hub-ca".into(),
             path("ca.pem".into()),
             "--tls-cert".into(),
-            path(format!("spoke-{certificate_of}.pem")),
+            cert,
             "--tls-key".into(),
-            path(format!("spoke-{certificate_of}-key.pem")),
+            key,
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
             "--log-level".into(),
             "info,tollgate_spoke=debug".into(),
         ];
+        args.extend(start.extra_args.iter().cloned());
         self.starts += 1;
         let log = self.dir.path().join(format!("spoke-{}.{}.log", spec.name, self.starts));
         let process = ChildProcess::spawn("tollgate-spoke", &self.spoke_binary, &args, &log)?;
+        let answering = start.answering;
         wait_until(format!("spoke /readyz (log: {})", log.display()), WAIT, || async move {
-            matches!(http_get(metrics_port, "/readyz").await, Ok((200, _)))
+            match http_get(metrics_port, "/readyz").await {
+                Ok((200, _)) => true,
+                Ok(_) => answering,
+                Err(_) => false,
+            }
         })
         .await?;
         self.spokes[index] = Some(SpokeProcess { process, metrics_port });
         Ok(())
+    }
+
+    /// `GET /readyz` of cluster `index`'s spoke: the status code and the body.
+    pub async fn spoke_readyz(&self, index: usize) -> Result<(u16, String)> {
+        let spoke = self.spokes[index].as_ref().context("the spoke is not running")?;
+        http_get(spoke.metrics_port, "/readyz").await
     }
 
     /// SIGKILLs cluster `index`'s spoke.

@@ -820,6 +820,9 @@ mod swarm {
     struct SpokeState {
         index: usize,
         last_revision: u64,
+        /// The store and digest of the intent held, sent in the hello so a reconnect resumes.
+        store_id: String,
+        digest: String,
         connected_once: bool,
         storm_epoch: u64,
     }
@@ -856,6 +859,10 @@ mod swarm {
                     self.count(&self.reached, &self.reached_all);
                 }
                 state.last_revision = intent.revision;
+            }
+            if !intent.unchanged {
+                state.store_id.clone_from(&intent.store_id);
+                state.digest.clone_from(&intent.digest);
             }
         }
 
@@ -1078,6 +1085,9 @@ mod swarm {
             labels: [("env".to_string(), "prod".to_string())].into_iter().collect(),
             spoke_version: "fanout-bench".into(),
             last_applied_revision: state.last_revision,
+            store_id: state.store_id.clone(),
+            digest: state.digest.clone(),
+            ..Default::default()
         })))
         .await
         .map_err(|_| "hello not sent".to_string())?;
@@ -1103,7 +1113,11 @@ mod swarm {
                             permit.take();
                         }
                         if shared.ack && newer {
-                            let ack = message(spoke_message::Msg::Ack(pb::Ack { revision: intent.revision, errors: vec![] }));
+                            let ack = message(spoke_message::Msg::Ack(pb::Ack {
+                                revision: intent.revision,
+                                store_id: intent.store_id.clone(),
+                                ..Default::default()
+                            }));
                             tx.send(ack).await.map_err(|_| "ack not sent".to_string())?;
                         }
                     }

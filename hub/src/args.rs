@@ -50,6 +50,9 @@ enum Command {
     Status(crate::cli::StatusArgs),
     /// Preview a change fleet-wide: per cluster and agent, the destinations gained and lost and mode changes.
     Plan(crate::cli::PlanArgs),
+    /// The clusters the hub serves.
+    #[command(subcommand)]
+    Clusters(crate::cli::ClustersCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +151,7 @@ impl Args {
             Command::Rollback(args) => runtime()?.block_on(args.run(out)),
             Command::Status(args) => runtime()?.block_on(args.run(out)),
             Command::Plan(args) => runtime()?.block_on(args.run(out)),
+            Command::Clusters(command) => runtime()?.block_on(command.run(out)),
         }
     }
 }

@@ -39,10 +39,12 @@ pub struct Connection {
 
 impl Connection {
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        tollgate_proto::check_hub_address(&self.hub, self.insecure_dev_plaintext)
+            .map_err(|reason| anyhow::anyhow!("--hub {reason}"))?;
         let mut endpoint = Channel::from_shared(self.hub.clone()).with_context(|| format!("--hub {:?}", self.hub))?;
         if self.insecure_dev_plaintext {
-            if !self.hub.starts_with("http://") {
-                bail!("--insecure-dev-plaintext needs an http:// hub address");
+            if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+                bail!("--insecure-dev-plaintext cannot be combined with TLS files (--ca, --cert, --key)");
             }
         } else {
             let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
@@ -61,7 +63,7 @@ impl Connection {
             .connect()
             .await
             .with_context(|| format!("connecting to the hub at {}", self.hub))?;
-        Ok(AdminClient::new(channel))
+        Ok(AdminClient::new(channel).max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES))
     }
 }
 
@@ -397,4 +399,48 @@ fn render_status(status: &pb::FleetStatusResponse, agents: bool, output: Output)
         (false, Output::Yaml) => serde_yaml_ng::to_string(&render::cluster_rows(status))?,
         (true, Output::Yaml) => serde_yaml_ng::to_string(&render::agent_rows(status))?,
     })
+}
+
+/// `tollgate-hub clusters …`: the clusters the hub serves.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClustersCommand {
+    /// Let one Diverged cluster take this hub's latest revision: after the hub came back on another store (a lost
+    /// volume, a new database) or on an older copy of its store, a spoke keeps enforcing what it has until an
+    /// admin says so.
+    Adopt {
+        /// The cluster id.
+        cluster: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+impl ClustersCommand {
+    pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+        match self {
+            Self::Adopt { cluster, connection } => {
+                let response = connection
+                    .admin()
+                    .await?
+                    .adopt_cluster(pb::AdoptClusterRequest {
+                        cluster_id: cluster.clone(),
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                writeln!(
+                    out,
+                    "cluster {cluster} adopts revision {} of store {} ({})",
+                    response.revision,
+                    response.store_id,
+                    if response.connected {
+                        "offered now"
+                    } else {
+                        "offered when its spoke connects, or within a heartbeat on the replica it is connected to"
+                    }
+                )?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }

@@ -16,6 +16,9 @@ use crate::grpc::Sessions;
 use crate::state::Hub;
 use crate::store::Store;
 
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -35,6 +38,7 @@ pub struct Metrics {
     pub lag: Family<ClusterLabel, Gauge>,
     pub pushes: Counter,
     pub applies: Family<ResultLabel, Counter>,
+    pub unreadable: Gauge,
 }
 
 impl Default for Metrics {
@@ -58,6 +62,12 @@ impl Default for Metrics {
         );
         registry.register("pushes", "Intent revisions sent to spokes", pushes.clone());
         registry.register("applies", "Apply calls, by result", applies.clone());
+        let unreadable = Gauge::default();
+        registry.register(
+            "unreadable_revisions",
+            "Stored revisions newer than the one served that cannot be read (see `tollgate-hub history`)",
+            unreadable.clone(),
+        );
         Self {
             registry,
             connected,
@@ -65,13 +75,15 @@ impl Default for Metrics {
             lag,
             pushes,
             applies,
+            unreadable,
         }
     }
 }
 
 impl Metrics {
     /// Refreshes the gauges that describe the present, then encodes everything.
-    pub fn encode(&self, latest_revision: u64, sessions: &Sessions) -> String {
+    pub fn encode(&self, latest_revision: u64, unreadable: u64, sessions: &Sessions) -> String {
+        self.unreadable.set(unreadable as i64);
         let connected = sessions.connected();
         self.connected.set(connected.len() as i64);
         self.revision.set(latest_revision as i64);
@@ -102,7 +114,20 @@ pub async fn serve<S: Store>(
     let context = Arc::new(Context { metrics, hub, sessions });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(c): State<Arc<Context<S>>>| async move {
+                // Not ready while the store does not answer (a stopped database): applies and hellos would fail.
+                match tokio::time::timeout(READY_TIMEOUT, c.hub.store().ping()).await {
+                    Ok(Ok(())) => (axum::http::StatusCode::OK, "ok".to_string()),
+                    Ok(Err(error)) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("store: {error}")),
+                    Err(_) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("store: no answer within {READY_TIMEOUT:?}"),
+                    ),
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(|State(c): State<Arc<Context<S>>>| async move {
@@ -111,7 +136,8 @@ pub async fn serve<S: Store>(
                         "content-type",
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    c.metrics.encode(c.hub.snapshot().revision, &c.sessions),
+                    c.metrics
+                        .encode(c.hub.snapshot().revision, c.hub.unreadable_revisions(), &c.sessions),
                 )
             }),
         )

@@ -45,6 +45,40 @@ pub struct ClusterRow {
     pub baseline_only: u32,
     pub restricted: u32,
     pub errors: u32,
+    /// What the spoke reported last (empty: nothing wrong).
+    pub conditions: Vec<ConditionRow>,
+}
+
+/// A condition a spoke reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConditionRow {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+}
+
+fn condition_rows(conditions: &[pb::Condition]) -> Vec<ConditionRow> {
+    conditions
+        .iter()
+        .map(|c| ConditionRow {
+            type_: crate::grpc::condition_name(c.r#type),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+        .collect()
+}
+
+/// `Ready`, or the types of the cluster's conditions (`Diverged`, …).
+fn state_text(conditions: &[pb::Condition]) -> String {
+    if conditions.is_empty() {
+        return "Ready".to_string();
+    }
+    condition_rows(conditions)
+        .into_iter()
+        .map(|c| c.type_)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn cluster_rows(status: &pb::FleetStatusResponse) -> Vec<ClusterRow> {
@@ -64,6 +98,7 @@ pub fn cluster_rows(status: &pb::FleetStatusResponse) -> Vec<ClusterRow> {
             baseline_only: c.agents_baseline_only,
             restricted: c.agents_restricted,
             errors: c.errors,
+            conditions: condition_rows(&c.conditions),
         })
         .collect()
 }
@@ -82,10 +117,18 @@ pub fn clusters_table(status: &pb::FleetStatusResponse, now_unix_millis: i64) ->
             "BASELINE-ONLY",
             "RESTRICTED",
             "ERRORS",
+            "STATUS",
         ]
         .map(String::from),
     ];
+    let mut notes = String::new();
     for c in &status.clusters {
+        for condition in condition_rows(&c.conditions) {
+            notes.push_str(&format!(
+                "{}: {}: {}\n",
+                c.cluster_id, condition.type_, condition.message
+            ));
+        }
         rows.push([
             c.cluster_id.clone(),
             labels_text(&c.labels),
@@ -102,9 +145,10 @@ pub fn clusters_table(status: &pb::FleetStatusResponse, now_unix_millis: i64) ->
             c.agents_baseline_only.to_string(),
             c.agents_restricted.to_string(),
             c.errors.to_string(),
+            state_text(&c.conditions),
         ]);
     }
-    render_table(&rows)
+    render_table(&rows) + &notes
 }
 
 /// One row per agent of a cluster.
@@ -185,16 +229,30 @@ pub fn agents_table(status: &pb::FleetStatusResponse) -> String {
 
 pub fn history_table(history: &pb::HistoryResponse, now_unix_millis: i64) -> String {
     let mut rows = vec![["REVISION", "CREATED", "OPERATION", "DOCUMENTS", "SUMMARY"].map(String::from)];
+    let mut notes = String::new();
     for r in &history.revisions {
+        let revision = if r.unreadable.is_empty() {
+            r.revision.to_string()
+        } else {
+            notes.push_str(&format!("revision {} cannot be read: {}\n", r.revision, r.unreadable));
+            format!("{} (unreadable)", r.revision)
+        };
         rows.push([
-            r.revision.to_string(),
+            revision,
             ago(r.created_unix_millis, now_unix_millis),
             r.operation.clone(),
             r.document_count.to_string(),
             r.summary.clone(),
         ]);
     }
-    render_table(&rows)
+    let newest = history.revisions.last().map_or(0, |r| r.revision);
+    if history.serving_revision != newest {
+        notes.push_str(&format!(
+            "the hub serves revision {}, the newest it can read; `rollback --to {}` (or an apply) makes a new revision\n",
+            history.serving_revision, history.serving_revision
+        ));
+    }
+    render_table(&rows) + &notes
 }
 
 /// `EgressPolicy/name created` lines, with diffs when asked, and the revision line.
@@ -227,6 +285,7 @@ mod tests {
     fn fleet() -> pb::FleetStatusResponse {
         pb::FleetStatusResponse {
             latest_revision: 7,
+            store_id: "b2".into(),
             clusters: vec![
                 pb::ClusterStatus {
                     cluster_id: "prod-eu".into(),
@@ -240,6 +299,7 @@ mod tests {
                     agents_baseline_only: 0,
                     agents_restricted: 1,
                     errors: 0,
+                    conditions: vec![],
                 },
                 pb::ClusterStatus {
                     cluster_id: "dev".into(),
@@ -253,6 +313,11 @@ mod tests {
                     agents_baseline_only: 0,
                     agents_restricted: 0,
                     errors: 1,
+                    conditions: vec![pb::Condition {
+                        r#type: pb::ConditionType::Diverged as i32,
+                        reason: "OtherStore".into(),
+                        message: "refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`".into(),
+                    }],
                 },
             ],
             agents: vec![pb::AgentStatus {
@@ -279,11 +344,43 @@ mod tests {
         assert_eq!(
             clusters_table(&fleet(), 301_000),
             "\
-CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS
-prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0
-dev       -          no          5m ago      5/7        1        0        1           0               0            1
+CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS   STATUS
+prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0        Ready
+dev       -          no          5m ago      5/7        1        0        1           0               0            1        Diverged
+dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`
 "
         );
+    }
+
+    #[test]
+    fn history_marks_unreadable_revisions_and_what_is_served() {
+        let info = |revision, unreadable: &str| pb::RevisionInfo {
+            revision,
+            created_unix_millis: 1_000,
+            operation: "apply".into(),
+            summary: format!("apply EgressPolicy/p{revision}"),
+            document_count: 1,
+            unreadable: unreadable.into(),
+        };
+        let history = pb::HistoryResponse {
+            revisions: vec![info(1, ""), info(2, "revision 2 document 1: unknown field `kind2`")],
+            serving_revision: 1,
+        };
+        assert_eq!(
+            history_table(&history, 61_000),
+            "\
+REVISION         CREATED   OPERATION   DOCUMENTS   SUMMARY
+1                1m ago    apply       1           apply EgressPolicy/p1
+2 (unreadable)   1m ago    apply       1           apply EgressPolicy/p2
+revision 2 cannot be read: revision 2 document 1: unknown field `kind2`
+the hub serves revision 1, the newest it can read; `rollback --to 1` (or an apply) makes a new revision
+"
+        );
+        let readable = pb::HistoryResponse {
+            revisions: vec![info(1, "")],
+            serving_revision: 1,
+        };
+        assert!(!history_table(&readable, 61_000).contains("serves"));
     }
 
     #[test]

@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 use tollgate_common::document::{Document, DocumentSet, Source};
 use tollgate_common::field_error::DocumentError;
+use tollgate_common::intent;
 use tollgate_common::label_selector::LabelSelector;
 use tollgate_proto::v1 as pb;
 
-use crate::store::{Operation, RevisionInfo, Store, StoreError};
+use crate::store::{Operation, Readable, RevisionInfo, Store, StoreError};
 
 /// How often an optimistic commit is retried when another writer committed first.
 const COMMIT_ATTEMPTS: usize = 16;
@@ -18,15 +20,19 @@ const COMMIT_ATTEMPTS: usize = 16;
 /// The latest committed intent, with every document rendered for the wire once, shared by every session.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The store it comes from ([`Store::store_id`]).
+    pub store_id: String,
     pub revision: u64,
     pub documents: DocumentSet,
     /// Each document's cluster selector and wire form, in `documents` order.
     pub wire: Vec<(Option<LabelSelector>, pb::Document)>,
+    /// Each document's digest ([`intent::document_digest`]), in `documents` order.
+    pub digests: Vec<[u8; 32]>,
 }
 
 impl Snapshot {
-    pub fn new(revision: u64, documents: DocumentSet) -> Self {
-        let wire = documents
+    pub fn new(store_id: &str, revision: u64, documents: DocumentSet) -> Self {
+        let wire: Vec<_> = documents
             .documents()
             .map(|d| {
                 let selector = d.cluster_selector().cloned();
@@ -38,11 +44,22 @@ impl Snapshot {
                 (selector, document)
             })
             .collect();
+        let digests = wire
+            .iter()
+            .map(|(_, d)| intent::document_digest(&d.kind, &d.name, &d.yaml))
+            .collect();
         Self {
+            store_id: store_id.to_string(),
             revision,
             documents,
             wire,
+            digests,
         }
+    }
+
+    /// The digest of a selection: what a spoke holding exactly these documents computes.
+    pub fn digest(&self, selected: &[usize]) -> String {
+        intent::digest(selected.iter().map(|i| &self.digests[*i]))
     }
 
     /// Indices (into `wire`) of the documents whose cluster selector matches these labels.
@@ -61,6 +78,9 @@ impl Snapshot {
 pub enum HubError {
     #[error("{} validation error(s)", .0.len())]
     Invalid(Vec<DocumentError>),
+    /// The change would give some cluster more intent than it can hold.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -108,14 +128,55 @@ pub struct ApplyOutcome {
 pub struct Hub<S> {
     store: S,
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The largest intent one cluster may receive, in canonical bytes.
+    max_cluster_intent_bytes: usize,
+    /// How many of the newest stored revisions could not be read at the last read (the hub serves the newest
+    /// readable one).
+    unreadable: AtomicU64,
 }
 
 impl<S: Store> Hub<S> {
-    /// Loads the latest revision.
+    /// Loads the newest readable revision; newer revisions that cannot be read are reported, never fatal.
     pub async fn new(store: S) -> Result<Self, StoreError> {
-        let latest = store.latest().await?;
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot::new(latest.info.number, latest.documents)));
-        Ok(Self { store, snapshot })
+        let latest = store.latest_readable().await?;
+        let number = latest.revision.info.number;
+        let snapshot = Snapshot::new(store.store_id(), number, latest.revision.documents.clone());
+        let (snapshot, _) = watch::channel(Arc::new(snapshot));
+        let hub = Self {
+            store,
+            snapshot,
+            max_cluster_intent_bytes: intent::MAX_CLUSTER_INTENT_BYTES,
+            unreadable: AtomicU64::new(0),
+        };
+        hub.note_unreadable(&latest);
+        Ok(hub)
+    }
+
+    /// Lowers the bound on one cluster's intent (default [`intent::MAX_CLUSTER_INTENT_BYTES`], the most a spoke can
+    /// cache).
+    pub fn with_max_cluster_intent_bytes(mut self, bytes: usize) -> Self {
+        self.max_cluster_intent_bytes = bytes.min(intent::MAX_CLUSTER_INTENT_BYTES);
+        self
+    }
+
+    /// How many of the newest stored revisions could not be read at the last read.
+    pub fn unreadable_revisions(&self) -> u64 {
+        self.unreadable.load(Ordering::Relaxed)
+    }
+
+    fn note_unreadable(&self, latest: &Readable) {
+        let before = self.unreadable.swap(latest.skipped.len() as u64, Ordering::Relaxed);
+        for (revision, reason) in &latest.skipped {
+            if before == 0 {
+                tracing::error!(
+                    revision,
+                    reason,
+                    serving = latest.revision.info.number,
+                    "A stored revision cannot be read; serving the newest readable revision (`tollgate-hub history` \
+                     marks it; `tollgate-hub rollback --to REV` or an apply makes a new revision)"
+                );
+            }
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -130,9 +191,10 @@ impl<S: Store> Hub<S> {
     /// Re-reads the latest revision from the store and publishes it when it is newer than the one published
     /// (another replica committed it).
     pub async fn refresh(&self) -> Result<u64, StoreError> {
-        let latest = self.store.latest().await?;
-        let number = latest.info.number;
-        self.publish(number, latest.documents);
+        let latest = self.store.latest_readable().await?;
+        self.note_unreadable(&latest);
+        let number = latest.revision.info.number;
+        self.publish(number, latest.revision.documents);
         Ok(number)
     }
 
@@ -160,11 +222,12 @@ impl<S: Store> Hub<S> {
             Ok(next)
         };
         if dry_run {
-            let latest = self.store.latest().await?;
-            let next = merge(&latest.documents)?;
+            let latest = self.store.latest_readable().await?;
+            let next = merge(&latest.revision.documents)?;
+            self.check_bounds(&next).await?;
             return Ok(ApplyOutcome {
                 revision: None,
-                changes: changes(&latest.documents, &next),
+                changes: changes(&latest.revision.documents, &next),
             });
         }
         let (info, changes) = self.commit(Operation::Apply, &summary, merge, now).await?;
@@ -225,18 +288,20 @@ impl<S: Store> Hub<S> {
     ) -> Result<(Option<RevisionInfo>, Vec<Change>), HubError> {
         let mut last_error = None;
         for _ in 0..COMMIT_ATTEMPTS {
-            let latest = self.store.latest().await?;
-            let next = next(&latest.documents)?;
-            let changes = changes(&latest.documents, &next);
-            if next == latest.documents {
-                self.publish(latest.info.number, latest.documents);
+            let latest = self.store.latest_readable().await?;
+            self.note_unreadable(&latest);
+            let current = &latest.revision.documents;
+            let next = next(current)?;
+            let changes = changes(current, &next);
+            // With newer unreadable revisions, even an equal set is committed: it becomes the newest revision again.
+            if next == *current && latest.skipped.is_empty() {
+                self.publish(latest.revision.info.number, latest.revision.documents);
                 return Ok((None, changes));
             }
-            match self
-                .store
-                .commit(latest.info.number, operation, summary, &next, now)
-                .await
-            {
+            if operation != Operation::Delete {
+                self.check_bounds(&next).await?;
+            }
+            match self.store.commit(latest.newest, operation, summary, &next, now).await {
                 Ok(info) => {
                     tracing::info!(
                         revision = info.number,
@@ -254,13 +319,63 @@ impl<S: Store> Hub<S> {
         Err(last_error.expect("the loop ran at least once").into())
     }
 
+    /// Refuses a set that would give some cluster more intent than it can hold: every registered cluster is
+    /// checked with its labels, and a cluster without labels stands for any cluster yet to join.
+    async fn check_bounds(&self, next: &DocumentSet) -> Result<(), HubError> {
+        let clusters = self.store.clusters().await?;
+        let documents: Vec<(Option<LabelSelector>, usize, String)> = next
+            .documents()
+            .map(|d| {
+                (
+                    d.cluster_selector().cloned(),
+                    d.to_yaml().len() + "---\n".len(),
+                    d.to_string(),
+                )
+            })
+            .collect();
+        let unlabelled = BTreeMap::new();
+        let candidates = clusters
+            .iter()
+            .map(|c| (format!("cluster {:?}", c.id), &c.labels))
+            .chain(std::iter::once(("a cluster without labels".to_string(), &unlabelled)));
+        let mut over = Vec::new();
+        for (who, labels) in candidates {
+            let selected: Vec<&(Option<LabelSelector>, usize, String)> = documents
+                .iter()
+                .filter(|(selector, _, _)| selector.as_ref().is_none_or(|s| s.matches(labels)))
+                .collect();
+            let total: usize = selected.iter().map(|(_, size, _)| size).sum();
+            if total > self.max_cluster_intent_bytes {
+                let largest = selected
+                    .iter()
+                    .max_by_key(|(_, size, _)| *size)
+                    .map(|(_, size, name)| format!("; its largest document is {name} ({size} bytes)"))
+                    .unwrap_or_default();
+                over.push(format!(
+                    "{who} would receive {total} bytes of intent in canonical form, over the limit of {} bytes \
+                     (what its spoke can cache){largest}",
+                    self.max_cluster_intent_bytes
+                ));
+            }
+        }
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(HubError::TooLarge(format!(
+                "{}; nothing was applied: narrow the documents' clusterSelector or split the rules across fewer \
+                 clusters",
+                over.join("; ")
+            )))
+        }
+    }
+
     /// Publishes a revision to every session, unless a newer one is already published.
     fn publish(&self, revision: u64, documents: DocumentSet) {
         if revision <= self.snapshot.borrow().revision {
             return;
         }
         // Rendered outside the channel's lock, once for every session.
-        let next = Arc::new(Snapshot::new(revision, documents));
+        let next = Arc::new(Snapshot::new(self.store.store_id(), revision, documents));
         self.snapshot.send_if_modified(|current| {
             if next.revision > current.revision {
                 *current = next;

@@ -148,6 +148,21 @@ impl FakeSpoke {
         labels: &[(&str, &str)],
         last: u64,
     ) -> Result<Self, tonic::Status> {
+        let held = pb::IntentRevision {
+            revision: last,
+            ..Default::default()
+        };
+        Self::connect_holding(hub, cert, cluster, labels, &held).await
+    }
+
+    /// Connects saying it enforces `held` (its revision, store and digest), as a spoke resuming.
+    async fn connect_holding(
+        hub: &TestHub,
+        cert: &str,
+        cluster: &str,
+        labels: &[(&str, &str)],
+        held: &pb::IntentRevision,
+    ) -> Result<Self, tonic::Status> {
         let channel = hub
             .channel(Some(cert), &hub.path("ca.pem"))
             .await
@@ -160,7 +175,10 @@ impl FakeSpoke {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<HashMap<_, _>>(),
             spoke_version: "test".into(),
-            last_applied_revision: last,
+            last_applied_revision: held.revision,
+            store_id: held.store_id.clone(),
+            digest: held.digest.clone(),
+            ..Default::default()
         };
         tx.send(pb::SpokeMessage {
             msg: Some(spoke_message::Msg::Hello(hello)),
@@ -192,7 +210,7 @@ impl FakeSpoke {
             .send(pb::SpokeMessage {
                 msg: Some(spoke_message::Msg::Ack(pb::Ack {
                     revision,
-                    errors: vec![],
+                    ..Default::default()
                 })),
             })
             .await
@@ -256,9 +274,12 @@ async fn snapshot_on_connect_push_on_apply_selector_filtering_and_resume() {
     .await
     .expect("prod-eu reported at revision 1");
 
-    // Reconnect with the applied revision: nothing changed for this cluster, so no documents are resent.
+    // Reconnect with the applied revision, store and digest: nothing changed for this cluster, so no documents
+    // are resent.
+    assert_eq!(pushed.store_id, hub.hub.store().store_id());
+    assert_eq!(pushed.digest.len(), 64, "{pushed:?}");
     drop(prod);
-    let mut again = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 1)
+    let mut again = FakeSpoke::connect_holding(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], &pushed)
         .await
         .unwrap();
     let resumed = again.intent().await.unwrap();
@@ -269,7 +290,7 @@ async fn snapshot_on_connect_push_on_apply_selector_filtering_and_resume() {
     // A spoke whose applied revision is behind gets the documents again.
     hub.apply(&policy("dev-only", "dev", "198.51.100.0/24")).await.unwrap();
     again.intent().await.unwrap();
-    let mut stale = FakeSpoke::connect(&hub, "spoke-dev", "dev", &[("env", "dev")], 1)
+    let mut stale = FakeSpoke::connect_holding(&hub, "spoke-dev", "dev", &[("env", "dev")], &other)
         .await
         .unwrap();
     let refreshed = stale.intent().await.unwrap();
@@ -510,10 +531,85 @@ async fn a_hello_ahead_of_the_hub_is_answered_from_the_store() {
         .unwrap();
     assert_eq!(hub.hub.snapshot().revision, 0);
 
-    let mut spoke = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 1)
+    let held = pb::IntentRevision {
+        revision: 1,
+        store_id: hub.hub.store().store_id().to_string(),
+        digest: documents.digest(),
+        ..Default::default()
+    };
+    let mut spoke = FakeSpoke::connect_holding(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], &held)
         .await
         .unwrap();
     let intent = spoke.intent().await.unwrap();
     assert_eq!((intent.revision, intent.unchanged), (1, true), "{intent:?}");
     assert_eq!(hub.hub.snapshot().revision, 1);
+}
+
+/// What a hello says it holds decides whether the hub resends the documents: the same revision with another
+/// store, or with another digest (a cache edited by hand), gets the documents; only the exact match resumes.
+#[tokio::test]
+async fn only_the_same_store_and_digest_resume() {
+    let hub = start(Duration::from_secs(10)).await;
+    hub.apply(&policy("llm", "prod", "104.18.0.0/16")).await.unwrap();
+    let mut first = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    let held = first.intent().await.unwrap();
+    assert_eq!((held.revision, held.documents.len()), (1, 1));
+    drop(first);
+    for (store_id, digest, resumes) in [
+        (held.store_id.clone(), held.digest.clone(), true),
+        ("another-store".to_string(), held.digest.clone(), false),
+        (held.store_id.clone(), "0".repeat(64), false),
+        (String::new(), held.digest.clone(), false),
+    ] {
+        let hello = pb::IntentRevision {
+            store_id: store_id.clone(),
+            digest: digest.clone(),
+            ..held.clone()
+        };
+        let mut spoke = FakeSpoke::connect_holding(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], &hello)
+            .await
+            .unwrap();
+        let intent = spoke.intent().await.unwrap();
+        assert_eq!(
+            (intent.unchanged, intent.documents.len(), intent.adopt),
+            (resumes, if resumes { 0 } else { 1 }, false),
+            "store {store_id:?}, digest {digest:?}"
+        );
+        assert_eq!(
+            (intent.store_id.as_str(), intent.digest.as_str()),
+            (held.store_id.as_str(), held.digest.as_str())
+        );
+    }
+}
+
+/// One live stream per cluster: a second hello for the same cluster replaces the first, whose stream ends.
+#[tokio::test]
+async fn a_second_stream_of_a_cluster_replaces_the_first() {
+    let hub = start(Duration::from_secs(10)).await;
+    let mut first = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    first.intent().await.unwrap();
+    let mut second = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    second.intent().await.unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match first.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the first stream is still open");
+    hub.apply(&policy("llm", "prod", "104.18.0.0/16")).await.unwrap();
+    assert_eq!(
+        second.intent().await.unwrap().revision,
+        1,
+        "the second stream is the live one"
+    );
 }

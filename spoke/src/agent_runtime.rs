@@ -2,7 +2,10 @@
 //! `spec.egress`. Every upstream field is listed so that the API server prunes nothing the operator writes, and
 //! `spec`, `status` and `status.card` keep unknown fields for what the operator adds later.
 
-use kube::CustomResource;
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{CustomResource, Resource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -254,6 +257,110 @@ fn egress_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+/// An `AgentRuntime` as the spoke's watch keeps it: parsed, or — when some field has a type the spoke cannot read
+/// (an upstream CRD whose `status` keeps unknown fields accepts `lastCardFetchTime: 12`) — its metadata and what
+/// is wrong, so that one malformed object never fails the whole list and stalls every agent.
+#[derive(Clone, Debug)]
+pub enum ObservedRuntime {
+    Valid(Box<AgentRuntime>),
+    Malformed(Box<MalformedRuntime>),
+}
+
+/// What is known of an `AgentRuntime` that does not parse.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MalformedRuntime {
+    pub metadata: ObjectMeta,
+    /// `spec.targetRef.name`, when it can be read: the agent's policy can then still be written (Restricted).
+    pub target_name: Option<String>,
+    /// `spec.targetRef.kind`, when it can be read.
+    pub target_kind: Option<String>,
+    /// The path of the field that does not parse (`status.card.lastCardFetchTime`).
+    pub field: String,
+    pub error: String,
+}
+
+impl MalformedRuntime {
+    /// One sentence naming the field.
+    pub fn message(&self) -> String {
+        format!(
+            "AgentRuntime field {} cannot be read ({}): the agent is treated as unverified (restricted) until it is fixed",
+            self.field, self.error
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for ObservedRuntime {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = Value::deserialize(deserializer)?;
+        match serde_path_to_error::deserialize::<_, AgentRuntime>(&value) {
+            Ok(runtime) => Ok(Self::Valid(Box::new(runtime))),
+            Err(error) => {
+                // Without readable metadata there is no object to speak of: that error is the list's.
+                let metadata = ObjectMeta::deserialize(value.get("metadata").unwrap_or(&Value::Null))
+                    .map_err(|e| D::Error::custom(format!("metadata: {e}")))?;
+                let field = error.path().to_string();
+                Ok(Self::Malformed(Box::new(MalformedRuntime {
+                    metadata,
+                    target_name: value
+                        .pointer("/spec/targetRef/name")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    target_kind: value
+                        .pointer("/spec/targetRef/kind")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    field: if field == "." {
+                        "(the object)".to_string()
+                    } else {
+                        field
+                    },
+                    error: error.into_inner().to_string(),
+                })))
+            }
+        }
+    }
+}
+
+impl Resource for ObservedRuntime {
+    type DynamicType = ();
+    type Scope = <AgentRuntime as Resource>::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        AgentRuntime::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        AgentRuntime::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        AgentRuntime::version(dt)
+    }
+
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        AgentRuntime::api_version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        AgentRuntime::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::Valid(runtime) => &runtime.metadata,
+            Self::Malformed(malformed) => &malformed.metadata,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Self::Valid(runtime) => &mut runtime.metadata,
+            Self::Malformed(malformed) => &mut malformed.metadata,
+        }
+    }
+}
+
 /// The CRD as YAML, as `tollgate-spoke crd` prints it and `deploy/crds/` holds it.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
@@ -300,6 +407,53 @@ mod tests {
         );
         assert_eq!(card.signature_key_id.as_deref(), Some("k1"));
         assert!(object.spec.egress.is_some());
+    }
+
+    #[test]
+    fn a_malformed_object_keeps_its_metadata_the_field_and_its_target() {
+        let observed: ObservedRuntime = serde_json::from_value(json!({
+            "apiVersion": "agent.kagenti.dev/v1alpha1",
+            "kind": "AgentRuntime",
+            "metadata": {"name": "weather", "namespace": "team-a", "uid": "u1"},
+            "spec": {"type": "agent", "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "weather-dep"}},
+            "status": {"card": {"transportSecurity": "mtls", "lastCardFetchTime": 1764331200}},
+        }))
+        .unwrap();
+        let ObservedRuntime::Malformed(malformed) = &observed else {
+            panic!("parsed: {observed:?}");
+        };
+        assert_eq!(malformed.field, "status.card.lastCardFetchTime");
+        assert_eq!(malformed.target_name.as_deref(), Some("weather-dep"));
+        assert_eq!(observed.meta().name.as_deref(), Some("weather"));
+        assert!(
+            malformed.message().contains("status.card.lastCardFetchTime"),
+            "{}",
+            malformed.message()
+        );
+
+        let no_target: ObservedRuntime = serde_json::from_value(json!({
+            "metadata": {"name": "x", "namespace": "team-a"},
+            "spec": {"type": "agent", "targetRef": "weather"},
+        }))
+        .unwrap();
+        let ObservedRuntime::Malformed(malformed) = no_target else {
+            panic!("parsed")
+        };
+        assert_eq!(
+            (malformed.field.as_str(), malformed.target_name),
+            ("spec.targetRef", None)
+        );
+
+        let valid: ObservedRuntime = serde_json::from_value(json!({
+            "metadata": {"name": "ok", "namespace": "team-a"},
+            "spec": {"type": "agent", "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ok"},
+                     "egress": "not rules"},
+        }))
+        .unwrap();
+        assert!(
+            matches!(valid, ObservedRuntime::Valid(_)),
+            "spec.egress is checked by the shared validation"
+        );
     }
 
     #[test]

@@ -8,10 +8,10 @@ use kube::api::DynamicObject;
 use tollgate_common::egress_rule::parse_local_egress;
 use tollgate_common::planner::{Agent, LocalEgress};
 use tollgate_common::verification::{
-    AgentCardStatus, CardStatus, IdentityBinding, VerificationInput, VerificationSettings, verify,
+    AgentCardStatus, CardStatus, IdentityBinding, Reason, Verification, VerificationInput, VerificationSettings, verify,
 };
 
-use crate::agent_runtime::AgentRuntime;
+use crate::agent_runtime::{AgentRuntime, MalformedRuntime};
 
 /// The planner's view of one `AgentRuntime`.
 pub fn agent(
@@ -39,6 +39,26 @@ pub fn agent(
         local_egress,
         verification: verify(&verification_input(runtime, agent_card), settings),
     }
+}
+
+/// The planner's view of an `AgentRuntime` that does not parse: restricted (unverified, no local rules), so that
+/// its policy still exists; `None` when even its target cannot be read (no policy can be named).
+pub fn malformed_agent(
+    runtime: &MalformedRuntime,
+    pod_labels: Option<BTreeMap<String, String>>,
+    namespace_labels: BTreeMap<String, String>,
+) -> Option<Agent> {
+    Some(Agent {
+        namespace: runtime.metadata.namespace.clone().unwrap_or_default(),
+        name: runtime.metadata.name.clone().unwrap_or_default(),
+        uid: runtime.metadata.uid.clone().unwrap_or_default(),
+        target_name: runtime.target_name.clone()?,
+        labels: runtime.metadata.labels.clone().unwrap_or_default(),
+        namespace_labels,
+        pod_labels,
+        local_egress: LocalEgress::Absent,
+        verification: Verification::unverified(Reason::Malformed, runtime.message()),
+    })
 }
 
 /// What verification needs from an `AgentRuntime` and its `AgentCard`.

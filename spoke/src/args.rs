@@ -175,19 +175,16 @@ pub fn parse_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parses `--hub`: one address, or a comma-separated list of hub replicas; every entry must be `https://HOST[:PORT]`
-/// (or `http://`), checked at start rather than when the rotation first reaches it.
-pub fn parse_hub_addresses(text: &str) -> anyhow::Result<Vec<String>> {
+/// Parses `--hub`: one address, or a comma-separated list of hub replicas; every entry must be `https://HOST[:PORT]`,
+/// or with `plaintext` (`--insecure-dev-plaintext`) `http://` to a loopback host — checked at start rather than when
+/// the rotation first reaches it.
+pub fn parse_hub_addresses(text: &str, plaintext: bool) -> anyhow::Result<Vec<String>> {
     let urls = parse_list(text);
     if urls.is_empty() {
         bail!("--hub: no address given");
     }
     for url in &urls {
-        let uri: Option<tonic::transport::Uri> = url.parse().ok();
-        let valid = uri.is_some_and(|u| matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some());
-        if !valid {
-            bail!("--hub {url:?}: expected https://HOST:PORT (or http:// with --insecure-dev-plaintext)");
-        }
+        tollgate_proto::check_hub_address(url, plaintext).map_err(|reason| anyhow::anyhow!("--hub {reason}"))?;
     }
     Ok(urls)
 }
@@ -209,17 +206,25 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(
-            parse_hub_addresses(" https://a:7443 ,https://b.example.com:7443,").unwrap(),
+            parse_hub_addresses(" https://a:7443 ,https://b.example.com:7443,", false).unwrap(),
             ["https://a:7443", "https://b.example.com:7443"]
         );
-        for bad in [
-            "",
-            " , ",
-            "https://a:7443,not an address",
-            "ftp://a:1",
-            "https://a:7443,a:7443",
+        assert_eq!(
+            parse_hub_addresses("http://127.0.0.1:7443", true).unwrap(),
+            ["http://127.0.0.1:7443"]
+        );
+        for (bad, plaintext) in [
+            ("", false),
+            (" , ", false),
+            ("https://a:7443,not an address", false),
+            ("ftp://a:1", false),
+            ("https://a:7443,a:7443", false),
+            // Plaintext by mistake: TLS configured with http://, or plaintext to a remote host.
+            ("http://hub.example.invalid:7443", false),
+            ("http://hub.example.invalid:7443", true),
+            ("https://127.0.0.1:7443,http://10.1.2.3:7443", true),
         ] {
-            let error = parse_hub_addresses(bad).unwrap_err().to_string();
+            let error = parse_hub_addresses(bad, plaintext).unwrap_err().to_string();
             assert!(error.starts_with("--hub"), "{bad:?}: {error}");
         }
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));

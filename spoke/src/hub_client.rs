@@ -1,26 +1,29 @@
-//! The spoke's connection to the hub (DESIGN §3.6–§3.8): one long-lived mTLS stream, resumed by revision,
-//! with heartbeats and capped exponential backoff with jitter. The last intent received is persisted in a
-//! ConfigMap and enforced across hub outages and spoke restarts; nothing here ever blocks enforcement.
+//! The spoke's connection to the hub: one long-lived mTLS stream, resumed by store, revision and digest, with
+//! heartbeats and capped exponential backoff with jitter. The last intent received is persisted in a ConfigMap and
+//! enforced across hub outages and spoke restarts; nothing here ever blocks enforcement. An intent from another
+//! hub store, or older than the one enforced, is refused (the cluster is Diverged) until an admin adopts it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_common::Intent;
-use tollgate_common::document::{DocumentSet, EgressGuardrail, EgressGuardrailSpec, Metadata, VerifiedDefault};
+use tollgate_common::document::DocumentSet;
 use tollgate_common::wire::intent_from_wire;
 use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use crate::conditions::{Conditions, Kind};
+use crate::metrics::ReasonLabel;
 use crate::reconcile::FIELD_MANAGER;
 
 /// Heartbeat period of the spoke; the hub is considered gone after three periods of silence.
@@ -29,13 +32,114 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 /// The intent the spoke enforces.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IntentState {
     /// The documents, with the revision at which they last changed (it stamps the policies, so a hub revision
     /// that changes nothing for this cluster rewrites nothing).
     pub intent: Intent,
-    /// The latest hub revision received (acknowledged after the pass that applies it).
+    /// The latest hub revision received (acknowledged after the pass that applies it). The spoke refuses an intent
+    /// of its store at a lower revision.
     pub latest_revision: u64,
+    /// The hub store the intent comes from; `None` before the first intent (or from a cache written before stores
+    /// had ids): then an intent of any store is accepted, at a revision not below `latest_revision`.
+    pub store_id: Option<String>,
+    /// The digest of `intent`'s documents (`tollgate_common::intent::digest`).
+    pub digest: String,
+    /// Why the NetworkPolicies in force are kept exactly as they are until the hub answers (the cache cannot be
+    /// read, or is missing while policies name a hub revision); `None`: the intent is enforced.
+    pub hold: Option<String>,
+}
+
+impl Default for IntentState {
+    fn default() -> Self {
+        Self {
+            intent: Intent::default(),
+            latest_revision: 0,
+            store_id: None,
+            digest: DocumentSet::default().digest(),
+            hold: None,
+        }
+    }
+}
+
+impl IntentState {
+    /// No intent to enforce: keep the policies in force until the hub answers, and take nothing below `floor`.
+    pub fn held(floor: u64, reason: String) -> Self {
+        Self {
+            latest_revision: floor,
+            hold: Some(reason),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why an intent from the hub was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// It comes from another store than the one this cluster enforces.
+    OtherStore {
+        own: String,
+        own_revision: u64,
+        offered: String,
+        revision: u64,
+    },
+    /// It is older than what this cluster enforces (same store, or none known).
+    OlderRevision { own: u64, offered: u64 },
+}
+
+impl Refusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::OtherStore { .. } => "OtherStore",
+            Self::OlderRevision { .. } => "OlderRevision",
+        }
+    }
+
+    /// One sentence for people: what was refused, why, and what ends it.
+    pub fn message(&self, cluster: &str) -> String {
+        match self {
+            Self::OtherStore {
+                own,
+                own_revision,
+                offered,
+                revision,
+            } => format!(
+                "Refused revision {revision} of hub store {offered}: this cluster enforces revision {own_revision} of \
+                 store {own}, so the hub came back on another store (a lost volume, a new database); the policies in \
+                 force are kept. If the hub's intent is the one to enforce, run `tollgate-hub clusters adopt {cluster}`."
+            ),
+            Self::OlderRevision { own, offered } => format!(
+                "Refused revision {offered}: this cluster enforces revision {own}, so the hub's store is older than \
+                 what this cluster received (restored from a backup?); the policies in force are kept. A new revision \
+                 past {own}, or `tollgate-hub clusters adopt {cluster}`, ends this."
+            ),
+        }
+    }
+}
+
+/// Whether the spoke takes an intent (DESIGN: integrity): one an admin adopted for this cluster; else only from
+/// the store it enforces (any store when it has none yet) and at a revision not below its own.
+pub fn admit(current: &IntentState, store_id: &str, revision: u64, adopt: bool) -> Result<(), Refusal> {
+    if adopt {
+        return Ok(());
+    }
+    if let Some(own) = &current.store_id
+        && own != store_id
+    {
+        return Err(Refusal::OtherStore {
+            own: own.clone(),
+            own_revision: current.latest_revision,
+            offered: store_id.to_string(),
+            revision,
+        });
+    }
+    if revision < current.latest_revision {
+        return Err(Refusal::OlderRevision {
+            own: current.latest_revision,
+            offered: revision,
+        });
+    }
+    Ok(())
 }
 
 /// How to reach the hub.
@@ -63,12 +167,22 @@ pub struct Reports {
     pub facts: watch::Receiver<Option<pb::ClusterFacts>>,
     pub inventory: watch::Receiver<Option<pb::AgentInventory>>,
     pub ack: watch::Receiver<Option<pb::Ack>>,
+    pub conditions: watch::Receiver<crate::conditions::ConditionSet>,
 }
+
+/// The annotations of the cache ConfigMap: everything but the documents lives in its metadata, so that the data
+/// (limited to 1 MiB in all) holds the documents alone.
+const ANNOTATION_REVISION: &str = "tollgate.dev/revision";
+const ANNOTATION_CONTENT_REVISION: &str = "tollgate.dev/content-revision";
+const ANNOTATION_STORE: &str = "tollgate.dev/store-id";
+const ANNOTATION_DIGEST: &str = "tollgate.dev/digest";
+const DOCUMENTS_KEY: &str = "documents.yaml";
 
 /// The ConfigMap holding the last intent received.
 #[derive(Clone, Debug)]
 pub struct PersistedIntent {
     api: Api<ConfigMap>,
+    namespace: String,
     name: String,
 }
 
@@ -76,60 +190,102 @@ impl PersistedIntent {
     pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
             name: name.to_string(),
         }
     }
 
-    /// The persisted intent; an unreadable one fails closed (every verified agent without rules gets the
-    /// baseline only) rather than open.
+    /// `namespace/name`.
+    pub fn location(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The object Events about the cache regard.
+    pub fn reference(&self) -> k8s_openapi::api::core::v1::ObjectReference {
+        k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_string()),
+            kind: Some("ConfigMap".to_string()),
+            namespace: Some(self.namespace.clone()),
+            name: Some(self.name.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// The persisted intent: `Ok(None)` when there is none; an error when it exists but cannot be read, is
+    /// invalid, or its documents do not match their digest (edited by hand) — the caller then keeps the policies
+    /// in force rather than trust it.
     pub async fn load(&self) -> anyhow::Result<Option<IntentState>> {
         let Some(map) = self
             .api
             .get_opt(&self.name)
             .await
-            .context("reading the persisted intent")?
+            .with_context(|| format!("reading ConfigMap {}", self.location()))?
         else {
             return Ok(None);
         };
+        let annotations = map.metadata.annotations.unwrap_or_default();
         let data = map.data.unwrap_or_default();
-        let number = |key: &str| data.get(key).and_then(|v| v.parse::<u64>().ok());
-        let (Some(latest), Some(content)) = (number("revision"), number("contentRevision")) else {
-            return Ok(Some(fail_closed("the persisted intent has no readable revision")));
+        let number = |text: Option<&String>| text.and_then(|v| v.parse::<u64>().ok());
+        let (latest, content, store_id, digest) = if annotations.contains_key(ANNOTATION_REVISION) {
+            (
+                number(annotations.get(ANNOTATION_REVISION)),
+                number(annotations.get(ANNOTATION_CONTENT_REVISION)),
+                annotations.get(ANNOTATION_STORE).cloned(),
+                annotations.get(ANNOTATION_DIGEST).cloned(),
+            )
+        } else {
+            // Written before stores had ids: the revisions were data keys, and there is no digest.
+            (
+                number(data.get("revision")),
+                number(data.get("contentRevision")),
+                None,
+                None,
+            )
         };
-        let yaml = data.get("documents.yaml").cloned().unwrap_or_default();
-        match DocumentSet::from_yaml(&format!("configmap/{}", self.name), &yaml) {
-            Ok(set) => Ok(Some(IntentState {
-                intent: Intent {
-                    revision: Some(content),
-                    policies: set.policies.into_values().collect(),
-                    guardrails: set.guardrails.into_values().collect(),
-                },
-                latest_revision: latest,
-            })),
-            Err(errors) => Ok(Some(fail_closed(&format!(
-                "the persisted intent is invalid: {}",
-                errors[0]
-            )))),
+        let (Some(latest), Some(content)) = (latest, content) else {
+            bail!("ConfigMap {} has no readable revision", self.location());
+        };
+        let yaml = data.get(DOCUMENTS_KEY).cloned().unwrap_or_default();
+        let set = DocumentSet::from_yaml(&format!("configmap/{}", self.name), &yaml).map_err(|errors| {
+            anyhow::anyhow!("ConfigMap {} holds invalid documents: {}", self.location(), errors[0])
+        })?;
+        let computed = set.digest();
+        if let Some(digest) = &digest
+            && *digest != computed
+        {
+            bail!(
+                "the documents of ConfigMap {} do not match their digest (edited by hand?)",
+                self.location()
+            );
         }
+        Ok(Some(IntentState {
+            intent: Intent {
+                revision: Some(content),
+                policies: set.policies.into_values().collect(),
+                guardrails: set.guardrails.into_values().collect(),
+            },
+            latest_revision: latest,
+            store_id: store_id.filter(|s| !s.is_empty()),
+            digest: computed,
+            hold: None,
+        }))
     }
 
-    pub async fn save(&self, state: &IntentState) -> anyhow::Result<()> {
-        let mut set = DocumentSet::default();
-        for policy in &state.intent.policies {
-            set.insert(tollgate_common::Document::Policy(policy.clone()));
-        }
-        for guardrail in &state.intent.guardrails {
-            set.insert(tollgate_common::Document::Guardrail(guardrail.clone()));
-        }
+    pub async fn save(&self, state: &IntentState) -> Result<(), kube::Error> {
         let map = serde_json::json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": self.name, "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke"}},
-            "data": {
-                "revision": state.latest_revision.to_string(),
-                "contentRevision": state.intent.revision.unwrap_or(0).to_string(),
-                "documents.yaml": set.to_yaml(),
+            "metadata": {
+                "name": self.name,
+                "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke"},
+                "annotations": {
+                    ANNOTATION_REVISION: state.latest_revision.to_string(),
+                    ANNOTATION_CONTENT_REVISION: state.intent.revision.unwrap_or(0).to_string(),
+                    ANNOTATION_STORE: state.store_id.clone().unwrap_or_default(),
+                    ANNOTATION_DIGEST: state.digest,
+                },
             },
+            "data": {DOCUMENTS_KEY: state.intent.document_set().to_yaml()},
         });
         self.api
             .patch(
@@ -137,49 +293,56 @@ impl PersistedIntent {
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&map),
             )
-            .await
-            .context("persisting the intent")?;
+            .await?;
         Ok(())
+    }
+
+    /// Saves the state and keeps the `IntentNotPersisted` condition true to the outcome.
+    pub async fn save_reporting(&self, state: &IntentState, conditions: &Conditions) {
+        match self.save(state).await {
+            Ok(()) => conditions.clear(Kind::IntentNotPersisted),
+            Err(error) => {
+                let why = match &error {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                conditions.set(
+                    Kind::IntentNotPersisted,
+                    "CacheWriteFailed",
+                    format!(
+                        "The hub's intent is enforced but could not be cached in ConfigMap {} ({why}): if the spoke \
+                         restarts while the hub is unreachable it can only hold the policies in force. Create namespace \
+                         {} (or set --spoke-namespace to the spoke's namespace) and let the spoke get, create and patch \
+                         that ConfigMap.",
+                        self.location(),
+                        self.namespace
+                    ),
+                );
+            }
+        }
     }
 }
 
-fn fail_closed(reason: &str) -> IntentState {
-    tracing::error!(
-        reason,
-        "Failing closed: verified agents without rules get the baseline only"
-    );
-    IntentState {
-        intent: Intent {
-            revision: None,
-            policies: Vec::new(),
-            guardrails: vec![EgressGuardrail {
-                metadata: Metadata {
-                    name: "unreadable-persisted-intent".into(),
-                    ..Metadata::default()
-                },
-                spec: EgressGuardrailSpec {
-                    verified_default: VerifiedDefault::BaselineOnly,
-                    ..EgressGuardrailSpec::default()
-                },
-            }],
-        },
-        latest_revision: 0,
-    }
+/// What the hub connection works with.
+#[derive(Debug)]
+pub struct HubConnection {
+    pub settings: HubSettings,
+    pub state: watch::Sender<Arc<IntentState>>,
+    pub persisted: PersistedIntent,
+    pub reports: Reports,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub conditions: Conditions,
 }
 
 /// Runs the hub connection until a final refusal; reconnects otherwise.
-pub async fn run(
-    settings: HubSettings,
-    state: watch::Sender<Arc<IntentState>>,
-    persisted: PersistedIntent,
-    mut reports: Reports,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
+pub async fn run(mut connection: HubConnection) {
+    let settings = connection.settings.clone();
     let mut rotation = Rotation::new(settings.urls.len());
     loop {
         let started = Instant::now();
         let url = &settings.urls[rotation.current()];
-        let result = session(&settings, url, &state, &persisted, &mut reports, &metrics).await;
+        let result = session(&mut connection, url).await;
+        connection.metrics.hub_connected.set(0);
         let status = match result {
             Ok(()) => tonic::Status::unavailable("the stream ended"),
             Err(status) => status,
@@ -190,6 +353,9 @@ pub async fn run(
         );
         let Some(delay) = rotation.after_session(refused, started.elapsed(), jitter_seed()) else {
             tracing::error!(code = ?status.code(), message = status.message(), "The hub refused this spoke; not retrying (enforcing the last intent)");
+            connection
+                .metrics
+                .set_refused(&format!("{:?}: {}", status.code(), status.message()));
             return;
         };
         if refused {
@@ -272,8 +438,12 @@ async fn connect(settings: &HubSettings, url: &str) -> Result<Channel, tonic::St
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(HEARTBEAT);
     if let Some(tls) = &settings.tls {
+        // A missing or unreadable file is not final: a Secret mounted late, or a certificate being renewed, is
+        // read again at the next attempt.
         let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| tonic::Status::failed_precondition(format!("reading {}: {e}", p.display())))
+            std::fs::read(p).map_err(|e| {
+                tonic::Status::unavailable(format!("reading {}: {e} (read again at the next attempt)", p.display()))
+            })
         };
         let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
@@ -286,14 +456,15 @@ async fn connect(settings: &HubSettings, url: &str) -> Result<Channel, tonic::St
     endpoint.connect().await.map_err(|e| unavailable(&e))
 }
 
-async fn session(
-    settings: &HubSettings,
-    url: &str,
-    state: &watch::Sender<Arc<IntentState>>,
-    persisted: &PersistedIntent,
-    reports: &mut Reports,
-    metrics: &crate::metrics::Metrics,
-) -> Result<(), tonic::Status> {
+async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic::Status> {
+    let HubConnection {
+        settings,
+        state,
+        persisted,
+        reports,
+        metrics,
+        conditions,
+    } = connection;
     let channel = connect(settings, url).await?;
     let (tx, rx) = mpsc::channel(16);
     let send = |msg: spoke_message::Msg| {
@@ -304,19 +475,26 @@ async fn session(
                 .map_err(|_| tonic::Status::unavailable("stream closed"))
         }
     };
-    let last_applied = state.borrow().latest_revision;
+    let held = state.borrow().clone();
+    reports.conditions.borrow_and_update();
     send(spoke_message::Msg::Hello(pb::Hello {
         cluster_id: settings.cluster_id.clone(),
         labels: settings.labels.clone().into_iter().collect(),
         spoke_version: env!("CARGO_PKG_VERSION").to_string(),
-        last_applied_revision: last_applied,
+        last_applied_revision: held.latest_revision,
+        store_id: held.store_id.clone().unwrap_or_default(),
+        digest: held.digest.clone(),
+        conditions: conditions.to_wire(),
     }))
     .await?;
     let mut inbound = SpokeSyncClient::new(channel)
+        .max_decoding_message_size(tollgate_proto::MAX_INTENT_MESSAGE_BYTES)
+        .max_encoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
         .sync(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    tracing::info!(hub = %url, last_applied, "Connected to the hub");
+    metrics.hub_connected.set(1);
+    tracing::info!(hub = %url, last_applied = held.latest_revision, store = held.store_id.as_deref().unwrap_or("none"), "Connected to the hub");
     // Whatever was reported while away.
     let facts = reports.facts.borrow_and_update().clone();
     if let Some(facts) = facts {
@@ -333,6 +511,13 @@ async fn session(
     let mut ticker = tokio::time::interval(HEARTBEAT);
     ticker.tick().await;
     let mut last_heard = Instant::now();
+    let receiver = Receiver {
+        cluster: &settings.cluster_id,
+        state,
+        persisted,
+        metrics,
+        conditions,
+    };
     loop {
         tokio::select! {
             message = inbound.message() => {
@@ -341,7 +526,9 @@ async fn session(
                 match message.msg {
                     Some(hub_message::Msg::Intent(intent)) => {
                         metrics.hub_updated();
-                        receive(intent, state, persisted, &send).await?;
+                        if let Some(ack) = receiver.receive(intent).await? {
+                            send(spoke_message::Msg::Ack(ack)).await?;
+                        }
                     }
                     // Answer the hub's heartbeats, so the hub hears from this spoke once per its own period,
                     // whatever period it was started with.
@@ -363,11 +550,20 @@ async fn session(
                 let ack = reports.ack.borrow_and_update().clone();
                 if let Some(ack) = ack { send(spoke_message::Msg::Ack(ack)).await?; }
             }
+            Ok(()) = reports.conditions.changed() => {
+                let conditions = crate::conditions::to_wire(&reports.conditions.borrow_and_update());
+                send(spoke_message::Msg::Conditions(pb::SpokeConditions { conditions })).await?;
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > HEARTBEAT * 3 {
                     return Err(tonic::Status::unavailable("heartbeat timeout: nothing heard from the hub"));
                 }
                 send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: unix_millis() })).await?;
+                // A cache that could not be written is tried again (a namespace created since, a grant fixed).
+                if conditions.get(Kind::IntentNotPersisted).is_some() {
+                    let current = state.borrow().clone();
+                    persisted.save_reporting(&current, conditions).await;
+                }
             }
         }
     }
@@ -379,61 +575,186 @@ fn unix_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-async fn receive<F, Fut>(
-    message: pb::IntentRevision,
-    state: &watch::Sender<Arc<IntentState>>,
-    persisted: &PersistedIntent,
-    send: &F,
-) -> Result<(), tonic::Status>
-where
-    F: Fn(spoke_message::Msg) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
-{
-    let current = state.borrow().clone();
-    let next = if message.unchanged {
-        IntentState {
-            intent: current.intent.clone(),
-            latest_revision: message.revision,
+/// Takes intents from the hub: refuses those of another store or an older revision (Diverged), refuses invalid
+/// ones (answered with an Ack that carries the errors), persists and publishes the rest.
+struct Receiver<'a> {
+    cluster: &'a str,
+    state: &'a watch::Sender<Arc<IntentState>>,
+    persisted: &'a PersistedIntent,
+    metrics: &'a crate::metrics::Metrics,
+    conditions: &'a Conditions,
+}
+
+impl Receiver<'_> {
+    /// Handles one intent; returns the Ack to send at once (an invalid intent), if any.
+    async fn receive(&self, message: pb::IntentRevision) -> Result<Option<pb::Ack>, tonic::Status> {
+        let current = self.state.borrow().clone();
+        if let Err(refusal) = admit(&current, &message.store_id, message.revision, message.adopt) {
+            self.metrics
+                .intents_refused
+                .get_or_create(&ReasonLabel {
+                    reason: refusal.reason(),
+                })
+                .inc();
+            self.conditions
+                .set(Kind::Diverged, refusal.reason(), refusal.message(self.cluster));
+            return Ok(None);
         }
-    } else {
-        match intent_from_wire(&message) {
-            Ok(intent) => IntentState {
-                intent,
-                latest_revision: message.revision,
-            },
-            Err(errors) => {
-                let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                tracing::error!(
-                    revision = message.revision,
-                    ?errors,
-                    "Refused an invalid intent; keeping the last one"
-                );
-                return send(spoke_message::Msg::Ack(pb::Ack {
-                    revision: message.revision,
-                    errors,
-                }))
-                .await;
+        let next = if message.unchanged {
+            if message.digest != current.digest {
+                return Err(tonic::Status::aborted(
+                    "the hub's `unchanged` answer does not match this spoke's documents; reconnecting",
+                ));
             }
-        }
-    };
-    tracing::info!(
-        revision = message.revision,
-        unchanged = message.unchanged,
-        "Intent received"
-    );
-    if let Err(error) = persisted.save(&next).await {
-        tracing::warn!(
-            error = format!("{error:#}"),
-            "Could not persist the intent; enforcing it anyway"
+            IntentState {
+                latest_revision: message.revision,
+                store_id: Some(message.store_id.clone()),
+                hold: None,
+                ..(*current).clone()
+            }
+        } else {
+            let checked = intent_from_wire(&message)
+                .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())
+                .and_then(|intent| {
+                    let digest = intent.document_set().digest();
+                    if message.digest.is_empty() || digest == message.digest {
+                        Ok((intent, digest))
+                    } else {
+                        Err(vec![format!(
+                            "the documents do not match the digest the hub sent ({} != {})",
+                            digest, message.digest
+                        )])
+                    }
+                });
+            match checked {
+                Ok((intent, digest)) => IntentState {
+                    intent,
+                    latest_revision: message.revision,
+                    store_id: Some(message.store_id.clone()),
+                    digest,
+                    hold: None,
+                },
+                Err(errors) => {
+                    self.metrics
+                        .intents_refused
+                        .get_or_create(&ReasonLabel { reason: "Invalid" })
+                        .inc();
+                    tracing::error!(
+                        revision = message.revision,
+                        ?errors,
+                        "Refused an invalid intent; keeping the last one"
+                    );
+                    return Ok(Some(pb::Ack {
+                        revision: message.revision,
+                        errors,
+                        store_id: message.store_id,
+                    }));
+                }
+            }
+        };
+        tracing::info!(
+            revision = message.revision,
+            unchanged = message.unchanged,
+            adopt = message.adopt,
+            store = %message.store_id,
+            "Intent received"
         );
+        if message.adopt && current.store_id.as_deref() != Some(message.store_id.as_str()) {
+            tracing::warn!(
+                previous_store = current.store_id.as_deref().unwrap_or("none"),
+                previous_revision = current.latest_revision,
+                store = %message.store_id,
+                revision = message.revision,
+                "Adopted the hub's intent (an admin ran `tollgate-hub clusters adopt`)"
+            );
+        }
+        self.conditions.clear(Kind::Diverged);
+        self.conditions.clear(Kind::PoliciesHeld);
+        self.persisted.save_reporting(&next, self.conditions).await;
+        self.state.send_replace(Arc::new(next));
+        Ok(None)
     }
-    state.send_replace(Arc::new(next));
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spoke's side of integrity: what it takes from a hub, as a table.
+    #[test]
+    fn an_intent_is_taken_only_from_the_own_store_at_a_revision_not_below_its_own() {
+        let enforcing = IntentState {
+            store_id: Some("s1".into()),
+            latest_revision: 5,
+            ..IntentState::default()
+        };
+        let none_yet = IntentState::default();
+        let held = IntentState::held(4, "no cache".into());
+        // (what the spoke enforces, the hub's store and revision, adopt, the refusal expected, the case)
+        type Case<'a> = (&'a IntentState, &'a str, u64, bool, Option<&'a str>, &'a str);
+        let cases: [Case; 10] = [
+            (&enforcing, "s1", 5, false, None, "the same revision (resumption)"),
+            (&enforcing, "s1", 6, false, None, "a newer revision"),
+            (
+                &enforcing,
+                "s1",
+                4,
+                false,
+                Some("OlderRevision"),
+                "an older revision of the same store",
+            ),
+            (
+                &enforcing,
+                "s2",
+                9,
+                false,
+                Some("OtherStore"),
+                "another store, even at a higher revision",
+            ),
+            (
+                &enforcing,
+                "s2",
+                0,
+                false,
+                Some("OtherStore"),
+                "a hub on a new, empty store",
+            ),
+            (&enforcing, "s2", 0, true, None, "adopted by an admin"),
+            (&enforcing, "s1", 2, true, None, "an older revision, adopted"),
+            (&none_yet, "s9", 0, false, None, "nothing enforced yet: any store"),
+            (
+                &held,
+                "s9",
+                3,
+                false,
+                Some("OlderRevision"),
+                "policies name revision 4: nothing older",
+            ),
+            (
+                &held,
+                "s9",
+                4,
+                false,
+                None,
+                "policies name revision 4: revision 4 of any store",
+            ),
+        ];
+        for (state, store, revision, adopt, expected, case) in cases {
+            let result = admit(state, store, revision, adopt);
+            assert_eq!(
+                result.as_ref().err().map(Refusal::reason),
+                expected,
+                "{case}: {result:?}"
+            );
+        }
+        let message = admit(&enforcing, "s2", 0, false).unwrap_err().message("prod-east");
+        assert!(
+            message.contains("revision 0 of hub store s2")
+                && message.contains("revision 5 of store s1")
+                && message.contains("tollgate-hub clusters adopt prod-east"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn one_hub_backs_off_and_a_refusal_stops() {

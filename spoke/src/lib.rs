@@ -7,9 +7,11 @@
 pub mod agent_runtime;
 pub mod agents;
 pub mod args;
+pub mod conditions;
 pub mod diff;
 pub mod facts;
 pub mod hub_client;
+pub mod local_rules;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

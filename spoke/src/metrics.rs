@@ -25,6 +25,11 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionLabel {
+    pub condition: &'static str,
+}
+
 /// Every metric of the spoke.
 #[derive(Debug)]
 pub struct Metrics {
@@ -35,10 +40,18 @@ pub struct Metrics {
     pub agents: Family<ModeLabel, Gauge>,
     pub writes: Counter,
     pub deletes: Counter,
+    /// 1 while the spoke has a condition (`Diverged`, `IntentNotPersisted`, …), by condition.
+    pub conditions: Family<ConditionLabel, Gauge>,
+    /// Intents from the hub the spoke refused, by reason (`OtherStore`, `OlderRevision`, `Invalid`).
+    pub intents_refused: Family<ReasonLabel, Counter>,
+    /// 1 while a stream to the hub is open.
+    pub hub_connected: Gauge,
     hub_update_age: Gauge,
     /// Unix seconds of the last intent received from the hub (0: none yet).
     last_hub_update: AtomicI64,
     ready: AtomicBool,
+    /// Why every hub replica refused the spoke for good (it stopped dialling); empty while it is not.
+    refused: std::sync::Mutex<String>,
 }
 
 impl Default for Metrics {
@@ -71,6 +84,24 @@ impl Metrics {
         registry.register("agents", "Agents by egress mode", agents.clone());
         registry.register("policy_writes", "NetworkPolicies created or updated", writes.clone());
         registry.register("policy_deletes", "NetworkPolicies deleted", deletes.clone());
+        let conditions = Family::<ConditionLabel, Gauge>::default();
+        registry.register(
+            "condition",
+            "1 while the spoke has this condition (Diverged, IntentNotPersisted, PoliciesHeld, LocalRulesUnavailable)",
+            conditions.clone(),
+        );
+        let intents_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "intents_refused",
+            "Intents from the hub refused (another store, an older revision, invalid), by reason",
+            intents_refused.clone(),
+        );
+        let hub_connected = Gauge::default();
+        registry.register(
+            "hub_connected",
+            "1 while a stream to the hub is open",
+            hub_connected.clone(),
+        );
         registry.register(
             "hub_update_age_seconds",
             "Seconds since the last intent received from the hub (-1: none yet, or standalone)",
@@ -84,9 +115,13 @@ impl Metrics {
             agents,
             writes,
             deletes,
+            conditions,
+            intents_refused,
+            hub_connected,
             hub_update_age,
             last_hub_update: AtomicI64::new(0),
             ready: AtomicBool::new(false),
+            refused: std::sync::Mutex::default(),
         }
     }
 
@@ -96,6 +131,20 @@ impl Metrics {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the spoke refused for good by every hub replica: it is not ready from then on.
+    pub fn set_refused(&self, reason: &str) {
+        *self.refused.lock().expect("metrics lock") = reason.to_string();
+    }
+
+    /// Why the spoke is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        let refused = self.refused.lock().expect("metrics lock").clone();
+        if !refused.is_empty() {
+            return Some(format!("refused by every hub replica: {refused}"));
+        }
+        (!self.is_ready()).then(|| "waiting for the first full sync".to_string())
     }
 
     /// Records that an intent arrived from the hub now.
@@ -126,10 +175,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()
         .route(
             "/readyz",
             get(|State(m): State<Arc<Metrics>>| async move {
-                if m.is_ready() {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first full sync")
+                match m.not_ready() {
+                    None => (StatusCode::OK, "ok".to_string()),
+                    Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                 }
             }),
         )

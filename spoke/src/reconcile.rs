@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_common::Intent;
-use tollgate_common::planner::{self, AgentOutcome, LABEL_MODE, Mode, Plan, PlannerConfig};
+use tollgate_common::planner::{self, AgentOutcome, LABEL_AGENT, LABEL_MODE, Mode, Plan, PlannerConfig};
 use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
-use crate::agent_runtime::AgentRuntime;
+use crate::agent_runtime::ObservedRuntime;
 use crate::diff::{ObservedPolicy, needs_apply};
 use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
 use crate::world::World;
@@ -163,14 +163,21 @@ impl Reconciler {
         }
     }
 
-    /// One full pass.
-    pub async fn reconcile(&mut self, world: &World, intent: &Intent) -> PassReport {
+    /// One full pass. With `hold`, the NetworkPolicies in force are kept exactly as they are (there is no intent to
+    /// enforce yet): only agents without any policy get one, which can only narrow their egress.
+    pub async fn reconcile(&mut self, world: &World, intent: &Intent, hold: bool) -> PassReport {
         let started = Instant::now();
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
-        let runtimes: Vec<Arc<AgentRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
+        let runtimes: Vec<Arc<ObservedRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
         let (plan, facts, agents) = self.plan(world, intent, &runtimes, now_unix);
+        // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
+        let unplanned: HashSet<Key> = runtimes
+            .iter()
+            .filter(|rt| matches!(&***rt, ObservedRuntime::Malformed(m) if m.target_name.is_none()))
+            .map(|rt| (rt.namespace().unwrap_or_default(), rt.name_any()))
+            .collect();
 
         let existing: HashMap<Key, Arc<ObservedPolicy>> = world
             .policies
@@ -190,14 +197,26 @@ impl Reconciler {
             .filter_map(|desired| {
                 let key = (desired.namespace().unwrap_or_default(), desired.name_any());
                 let current = existing.get(&key).cloned();
-                needs_apply(desired, current.as_deref()).then(|| (desired.clone(), current))
+                let allowed = !hold || current.is_none();
+                (allowed && needs_apply(desired, current.as_deref())).then(|| (desired.clone(), current))
             })
             .collect();
-        let deletes: Vec<Key> = existing
-            .keys()
-            .filter(|k| !desired_keys.contains(*k))
-            .cloned()
-            .collect();
+        // The sweep: only policies carrying both Tollgate labels that no agent has any more, each deleted only if it
+        // is still the object observed (UID precondition). A policy that merely copies the managed-by label, or
+        // that belongs to an agent whose target cannot be read, stays.
+        let deletes: Vec<(Key, String)> = if hold {
+            Vec::new()
+        } else {
+            existing
+                .iter()
+                .filter(|(key, _)| !desired_keys.contains(*key))
+                .filter_map(|(key, policy)| {
+                    let agent = policy.labels().get(LABEL_AGENT)?;
+                    let owner = (key.0.clone(), agent.clone());
+                    (!unplanned.contains(&owner)).then(|| (key.clone(), policy.uid().unwrap_or_default()))
+                })
+                .collect()
+        };
 
         let mut report = PassReport::default();
         let client = &self.client;
@@ -247,11 +266,19 @@ impl Reconciler {
             }
         }
         let delete_results: Vec<(Key, Result<(), kube::Error>)> =
-            futures::stream::iter(deletes.into_iter().map(|key| async move {
+            futures::stream::iter(deletes.into_iter().map(|(key, uid)| async move {
                 let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &key.0);
-                let result = match api.delete(&key.1, &DeleteParams::default()).await {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let result = match api.delete(&key.1, &params).await {
                     Ok(_) => Ok(()),
-                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    // Gone already, or replaced by another object of the same name since it was observed.
+                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
                     Err(error) => Err(error),
                 };
                 (key, result)
@@ -319,7 +346,7 @@ impl Reconciler {
         &self,
         world: &World,
         intent: &Intent,
-        runtimes: &[Arc<AgentRuntime>],
+        runtimes: &[Arc<ObservedRuntime>],
         now_unix: i64,
     ) -> (Plan, planner::ClusterFacts, Vec<planner::Agent>) {
         let api_endpoints = world.api_endpoints.state().into_iter().next();
@@ -376,20 +403,31 @@ impl Reconciler {
         };
         let agents: Vec<planner::Agent> = runtimes
             .iter()
-            .map(|rt| {
-                let ns = rt.namespace().unwrap_or_default();
-                let target = &rt.spec.target_ref;
+            .filter_map(|observed| {
+                let ns = observed.namespace().unwrap_or_default();
                 let mut ns_labels = namespace_labels.get(&ns).cloned().unwrap_or_default();
                 ns_labels
                     .entry(planner::LABEL_NAMESPACE_NAME.to_string())
                     .or_insert_with(|| ns.clone());
-                agents::agent(
-                    rt,
-                    pod_labels(&target.kind, &ns, &target.name),
-                    ns_labels,
-                    cards.get(&(ns.clone(), target.name.clone())).cloned(),
-                    &verification,
-                )
+                match &**observed {
+                    ObservedRuntime::Valid(rt) => {
+                        let target = &rt.spec.target_ref;
+                        Some(agents::agent(
+                            rt,
+                            pod_labels(&target.kind, &ns, &target.name),
+                            ns_labels,
+                            cards.get(&(ns.clone(), target.name.clone())).cloned(),
+                            &verification,
+                        ))
+                    }
+                    ObservedRuntime::Malformed(malformed) => {
+                        let labels = match (&malformed.target_kind, &malformed.target_name) {
+                            (Some(kind), Some(name)) => pod_labels(kind, &ns, name),
+                            _ => None,
+                        };
+                        agents::malformed_agent(malformed, labels, ns_labels)
+                    }
+                }
             })
             .collect();
         let plan = planner::plan(&self.settings.planner, &cluster, &agents, intent);
@@ -400,16 +438,37 @@ impl Reconciler {
     /// they change.
     async fn publish_events(
         &mut self,
-        runtimes: &[Arc<AgentRuntime>],
+        runtimes: &[Arc<ObservedRuntime>],
         plan: &Plan,
         mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
     ) {
-        let by_key: HashMap<Key, &Arc<AgentRuntime>> = runtimes
+        let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
             .iter()
             .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
             .collect();
         let mut events: Vec<(ObjectReference, Event)> = Vec::new();
         let mut seen = HashSet::new();
+        // A malformed agent whose target cannot be read has no outcome: its problem is reported all the same.
+        for (key, runtime) in &by_key {
+            if let ObservedRuntime::Malformed(malformed) = &***runtime
+                && malformed.target_name.is_none()
+            {
+                seen.insert(key.clone());
+                let problems = vec![(
+                    "MalformedAgentRuntime".to_string(),
+                    format!(
+                        "{}; no NetworkPolicy can be named without spec.targetRef.name",
+                        malformed.message()
+                    ),
+                )];
+                if self.reported.get(key) != Some(&problems) {
+                    for (reason, note) in &problems {
+                        events.push((runtime.object_ref(&()), event(EventType::Warning, reason, note.clone())));
+                    }
+                    self.reported.insert(key.clone(), problems);
+                }
+            }
+        }
         for outcome in &plan.outcomes {
             let key = (outcome.namespace.clone(), outcome.name.clone());
             seen.insert(key.clone());
@@ -430,7 +489,10 @@ impl Reconciler {
                 };
                 events.push((reference.clone(), event(EventType::Normal, "EgressModeChanged", note)));
             }
-            let problems = problems(outcome, &plan.warnings);
+            let mut problems = problems(outcome, &plan.warnings);
+            if let ObservedRuntime::Malformed(malformed) = &***runtime {
+                problems.insert(0, ("MalformedAgentRuntime".to_string(), malformed.message()));
+            }
             if self.reported.get(&key) != Some(&problems) {
                 for (reason, note) in &problems {
                     events.push((reference.clone(), event(EventType::Warning, reason, note.clone())));
@@ -452,7 +514,17 @@ impl Reconciler {
 }
 
 fn event(type_: EventType, reason: &str, note: String) -> Event {
-    let mut note = note;
+    Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(truncate_note(note)),
+        action: "Reconcile".to_string(),
+        secondary: None,
+    }
+}
+
+/// An Event note cut to what the API server accepts (1 kB), at a character boundary.
+pub fn truncate_note(mut note: String) -> String {
     if note.len() > 1000 {
         let mut cut = 990;
         while !note.is_char_boundary(cut) {
@@ -461,13 +533,7 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
         note.truncate(cut);
         note.push_str(" …");
     }
-    Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".to_string(),
-        secondary: None,
-    }
+    note
 }
 
 fn summary(outcome: &AgentOutcome) -> String {

@@ -8,21 +8,25 @@ use anyhow::{Context, bail};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, Config};
+use kube::{Client, Config, ResourceExt};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tollgate_common::planner::ANNOTATION_REVISION;
 use tollgate_common::planner::PlannerConfig;
 use tollgate_common::wire;
 use tollgate_proto::v1 as pb;
 
 use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_list, parse_namespaced};
-use crate::hub_client::{HubSettings, HubTls, IntentState, PersistedIntent, Reports};
+use crate::conditions::{Conditions, Kind};
+use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports};
 use crate::metrics::Metrics;
 use crate::reconcile::{Backoff, PassReport, Reconciler, Settings};
 use crate::world::{Scope, World};
 
 /// A full pass runs at least this often, even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(300);
+/// How often an unreadable intent cache is read again while the policies are held.
+const CACHE_RETRY: Duration = Duration::from_secs(10);
 
 /// Default DNS Services, in order of preference: vanilla Kubernetes, then OpenShift.
 const DNS_CANDIDATES: [(&str, &str); 2] = [("kube-system", "kube-dns"), ("openshift-dns", "dns-default")];
@@ -60,7 +64,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (false, None) => bail!("either --hub ADDRESS or --standalone is required"),
         (true, None) => None,
         (false, Some(addresses)) => {
-            let urls = parse_hub_addresses(&addresses)?;
+            let urls = parse_hub_addresses(&addresses, insecure_dev_plaintext)?;
             let tls = match (hub_ca, tls_cert, tls_key, insecure_dev_plaintext) {
                 (Some(ca), Some(cert), Some(key), false) => Some(HubTls {
                     ca,
@@ -152,42 +156,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         controller: "tollgate-spoke".into(),
         instance: std::env::var("HOSTNAME").ok().or(Some(cluster_id.clone())),
     };
-    // The intent: the persisted one first (hub outages and restarts never block enforcement), then the hub's.
+    let recorder = Recorder::new(client.clone(), reporter);
+    // The spoke's own conditions, published as Events on its intent ConfigMap, metrics and to the hub.
     let persisted = PersistedIntent::new(client.clone(), &spoke_namespace, &intent_configmap);
+    let conditions = Conditions::default();
+    tasks.spawn(crate::conditions::publish(
+        conditions.subscribe(),
+        recorder.clone(),
+        persisted.reference(),
+        metrics.clone(),
+    ));
+    tasks.spawn(crate::local_rules::watch(client.clone(), conditions.clone()));
+    // The intent: the persisted one first (hub outages and restarts never block enforcement), then the hub's.
     let initial = match &hub {
         None => IntentState::default(),
-        Some(_) => match persisted.load().await {
-            Ok(Some(state)) => {
-                tracing::info!(
-                    revision = state.latest_revision,
-                    "Enforcing the persisted intent until the hub answers"
-                );
-                state
-            }
-            Ok(None) => IntentState::default(),
-            Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "Could not read the persisted intent");
-                IntentState::default()
-            }
-        },
+        Some(_) => initial_intent(&persisted, &world, &conditions).await,
     };
+    let held = initial.hold.is_some();
     let (intent_tx, mut intent_rx) = tokio::sync::watch::channel(Arc::new(initial));
     let (facts_tx, facts_rx) = tokio::sync::watch::channel(None);
     let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(None);
     let (ack_tx, ack_rx) = tokio::sync::watch::channel(None);
     if let Some(hub) = hub {
+        if held {
+            tasks.spawn(retry_cache(persisted.clone(), intent_tx.clone(), conditions.clone()));
+        }
         let reports = Reports {
             facts: facts_rx,
             inventory: inventory_rx,
             ack: ack_rx,
+            conditions: conditions.subscribe(),
         };
-        tasks.spawn(crate::hub_client::run(
-            hub,
-            intent_tx,
+        tasks.spawn(crate::hub_client::run(HubConnection {
+            settings: hub,
+            state: intent_tx,
             persisted,
             reports,
-            metrics.clone(),
-        ));
+            metrics: metrics.clone(),
+            conditions: conditions.clone(),
+        }));
     } else {
         tasks.spawn(async move {
             // Standalone: the intent never changes; keep the sender alive.
@@ -196,16 +203,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
-    let mut reconciler = Reconciler::new(
-        client.clone(),
-        settings,
-        metrics.clone(),
-        Recorder::new(client, reporter),
-    );
+    let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder);
     let mut backoff = Backoff::default();
     loop {
         let state = intent_rx.borrow_and_update().clone();
-        let report = reconciler.reconcile(&world, &state.intent).await;
+        let report = reconciler.reconcile(&world, &state.intent, state.hold.is_some()).await;
         metrics.set_ready();
         publish_reports(&report, &state, &facts_tx, &inventory_tx, &ack_tx);
         let failed: HashSet<_> = report.errors.iter().map(|e| e.kind).collect();
@@ -228,7 +230,84 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The intent to enforce before the hub answers: the cached one; with none, but NetworkPolicies written from a
+/// hub revision, or with one that cannot be read, nothing (the policies in force are held unchanged, and no intent
+/// older than the revision they name is taken).
+async fn initial_intent(persisted: &PersistedIntent, world: &World, conditions: &Conditions) -> IntentState {
+    let floor = world
+        .policies
+        .iter()
+        .flat_map(|s| s.state())
+        .filter_map(|p| p.annotations().get(ANNOTATION_REVISION)?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    let held = |reason: &str, message: String| {
+        conditions.set(Kind::PoliciesHeld, reason, message.clone());
+        IntentState::held(floor, message)
+    };
+    match persisted.load().await {
+        Ok(Some(state)) => {
+            tracing::info!(
+                revision = state.latest_revision,
+                store = state.store_id.as_deref().unwrap_or("none"),
+                "Enforcing the persisted intent until the hub answers"
+            );
+            state
+        }
+        Ok(None) if floor > 0 => held(
+            "CacheMissing",
+            format!(
+                "No cached intent in ConfigMap {}, but NetworkPolicies were written from hub revision {floor}: \
+                 keeping every NetworkPolicy as it is until the hub answers.",
+                persisted.location()
+            ),
+        ),
+        Ok(None) => IntentState::default(),
+        Err(error) => held(
+            "CacheUnreadable",
+            format!(
+                "The cached intent cannot be read ({error:#}): keeping every NetworkPolicy as it is until the \
+                 cache can be read or the hub answers."
+            ),
+        ),
+    }
+}
+
+/// While the policies are held because the cache could not be read, reads it again every [`CACHE_RETRY`] until it
+/// can be (then enforces it) or the hub answered.
+async fn retry_cache(
+    persisted: PersistedIntent,
+    intent: tokio::sync::watch::Sender<Arc<IntentState>>,
+    conditions: Conditions,
+) {
+    loop {
+        tokio::time::sleep(CACHE_RETRY).await;
+        if intent.borrow().hold.is_none() {
+            return;
+        }
+        match persisted.load().await {
+            Ok(Some(state)) => {
+                let taken = intent.send_if_modified(|current| {
+                    let still_held = current.hold.is_some();
+                    if still_held {
+                        *current = Arc::new(state);
+                    }
+                    still_held
+                });
+                if taken {
+                    tracing::info!("The cached intent can be read again; enforcing it until the hub answers");
+                    conditions.clear(Kind::PoliciesHeld);
+                }
+                return;
+            }
+            Ok(None) => return,
+            Err(error) => tracing::debug!(error = format!("{error:#}"), "The cached intent still cannot be read"),
+        }
+    }
+}
+
 /// Facts, inventory and the acknowledgement of the intent revision, for the hub (sent only when they change).
+/// While policies are held there is no intent to acknowledge or to describe the agents by: only facts are sent.
 fn publish_reports(
     report: &PassReport,
     state: &IntentState,
@@ -238,6 +317,9 @@ fn publish_reports(
 ) {
     let fresh_facts = Some(wire::facts_to_wire(&report.facts, ""));
     facts.send_if_modified(|current| replace_if_different(current, fresh_facts));
+    if state.hold.is_some() {
+        return;
+    }
     let applied = state.latest_revision;
     let agents = report
         .plan
@@ -261,6 +343,7 @@ fn publish_reports(
                 Some(pb::Ack {
                     revision: applied,
                     errors,
+                    store_id: state.store_id.clone().unwrap_or_default(),
                 }),
             )
         });

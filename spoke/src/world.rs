@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tollgate_common::planner::{LABEL_MANAGED_BY, MANAGED_BY};
 
-use crate::agent_runtime::AgentRuntime;
+use crate::agent_runtime::ObservedRuntime;
 use crate::diff::ObservedPolicy;
 
 /// The annotation `kubectl apply` keeps a whole copy of the object in.
@@ -39,7 +39,8 @@ pub struct DnsCandidate {
 /// every namespace is watched).
 #[derive(Debug)]
 pub struct World {
-    pub runtimes: Vec<Store<AgentRuntime>>,
+    /// The AgentRuntimes, each parsed or, when malformed, its metadata and what is wrong.
+    pub runtimes: Vec<Store<ObservedRuntime>>,
     pub deployments: Vec<Store<Deployment>>,
     pub statefulsets: Vec<Store<StatefulSet>>,
     /// The managed NetworkPolicies, in the compact form the diff reads.

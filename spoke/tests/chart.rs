@@ -319,10 +319,14 @@ fn assert_least_privilege(chart: &Rendered) {
                 }
             }
             if verbs.contains(&"get".to_string()) {
+                assert!(
+                    resources == ["configmaps"] || resources == ["customresourcedefinitions"],
+                    "{name}: the spoke never GETs but its intent and the AgentRuntime CRD: {rule}"
+                );
                 assert_eq!(
-                    resources,
-                    ["configmaps"],
-                    "{name}: the spoke never GETs but its intent: {rule}"
+                    strings(&rule["resourceNames"]).len(),
+                    1,
+                    "{name}: a GET is restricted to one name: {rule}"
                 );
             }
         }
@@ -342,8 +346,10 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
             key("ServiceAccount", RELEASE_NS, "tollgate-spoke"),
             key("ClusterRole", "", "tollgate-spoke-agents"),
             key("ClusterRole", "", "tollgate-spoke-namespaces"),
+            key("ClusterRole", "", "tollgate-spoke-crd"),
             key("ClusterRoleBinding", "", "tollgate-spoke-agents"),
             key("ClusterRoleBinding", "", "tollgate-spoke-namespaces"),
+            key("ClusterRoleBinding", "", "tollgate-spoke-crd"),
             key("Role", RELEASE_NS, "tollgate-spoke-intent"),
             key("Role", "default", "tollgate-spoke-apiserver"),
             key("Role", "kube-system", "tollgate-spoke-dns"),
@@ -400,6 +406,11 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
     assert_eq!(
         rules("ClusterRole", "", "tollgate-spoke-namespaces"),
         json!([{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}])
+    );
+    assert_eq!(
+        rules("ClusterRole", "", "tollgate-spoke-crd"),
+        json!([{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+                "resourceNames": ["agentruntimes.agent.kagenti.dev"], "verbs": ["get"]}])
     );
     assert_eq!(
         rules("Role", RELEASE_NS, "tollgate-spoke-intent"),
@@ -557,8 +568,10 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
             key("ServiceAccount", "platform", "egress-controller"),
             key("ClusterRole", "", "egress-agents"),
             key("ClusterRole", "", "egress-namespaces"),
+            key("ClusterRole", "", "egress-crd"),
             // No cluster-wide agent permissions: a RoleBinding to the agents ClusterRole per watched namespace.
             key("ClusterRoleBinding", "", "egress-namespaces"),
+            key("ClusterRoleBinding", "", "egress-crd"),
             key("RoleBinding", "team-a", "egress-agents"),
             key("RoleBinding", "team-b", "egress-agents"),
             key("Role", "platform", "egress-intent"),
@@ -587,6 +600,12 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
     assert_eq!(
         custom.get("Role", "platform", "egress-intent")["rules"][0]["resourceNames"],
         json!(["egress-intent"])
+    );
+    // The spoke's own Events (conditions) go on its intent ConfigMap: granted in its namespace, since the agents
+    // ClusterRole applies only in the watched ones.
+    assert_eq!(
+        custom.get("Role", "platform", "egress-intent")["rules"][1],
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]})
     );
     assert_eq!(
         custom.get("ServiceAccount", "platform", "egress-controller")["metadata"]["annotations"],
@@ -1331,8 +1350,9 @@ impl Grant {
     /// none of them appears).
     fn refusal(&self) -> String {
         match (self.resource.as_str(), self.verb.as_str()) {
-            ("configmaps", "get") => "Could not read the persisted intent".to_string(),
-            ("configmaps", _) => "Could not persist the intent".to_string(),
+            ("configmaps", "get") => "The cached intent cannot be read".to_string(),
+            ("configmaps", _) => "could not be cached in ConfigMap".to_string(),
+            ("customresourcedefinitions", "get") => "Could not read the AgentRuntime CRD".to_string(),
             // A create by server-side apply is refused with an empty reason ("... is forbidden: ").
             ("networkpolicies", "create") => "NetworkPolicy write failed".to_string(),
             (resource, verb) => format!("cannot {verb} resource \"{resource}\""),
@@ -1428,6 +1448,7 @@ spec:
             "patch events.events.k8s.io (ClusterRole tollgate-spoke-agents)",
             "list namespaces.core (ClusterRole tollgate-spoke-namespaces)",
             "watch namespaces.core (ClusterRole tollgate-spoke-namespaces)",
+            "get customresourcedefinitions.apiextensions.k8s.io/agentruntimes.agent.kagenti.dev (ClusterRole tollgate-spoke-crd)",
             "get configmaps.core/tollgate-spoke-intent (Role tollgate-system/tollgate-spoke-intent)",
             "create configmaps.core/tollgate-spoke-intent (Role tollgate-system/tollgate-spoke-intent)",
             "patch configmaps.core/tollgate-spoke-intent (Role tollgate-system/tollgate-spoke-intent)",
@@ -1455,8 +1476,8 @@ spec:
         spoke.wait_ready().await?;
         wait_until("the intent ConfigMap at revision 1", WAIT, || async {
             config_maps.get_opt("tollgate-spoke-intent").await.is_ok_and(|c| {
-                c.and_then(|c| c.data)
-                    .is_some_and(|d| d.get("revision").map(String::as_str) == Some("1"))
+                c.and_then(|c| c.metadata.annotations)
+                    .is_some_and(|a| a.get("tollgate.dev/revision").map(String::as_str) == Some("1"))
             })
         })
         .await
@@ -1549,6 +1570,11 @@ spec:
             assert!(spoke.is_ready().await, "a refused Event does not stop enforcement");
             wait_policy(&client, &format!("{probe}-signature-policy"), "written", |_| true).await?;
             "policies enforced, the Event lost (logged at debug)"
+        } else if grant.resource == "customresourcedefinitions" {
+            // The CRD is read at start, before the first pass may be done: an unreadable one does not stop it.
+            spoke.wait_ready().await.map_err(context)?;
+            wait_policy(&client, &format!("{probe}-signature-policy"), "written", |_| true).await?;
+            "policies enforced, local rules not checked (logged)"
         } else if grant.verb == "watch" {
             "the watch is refused and retried with backoff: changes go unseen (logged)"
         } else {

@@ -588,3 +588,26 @@ fn split_documents_handles_markers_and_comments() {
     );
     assert!(split_documents("").is_empty());
 }
+
+/// A document under the limit as written whose canonical form (as the hub stores it) is over it: refused at
+/// validation, so that no stored revision can ever be too large to read back.
+#[test]
+fn a_document_whose_canonical_form_exceeds_the_limit_is_refused() {
+    let ports: Vec<String> = (1..=18_000).map(|p| format!("{{port: {p}}}")).collect();
+    let text = rule(&format!("{OK_TO}, ports: [{}]", ports.join(",")));
+    assert!(text.len() < MAX_DOCUMENT_BYTES, "the written text fits: {}", text.len());
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let message = errors[0].to_string();
+    assert!(
+        message.contains("in canonical form") && message.contains("split it"),
+        "{message}"
+    );
+
+    // Just under the limit in canonical form is accepted, and reads back from its own canonical text.
+    let ports: Vec<String> = (1..=6_000).map(|p| format!("{{port: {p}}}")).collect();
+    let set = parse(&rule(&format!("{OK_TO}, ports: [{}]", ports.join(",")))).unwrap();
+    let canonical = set.to_yaml();
+    assert!(canonical.len() > MAX_DOCUMENT_BYTES / 2 && canonical.len() < MAX_DOCUMENT_BYTES);
+    assert_eq!(parse(&canonical).unwrap(), set);
+}

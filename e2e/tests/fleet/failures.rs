@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tollgate_e2e::fleet::{Fleet, apply_agent, mtls_card};
+use tollgate_e2e::fleet::{Fleet, SpokeStart, apply_agent, mtls_card};
 use tollgate_e2e::wait_until;
 
 use crate::support::*;
@@ -111,7 +111,8 @@ async fn apiserver_restart_is_followed_by_reconvergence() -> anyhow::Result<()> 
 }
 
 /// staging's spoke restarted with staging's certificate but claiming to be prod-east: the hub refuses it, it
-/// receives no prod intent (its policies stay as they were), and prod-east's status is not overwritten.
+/// receives no prod intent (its policies stay as they were), it reports itself unready, and prod-east's status is
+/// not overwritten.
 #[tokio::test]
 async fn a_spoke_claiming_another_cluster_is_refused_and_nothing_leaks() -> anyhow::Result<()> {
     let mut fleet = Fleet::start().await?;
@@ -131,13 +132,27 @@ async fn a_spoke_claiming_another_cluster_is_refused_and_nothing_leaks() -> anyh
     fleet.wait_converged().await?;
     let before = fleet.resource_versions().await?;
 
-    fleet.start_spoke_as(STAGING, "prod-east", "staging").await?;
+    fleet
+        .start_spoke_with(
+            STAGING,
+            SpokeStart {
+                claimed_id: Some("prod-east".into()),
+                certificate_of: Some("staging".into()),
+                answering: true,
+                ..SpokeStart::default()
+            },
+        )
+        .await?;
     wait_until("the impostor is refused", Duration::from_secs(30), || async {
         fleet.spoke_log(STAGING).contains("The hub refused this spoke")
     })
     .await?;
     let log = fleet.spoke_log(STAGING);
     assert!(log.contains("PermissionDenied"), "{log}");
+    // Refused for good by every hub address: the spoke is not ready (it keeps enforcing what it had).
+    let (code, body) = fleet.spoke_readyz(STAGING).await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("refused by every hub replica"), "{body}");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let after = fleet.resource_versions().await?;

@@ -62,7 +62,8 @@ async fn status_shows_every_cluster_with_labels_agents_and_modes() -> anyhow::Re
                 "1",
                 "0",
                 "1",
-                "0"
+                "0",
+                "Ready"
             ],
             "{table}"
         );

@@ -4,6 +4,7 @@
 //! Each test starts its own fleet ([`tollgate_e2e::fleet::Fleet`]), so nextest runs them in parallel.
 
 mod cluster_changes;
+mod fail_closed;
 mod failures;
 mod intent;
 mod replicas;

@@ -41,9 +41,11 @@ impl<S: Store> AdminService<S> {
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+    /// The admin's name (`None` in plaintext development mode); any other caller is refused.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
         match caller(request, self.plaintext)? {
-            None | Some(PeerIdentity::Admin(_)) => Ok(()),
+            None => Ok(None),
+            Some(PeerIdentity::Admin(name)) => Ok(Some(name)),
             Some(PeerIdentity::Cluster(id)) => Err(Status::permission_denied(format!(
                 "the certificate of cluster {id:?} cannot call the admin API: use an admin certificate"
             ))),
@@ -90,6 +92,7 @@ pub async fn fleet_status<S: Store>(
         let agents = store.agents(cluster_id).await.map_err(unavailable)?;
         return Ok(pb::FleetStatusResponse {
             latest_revision,
+            store_id: store.store_id().to_string(),
             clusters: Vec::new(),
             agents: agents
                 .into_iter()
@@ -114,7 +117,17 @@ pub async fn fleet_status<S: Store>(
     for cluster in store.clusters().await.map_err(unavailable)? {
         let agents = store.agents(&cluster.id).await.map_err(unavailable)?;
         let count = |mode: &str| agents.iter().filter(|a| a.mode == mode).count() as u32;
+        let conditions = cluster
+            .conditions
+            .iter()
+            .map(|c| pb::Condition {
+                r#type: condition_type(&c.type_),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+            })
+            .collect();
         rows.push(pb::ClusterStatus {
+            conditions,
             connected: connected.contains_key(&cluster.id) || sessions.held_elsewhere(&cluster, now),
             labels: cluster.labels.into_iter().collect(),
             last_seen_unix_millis: cluster.last_seen_unix_millis,
@@ -130,9 +143,24 @@ pub async fn fleet_status<S: Store>(
     }
     Ok(pb::FleetStatusResponse {
         latest_revision,
+        store_id: store.store_id().to_string(),
         clusters: rows,
         agents: Vec::new(),
     })
+}
+
+/// The wire condition type of a stored name ([`super::condition_name`] inverted).
+fn condition_type(name: &str) -> i32 {
+    [
+        pb::ConditionType::Diverged,
+        pb::ConditionType::IntentNotPersisted,
+        pb::ConditionType::PoliciesHeld,
+        pb::ConditionType::LocalRulesUnavailable,
+    ]
+    .into_iter()
+    .map(|t| t as i32)
+    .find(|t| super::condition_name(*t) == name)
+    .unwrap_or(pb::ConditionType::Unspecified as i32)
 }
 
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::FleetStatusResponse, Status>> + Send>>;
@@ -179,7 +207,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                 crate::store::StoreError::NoSuchRevision(n) => {
                     Status::not_found(format!("revision {n} does not exist"))
                 }
-                e => Status::unavailable(e.to_string()),
+                e => status(e.into()),
             })?;
             (stored.info.number, stored.documents)
         };
@@ -211,14 +239,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         Ok(Response::new(pb::HistoryResponse {
             revisions: history
                 .into_iter()
-                .map(|r| pb::RevisionInfo {
-                    revision: r.number,
-                    created_unix_millis: r.created_unix_millis,
-                    operation: r.operation.as_str().to_string(),
-                    summary: r.summary,
-                    document_count: r.document_count,
+                .map(|entry| pb::RevisionInfo {
+                    revision: entry.info.number,
+                    created_unix_millis: entry.info.created_unix_millis,
+                    operation: entry.info.operation.as_str().to_string(),
+                    summary: entry.info.summary,
+                    document_count: entry.info.document_count,
+                    unreadable: entry.unreadable.unwrap_or_default(),
                 })
                 .collect(),
+            serving_revision: self.hub.snapshot().revision,
         }))
     }
 
@@ -258,6 +288,32 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         self.authorize(&request)?;
         let cluster = request.into_inner().cluster_id;
         Ok(Response::new(fleet_status(&self.hub, &self.sessions, &cluster).await?))
+    }
+
+    async fn adopt_cluster(
+        &self,
+        request: Request<pb::AdoptClusterRequest>,
+    ) -> Result<Response<pb::AdoptClusterResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let cluster = request.into_inner().cluster_id;
+        let store = self.hub.store();
+        if !store.request_adopt(&cluster).await.map_err(|e| status(e.into()))? {
+            return Err(Status::not_found(format!("cluster {cluster:?} has never connected")));
+        }
+        let snapshot = self.hub.snapshot();
+        tracing::warn!(
+            cluster = %cluster,
+            admin = admin.as_deref().unwrap_or("(plaintext)"),
+            revision = snapshot.revision,
+            store = store.store_id(),
+            "Adoption requested: the cluster takes this hub's intent"
+        );
+        let connected = self.sessions.poke(&cluster);
+        Ok(Response::new(pb::AdoptClusterResponse {
+            revision: snapshot.revision,
+            store_id: store.store_id().to_string(),
+            connected,
+        }))
     }
 
     type WatchFleetStatusStream = StatusStream;

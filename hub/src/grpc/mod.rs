@@ -1,6 +1,7 @@
 //! The gRPC server: the spoke `Sync` stream and the admin service on one listener, mTLS by default.
 
 mod admin;
+pub mod reports;
 mod spoke_sync;
 
 use std::net::SocketAddr;
@@ -21,7 +22,12 @@ use crate::state::{Hub, HubError};
 use crate::store::{Store, StoreError};
 
 pub use admin::AdminService;
-pub use spoke_sync::{Sessions, SpokeSyncService};
+pub use spoke_sync::{Held, Sessions, SpokeSyncService, condition_name};
+
+/// How long a client may take to complete the TLS handshake before its connection is closed.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent HTTP/2 streams per connection: a spoke needs one, the CLI a few.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 /// PEM files of the hub's server identity and the CA its clients' certificates must chain to.
 #[derive(Clone, Debug)]
@@ -72,25 +78,44 @@ pub async fn serve<S: Store>(
     options: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let mut builder = Server::builder().http2_keepalive_interval(Some(options.heartbeat));
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(options.heartbeat))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let plaintext = options.tls.is_none();
     if let Some(tls) = &options.tls {
         let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
         let config = ServerTlsConfig::new()
             .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
             .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
-            .client_auth_optional(false);
+            .client_auth_optional(false)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
         builder = builder.tls_config(config).context("configuring TLS")?;
     }
+    // Spoke reports are written for every spoke at once, one transaction per tick.
+    let reports = sessions.reports();
+    let flusher = tokio::spawn(reports.clone().run(hub.clone()));
     let spoke = SpokeSyncService::new(hub.clone(), sessions, options.clone(), plaintext);
-    let admin = AdminService::new(hub, spoke.sessions(), plaintext, options.metrics.clone());
-    builder
-        .add_service(SpokeSyncServer::new(spoke))
-        .add_service(AdminServer::new(admin))
+    let admin = AdminService::new(hub.clone(), spoke.sessions(), plaintext, options.metrics.clone());
+    let served = builder
+        .add_service(
+            SpokeSyncServer::new(spoke)
+                .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
+                .max_encoding_message_size(tollgate_proto::MAX_INTENT_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServer::new(admin)
+                .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
+                .max_encoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES),
+        )
         // Small responses must not wait for Nagle's algorithm and a delayed ACK (~40 ms per apply otherwise).
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
-        .context("serving gRPC")
+        .context("serving gRPC");
+    flusher.abort();
+    if let Err(error) = reports.flush(hub.store()).await {
+        tracing::warn!(%error, "Could not record the last spoke reports");
+    }
+    served
 }
 
 /// The Tollgate identity of the caller's client certificate. `Ok(None)` only in plaintext mode.
@@ -117,8 +142,12 @@ fn status(error: HubError) -> Status {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             Status::invalid_argument(lines.join("\n"))
         }
+        HubError::TooLarge(message) => Status::invalid_argument(message),
         HubError::NotFound(message) => Status::not_found(message),
         HubError::Store(StoreError::Conflict { .. }) => Status::aborted(error.to_string()),
+        HubError::Store(StoreError::Corrupt { revision, reason }) => Status::failed_precondition(format!(
+            "stored revision {revision} cannot be read ({reason}); `tollgate-hub history` marks the readable ones"
+        )),
         HubError::Store(e) => Status::unavailable(e.to_string()),
     }
 }

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::reports::ReportBuffer;
 use super::{ServeOptions, caller, now_millis};
 use crate::certs::PeerIdentity;
 use crate::state::{Hub, Snapshot};
-use crate::store::{AgentRecord, Store};
+use crate::store::{AgentRecord, Store, StoredCondition};
 
 /// Outbound messages buffered per stream; a spoke that falls further behind is dropped and resyncs.
 const QUEUE: usize = 8;
@@ -28,6 +29,8 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
+    /// Their reports, waiting to be written.
+    reports: Arc<ReportBuffer>,
     next_id: AtomicU64,
     /// This replica's name in the store's `connected_replica`.
     replica: String,
@@ -51,6 +54,8 @@ struct Session {
     connected_unix_millis: i64,
     applied_revision: u64,
     cancel: Option<oneshot::Sender<()>>,
+    /// Wakes the session to look for an adoption request.
+    poke: Arc<Notify>,
 }
 
 /// A connected spoke, as the status commands and metrics show it.
@@ -68,6 +73,7 @@ impl Sessions {
     pub fn new(replica: impl Into<String>, heartbeat: Duration, shared_store: bool) -> Self {
         Self {
             inner: Mutex::default(),
+            reports: Arc::default(),
             next_id: AtomicU64::new(0),
             replica: replica.into(),
             stale_after: heartbeat * 3,
@@ -78,6 +84,23 @@ impl Sessions {
     /// This replica's name.
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// The reports of this replica's spokes, waiting to be written.
+    pub fn reports(&self) -> Arc<ReportBuffer> {
+        self.reports.clone()
+    }
+
+    /// Wakes the stream of cluster `id` on this replica to take an adoption request at once; `false` when this
+    /// replica holds no stream of it (the replica that does finds the request within a heartbeat).
+    pub fn poke(&self, id: &str) -> bool {
+        match self.inner.lock().expect("sessions lock").get(id) {
+            Some(session) => {
+                session.poke.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether the store says another replica holds the cluster's stream (renewed recently enough).
@@ -113,9 +136,10 @@ impl Sessions {
         labels: BTreeMap<String, String>,
         applied_revision: u64,
         now: i64,
-    ) -> (u64, oneshot::Receiver<()>) {
+    ) -> (u64, oneshot::Receiver<()>, Arc<Notify>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (cancel, cancelled) = oneshot::channel();
+        let poke = Arc::new(Notify::new());
         let previous = self.inner.lock().expect("sessions lock").insert(
             cluster.to_string(),
             Session {
@@ -124,6 +148,7 @@ impl Sessions {
                 connected_unix_millis: now,
                 applied_revision,
                 cancel: Some(cancel),
+                poke: poke.clone(),
             },
         );
         if let Some(mut previous) = previous
@@ -131,7 +156,7 @@ impl Sessions {
         {
             let _ = cancel.send(());
         }
-        (id, cancelled)
+        (id, cancelled, poke)
     }
 
     fn acknowledged(&self, cluster: &str, id: u64, revision: u64) {
@@ -235,13 +260,19 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
         let now = now_millis();
         let store = self.hub.store();
+        let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
         store
             .upsert_cluster(&cluster, &labels, now)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(unavailable)?;
+        let adopt = store.adopt_requested(&cluster).await.map_err(unavailable)?;
+        let conditions = stored_conditions(&hello.conditions);
+        let diverged = is_diverged(&conditions);
+        self.sessions.reports.conditions(&cluster, conditions, now);
         // A spoke ahead of this replica (it moved here from a replica that saw a newer revision first): catch up from
         // the store before answering, or it would be sent an older intent.
         if hello.last_applied_revision > self.hub.snapshot().revision
+            && hello.store_id == store.store_id()
             && let Err(error) = self.hub.refresh().await
         {
             tracing::warn!(cluster = %cluster, %error, "Could not catch up with the store");
@@ -250,20 +281,15 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         let mut snapshots = self.hub.subscribe();
         let snapshot = snapshots.borrow_and_update().clone();
         let selected = snapshot.select(&labels);
-        let unchanged = match hello.last_applied_revision {
-            0 => false,
-            last if last > snapshot.revision => false,
-            last if last == snapshot.revision => true,
-            last => match store.revision(last).await {
-                Ok(revision) => {
-                    let then = Snapshot::new(revision.info.number, revision.documents);
-                    same_documents(&then, &then.select(&labels), &snapshot, &selected)
-                }
-                Err(_) => false,
-            },
+        let digest = snapshot.digest(&selected);
+        let held = Held {
+            store_id: &hello.store_id,
+            revision: hello.last_applied_revision,
+            digest: &hello.digest,
         };
+        let unchanged = !adopt && held.resumes(&snapshot.store_id, snapshot.revision, &digest);
         let (tx, rx) = mpsc::channel(QUEUE);
-        tx.send(Ok(intent(&snapshot, &selected, unchanged)))
+        tx.send(Ok(intent(&snapshot, &selected, &digest, unchanged, adopt)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         // Other replicas learn who holds the stream from the store (the embedded store has no other replica).
@@ -277,10 +303,18 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         {
             tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
         }
-        let (id, cancelled) = self
+        let (id, cancelled, poke) = self
             .sessions
             .register(&cluster, labels.clone(), hello.last_applied_revision, now);
-        tracing::info!(cluster = %cluster, revision = snapshot.revision, resumed = unchanged, "Spoke connected");
+        tracing::info!(
+            cluster = %cluster,
+            revision = snapshot.revision,
+            resumed = unchanged,
+            adopt,
+            spoke_store = %hello.store_id,
+            spoke_revision = hello.last_applied_revision,
+            "Spoke connected"
+        );
         let session = SessionTask {
             hub: self.hub.clone(),
             metrics: self.options.metrics.clone(),
@@ -289,11 +323,62 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             cluster,
             labels,
             id,
+            adopt_sent: adopt.then_some(snapshot.revision),
+            diverged,
             sent: (snapshot, selected),
         };
-        tokio::spawn(session.run(inbound, tx, snapshots, cancelled));
+        tokio::spawn(session.run(inbound, tx, snapshots, cancelled, poke));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// The intent a spoke says it enforces, from its hello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held<'a> {
+    /// The store it came from; empty when the spoke has none.
+    pub store_id: &'a str,
+    pub revision: u64,
+    pub digest: &'a str,
+}
+
+impl Held<'_> {
+    /// Whether the spoke may keep what it enforces (the hub answers `unchanged`): the same store, a revision not
+    /// ahead of the hub's, and the same documents as the hub's latest selection for it. Anything else gets the
+    /// full documents, which the spoke then accepts or refuses (another store, an older revision) itself.
+    pub fn resumes(&self, store_id: &str, revision: u64, digest: &str) -> bool {
+        !self.store_id.is_empty()
+            && self.store_id == store_id
+            && self.revision > 0
+            && self.revision <= revision
+            && self.digest == digest
+    }
+}
+
+/// The wire conditions as stored (unknown types keep their number).
+fn stored_conditions(conditions: &[pb::Condition]) -> Vec<StoredCondition> {
+    conditions
+        .iter()
+        .map(|c| StoredCondition {
+            type_: condition_name(c.r#type),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        })
+        .collect()
+}
+
+/// The stored name of a condition type: the proto name without its prefix, in CamelCase (`Diverged`).
+pub fn condition_name(value: i32) -> String {
+    match pb::ConditionType::try_from(value) {
+        Ok(pb::ConditionType::Diverged) => "Diverged".to_string(),
+        Ok(pb::ConditionType::IntentNotPersisted) => "IntentNotPersisted".to_string(),
+        Ok(pb::ConditionType::PoliciesHeld) => "PoliciesHeld".to_string(),
+        Ok(pb::ConditionType::LocalRulesUnavailable) => "LocalRulesUnavailable".to_string(),
+        Ok(pb::ConditionType::Unspecified) | Err(_) => format!("Unknown{value}"),
+    }
+}
+
+fn is_diverged(conditions: &[StoredCondition]) -> bool {
+    conditions.iter().any(|c| c.type_ == "Diverged")
 }
 
 /// Whether two selections hold the same documents (kind, name and canonical YAML), without copying any.
@@ -306,7 +391,7 @@ fn same_documents(a: &Snapshot, a_selected: &[usize], b: &Snapshot, b_selected: 
 }
 
 /// The intent message of a selection: the shared, pre-rendered documents, or the `unchanged` marker.
-fn intent(snapshot: &Snapshot, selected: &[usize], unchanged: bool) -> pb::HubMessage {
+fn intent(snapshot: &Snapshot, selected: &[usize], digest: &str, unchanged: bool, adopt: bool) -> pb::HubMessage {
     pb::HubMessage {
         msg: Some(hub_message::Msg::Intent(pb::IntentRevision {
             revision: snapshot.revision,
@@ -316,6 +401,9 @@ fn intent(snapshot: &Snapshot, selected: &[usize], unchanged: bool) -> pb::HubMe
                 selected.iter().map(|i| snapshot.wire[*i].1.clone()).collect()
             },
             unchanged,
+            store_id: snapshot.store_id.clone(),
+            digest: digest.to_string(),
+            adopt,
         })),
     }
 }
@@ -344,6 +432,10 @@ struct SessionTask<S> {
     cluster: String,
     labels: BTreeMap<String, String>,
     id: u64,
+    /// The revision last offered with `adopt` while an adoption is pending (cleared when acknowledged).
+    adopt_sent: Option<u64>,
+    /// Whether the spoke last reported itself Diverged (it then waits for an adoption).
+    diverged: bool,
     /// The snapshot and selection last sent (shared with every session; nothing is copied per spoke).
     sent: (Arc<Snapshot>, Vec<usize>),
 }
@@ -355,6 +447,7 @@ impl<S: Store> SessionTask<S> {
         tx: mpsc::Sender<Result<pb::HubMessage, Status>>,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
         mut cancelled: oneshot::Receiver<()>,
+        poke: Arc<Notify>,
     ) {
         let mut ticker = tokio::time::interval(self.options.heartbeat);
         ticker.tick().await;
@@ -366,16 +459,8 @@ impl<S: Store> SessionTask<S> {
                         break "hub shutting down";
                     }
                     let snapshot = snapshots.borrow_and_update().clone();
-                    let selected = snapshot.select(&self.labels);
-                    let unchanged = same_documents(&self.sent.0, &self.sent.1, &snapshot, &selected);
-                    let message = intent(&snapshot, &selected, unchanged);
-                    self.sent = (snapshot, selected);
-                    match tokio::time::timeout(self.options.send_timeout, tx.send(Ok(message))).await {
-                        Ok(Ok(())) => {
-                            self.metrics.pushes.inc();
-                        }
-                        Ok(Err(_)) => break "stream closed",
-                        Err(_) => break "spoke fell behind; dropped so it reconnects and resyncs",
+                    if let Err(reason) = self.offer(&tx, snapshot).await {
+                        break reason;
                     }
                 }
                 message = inbound.message() => match message {
@@ -389,12 +474,23 @@ impl<S: Store> SessionTask<S> {
                         break "inbound stream failed";
                     }
                 },
+                () = poke.notified() => {
+                    if let Err(reason) = self.adopt_if_requested(&tx).await {
+                        break reason;
+                    }
+                }
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > self.options.heartbeat * 3 {
                         let _ = tx.try_send(Err(Status::unavailable("heartbeat timeout: nothing heard from the spoke")));
                         break "heartbeat timeout";
                     }
                     let _ = tx.try_send(Ok(heartbeat()));
+                    // An adoption requested on another replica reaches a diverged spoke within a heartbeat.
+                    if self.diverged && self.adopt_sent.is_none()
+                        && let Err(reason) = self.adopt_if_requested(&tx).await
+                    {
+                        break reason;
+                    }
                 }
                 _ = &mut cancelled => break "replaced by a newer stream of the same cluster",
             }
@@ -410,34 +506,103 @@ impl<S: Store> SessionTask<S> {
         tracing::info!(cluster = %self.cluster, reason, "Spoke disconnected");
     }
 
+    /// Sends a new revision: the full documents when the spoke's selection changed or an adoption is pending, else
+    /// the `unchanged` marker.
+    async fn offer(
+        &mut self,
+        tx: &mpsc::Sender<Result<pb::HubMessage, Status>>,
+        snapshot: Arc<Snapshot>,
+    ) -> Result<(), &'static str> {
+        let selected = snapshot.select(&self.labels);
+        let adopt = self.adopt_sent.is_some();
+        let unchanged = !adopt && same_documents(&self.sent.0, &self.sent.1, &snapshot, &selected);
+        let digest = snapshot.digest(&selected);
+        let message = intent(&snapshot, &selected, &digest, unchanged, adopt);
+        if adopt {
+            self.adopt_sent = Some(snapshot.revision);
+        }
+        self.sent = (snapshot, selected);
+        match tokio::time::timeout(self.options.send_timeout, tx.send(Ok(message))).await {
+            Ok(Ok(())) => {
+                self.metrics.pushes.inc();
+                Ok(())
+            }
+            Ok(Err(_)) => Err("stream closed"),
+            Err(_) => Err("spoke fell behind; dropped so it reconnects and resyncs"),
+        }
+    }
+
+    /// Offers the latest revision with `adopt` when an admin asked for it (`clusters adopt`).
+    async fn adopt_if_requested(
+        &mut self,
+        tx: &mpsc::Sender<Result<pb::HubMessage, Status>>,
+    ) -> Result<(), &'static str> {
+        match self.hub.store().adopt_requested(&self.cluster).await {
+            Ok(true) => {
+                let snapshot = self.hub.snapshot();
+                tracing::info!(cluster = %self.cluster, revision = snapshot.revision, "Offering the intent for adoption");
+                self.adopt_sent = Some(snapshot.revision);
+                self.offer(tx, snapshot).await
+            }
+            Ok(false) => Ok(()),
+            Err(error) => {
+                tracing::warn!(cluster = %self.cluster, %error, "Could not read the adoption request");
+                Ok(())
+            }
+        }
+    }
+
     async fn handle(&mut self, message: pb::SpokeMessage) {
-        let store = self.hub.store();
+        let reports = &self.sessions.reports;
         let now = now_millis();
-        let result = match message.msg {
+        match message.msg {
             Some(spoke_message::Msg::Facts(facts)) => {
-                store
-                    .record_facts(&self.cluster, &tollgate_common::wire::facts_to_json(&facts), now)
-                    .await
+                reports.facts(&self.cluster, tollgate_common::wire::facts_to_json(&facts), now);
             }
             Some(spoke_message::Msg::Inventory(inventory)) => {
                 let agents: Vec<AgentRecord> = inventory.agents.into_iter().map(agent_record).collect();
-                store.record_inventory(&self.cluster, &agents, now).await
+                if let Err(error) = crate::store::check_inventory(&self.cluster, &agents) {
+                    tracing::warn!(cluster = %self.cluster, %error, "Refused an inventory");
+                    return;
+                }
+                reports.inventory(&self.cluster, agents, now);
             }
             Some(spoke_message::Msg::Ack(ack)) => {
+                let store_id = self.hub.store().store_id();
+                if !ack.store_id.is_empty() && ack.store_id != store_id {
+                    // The spoke enforces another store's revision (it is Diverged): nothing of this store is applied.
+                    tracing::debug!(cluster = %self.cluster, store = %ack.store_id, "Ignored an acknowledgement of another store");
+                    return;
+                }
                 if !ack.errors.is_empty() {
                     tracing::warn!(cluster = %self.cluster, revision = ack.revision, errors = ?ack.errors, "Spoke reported errors");
                 }
                 self.sessions.acknowledged(&self.cluster, self.id, ack.revision);
-                store.record_applied(&self.cluster, ack.revision, now).await
+                reports.applied(&self.cluster, ack.revision, now);
+                if let Some(offered) = self.adopt_sent
+                    && ack.revision >= offered
+                    && ack.store_id == store_id
+                {
+                    match self.hub.store().clear_adopt(&self.cluster).await {
+                        Ok(()) => {
+                            tracing::info!(cluster = %self.cluster, revision = ack.revision, "The cluster adopted this hub's intent");
+                            self.adopt_sent = None;
+                        }
+                        Err(error) => {
+                            tracing::warn!(cluster = %self.cluster, %error, "Could not clear the adoption request")
+                        }
+                    }
+                }
             }
-            Some(spoke_message::Msg::Heartbeat(_)) => Ok(()),
+            Some(spoke_message::Msg::Conditions(conditions)) => {
+                let conditions = stored_conditions(&conditions.conditions);
+                self.diverged = is_diverged(&conditions);
+                reports.conditions(&self.cluster, conditions, now);
+            }
+            Some(spoke_message::Msg::Heartbeat(_)) => {}
             Some(spoke_message::Msg::Hello(_)) | None => {
                 tracing::debug!(cluster = %self.cluster, "Ignored an unexpected message");
-                Ok(())
             }
-        };
-        if let Err(error) = result {
-            tracing::warn!(cluster = %self.cluster, %error, "Recording a spoke report failed");
         }
     }
 }
@@ -473,7 +638,47 @@ mod tests {
             facts_json: None,
             applied_revision: 0,
             connected_replica: replica.map(String::from),
+            ..ClusterRecord::default()
         }
+    }
+
+    /// The resume decision: `unchanged` only for the same store, a revision not ahead of the hub's, and the same
+    /// documents; everything else gets the full documents (which the spoke may still refuse).
+    #[test]
+    fn a_spoke_resumes_only_with_the_same_store_revision_and_documents() {
+        let held = |store_id, revision, digest| Held {
+            store_id,
+            revision,
+            digest,
+        };
+        let cases = [
+            (held("s1", 5, "d"), true, "same store, revision and documents"),
+            (held("s1", 3, "d"), true, "older revision, documents unchanged since"),
+            (held("s1", 3, "e"), false, "older revision, documents changed since"),
+            (
+                held("s1", 5, "e"),
+                false,
+                "same revision, other documents (a cache edited by hand)",
+            ),
+            (
+                held("s1", 6, "d"),
+                false,
+                "ahead of the hub (a store restored from an older backup)",
+            ),
+            (held("s2", 5, "d"), false, "another store (a hub on a new, empty store)"),
+            (held("", 5, "d"), false, "no store: a spoke that never had an intent"),
+            (held("s1", 0, "d"), false, "never applied a revision"),
+        ];
+        for (held, expected, case) in cases {
+            assert_eq!(held.resumes("s1", 5, "d"), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn condition_types_are_stored_by_name() {
+        assert_eq!(condition_name(pb::ConditionType::Diverged as i32), "Diverged");
+        assert_eq!(condition_name(pb::ConditionType::PoliciesHeld as i32), "PoliciesHeld");
+        assert_eq!(condition_name(99), "Unknown99");
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Revision {
 }
 
 /// What the hub knows about one cluster (one spoke).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     /// The cluster id, as in the spoke's certificate.
     pub id: String,
@@ -136,6 +136,57 @@ pub struct ClusterRecord {
     pub applied_revision: u64,
     /// The hub replica holding the spoke's stream, renewed with `last_seen` while it lasts; `None` once it ended.
     pub connected_replica: Option<String>,
+    /// The conditions the spoke reported last (Diverged, IntentNotPersisted, …).
+    pub conditions: Vec<StoredCondition>,
+    /// An admin asked that the cluster take this hub's intent (`clusters adopt`) and it has not acknowledged it
+    /// yet.
+    pub adopt_requested: bool,
+}
+
+/// A condition a spoke reported, as stored and shown by `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCondition {
+    /// `Diverged`, `IntentNotPersisted`, `PoliciesHeld` or `LocalRulesUnavailable`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// What the hub learned from one spoke since its last write, written with every other spoke's in one transaction
+/// ([`Store::record_reports`]). `None` fields are left as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterReport {
+    pub id: String,
+    /// The latest cluster facts, JSON (see [`ClusterRecord::facts_json`]).
+    pub facts_json: Option<String>,
+    /// The complete agent inventory (agents not listed are removed).
+    pub inventory: Option<Vec<AgentRecord>>,
+    /// The latest revision acknowledged as applied.
+    pub applied_revision: Option<u64>,
+    /// The spoke's conditions (all of them; an empty list clears them).
+    pub conditions: Option<Vec<StoredCondition>>,
+    /// When the hub last heard from the spoke; `last_seen` never moves backwards.
+    pub last_seen_unix_millis: i64,
+}
+
+/// One entry of the history, and whether its documents can still be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub info: RevisionInfo,
+    /// Why the stored revision cannot be read (`None`: readable).
+    pub unreadable: Option<String>,
+}
+
+/// The newest revision the hub can serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readable {
+    /// The newest committed revision number: the parent of the next commit.
+    pub newest: u64,
+    /// The newest revision that reads back (equal to `newest` unless newer ones are unreadable).
+    pub revision: Revision,
+    /// Newer revisions that could not be read, newest first, with the reason.
+    pub skipped: Vec<(u64, String)>,
 }
 
 /// One agent of a cluster's inventory, with its status as the spoke reported it.
@@ -199,8 +250,45 @@ pub trait Store: Send + Sync + 'static {
     /// was never committed.
     fn revision(&self, number: u64) -> impl Future<Output = Result<Revision, StoreError>> + Send;
 
-    /// Every committed revision, oldest first (revision 0 is not listed).
-    fn history(&self) -> impl Future<Output = Result<Vec<RevisionInfo>, StoreError>> + Send;
+    /// The newest committed revision number (0 when nothing was ever committed), whether or not it reads back.
+    fn latest_number(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The newest revision that reads back, skipping newer ones that do not (reported in [`Readable::skipped`]):
+    /// a hub never stops serving because of a stored revision it cannot read.
+    fn latest_readable(&self) -> impl Future<Output = Result<Readable, StoreError>> + Send {
+        async move {
+            let newest = self.latest_number().await?;
+            let mut skipped = Vec::new();
+            let mut number = newest;
+            loop {
+                match self.revision(number).await {
+                    Ok(revision) => {
+                        return Ok(Readable {
+                            newest,
+                            revision,
+                            skipped,
+                        });
+                    }
+                    // Revision 0 always reads, so this ends.
+                    Err(StoreError::Corrupt { revision, reason }) if number > 0 => {
+                        skipped.push((revision, reason));
+                        number -= 1;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
+
+    /// Every committed revision, oldest first (revision 0 is not listed), each checked for readability.
+    fn history(&self) -> impl Future<Output = Result<Vec<HistoryEntry>, StoreError>> + Send;
+
+    /// This store's identity: a random 128-bit id (hex), created with the store and shared by every replica of
+    /// one database. Every intent carries it, so a spoke can tell a hub on another (or a new, empty) store.
+    fn store_id(&self) -> &str;
+
+    /// Whether the store answers (the hub's readiness).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Commits `documents` as revision `parent + 1` in one transaction, if `parent` is still the latest
     /// (optimistic concurrency: [`StoreError::Conflict`] otherwise, and nothing is written). Durable when it
@@ -222,13 +310,26 @@ pub trait Store: Send + Sync + 'static {
         now_unix_millis: i64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Writes the reports of many clusters in one transaction: for each, the fields it holds, and `last_seen`.
+    /// Returns the ids that are not registered (nothing is written for them). A report whose inventory names one
+    /// agent twice refuses the whole batch and changes nothing.
+    fn record_reports(&self, reports: &[ClusterReport])
+    -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// Replaces a cluster's facts (JSON, stored as given) and sets `last_seen`.
     fn record_facts(
         &self,
         id: &str,
         facts_json: &str,
         now_unix_millis: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.record_one(ClusterReport {
+            id: id.to_string(),
+            facts_json: Some(facts_json.to_string()),
+            last_seen_unix_millis: now_unix_millis,
+            ..ClusterReport::default()
+        })
+    }
 
     /// Replaces the cluster's whole agent inventory in one transaction (agents not listed are removed) and sets
     /// `last_seen`. An inventory naming one agent twice is refused and changes nothing.
@@ -237,7 +338,14 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         agents: &[AgentRecord],
         now_unix_millis: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.record_one(ClusterReport {
+            id: id.to_string(),
+            inventory: Some(agents.to_vec()),
+            last_seen_unix_millis: now_unix_millis,
+            ..ClusterReport::default()
+        })
+    }
 
     /// Records the revision the cluster acknowledged as applied and sets `last_seen`.
     fn record_applied(
@@ -245,10 +353,44 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         revision: u64,
         now_unix_millis: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.record_one(ClusterReport {
+            id: id.to_string(),
+            applied_revision: Some(revision),
+            last_seen_unix_millis: now_unix_millis,
+            ..ClusterReport::default()
+        })
+    }
 
     /// Sets `last_seen` only (heartbeats).
-    fn touch(&self, id: &str, now_unix_millis: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn touch(&self, id: &str, now_unix_millis: i64) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.record_one(ClusterReport {
+            id: id.to_string(),
+            last_seen_unix_millis: now_unix_millis,
+            ..ClusterReport::default()
+        })
+    }
+
+    /// One cluster's report; an unregistered cluster is an error.
+    fn record_one(&self, report: ClusterReport) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            let unknown = self.record_reports(std::slice::from_ref(&report)).await?;
+            match unknown.first() {
+                Some(id) => Err(unknown_cluster(id)),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Asks that cluster `id` take this hub's intent even from another store or at a lower revision than its own
+    /// (`clusters adopt`); `false` when the cluster is not registered.
+    fn request_adopt(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Clears the adoption request of cluster `id` (the spoke acknowledged this store's intent).
+    fn clear_adopt(&self, id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether an adoption of cluster `id` is pending.
+    fn adopt_requested(&self, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records that `replica` holds the streams of these clusters now: sets their `connected_replica` and
     /// `last_seen` (one statement, renewed by each replica once per heartbeat period). Unknown ids are ignored.
@@ -299,6 +441,134 @@ pub(crate) fn decode_revision(info: RevisionInfo, yaml: &str) -> Result<Revision
         });
     }
     Ok(Revision { info, documents })
+}
+
+/// Decodes a stored revision for the history: its readability, never an error (a row whose record itself is
+/// damaged is listed with what could be read).
+pub(crate) fn history_entry(info: Result<RevisionInfo, StoreError>, number: u64, yaml: &str) -> HistoryEntry {
+    match info {
+        Ok(info) => {
+            let unreadable = decode_revision(info.clone(), yaml).err().map(|e| reason_of(&e));
+            HistoryEntry { info, unreadable }
+        }
+        Err(error) => HistoryEntry {
+            info: RevisionInfo {
+                number,
+                ..RevisionInfo::initial()
+            },
+            unreadable: Some(reason_of(&error)),
+        },
+    }
+}
+
+fn reason_of(error: &StoreError) -> String {
+    match error {
+        StoreError::Corrupt { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A new random store id: 128 bits from the operating system, in hex.
+pub(crate) fn new_store_id() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(format!("no randomness for the store id: {e}")))?;
+    Ok(tollgate_common::intent::hex(&bytes))
+}
+
+/// Refuses every inventory of a batch that names one agent twice (before anything is written).
+pub(crate) fn check_reports(reports: &[ClusterReport]) -> Result<(), StoreError> {
+    for report in reports {
+        if let Some(agents) = &report.inventory {
+            check_inventory(&report.id, agents)?;
+        }
+    }
+    Ok(())
+}
+
+/// An agent record as both backends store it (JSON for the lists and maps).
+pub(crate) struct EncodedAgent {
+    pub namespace: String,
+    pub name: String,
+    pub labels: String,
+    pub verified: bool,
+    pub reason: String,
+    pub mode: String,
+    pub rule_count: u32,
+    pub sources: String,
+    pub applied: i64,
+    pub errors: String,
+    pub dropped: String,
+    pub plan_inputs: String,
+}
+
+impl EncodedAgent {
+    pub(crate) fn of(agent: &AgentRecord) -> Result<Self, StoreError> {
+        Ok(Self {
+            namespace: agent.namespace.clone(),
+            name: agent.name.clone(),
+            labels: to_json(&agent.labels)?,
+            verified: agent.verified,
+            reason: agent.verification_reason.clone(),
+            mode: agent.mode.clone(),
+            rule_count: agent.rule_count,
+            sources: to_json(&agent.rule_sources)?,
+            applied: to_sql_u64(agent.applied_revision, "applied revision")?,
+            errors: to_json(&agent.errors)?,
+            dropped: to_json(&agent.dropped)?,
+            plan_inputs: agent.plan_inputs_json.clone(),
+        })
+    }
+}
+
+/// A report as both backends write it.
+pub(crate) struct EncodedReport {
+    pub id: String,
+    pub facts_json: Option<String>,
+    pub inventory: Option<Vec<EncodedAgent>>,
+    pub applied: Option<i64>,
+    pub conditions: Option<String>,
+    pub last_seen: i64,
+}
+
+impl EncodedReport {
+    pub(crate) fn all(reports: &[ClusterReport]) -> Result<Vec<Self>, StoreError> {
+        check_reports(reports)?;
+        reports
+            .iter()
+            .map(|report| {
+                Ok(Self {
+                    id: report.id.clone(),
+                    facts_json: report.facts_json.clone(),
+                    inventory: report
+                        .inventory
+                        .as_ref()
+                        .map(|agents| agents.iter().map(EncodedAgent::of).collect::<Result<Vec<_>, _>>())
+                        .transpose()?,
+                    applied: report
+                        .applied_revision
+                        .map(|r| to_sql_u64(r, "applied revision"))
+                        .transpose()?,
+                    conditions: report.conditions.as_ref().map(to_json).transpose()?,
+                    last_seen: report.last_seen_unix_millis,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The statements of [`Store::record_reports`], the same text on both backends (`?N` placeholders are rewritten
+/// to `$N` for PostgreSQL).
+pub(crate) mod report_sql {
+    /// Sets `last_seen` (never backwards); 0 rows: the cluster is not registered.
+    pub const TOUCH: &str = "UPDATE clusters SET last_seen_unix_millis = CASE WHEN last_seen_unix_millis > ?2 \
+                             THEN last_seen_unix_millis ELSE ?2 END WHERE id = ?1";
+    pub const FACTS: &str = "UPDATE clusters SET facts_json = ?2 WHERE id = ?1";
+    pub const APPLIED: &str = "UPDATE clusters SET applied_revision = ?2 WHERE id = ?1";
+    pub const CONDITIONS: &str = "UPDATE clusters SET conditions_json = ?2 WHERE id = ?1";
+    pub const CLEAR_AGENTS: &str = "DELETE FROM agents WHERE cluster_id = ?1";
+    pub const INSERT_AGENT: &str = "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, \
+         verification_reason, mode, rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, \
+         plan_inputs_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 }
 
 /// Refuses an inventory that names one agent twice (before anything is written).

@@ -33,8 +33,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AgentRecord, ClusterRecord, NewRevision, Operation, REVISION_COLUMNS, Revision, RevisionInfo, Store, StoreError,
-    from_json, to_json, to_sql_u64, unix_millis_now,
+    AgentRecord, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation, REVISION_COLUMNS,
+    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64, unix_millis_now,
 };
 
 /// The channel commits notify on.
@@ -92,12 +92,20 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         "ALTER TABLE agents ADD COLUMN plan_inputs_json TEXT NOT NULL DEFAULT '';",
     ),
     (3, "ALTER TABLE clusters ADD COLUMN connected_replica TEXT;"),
+    (
+        4,
+        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    ALTER TABLE clusters ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE clusters ADD COLUMN adopt_requested BOOLEAN NOT NULL DEFAULT FALSE;",
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// The database's store id, shared by every replica.
+    store_id: String,
     /// The URL without its password, for messages.
     display: String,
 }
@@ -266,12 +274,35 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Backend(format!("{display}: {e}")))?;
-        let store = Self { pool, display };
-        store.migrate().await.map_err(|e| match e {
-            StoreError::Backend(message) => StoreError::Backend(format!("{}: {message}", store.display)),
+        let mut store = Self {
+            pool,
+            display,
+            store_id: String::new(),
+        };
+        let in_database = |e| match e {
+            StoreError::Backend(message) => StoreError::Backend(format!("{}: {message}", redact(url))),
             other => other,
-        })?;
+        };
+        store.migrate().await.map_err(in_database)?;
+        store.store_id = store.ensure_store_id().await.map_err(in_database)?;
         Ok(store)
+    }
+
+    /// The store's id, created with the database; replicas starting together agree on one.
+    async fn ensure_store_id(&self) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO store_meta (key, value) VALUES ('store_id', $1) ON CONFLICT (key) DO NOTHING",
+                &[&super::new_store_id()?],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(client
+            .query_one("SELECT value FROM store_meta WHERE key = 'store_id'", &[])
+            .await
+            .map_err(pg)?
+            .get(0))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -316,20 +347,11 @@ impl PgStore {
         }
         tx.commit().await.map_err(pg)
     }
+}
 
-    /// Runs one `UPDATE clusters … WHERE id = $1`; fails when the cluster is unknown.
-    async fn update_cluster(
-        &self,
-        id: &str,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        if client.execute(sql, params).await.map_err(pg)? == 0 {
-            return Err(super::unknown_cluster(id));
-        }
-        Ok(())
-    }
+/// A statement of [`report_sql`] with PostgreSQL's placeholders.
+fn numbered(sql: &str) -> String {
+    sql.replace('?', "$")
 }
 
 fn from_sql_u64(value: i64, what: &str) -> Result<u64, StoreError> {
@@ -401,16 +423,35 @@ impl Store for PgStore {
         read_revision(&self.client().await?, number).await
     }
 
-    async fn history(&self) -> Result<Vec<RevisionInfo>, StoreError> {
+    async fn latest_number(&self) -> Result<u64, StoreError> {
+        latest_number(&self.client().await?).await
+    }
+
+    async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                &format!("SELECT {REVISION_COLUMNS} FROM revisions ORDER BY number"),
+                &format!("SELECT {REVISION_COLUMNS}, documents_yaml FROM revisions ORDER BY number"),
                 &[],
             )
             .await
             .map_err(pg)?;
-        rows.iter().map(revision_info).collect()
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let number = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+                super::history_entry(revision_info(row), number, row.get(5))
+            })
+            .collect())
+    }
+
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.query_one("SELECT 1", &[]).await.map_err(pg)?;
+        Ok(())
     }
 
     async fn commit(
@@ -480,7 +521,7 @@ impl Store for PgStore {
                  VALUES ($1, $2, $3, $3)
                  ON CONFLICT (id) DO UPDATE SET
                      labels_json = excluded.labels_json,
-                     last_seen_unix_millis = excluded.last_seen_unix_millis",
+                     last_seen_unix_millis = GREATEST(clusters.last_seen_unix_millis, excluded.last_seen_unix_millis)",
                 &[&id, &labels, &now_unix_millis],
             )
             .await
@@ -488,83 +529,93 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_facts(&self, id: &str, facts_json: &str, now_unix_millis: i64) -> Result<(), StoreError> {
-        self.update_cluster(
-            id,
-            "UPDATE clusters SET facts_json = $2, last_seen_unix_millis = $3 WHERE id = $1",
-            &[&id, &facts_json, &now_unix_millis],
-        )
-        .await
-    }
-
-    async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now_unix_millis: i64) -> Result<(), StoreError> {
-        super::check_inventory(id, agents)?;
+    async fn record_reports(&self, reports: &[ClusterReport]) -> Result<Vec<String>, StoreError> {
+        let reports = EncodedReport::all(reports)?;
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg)?;
-        if tx
-            .execute(
-                "UPDATE clusters SET last_seen_unix_millis = $2 WHERE id = $1",
-                &[&id, &now_unix_millis],
-            )
-            .await
-            .map_err(pg)?
-            == 0
-        {
-            return Err(super::unknown_cluster(id));
+        let prepare = |sql: &'static str| {
+            let tx = &tx;
+            async move { tx.prepare(&numbered(sql)).await.map_err(pg) }
+        };
+        let touch = prepare(report_sql::TOUCH).await?;
+        let facts = prepare(report_sql::FACTS).await?;
+        let applied = prepare(report_sql::APPLIED).await?;
+        let conditions = prepare(report_sql::CONDITIONS).await?;
+        let clear_agents = prepare(report_sql::CLEAR_AGENTS).await?;
+        let insert_agent = prepare(report_sql::INSERT_AGENT).await?;
+        let mut unknown = Vec::new();
+        for report in reports {
+            if tx.execute(&touch, &[&report.id, &report.last_seen]).await.map_err(pg)? == 0 {
+                unknown.push(report.id);
+                continue;
+            }
+            if let Some(json) = &report.facts_json {
+                tx.execute(&facts, &[&report.id, json]).await.map_err(pg)?;
+            }
+            if let Some(revision) = &report.applied {
+                tx.execute(&applied, &[&report.id, revision]).await.map_err(pg)?;
+            }
+            if let Some(json) = &report.conditions {
+                tx.execute(&conditions, &[&report.id, json]).await.map_err(pg)?;
+            }
+            if let Some(agents) = &report.inventory {
+                tx.execute(&clear_agents, &[&report.id]).await.map_err(pg)?;
+                for a in agents {
+                    tx.execute(
+                        &insert_agent,
+                        &[
+                            &report.id,
+                            &a.namespace,
+                            &a.name,
+                            &a.labels,
+                            &a.verified,
+                            &a.reason,
+                            &a.mode,
+                            &i64::from(a.rule_count),
+                            &a.sources,
+                            &a.applied,
+                            &a.errors,
+                            &a.dropped,
+                            &a.plan_inputs,
+                        ],
+                    )
+                    .await
+                    .map_err(pg)?;
+                }
+            }
         }
-        tx.execute("DELETE FROM agents WHERE cluster_id = $1", &[&id])
-            .await
-            .map_err(pg)?;
-        let insert = tx
-            .prepare(
-                "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, verification_reason, mode,
-                     rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            )
-            .await
-            .map_err(pg)?;
-        for agent in agents {
-            tx.execute(
-                &insert,
-                &[
-                    &id,
-                    &agent.namespace,
-                    &agent.name,
-                    &to_json(&agent.labels)?,
-                    &agent.verified,
-                    &agent.verification_reason,
-                    &agent.mode,
-                    &i64::from(agent.rule_count),
-                    &to_json(&agent.rule_sources)?,
-                    &to_sql_u64(agent.applied_revision, "applied revision")?,
-                    &to_json(&agent.errors)?,
-                    &to_json(&agent.dropped)?,
-                    &agent.plan_inputs_json,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        }
-        tx.commit().await.map_err(pg)
+        tx.commit().await.map_err(pg)?;
+        Ok(unknown)
     }
 
-    async fn record_applied(&self, id: &str, revision: u64, now_unix_millis: i64) -> Result<(), StoreError> {
-        let revision = to_sql_u64(revision, "applied revision")?;
-        self.update_cluster(
-            id,
-            "UPDATE clusters SET applied_revision = $2, last_seen_unix_millis = $3 WHERE id = $1",
-            &[&id, &revision, &now_unix_millis],
-        )
-        .await
+    async fn request_adopt(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let updated = client
+            .execute("UPDATE clusters SET adopt_requested = TRUE WHERE id = $1", &[&id])
+            .await
+            .map_err(pg)?;
+        Ok(updated > 0)
     }
 
-    async fn touch(&self, id: &str, now_unix_millis: i64) -> Result<(), StoreError> {
-        self.update_cluster(
-            id,
-            "UPDATE clusters SET last_seen_unix_millis = $2 WHERE id = $1",
-            &[&id, &now_unix_millis],
-        )
-        .await
+    async fn clear_adopt(&self, id: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("UPDATE clusters SET adopt_requested = FALSE WHERE id = $1", &[&id])
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn adopt_requested(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT adopt_requested FROM clusters WHERE id = $1", &[&id])
+            .await
+            .map_err(pg)?;
+        Ok(row.is_some_and(|row| row.get(0)))
     }
 
     async fn record_connections(
@@ -607,7 +658,7 @@ impl Store for PgStore {
         let rows = client
             .query(
                 "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision,
-                        connected_replica
+                        connected_replica, conditions_json, adopt_requested
                  FROM clusters ORDER BY id",
                 &[],
             )
@@ -617,8 +668,11 @@ impl Store for PgStore {
             .map(|row| {
                 let id: String = row.get(0);
                 let labels: String = row.get(1);
+                let conditions: String = row.get(7);
                 Ok(ClusterRecord {
                     labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                    conditions: from_json(&conditions, &format!("conditions of cluster {id:?}"))?,
+                    adopt_requested: row.get(8),
                     first_seen_unix_millis: row.get(2),
                     last_seen_unix_millis: row.get(3),
                     facts_json: row.get(4),

@@ -21,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AgentRecord, ClusterRecord, NewRevision, Operation, REVISION_COLUMNS, Revision, RevisionInfo, Store, StoreError,
-    from_json, to_json, to_sql_u64, unix_millis_now, unknown_cluster,
+    AgentRecord, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation, REVISION_COLUMNS,
+    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64, unix_millis_now,
 };
 
 /// The database file's name within the data folder.
@@ -73,6 +73,12 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         "ALTER TABLE agents ADD COLUMN plan_inputs_json TEXT NOT NULL DEFAULT '';",
     ),
     (3, "ALTER TABLE clusters ADD COLUMN connected_replica TEXT;"),
+    (
+        4,
+        "CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    ALTER TABLE clusters ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE clusters ADD COLUMN adopt_requested INTEGER NOT NULL DEFAULT 0;",
+    ),
 ];
 
 /// The embedded SQLite store. Cheap to clone: clones share one connection.
@@ -83,6 +89,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
+    store_id: String,
     connection: Mutex<Connection>,
 }
 
@@ -114,9 +121,11 @@ impl SqliteStore {
         };
         configure(&connection).map_err(in_file)?;
         migrate(&mut connection).map_err(in_file)?;
+        let store_id = ensure_store_id(&connection).map_err(in_file)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
+                store_id,
                 connection: Mutex::new(connection),
             }),
         })
@@ -191,6 +200,19 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The store's id, created with the store (the first open after migration 4).
+fn ensure_store_id(connection: &Connection) -> Result<String, StoreError> {
+    connection.execute(
+        "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', ?1)",
+        [super::new_store_id()?],
+    )?;
+    Ok(
+        connection.query_row("SELECT value FROM store_meta WHERE key = 'store_id'", [], |row| {
+            row.get(0)
+        })?,
+    )
+}
+
 fn schema_version(tx: &Transaction<'_>) -> Result<u32, rusqlite::Error> {
     tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| {
         row.get(0)
@@ -260,21 +282,6 @@ fn read_revision(connection: &Connection, number: u64) -> Result<Revision, Store
     super::decode_revision(row.decode()?, &yaml)
 }
 
-/// Runs one `UPDATE clusters … WHERE id = ?` in its own transaction; fails when the cluster is unknown.
-fn update_cluster(
-    connection: &mut Connection,
-    id: &str,
-    sql: &str,
-    params: &[&dyn rusqlite::ToSql],
-) -> Result<(), StoreError> {
-    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if tx.execute(sql, params)? == 0 {
-        return Err(unknown_cluster(id));
-    }
-    tx.commit()?;
-    Ok(())
-}
-
 impl Store for SqliteStore {
     async fn latest(&self) -> Result<Revision, StoreError> {
         self.run(|connection| {
@@ -290,12 +297,38 @@ impl Store for SqliteStore {
         self.run(move |connection| read_revision(connection, number)).await
     }
 
-    async fn history(&self) -> Result<Vec<RevisionInfo>, StoreError> {
+    async fn latest_number(&self) -> Result<u64, StoreError> {
+        self.run(|connection| latest_number(&connection.transaction()?)).await
+    }
+
+    async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         self.run(|connection| {
-            let mut statement =
-                connection.prepare(&format!("SELECT {REVISION_COLUMNS} FROM revisions ORDER BY number"))?;
-            let rows = statement.query_map([], revision_row)?.collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter().map(RevisionRow::decode).collect()
+            let mut statement = connection.prepare(&format!(
+                "SELECT {REVISION_COLUMNS}, documents_yaml FROM revisions ORDER BY number"
+            ))?;
+            let rows = statement
+                .query_map([], |row| Ok((revision_row(row)?, row.get::<_, String>(5)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows
+                .into_iter()
+                .map(|(row, yaml)| {
+                    let number = u64::try_from(row.number).unwrap_or(0);
+                    super::history_entry(row.decode(), number, &yaml)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    fn store_id(&self) -> &str {
+        &self.inner.store_id
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|connection| {
+            Ok(connection
+                .query_row("SELECT 1", [], |row| row.get::<_, i64>(0))
+                .map(|_| ())?)
         })
         .await
     }
@@ -355,7 +388,7 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT (id) DO UPDATE SET
                      labels_json = excluded.labels_json,
-                     last_seen_unix_millis = excluded.last_seen_unix_millis",
+                     last_seen_unix_millis = MAX(last_seen_unix_millis, excluded.last_seen_unix_millis)",
                 params![id, labels, now_unix_millis],
             )?;
             Ok(())
@@ -363,108 +396,89 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_facts(&self, id: &str, facts_json: &str, now_unix_millis: i64) -> Result<(), StoreError> {
-        let id = id.to_string();
-        let facts = facts_json.to_string();
+    async fn record_reports(&self, reports: &[ClusterReport]) -> Result<Vec<String>, StoreError> {
+        let reports = EncodedReport::all(reports)?;
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
         self.run(move |connection| {
-            update_cluster(
-                connection,
-                &id,
-                "UPDATE clusters SET facts_json = ?2, last_seen_unix_millis = ?3 WHERE id = ?1",
-                params![id, facts, now_unix_millis],
-            )
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut unknown = Vec::new();
+            {
+                let mut touch = tx.prepare(report_sql::TOUCH)?;
+                let mut facts = tx.prepare(report_sql::FACTS)?;
+                let mut applied = tx.prepare(report_sql::APPLIED)?;
+                let mut conditions = tx.prepare(report_sql::CONDITIONS)?;
+                let mut clear_agents = tx.prepare(report_sql::CLEAR_AGENTS)?;
+                let mut insert_agent = tx.prepare(report_sql::INSERT_AGENT)?;
+                for report in reports {
+                    if touch.execute(params![report.id, report.last_seen])? == 0 {
+                        unknown.push(report.id);
+                        continue;
+                    }
+                    if let Some(json) = &report.facts_json {
+                        facts.execute(params![report.id, json])?;
+                    }
+                    if let Some(revision) = report.applied {
+                        applied.execute(params![report.id, revision])?;
+                    }
+                    if let Some(json) = &report.conditions {
+                        conditions.execute(params![report.id, json])?;
+                    }
+                    if let Some(agents) = &report.inventory {
+                        clear_agents.execute([&report.id])?;
+                        for a in agents {
+                            insert_agent.execute(params![
+                                report.id,
+                                a.namespace,
+                                a.name,
+                                a.labels,
+                                a.verified,
+                                a.reason,
+                                a.mode,
+                                a.rule_count,
+                                a.sources,
+                                a.applied,
+                                a.errors,
+                                a.dropped,
+                                a.plan_inputs
+                            ])?;
+                        }
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(unknown)
         })
         .await
     }
 
-    async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now_unix_millis: i64) -> Result<(), StoreError> {
-        super::check_inventory(id, agents)?;
+    async fn request_adopt(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        let rows = agents
-            .iter()
-            .map(|agent| {
-                Ok((
-                    agent.namespace.clone(),
-                    agent.name.clone(),
-                    to_json(&agent.labels)?,
-                    agent.verified,
-                    agent.verification_reason.clone(),
-                    agent.mode.clone(),
-                    agent.rule_count,
-                    to_json(&agent.rule_sources)?,
-                    to_sql_u64(agent.applied_revision, "applied revision")?,
-                    to_json(&agent.errors)?,
-                    to_json(&agent.dropped)?,
-                    agent.plan_inputs_json.clone(),
-                ))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
         self.run(move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if tx.execute(
-                "UPDATE clusters SET last_seen_unix_millis = ?2 WHERE id = ?1",
-                params![id, now_unix_millis],
-            )? == 0
-            {
-                return Err(unknown_cluster(&id));
-            }
-            tx.execute("DELETE FROM agents WHERE cluster_id = ?1", [&id])?;
-            {
-                let mut insert = tx.prepare(
-                    "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, verification_reason, mode,
-                         rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )?;
-                for (
-                    namespace,
-                    name,
-                    labels,
-                    verified,
-                    reason,
-                    mode,
-                    rule_count,
-                    sources,
-                    applied,
-                    errors,
-                    dropped,
-                    inputs,
-                ) in rows
-                {
-                    insert.execute(params![
-                        id, namespace, name, labels, verified, reason, mode, rule_count, sources, applied, errors,
-                        dropped, inputs
-                    ])?;
-                }
-            }
-            tx.commit()?;
+            Ok(connection.execute("UPDATE clusters SET adopt_requested = 1 WHERE id = ?1", [&id])? > 0)
+        })
+        .await
+    }
+
+    async fn clear_adopt(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.run(move |connection| {
+            connection.execute("UPDATE clusters SET adopt_requested = 0 WHERE id = ?1", [&id])?;
             Ok(())
         })
         .await
     }
 
-    async fn record_applied(&self, id: &str, revision: u64, now_unix_millis: i64) -> Result<(), StoreError> {
-        let id = id.to_string();
-        let revision = to_sql_u64(revision, "applied revision")?;
-        self.run(move |connection| {
-            update_cluster(
-                connection,
-                &id,
-                "UPDATE clusters SET applied_revision = ?2, last_seen_unix_millis = ?3 WHERE id = ?1",
-                params![id, revision, now_unix_millis],
-            )
-        })
-        .await
-    }
-
-    async fn touch(&self, id: &str, now_unix_millis: i64) -> Result<(), StoreError> {
+    async fn adopt_requested(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.run(move |connection| {
-            update_cluster(
-                connection,
-                &id,
-                "UPDATE clusters SET last_seen_unix_millis = ?2 WHERE id = ?1",
-                params![id, now_unix_millis],
-            )
+            Ok(connection
+                .query_row("SELECT adopt_requested FROM clusters WHERE id = ?1", [&id], |row| {
+                    row.get::<_, bool>(0)
+                })
+                .optional()?
+                .unwrap_or(false))
         })
         .await
     }
@@ -515,7 +529,7 @@ impl Store for SqliteStore {
         self.run(|connection| {
             let mut statement = connection.prepare(
                 "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision,
-                        connected_replica
+                        connected_replica, conditions_json, adopt_requested
                  FROM clusters ORDER BY id",
             )?;
             let rows = statement
@@ -528,14 +542,18 @@ impl Store for SqliteStore {
                         row.get::<_, Option<String>>(4)?,
                         row.get::<_, i64>(5)?,
                         row.get::<_, Option<String>>(6)?,
+                        row.get::<_, String>(7)?,
+                        row.get::<_, bool>(8)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
                 .map(
-                    |(id, labels, first_seen, last_seen, facts_json, applied, connected_replica)| {
+                    |(id, labels, first_seen, last_seen, facts_json, applied, connected_replica, conditions, adopt)| {
                         Ok(ClusterRecord {
                             labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                            conditions: from_json(&conditions, &format!("conditions of cluster {id:?}"))?,
+                            adopt_requested: adopt,
                             applied_revision: u64::try_from(applied).map_err(|_| {
                                 StoreError::Backend(format!("negative applied revision of cluster {id:?}"))
                             })?,

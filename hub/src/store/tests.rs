@@ -42,6 +42,10 @@ on_both_backends!(
     a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing,
     updates_of_an_unregistered_cluster_fail_and_create_nothing,
     connections_are_recorded_renewed_and_released_per_replica,
+    unreadable_revisions_are_skipped_marked_and_rolled_back_past,
+    the_store_id_is_created_once_and_shared_by_every_opener,
+    reports_of_many_clusters_are_written_in_one_call,
+    adoption_requests_are_set_read_and_cleared_per_cluster,
 );
 
 /// The backend a test runs on.
@@ -91,6 +95,31 @@ impl Fixture {
         }
     }
 
+    /// Damages a stored revision behind the store's back (a bad restore, a hand edit, an older bug).
+    async fn damage(&self, number: i64, yaml: &str) {
+        match self {
+            Self::Sqlite(dir) => {
+                raw_connection(&dir.path().join("nested/data"))
+                    .execute(
+                        "UPDATE revisions SET documents_yaml = ?1 WHERE number = ?2",
+                        rusqlite::params![yaml, number],
+                    )
+                    .unwrap();
+            }
+            Self::Postgres(_, url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client
+                    .execute(
+                        "UPDATE revisions SET documents_yaml = $1 WHERE number = $2",
+                        &[&yaml, &number],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
     /// The `documents_yaml` column of a revision, read past the store.
     async fn stored_yaml(&self, number: i64) -> String {
         match self {
@@ -114,6 +143,20 @@ impl Fixture {
     }
 }
 
+/// The history of a store whose revisions all read back, as records (asserts that every one is readable).
+async fn readable_history(store: &AnyStore) -> Vec<RevisionInfo> {
+    store
+        .history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| {
+            assert_eq!(entry.unreadable, None, "revision {} reads back", entry.info.number);
+            entry.info
+        })
+        .collect()
+}
+
 /// Delegates every method to the wrapped store.
 macro_rules! delegate {
     ($self:ident, $store:ident => $call:expr) => {
@@ -131,8 +174,20 @@ impl Store for AnyStore {
     async fn revision(&self, number: u64) -> Result<Revision, StoreError> {
         delegate!(self, s => s.revision(number))
     }
-    async fn history(&self) -> Result<Vec<RevisionInfo>, StoreError> {
+    async fn latest_number(&self) -> Result<u64, StoreError> {
+        delegate!(self, s => s.latest_number())
+    }
+    async fn history(&self) -> Result<Vec<HistoryEntry>, StoreError> {
         delegate!(self, s => s.history())
+    }
+    fn store_id(&self) -> &str {
+        match self {
+            AnyStore::Sqlite(s) => s.store_id(),
+            AnyStore::Postgres(s) => s.store_id(),
+        }
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.ping())
     }
     async fn commit(
         &self,
@@ -147,17 +202,17 @@ impl Store for AnyStore {
     async fn upsert_cluster(&self, id: &str, labels: &BTreeMap<String, String>, now: i64) -> Result<(), StoreError> {
         delegate!(self, s => s.upsert_cluster(id, labels, now))
     }
-    async fn record_facts(&self, id: &str, facts_json: &str, now: i64) -> Result<(), StoreError> {
-        delegate!(self, s => s.record_facts(id, facts_json, now))
+    async fn record_reports(&self, reports: &[ClusterReport]) -> Result<Vec<String>, StoreError> {
+        delegate!(self, s => s.record_reports(reports))
     }
-    async fn record_inventory(&self, id: &str, agents: &[AgentRecord], now: i64) -> Result<(), StoreError> {
-        delegate!(self, s => s.record_inventory(id, agents, now))
+    async fn request_adopt(&self, id: &str) -> Result<bool, StoreError> {
+        delegate!(self, s => s.request_adopt(id))
     }
-    async fn record_applied(&self, id: &str, revision: u64, now: i64) -> Result<(), StoreError> {
-        delegate!(self, s => s.record_applied(id, revision, now))
+    async fn clear_adopt(&self, id: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.clear_adopt(id))
     }
-    async fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        delegate!(self, s => s.touch(id, now))
+    async fn adopt_requested(&self, id: &str) -> Result<bool, StoreError> {
+        delegate!(self, s => s.adopt_requested(id))
     }
     async fn record_connections(&self, replica: &str, clusters: &[String], now: i64) -> Result<(), StoreError> {
         delegate!(self, s => s.record_connections(replica, clusters, now))
@@ -341,7 +396,7 @@ async fn revisions_are_monotonic_from_one_and_history_lists_them_in_order(backen
         },
     ];
     assert_eq!(vec![r1, r2, r3], expected);
-    assert_eq!(store.history().await.unwrap(), expected);
+    assert_eq!(readable_history(&store).await, expected);
 
     let latest = store.latest().await.unwrap();
     assert_eq!(latest.info, expected[2]);
@@ -350,7 +405,7 @@ async fn revisions_are_monotonic_from_one_and_history_lists_them_in_order(backen
     // The history survives a reopen.
     drop(store);
     let store = fixture.reopen().await;
-    assert_eq!(store.history().await.unwrap(), expected);
+    assert_eq!(readable_history(&store).await, expected);
     assert_eq!(store.revision(2).await.unwrap().documents, two);
 }
 
@@ -412,7 +467,7 @@ async fn a_stale_parent_conflicts_and_writes_nothing(backend: Backend) {
         );
     }
     let history = store.history().await.unwrap();
-    assert_eq!(history.iter().map(|r| r.number).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(history.iter().map(|r| r.info.number).collect::<Vec<_>>(), [1, 2]);
     assert_eq!(store.latest().await.unwrap().documents, set_of([policy("p2")]));
 }
 
@@ -461,7 +516,8 @@ async fn concurrent_commits_serialise_without_lost_updates(backend: Backend) {
 
     let history = store.history().await.unwrap();
     assert_eq!(history.len(), TASKS);
-    for (k, info) in history.iter().enumerate() {
+    for (k, entry) in history.iter().enumerate() {
+        let info = &entry.info;
         // Each revision adds exactly one policy on top of its parent: nothing was lost in between.
         assert_eq!((info.number, info.document_count), (k as u64 + 1, k as u32 + 1));
     }
@@ -515,6 +571,7 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
             facts_json: None,
             applied_revision: 0,
             connected_replica: None,
+            ..ClusterRecord::default()
         },
         ClusterRecord {
             id: "west".to_string(),
@@ -524,6 +581,7 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
             facts_json: Some(r#"{"kubernetesVersion":"v1.33.1"}"#.to_string()),
             applied_revision: 7,
             connected_replica: None,
+            ..ClusterRecord::default()
         },
     ];
     let mut expected_agents = inventory.clone();
@@ -811,7 +869,7 @@ async fn an_acknowledged_commit_survives_sigkill() {
             .await
             .unwrap()
             .iter()
-            .map(|r| r.number)
+            .map(|r| r.info.number)
             .collect::<Vec<_>>(),
         (1..=CHILD_COMMITS).collect::<Vec<_>>()
     );
@@ -911,7 +969,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     client
         .execute("INSERT INTO schema_migrations VALUES (99, 0)", &[])
         .await
@@ -920,7 +978,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("schema version 99 is newer than this hub supports (3)"),
+            .contains("schema version 99 is newer than this hub supports (4)"),
         "{error}"
     );
 }
@@ -974,4 +1032,158 @@ async fn postgres_over_tls_verifies_the_server_and_refuses_a_wrong_ca() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("--store-ca /nonexistent/ca.pem"), "{error}");
+}
+
+async fn unreadable_revisions_are_skipped_marked_and_rolled_back_past(backend: Backend) {
+    let (store, fixture) = open(backend).await;
+    let one = set_of([policy("p1")]);
+    store.commit(0, Operation::Apply, "one", &one, 1).await.unwrap();
+    store
+        .commit(1, Operation::Apply, "two", &set_of([policy("p1"), policy("p2")]), 2)
+        .await
+        .unwrap();
+    store
+        .commit(2, Operation::Apply, "three", &set_of([policy("p3")]), 3)
+        .await
+        .unwrap();
+    fixture.damage(2, "kind: Nope").await;
+    fixture.damage(3, "{not yaml").await;
+
+    let readable = store.latest_readable().await.unwrap();
+    assert_eq!((readable.newest, readable.revision.info.number), (3, 1));
+    assert_eq!(readable.revision.documents, one);
+    assert_eq!(
+        readable.skipped.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [3, 2],
+        "newest first"
+    );
+    assert_eq!(store.latest_number().await.unwrap(), 3);
+
+    let history = store.history().await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|e| (e.info.number, e.unreadable.is_some()))
+            .collect::<Vec<_>>(),
+        [(1, false), (2, true), (3, true)]
+    );
+    assert_eq!(
+        history[1].info.summary, "two",
+        "the record of an unreadable revision is still listed"
+    );
+
+    // A rollback to the readable revision commits on top of the newest number, and is served from then on.
+    let rolled = store
+        .commit(3, Operation::Rollback, "rollback to 1", &one, 4)
+        .await
+        .unwrap();
+    assert_eq!(rolled.number, 4);
+    let readable = fixture.reopen().await.latest_readable().await.unwrap();
+    assert_eq!((readable.newest, readable.revision.info.number), (4, 4));
+    assert!(readable.skipped.is_empty());
+    assert_eq!(readable.revision.documents, one);
+}
+
+async fn the_store_id_is_created_once_and_shared_by_every_opener(backend: Backend) {
+    let (store, fixture) = open(backend).await;
+    let id = store.store_id().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    // A reopen (a restarted hub) and a second opener at once (another replica of the database) read the same id.
+    let (again, other) = tokio::join!(fixture.reopen(), fixture.reopen());
+    assert_eq!((again.store_id(), other.store_id()), (id.as_str(), id.as_str()));
+    store.ping().await.unwrap();
+    // Another (empty) store has another id.
+    let (fresh, _fresh_fixture) = open(backend).await;
+    assert_ne!(fresh.store_id(), id);
+}
+
+async fn reports_of_many_clusters_are_written_in_one_call(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
+    store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
+    store.upsert_cluster("c2", &BTreeMap::new(), 1).await.unwrap();
+    let diverged = StoredCondition {
+        type_: "Diverged".into(),
+        reason: "OtherStore".into(),
+        message: "the hub serves another store".into(),
+    };
+    let unknown = store
+        .record_reports(&[
+            ClusterReport {
+                id: "c1".into(),
+                facts_json: Some("{}".into()),
+                inventory: Some(vec![agent("a", "x")]),
+                applied_revision: Some(3),
+                conditions: Some(vec![diverged.clone()]),
+                last_seen_unix_millis: 50,
+            },
+            ClusterReport {
+                id: "ghost".into(),
+                applied_revision: Some(9),
+                last_seen_unix_millis: 50,
+                ..ClusterReport::default()
+            },
+            ClusterReport {
+                id: "c2".into(),
+                applied_revision: Some(2),
+                last_seen_unix_millis: 40,
+                ..ClusterReport::default()
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(unknown, ["ghost"]);
+    let clusters = store.clusters().await.unwrap();
+    let row = |c: &ClusterRecord| {
+        (
+            c.id.clone(),
+            c.applied_revision,
+            c.last_seen_unix_millis,
+            c.facts_json.clone(),
+            c.conditions.clone(),
+        )
+    };
+    assert_eq!(
+        clusters.iter().map(row).collect::<Vec<_>>(),
+        [
+            ("c1".into(), 3, 50, Some("{}".into()), vec![diverged.clone()]),
+            ("c2".into(), 2, 40, None, vec![]),
+        ]
+    );
+    assert_eq!(store.agents("c1").await.unwrap(), [agent("a", "x")]);
+
+    // A late report keeps last_seen where it was; fields it does not hold are kept; an empty list clears conditions.
+    store
+        .record_reports(&[ClusterReport {
+            id: "c1".into(),
+            conditions: Some(vec![]),
+            last_seen_unix_millis: 10,
+            ..ClusterReport::default()
+        }])
+        .await
+        .unwrap();
+    let c1 = store.clusters().await.unwrap().remove(0);
+    assert_eq!(row(&c1), ("c1".into(), 3, 50, Some("{}".into()), vec![]));
+    assert_eq!(store.agents("c1").await.unwrap(), [agent("a", "x")]);
+}
+
+async fn adoption_requests_are_set_read_and_cleared_per_cluster(backend: Backend) {
+    let (store, fixture) = open(backend).await;
+    assert!(
+        !store.request_adopt("ghost").await.unwrap(),
+        "an unregistered cluster is not adopted"
+    );
+    store.upsert_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
+    store.upsert_cluster("c2", &BTreeMap::new(), 1).await.unwrap();
+    assert!(!store.adopt_requested("c1").await.unwrap());
+    assert!(store.request_adopt("c1").await.unwrap());
+    assert!(store.adopt_requested("c1").await.unwrap());
+    assert!(!store.adopt_requested("c2").await.unwrap());
+    // Survives a restart, and shows in the cluster's record.
+    let store = fixture.reopen().await;
+    let flags = |clusters: Vec<ClusterRecord>| clusters.into_iter().map(|c| c.adopt_requested).collect::<Vec<_>>();
+    assert_eq!(flags(store.clusters().await.unwrap()), [true, false]);
+    store.clear_adopt("c1").await.unwrap();
+    assert!(!store.adopt_requested("c1").await.unwrap());
+    assert_eq!(flags(store.clusters().await.unwrap()), [false, false]);
 }
