@@ -613,3 +613,23 @@ async fn a_second_stream_of_a_cluster_replaces_the_first() {
         "the second stream is the live one"
     );
 }
+
+/// A connection that never completes its TLS handshake is closed after the handshake timeout (10 s), so idle
+/// sockets cannot pile up on the hub.
+#[tokio::test]
+async fn a_connection_that_never_handshakes_is_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let hub = start(Duration::from_secs(10)).await;
+    let mut socket = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut buffer))
+        .await
+        .expect("the hub kept a silent connection open for 20 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "closed after {waited:?}, before the timeout"
+    );
+}

@@ -332,6 +332,9 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
     }
 }
 
+/// The least time between two reports (facts or inventories) read from one spoke.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The intent a spoke says it enforces, from its hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Held<'a> {
@@ -452,8 +455,15 @@ impl<S: Store> SessionTask<S> {
         let mut ticker = tokio::time::interval(self.options.heartbeat);
         ticker.tick().await;
         let mut last_heard = Instant::now();
+        // After a report (facts, inventory), the next message of this spoke is read no sooner than
+        // REPORT_INTERVAL later: a spoke sending reports as fast as it can is held back by HTTP/2 flow control
+        // instead of taking the hub's CPU from every other spoke (a real spoke reports only changes).
+        let mut paused_until: Option<tokio::time::Instant> = None;
         let reason = loop {
             tokio::select! {
+                () = async { tokio::time::sleep_until(paused_until.expect("guarded")).await }, if paused_until.is_some() => {
+                    paused_until = None;
+                }
                 changed = snapshots.changed() => {
                     if changed.is_err() {
                         break "hub shutting down";
@@ -463,10 +473,17 @@ impl<S: Store> SessionTask<S> {
                         break reason;
                     }
                 }
-                message = inbound.message() => match message {
+                message = inbound.message(), if paused_until.is_none() => match message {
                     Ok(Some(message)) => {
                         last_heard = Instant::now();
+                        let report = matches!(
+                            message.msg,
+                            Some(spoke_message::Msg::Inventory(_) | spoke_message::Msg::Facts(_))
+                        );
                         self.handle(message).await;
+                        if report {
+                            paused_until = Some(tokio::time::Instant::now() + REPORT_INTERVAL);
+                        }
                     }
                     Ok(None) => break "spoke closed the stream",
                     Err(status) => {
