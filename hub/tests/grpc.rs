@@ -633,3 +633,36 @@ async fn a_connection_that_never_handshakes_is_closed() {
         "closed after {waited:?}, before the timeout"
     );
 }
+
+/// One connection holds at most `MAX_STREAMS_PER_CONNECTION` streams at once: with that many open (spoke streams
+/// that never say hello), the next call on the connection waits, while the same call on another connection is
+/// answered at once.
+#[tokio::test]
+async fn one_connection_cannot_open_more_than_the_stream_limit() {
+    let hub = start(Duration::from_secs(10)).await;
+    let channel = hub.channel(Some("spoke-prod-eu"), &hub.path("ca.pem")).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..grpc::MAX_STREAMS_PER_CONNECTION {
+        let (tx, rx) = mpsc::channel::<pb::SpokeMessage>(1);
+        let mut client = SpokeSyncClient::new(channel.clone());
+        held.push((
+            tx,
+            tokio::spawn(async move { client.sync(ReceiverStream::new(rx)).await }),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status_call = |channel: Channel| async move {
+        AdminClient::new(channel)
+            .fleet_status(pb::FleetStatusRequest::default())
+            .await
+    };
+    // A spoke certificate is refused by the admin service: an immediate answer, when the call gets a stream.
+    let other = hub.channel(Some("spoke-prod-eu"), &hub.path("ca.pem")).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(2), status_call(other)).await;
+    assert_eq!(
+        answered.expect("answered at once").unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let queued = tokio::time::timeout(Duration::from_secs(2), status_call(channel)).await;
+    assert!(queued.is_err(), "a stream beyond the limit was opened: {queued:?}");
+}
