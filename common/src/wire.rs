@@ -74,6 +74,7 @@ pub fn facts_to_wire(facts: &ClusterFacts, kubernetes_version: &str) -> pb::Clus
             .map(|ip| ip.to_string())
             .unwrap_or_default(),
         kubernetes_version: kubernetes_version.to_string(),
+        ..pb::ClusterFacts::default()
     }
 }
 
@@ -90,6 +91,8 @@ struct StoredFacts {
     dns_ports: Vec<StoredPort>,
     dns_service_address: String,
     kubernetes_version: String,
+    restricted_allow_dns: bool,
+    policy_name_suffix: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +121,8 @@ pub fn facts_to_json(message: &pb::ClusterFacts) -> String {
             .collect(),
         dns_service_address: message.dns_service_address.clone(),
         kubernetes_version: message.kubernetes_version.clone(),
+        restricted_allow_dns: message.restricted_allow_dns,
+        policy_name_suffix: message.policy_name_suffix.clone(),
     };
     serde_json::to_string(&stored).expect("facts serialize")
 }
@@ -142,6 +147,8 @@ pub fn facts_from_json(json: &str) -> Result<pb::ClusterFacts, String> {
             .collect(),
         dns_service_address: stored.dns_service_address,
         kubernetes_version: stored.kubernetes_version,
+        restricted_allow_dns: stored.restricted_allow_dns,
+        policy_name_suffix: stored.policy_name_suffix,
     })
 }
 

@@ -3,16 +3,17 @@
 //! rendered NetworkPolicies is the answer: destinations gained and lost, and mode changes. The same planner the
 //! spokes run, so the preview is exact for the inputs the spokes last reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tollgate_common::document::DocumentSet;
+use tollgate_common::intent::Intent;
 use tollgate_common::planner::{self, PlannerConfig};
 use tollgate_common::wire::{PlanInputs, facts_from_json, facts_from_wire};
 use tollgate_proto::v1 as pb;
 
 use crate::store::{ClusterRecord, Store, StoreError};
 
-/// The preview of one cluster: only the agents whose policy changes.
+/// The preview of every cluster: only the agents whose policy changes.
 pub async fn preview<S: Store>(
     store: &S,
     current: &DocumentSet,
@@ -21,7 +22,7 @@ pub async fn preview<S: Store>(
     let mut out = Vec::new();
     for cluster in store.clusters().await? {
         let records = store.agents(&cluster.id).await?;
-        let facts = cluster_facts(&cluster);
+        let (facts, config) = cluster_facts(&cluster);
         let mut agents = Vec::new();
         let mut unreadable = Vec::new();
         for record in &records {
@@ -32,55 +33,112 @@ pub async fn preview<S: Store>(
                 Err(reason) => unreadable.push(format!("{}/{}: {reason}", record.namespace, record.name)),
             }
         }
-        // Ingress settings do not change egress; the defaults are as good as the cluster's own for a diff.
-        let config = PlannerConfig::default();
-        let before = planner::plan(&config, &facts, &agents, &current.for_cluster(&cluster.labels, None));
-        let after = planner::plan(&config, &facts, &agents, &proposed.for_cluster(&cluster.labels, None));
-        let mut changes = Vec::new();
-        for ((old_outcome, new_outcome), (old_policy, new_policy)) in before
-            .outcomes
-            .iter()
-            .zip(&after.outcomes)
-            .zip(before.policies.iter().zip(&after.policies))
-        {
-            let old = planner::destinations(old_policy);
-            let new = planner::destinations(new_policy);
-            if old == new && old_outcome.mode == new_outcome.mode {
-                continue;
-            }
-            changes.push(pb::AgentPlan {
-                namespace: new_outcome.namespace.clone(),
-                name: new_outcome.name.clone(),
-                mode_before: old_outcome.mode.as_str().to_string(),
-                mode_after: new_outcome.mode.as_str().to_string(),
-                gained: new.difference(&old).cloned().collect(),
-                lost: old.difference(&new).cloned().collect(),
-            });
-        }
         for problem in unreadable {
             tracing::warn!(cluster = %cluster.id, problem, "An agent could not be previewed");
         }
         out.push(pb::ClusterPlan {
             cluster_id: cluster.id.clone(),
-            agents: changes,
+            agents: changes(
+                &config,
+                &facts,
+                &agents,
+                &current.for_cluster(&cluster.labels, None),
+                &proposed.for_cluster(&cluster.labels, None),
+            ),
         });
     }
     Ok(out)
 }
 
-fn cluster_facts(cluster: &ClusterRecord) -> planner::ClusterFacts {
-    let facts = cluster
-        .facts_json
-        .as_deref()
-        .map(|json| facts_from_json(json).and_then(|message| facts_from_wire(&message).map_err(|e| e.to_string())));
-    match facts {
-        None => planner::ClusterFacts::default(),
-        Some(Ok(facts)) => facts,
-        Some(Err(reason)) => {
-            tracing::warn!(cluster = %cluster.id, reason, "Unreadable stored facts; previewing without them");
-            planner::ClusterFacts::default()
-        }
+/// The agents of one cluster whose policy changes from `current` to `proposed`, in agent order. Each agent is
+/// compared through its own policy (found by the name in its outcome, never by position): an agent whose workload
+/// another agent already holds has no policy of its own, so no destinations.
+pub fn changes(
+    config: &PlannerConfig,
+    facts: &planner::ClusterFacts,
+    agents: &[planner::Agent],
+    current: &Intent,
+    proposed: &Intent,
+) -> Vec<pb::AgentPlan> {
+    let before = planner::plan(config, facts, agents, current);
+    let after = planner::plan(config, facts, agents, proposed);
+    fn destinations(plan: &planner::Plan) -> BTreeMap<(&str, &str), (planner::Mode, BTreeSet<String>)> {
+        let policies: HashMap<(&str, &str), _> = plan
+            .policies
+            .iter()
+            .map(|p| {
+                (
+                    (
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                    p,
+                )
+            })
+            .collect();
+        plan.outcomes
+            .iter()
+            .map(|outcome| {
+                let own = outcome
+                    .policy_name
+                    .as_deref()
+                    .and_then(|name| policies.get(&(outcome.namespace.as_str(), name)));
+                (
+                    (outcome.namespace.as_str(), outcome.name.as_str()),
+                    (outcome.mode, own.map(|p| planner::destinations(p)).unwrap_or_default()),
+                )
+            })
+            .collect()
     }
+    let (old, new) = (destinations(&before), destinations(&after));
+    let mut out = Vec::new();
+    for ((namespace, name), (mode_after, gained_from)) in &new {
+        let Some((mode_before, lost_from)) = old.get(&(*namespace, *name)) else {
+            continue;
+        };
+        if mode_before == mode_after && lost_from == gained_from {
+            continue;
+        }
+        out.push(pb::AgentPlan {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            mode_before: mode_before.as_str().to_string(),
+            mode_after: mode_after.as_str().to_string(),
+            gained: gained_from.difference(lost_from).cloned().collect(),
+            lost: lost_from.difference(gained_from).cloned().collect(),
+        });
+    }
+    out
+}
+
+/// A cluster's reported facts, and the planner settings its spoke reported with them (defaults for facts reported
+/// by a spoke that did not send them).
+fn cluster_facts(cluster: &ClusterRecord) -> (planner::ClusterFacts, PlannerConfig) {
+    let Some(json) = cluster.facts_json.as_deref() else {
+        return (planner::ClusterFacts::default(), PlannerConfig::default());
+    };
+    let message = match facts_from_json(json) {
+        Ok(message) => message,
+        Err(reason) => {
+            tracing::warn!(cluster = %cluster.id, reason, "Unreadable stored facts; previewing without them");
+            return (planner::ClusterFacts::default(), PlannerConfig::default());
+        }
+    };
+    let defaults = PlannerConfig::default();
+    let config = PlannerConfig {
+        restricted_allow_dns: message.restricted_allow_dns,
+        name_suffix: if message.policy_name_suffix.is_empty() {
+            defaults.name_suffix.clone()
+        } else {
+            message.policy_name_suffix.clone()
+        },
+        ..defaults
+    };
+    let facts = facts_from_wire(&message).unwrap_or_else(|error| {
+        tracing::warn!(cluster = %cluster.id, %error, "Unreadable stored facts; previewing without them");
+        planner::ClusterFacts::default()
+    });
+    (facts, config)
 }
 
 /// The preview of one cluster, for `-o json|yaml`.
@@ -169,6 +227,100 @@ pub fn render(plans: &[pb::ClusterPlan]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_common::planner::{Agent, LocalEgress};
+    use tollgate_common::verification::{Reason, Verification};
+
+    /// A verified agent without local rules, labelled `tier`, whose policy is named after `workload`.
+    fn agent(name: &str, workload: &str, tier: &str) -> Agent {
+        Agent {
+            namespace: "team-a".into(),
+            name: name.into(),
+            uid: String::new(),
+            target_name: workload.into(),
+            labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+            namespace_labels: BTreeMap::new(),
+            pod_labels: None,
+            local_egress: LocalEgress::Absent,
+            verification: Verification::verified(Reason::MtlsVerified, "test"),
+        }
+    }
+
+    fn intent(yaml: &str) -> Intent {
+        DocumentSet::from_yaml("test", yaml)
+            .unwrap()
+            .for_cluster(&BTreeMap::new(), None)
+    }
+
+    const LLM: &str = "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: llm}\nspec:\n  \
+                       agentSelector: {matchLabels: {tier: llm}}\n  egress: [{to: [{ipBlock: {cidr: 104.18.0.0/16}}], \
+                       ports: [{port: 443}]}]\n";
+
+    fn changed(plans: &[pb::AgentPlan]) -> Vec<(&str, &str, &str)> {
+        plans
+            .iter()
+            .map(|a| (a.name.as_str(), a.mode_before.as_str(), a.mode_after.as_str()))
+            .collect()
+    }
+
+    /// Agent names and workload names sort in opposite orders: pairing outcomes with policies by position would
+    /// report `alpha` (unchanged) with `zulu`'s change.
+    #[test]
+    fn each_agent_is_compared_through_its_own_policy() {
+        let agents = [
+            agent("alpha", "zulu-deploy", "tools"),
+            agent("zulu", "alpha-deploy", "llm"),
+        ];
+        let config = PlannerConfig::default();
+        let facts = planner::ClusterFacts::default();
+        let plans = changes(&config, &facts, &agents, &intent(""), &intent(LLM));
+        assert_eq!(changed(&plans), [("zulu", "allow-all", "scoped")]);
+        assert!(
+            plans[0].gained.iter().any(|d| d.contains("104.18.0.0/16")),
+            "{:?}",
+            plans[0].gained
+        );
+        assert!(changes(&config, &facts, &agents, &intent(LLM), &intent(LLM)).is_empty());
+    }
+
+    /// Two agents on one workload share one policy (the first by name holds it): the other is still previewed,
+    /// and the holder is not reported for the other's change.
+    #[test]
+    fn an_agent_without_a_policy_of_its_own_is_still_previewed() {
+        let agents = [agent("one", "shared", "tools"), agent("two", "shared", "llm")];
+        let plans = changes(
+            &PlannerConfig::default(),
+            &planner::ClusterFacts::default(),
+            &agents,
+            &intent(""),
+            &intent(LLM),
+        );
+        assert_eq!(changed(&plans), [("two", "allow-all", "scoped")]);
+        assert!(plans[0].gained.is_empty() && plans[0].lost.is_empty(), "{plans:?}");
+    }
+
+    /// The preview plans a cluster with the settings its spoke reported (here `--restricted-allow-dns` and a policy
+    /// name suffix), and with defaults for facts that carry none.
+    #[test]
+    fn the_cluster_is_planned_with_its_spokes_settings() {
+        let message = pb::ClusterFacts {
+            api_server_addresses: vec!["192.0.2.10".into()],
+            api_server_ports: vec![6443],
+            restricted_allow_dns: true,
+            policy_name_suffix: "-egress".into(),
+            ..Default::default()
+        };
+        let record = ClusterRecord {
+            id: "c1".into(),
+            facts_json: Some(tollgate_common::wire::facts_to_json(&message)),
+            ..ClusterRecord::default()
+        };
+        let (facts, config) = cluster_facts(&record);
+        assert!(config.restricted_allow_dns);
+        assert_eq!(config.name_suffix, "-egress");
+        assert_eq!(facts.api.ports, [6443]);
+        let (_, config) = cluster_facts(&ClusterRecord::default());
+        assert_eq!(config, PlannerConfig::default());
+    }
 
     #[test]
     fn renders_gains_losses_and_mode_changes() {

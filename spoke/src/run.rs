@@ -203,13 +203,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         });
     }
 
+    // Reported with the facts, so that the hub's `plan` previews this cluster as this spoke plans it.
+    let reported_settings = (
+        settings.planner.restricted_allow_dns,
+        settings.planner.name_suffix.clone(),
+    );
     let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder);
     let mut backoff = Backoff::default();
     loop {
         let state = intent_rx.borrow_and_update().clone();
         let report = reconciler.reconcile(&world, &state.intent, state.hold.is_some()).await;
         metrics.set_ready();
-        publish_reports(&report, &state, &facts_tx, &inventory_tx, &ack_tx);
+        publish_reports(&report, &state, &reported_settings, &facts_tx, &inventory_tx, &ack_tx);
         let failed: HashSet<_> = report.errors.iter().map(|e| e.kind).collect();
         // The pass's plan and inputs are not needed while waiting for the next change: free them now rather than
         // hold a copy of every policy through an idle period.
@@ -311,11 +316,16 @@ async fn retry_cache(
 fn publish_reports(
     report: &PassReport,
     state: &IntentState,
+    (restricted_allow_dns, policy_name_suffix): &(bool, String),
     facts: &tokio::sync::watch::Sender<Option<pb::ClusterFacts>>,
     inventory: &tokio::sync::watch::Sender<Option<pb::AgentInventory>>,
     ack: &tokio::sync::watch::Sender<Option<pb::Ack>>,
 ) {
-    let fresh_facts = Some(wire::facts_to_wire(&report.facts, ""));
+    let fresh_facts = Some(pb::ClusterFacts {
+        restricted_allow_dns: *restricted_allow_dns,
+        policy_name_suffix: policy_name_suffix.clone(),
+        ..wire::facts_to_wire(&report.facts, "")
+    });
     facts.send_if_modified(|current| replace_if_different(current, fresh_facts));
     if state.hold.is_some() {
         return;
