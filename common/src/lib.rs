@@ -1,7 +1,7 @@
 //! Tollgate's pure core: the domain model, its validation, agent verification and the NetworkPolicy planner.
 //!
 //! Nothing here performs I/O, reads the clock or talks to Kubernetes or the network: the hub, the spoke and the
-//! CLI feed facts in and take desired objects out, so every rule of DESIGN §3 is defined (and tested) once.
+//! CLI feed facts in and take desired objects out, so every rule of docs/design.md is defined (and tested) once.
 
 pub mod document;
 pub mod egress_rule;

@@ -1,5 +1,5 @@
 //! The pure planner: cluster facts + agents + hub intent + config → one desired NetworkPolicy per agent and a
-//! per-agent outcome (DESIGN §3.3–§3.5). Deterministic: equal inputs give equal output, in any input order.
+//! per-agent outcome (docs/design.md: effective egress, the NetworkPolicy). Deterministic: equal inputs give equal output, in any input order.
 
 mod baseline;
 mod guardrail;

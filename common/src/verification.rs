@@ -1,4 +1,4 @@
-//! Whether an agent is verified, from its `AgentRuntime` status card (DESIGN §3.1), with the reason why.
+//! Whether an agent is verified, from its `AgentRuntime` status card (docs/design.md, "Verification"), with the reason why.
 
 use std::fmt;
 
@@ -128,7 +128,7 @@ impl Verification {
     }
 }
 
-/// Decides whether an agent is verified (DESIGN §3.1).
+/// Decides whether an agent is verified (docs/design.md, "Verification").
 ///
 /// Order: a stale card is unverified; mTLS (with an attested SPIFFE ID) wins over a signature; a strict binding
 /// that fails makes the agent unverified, a non-strict one is only reported; the deprecated `AgentCard` is

@@ -1,6 +1,6 @@
 //! A real Kubernetes control plane for Tollgate's integration tests: one etcd and N isolated
 //! clusters, each a kube-apiserver v1.20 on its own etcd prefix, optionally with a
-//! kube-controller-manager (garbage collector + namespace controller). See `TEST-CONTROL-PLANE.md`.
+//! kube-controller-manager (garbage collector + namespace controller). See `docs/testing.md`.
 //!
 //! Two real clusters in a few lines:
 //!

@@ -117,7 +117,7 @@ impl Refusal {
     }
 }
 
-/// Whether the spoke takes an intent (DESIGN: integrity): one an admin adopted for this cluster; else only from
+/// Whether the spoke takes an intent (docs/design.md, "Failing closed"): one an admin adopted for this cluster; else only from
 /// the store it enforces (any store when it has none yet) and at a revision not below its own.
 pub fn admit(current: &IntentState, store_id: &str, revision: u64, adopt: bool) -> Result<(), Refusal> {
     if adopt {

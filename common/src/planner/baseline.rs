@@ -1,4 +1,4 @@
-//! The baseline every Scoped and BaselineOnly policy carries: API server and DNS (DESIGN §3.4).
+//! The baseline every Scoped and BaselineOnly policy carries: API server and DNS (docs/design.md, "Effective egress").
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicyEgressRule;

@@ -1,4 +1,4 @@
-//! The spoke `Sync` stream (DESIGN §3.6): hello, the cluster's intent at the latest revision, then every newer
+//! The spoke `Sync` stream (docs/design.md, "Hub and spoke"): hello, the cluster's intent at the latest revision, then every newer
 //! revision (coalesced), heartbeats both ways; facts, inventory and acks are recorded in the store.
 
 use std::collections::{BTreeMap, HashMap};
