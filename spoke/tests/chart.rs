@@ -461,7 +461,7 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
     assert_eq!(pod["automountServiceAccountToken"], true);
     assert!(pod.get("volumes").is_none(), "no hub TLS Secret unless set");
     let container = chart.container();
-    assert_eq!(container["image"], "ghcr.io/tollgate-dev/tollgate-spoke:0.1.0");
+    assert_eq!(container["image"], "tollgate-spoke:0.1.0");
     assert_eq!(
         container["ports"],
         json!([{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}])
