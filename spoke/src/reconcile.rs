@@ -487,7 +487,15 @@ impl Reconciler {
                         summary(outcome)
                     ),
                 };
-                events.push((reference.clone(), event(EventType::Normal, "EgressModeChanged", note)));
+                // The action names the change: the recorder folds Events of one action into one series (keeping the
+                // first note), so each distinct change must be its own Event to read true in `kubectl describe`.
+                let action = match before {
+                    Some(before) => format!("{}To{}", camel(before.as_str()), camel(after.as_str())),
+                    None => format!("Create{}", camel(after.as_str())),
+                };
+                let mut changed = event(EventType::Normal, "EgressModeChanged", note);
+                changed.action = action;
+                events.push((reference.clone(), changed));
             }
             let mut problems = problems(outcome, &plan.warnings);
             if let ObservedRuntime::Malformed(malformed) = &***runtime {
@@ -511,6 +519,20 @@ impl Reconciler {
         .collect::<Vec<()>>()
         .await;
     }
+}
+
+/// `allow-all` → `AllowAll`.
+fn camel(kebab: &str) -> String {
+    kebab
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 fn event(type_: EventType, reason: &str, note: String) -> Event {

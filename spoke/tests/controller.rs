@@ -112,13 +112,36 @@ async fn every_mode_end_to_end_and_a_verification_flip() -> anyhow::Result<()> {
         mode(p) == "restricted"
     })
     .await?;
-    wait_until("a mode-change event", WAIT, || async {
-        event_reasons(&client, "unverified")
+    // Each mode change is its own Event naming both modes: the recorder must not fold a later change into the
+    // series of an earlier one (which would show the old mode as the latest word).
+    let notes = || async {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+        let events = api.list(&Default::default()).await?;
+        anyhow::Ok(
+            events
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("unverified"))
+                .filter(|e| e.reason.as_deref() == Some("EgressModeChanged"))
+                .map(|e| e.note.unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let expected = [
+        "created: egress mode restricted",
+        "egress mode restricted -> allow-all",
+        "egress mode allow-all -> restricted",
+    ];
+    let found = wait_until("one mode-change Event per change", WAIT, || async {
+        notes()
             .await
-            .is_ok_and(|r| r.iter().any(|r| r == "EgressModeChanged"))
+            .is_ok_and(|n| expected.iter().all(|e| n.iter().any(|note| note.contains(e))))
     })
-    .await
-    .map_err(|e| e.context(format!("spoke log:\n{}", spoke.log())))?;
+    .await;
+    if let Err(error) = found {
+        let seen = notes().await?;
+        return Err(error.context(format!("events: {seen:?}\nspoke log:\n{}", spoke.log())));
+    }
 
     let (status, metrics) = spoke.get("/metrics").await?;
     assert_eq!(status, 200);
