@@ -39,6 +39,8 @@ pub struct Metrics {
     pub pushes: Counter,
     pub applies: Family<ResultLabel, Counter>,
     pub unreadable: Gauge,
+    /// When each registered cluster was last heard of, connected or not (so an alert can see one go silent).
+    pub last_seen: Family<ClusterLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -68,6 +70,20 @@ impl Default for Metrics {
             "Stored revisions newer than the one served that cannot be read (see `tollgate-hub history`)",
             unreadable.clone(),
         );
+        let last_seen = Family::<ClusterLabel, Gauge>::default();
+        registry.register(
+            "cluster_last_seen_timestamp_seconds",
+            "Unix time the hub last heard from each registered cluster, kept while it is disconnected",
+            last_seen.clone(),
+        );
+        registry.register(
+            "build",
+            "The hub's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
         Self {
             registry,
             connected,
@@ -76,14 +92,29 @@ impl Default for Metrics {
             pushes,
             applies,
             unreadable,
+            last_seen,
         }
     }
 }
 
 impl Metrics {
     /// Refreshes the gauges that describe the present, then encodes everything.
-    pub fn encode(&self, latest_revision: u64, unreadable: u64, sessions: &Sessions) -> String {
+    pub fn encode(
+        &self,
+        latest_revision: u64,
+        unreadable: u64,
+        sessions: &Sessions,
+        last_seen: &[(String, i64)],
+    ) -> String {
         self.unreadable.set(unreadable as i64);
+        self.last_seen.clear();
+        for (cluster, millis) in last_seen {
+            self.last_seen
+                .get_or_create(&ClusterLabel {
+                    cluster: cluster.clone(),
+                })
+                .set(millis / 1000);
+        }
         let connected = sessions.connected();
         self.connected.set(connected.len() as i64);
         self.revision.set(latest_revision as i64);
@@ -131,13 +162,25 @@ pub async fn serve<S: Store>(
         .route(
             "/metrics",
             get(|State(c): State<Arc<Context<S>>>| async move {
+                // A store that does not answer leaves the per-cluster series out of this scrape (readiness says why).
+                let last_seen = match tokio::time::timeout(READY_TIMEOUT, c.hub.store().clusters()).await {
+                    Ok(Ok(clusters)) => clusters
+                        .into_iter()
+                        .map(|cluster| (cluster.id, cluster.last_seen_unix_millis))
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 (
                     [(
                         "content-type",
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    c.metrics
-                        .encode(c.hub.snapshot().revision, c.hub.unreadable_revisions(), &c.sessions),
+                    c.metrics.encode(
+                        c.hub.snapshot().revision,
+                        c.hub.unreadable_revisions(),
+                        &c.sessions,
+                        &last_seen,
+                    ),
                 )
             }),
         )

@@ -96,6 +96,14 @@ impl Metrics {
             "Intents from the hub refused (another store, an older revision, invalid), by reason",
             intents_refused.clone(),
         );
+        registry.register(
+            "build",
+            "The spoke's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
         let hub_connected = Gauge::default();
         registry.register(
             "hub_connected",

@@ -701,3 +701,42 @@ async fn hub_readiness_follows_its_store() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// The signals an alert needs: build versions, the spoke's hub connection, and when the hub last heard of each
+/// cluster — kept for a cluster whose spoke is gone, which is exactly when an alert must fire.
+#[tokio::test]
+async fn metrics_show_versions_connections_and_when_each_cluster_was_last_heard_of() -> anyhow::Result<()> {
+    let mut fleet = one_cluster(false).await?;
+    let version = env!("CARGO_PKG_VERSION");
+    let spoke = fleet.spoke_metrics(PROD_EAST).await?;
+    assert_eq!(gauge(&spoke, "tollgate_spoke_hub_connected"), Some(1.0), "{spoke}");
+    assert_eq!(
+        gauge(&spoke, &format!("tollgate_spoke_build_info{{version=\"{version}\"}}")),
+        Some(1.0),
+        "{spoke}"
+    );
+    let series = "tollgate_hub_cluster_last_seen_timestamp_seconds{cluster=\"prod-east\"}";
+    let (_, hub) = fleet.hub_http(0, "/metrics").await?;
+    assert_eq!(
+        gauge(&hub, &format!("tollgate_hub_build_info{{version=\"{version}\"}}")),
+        Some(1.0),
+        "{hub}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    let seen = gauge(&hub, series).unwrap_or_else(|| panic!("no {series}:\n{hub}"));
+    assert!((now - seen).abs() < 60.0, "last seen {seen}, now {now}");
+
+    fleet.kill_spoke(PROD_EAST);
+    fleet
+        .wait_status("prod-east disconnected", |rows| rows[PROD_EAST]["connected"] == false)
+        .await?;
+    let (_, hub) = fleet.hub_http(0, "/metrics").await?;
+    assert!(
+        gauge(&hub, series).is_some(),
+        "the series stays for a disconnected cluster:\n{hub}"
+    );
+    assert_eq!(gauge(&hub, "tollgate_hub_connected_spokes"), Some(0.0), "{hub}");
+    Ok(())
+}
