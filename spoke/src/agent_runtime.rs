@@ -30,6 +30,16 @@ use serde_json::{Value, json};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(
+        name = "Egress",
+        type_ = "string",
+        json_path = ".metadata.annotations.tollgate\\.dev/egress-mode"
+    ),
+    printcolumn(
+        name = "Rules",
+        type_ = "string",
+        json_path = ".metadata.annotations.tollgate\\.dev/egress-rules"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

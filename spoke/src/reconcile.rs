@@ -310,6 +310,9 @@ impl Reconciler {
         }
 
         self.publish_events(&runtimes, &plan, &mode_changes).await;
+        if !hold {
+            self.annotate(&runtimes, &plan, intent.revision).await;
+        }
         for mode in Mode::ALL {
             let count = plan
                 .outcomes
@@ -340,6 +343,54 @@ impl Reconciler {
             .map(|a| ((a.namespace.clone(), a.name.clone()), a))
             .collect();
         report
+    }
+
+    /// Records each agent's effective egress on its AgentRuntime, where `kubectl get agentruntimes` shows it:
+    /// annotations only, by server-side apply with a field manager of their own (the agent operator owns `spec` and
+    /// `status`), and only when they differ from what the watch observed.
+    async fn annotate(&self, runtimes: &[Arc<ObservedRuntime>], plan: &Plan, revision: Option<u64>) {
+        let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
+            .iter()
+            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
+            .collect();
+        let patches: Vec<(Key, BTreeMap<String, String>)> = plan
+            .outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let key = (outcome.namespace.clone(), outcome.name.clone());
+                let runtime = by_key.get(&key)?;
+                let desired = egress_annotations(outcome, revision);
+                let observed = runtime.annotations();
+                let current = desired.iter().all(|(k, v)| observed.get(k) == Some(v));
+                (!current).then_some((key, desired))
+            })
+            .collect();
+        let client = &self.client;
+        let results: Vec<(Key, Result<(), kube::Error>)> =
+            futures::stream::iter(patches.into_iter().map(|(key, annotations)| async move {
+                let api: Api<ObservedRuntime> = Api::namespaced(client.clone(), &key.0);
+                let patch = serde_json::json!({
+                    "apiVersion": "agent.kagenti.dev/v1alpha1",
+                    "kind": "AgentRuntime",
+                    "metadata": {"name": key.1, "namespace": key.0, "annotations": annotations},
+                });
+                let params = PatchParams::apply(ANNOTATION_MANAGER).force();
+                let result = api.patch(&key.1, &params, &Patch::Apply(&patch)).await.map(|_| ());
+                (key, result)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, result) in results {
+            if let Err(error) = result {
+                let kind = ErrorKind::of(&error);
+                self.metrics
+                    .failures
+                    .get_or_create(&ReasonLabel { reason: kind.as_str() })
+                    .inc();
+                tracing::warn!(namespace = %key.0, name = %key.1, reason = kind.as_str(), %error, "Could not annotate AgentRuntime");
+            }
+        }
     }
 
     fn plan(
@@ -519,6 +570,29 @@ impl Reconciler {
         .collect::<Vec<()>>()
         .await;
     }
+}
+
+/// The field manager of the annotations on AgentRuntimes (apart from the policies' own).
+pub const ANNOTATION_MANAGER: &str = "tollgate-spoke-annotations";
+
+/// The annotations that show an agent's effective egress on its AgentRuntime.
+pub fn egress_annotations(outcome: &AgentOutcome, revision: Option<u64>) -> BTreeMap<String, String> {
+    let reason = match outcome.errors.first() {
+        Some(_) if outcome.mode == Mode::BaselineOnly => "InvalidEgressRules".to_string(),
+        _ => outcome.verification_reason.as_str().to_string(),
+    };
+    BTreeMap::from([
+        (
+            "tollgate.dev/egress-mode".to_string(),
+            outcome.mode.as_str().to_string(),
+        ),
+        ("tollgate.dev/egress-rules".to_string(), outcome.rule_count.to_string()),
+        (
+            "tollgate.dev/egress-revision".to_string(),
+            revision.map_or_else(|| "none".to_string(), |r| r.to_string()),
+        ),
+        ("tollgate.dev/egress-reason".to_string(), reason),
+    ])
 }
 
 /// `allow-all` → `AllowAll`.

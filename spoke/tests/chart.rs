@@ -307,8 +307,8 @@ fn assert_least_privilege(chart: &Rendered) {
                 assert!(
                     resources
                         .iter()
-                        .all(|r| ["networkpolicies", "events", "configmaps"].contains(&r.as_str())),
-                    "{name}: writes beyond NetworkPolicies, Events and the intent ConfigMap: {rule}"
+                        .all(|r| ["networkpolicies", "events", "configmaps", "agentruntimes"].contains(&r.as_str())),
+                    "{name}: writes beyond NetworkPolicies, Events, the intent ConfigMap and AgentRuntime annotations: {rule}"
                 );
                 if resources.contains(&"configmaps".to_string()) {
                     assert_eq!(
@@ -397,6 +397,7 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
         rules("ClusterRole", "", "tollgate-spoke-agents"),
         json!([
             {"apiGroups": ["agent.kagenti.dev"], "resources": ["agentruntimes", "agentcards"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["agent.kagenti.dev"], "resources": ["agentruntimes"], "verbs": ["patch"]},
             {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list", "watch"]},
             {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
              "verbs": ["list", "watch", "create", "patch", "delete"]},
@@ -1353,6 +1354,7 @@ impl Grant {
             ("configmaps", "get") => "The cached intent cannot be read".to_string(),
             ("configmaps", _) => "could not be cached in ConfigMap".to_string(),
             ("customresourcedefinitions", "get") => "Could not read the AgentRuntime CRD".to_string(),
+            ("agentruntimes", "patch") => "Could not annotate AgentRuntime".to_string(),
             // A create by server-side apply is refused with an empty reason ("... is forbidden: ").
             ("networkpolicies", "create") => "NetworkPolicy write failed".to_string(),
             (resource, verb) => format!("cannot {verb} resource \"{resource}\""),
@@ -1435,6 +1437,7 @@ spec:
             "watch agentruntimes.agent.kagenti.dev (ClusterRole tollgate-spoke-agents)",
             "list agentcards.agent.kagenti.dev (ClusterRole tollgate-spoke-agents)",
             "watch agentcards.agent.kagenti.dev (ClusterRole tollgate-spoke-agents)",
+            "patch agentruntimes.agent.kagenti.dev (ClusterRole tollgate-spoke-agents)",
             "list deployments.apps (ClusterRole tollgate-spoke-agents)",
             "watch deployments.apps (ClusterRole tollgate-spoke-agents)",
             "list statefulsets.apps (ClusterRole tollgate-spoke-agents)",
@@ -1567,9 +1570,14 @@ spec:
             );
             "never ready (logged)"
         } else if grant.resource == "events" {
-            assert!(spoke.is_ready().await, "a refused Event does not stop enforcement");
+            // A refused Event does not stop enforcement (it may be refused before the first pass ends).
+            spoke.wait_ready().await.map_err(context)?;
             wait_policy(&client, &format!("{probe}-signature-policy"), "written", |_| true).await?;
             "policies enforced, the Event lost (logged at debug)"
+        } else if grant.resource == "agentruntimes" && grant.verb == "patch" {
+            spoke.wait_ready().await.map_err(context)?;
+            wait_policy(&client, &format!("{probe}-signature-policy"), "written", |_| true).await?;
+            "policies enforced, the AgentRuntime annotations not written (logged)"
         } else if grant.resource == "customresourcedefinitions" {
             // The CRD is read at start, before the first pass may be done: an unreadable one does not stop it.
             spoke.wait_ready().await.map_err(context)?;

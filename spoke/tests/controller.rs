@@ -403,3 +403,111 @@ spec:
 
     Ok(())
 }
+
+/// Debian's kubectl of the test API servers' release (`scripts/kubectl-client`; `KUBECTL` overrides).
+fn kubectl() -> anyhow::Result<std::path::PathBuf> {
+    let output = std::process::Command::new(tollgate_e2e::workspace_root().join("scripts/kubectl-client")).output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "scripts/kubectl-client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    Ok(stdout.lines().last().unwrap_or_default().into())
+}
+
+/// Each agent's effective egress is on its AgentRuntime, where kubectl users look: `kubectl get agentruntimes`
+/// shows EGRESS and RULES. The agent operator's own status writes (an update of the status subresource by another
+/// client) keep the annotations, and the spoke does not write them again.
+#[tokio::test]
+async fn kubectl_shows_each_agents_egress_and_status_writes_keep_it() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    agent(&client, "open", None, Some(mtls_card())).await?;
+    let rules = json!({"rules": [{"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}], "ports": [{"port": 443}]}]});
+    agent(&client, "narrow", Some(rules), Some(mtls_card())).await?;
+    agent(&client, "locked", None, None).await?;
+    let dir = tempfile::tempdir()?;
+    let spoke = Spoke::start(cluster, dir.path(), &[]).await?;
+    let runtimes: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
+    let mode_of = |rt: &AgentRuntime| rt.annotations().get("tollgate.dev/egress-mode").cloned();
+    wait_until("every AgentRuntime annotated", WAIT, || async {
+        let Ok(list) = runtimes.list(&Default::default()).await else {
+            return false;
+        };
+        list.items.len() == 3 && list.items.iter().all(|rt| mode_of(rt).is_some())
+    })
+    .await
+    .map_err(|e| e.context(format!("spoke log:\n{}", spoke.log())))?;
+    let narrow = runtimes.get("narrow").await?;
+    let annotations = narrow.annotations();
+    assert_eq!(annotations["tollgate.dev/egress-mode"], "scoped");
+    assert_eq!(annotations["tollgate.dev/egress-rules"], "1");
+    assert_eq!(annotations["tollgate.dev/egress-reason"], "mTLSVerified");
+    assert_eq!(
+        annotations["tollgate.dev/egress-revision"], "none",
+        "standalone: no hub revision"
+    );
+    let managers: Vec<String> = narrow
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "tollgate-spoke-annotations"),
+        "{managers:?}"
+    );
+
+    let output = std::process::Command::new(kubectl()?)
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(["get", "agentruntimes", "-n", NS])
+        .output()?;
+    anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table = String::from_utf8(output.stdout)?;
+    let rows: BTreeMap<&str, Vec<&str>> = table
+        .lines()
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields[0], fields)
+        })
+        .collect();
+    let header = &rows["NAME"];
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("{table}"))
+    };
+    let (egress, rules) = (column("EGRESS"), column("RULES"));
+    // The Ready column is empty for these agents, so every later column sits one field to the left.
+    let shift = 1;
+    for (agent, mode, count) in [
+        ("open", "allow-all", "0"),
+        ("narrow", "scoped", "1"),
+        ("locked", "restricted", "0"),
+    ] {
+        let row = &rows[agent];
+        assert_eq!((row[egress - shift], row[rules - shift]), (mode, count), "{table}");
+    }
+
+    // The operator updates the status of an agent (a PUT of the status subresource, another client): the
+    // annotations stay, and the spoke has nothing to write.
+    let mut current = runtimes.get_status("narrow").await?;
+    let mut status = current.status.clone().unwrap_or_default();
+    status.card.get_or_insert_with(Default::default).card_hash = Some("abc123".into());
+    current.status = Some(status);
+    let updated = runtimes
+        .replace_status("narrow", &PostParams::default(), &current)
+        .await?;
+    assert_eq!(mode_of(&updated).as_deref(), Some("scoped"));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let after = runtimes.get("narrow").await?;
+    assert_eq!(
+        after.resource_version(),
+        updated.resource_version(),
+        "the spoke wrote the AgentRuntime again after the operator's status update"
+    );
+    Ok(())
+}
