@@ -478,7 +478,8 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Type", "Target", "Ready", "Age"]);
+        // The upstream columns, plus Tollgate's view of the agent's egress (annotations the spoke writes).
+        assert_eq!(columns, ["Type", "Target", "Ready", "Egress", "Rules", "Age"]);
         assert_eq!(version["subresources"]["status"], json!({}));
         let props = &version["schema"]["openAPIV3Schema"]["properties"];
         assert_eq!(props["spec"]["x-kubernetes-preserve-unknown-fields"], true);
