@@ -45,7 +45,12 @@ fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
     let objects = objects(&rendered)?;
     assert_eq!(
         objects.keys().collect::<Vec<_>>(),
-        ["Service/tollgate-hub", "StatefulSet/tollgate-hub"]
+        [
+            "Service/tollgate-hub",
+            "Service/tollgate-hub-metrics",
+            "StatefulSet/tollgate-hub"
+        ],
+        "no PodDisruptionBudget for one replica"
     );
     let sts = &objects["StatefulSet/tollgate-hub"];
     assert_eq!(sts["spec"]["replicas"], 1);
@@ -86,14 +91,19 @@ fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
         sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
         "1Gi"
     );
-    let service = &objects["Service/tollgate-hub"];
-    let ports: Vec<(&str, i64)> = service["spec"]["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["port"].as_i64().unwrap()))
-        .collect();
-    assert_eq!(ports, [("grpc", 7443), ("metrics", 9465)]);
+    let ports = |service: &Value| -> Vec<(String, i64)> {
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p["port"].as_i64().unwrap()))
+            .collect()
+    };
+    // The gRPC Service (often a LoadBalancer) never carries /metrics; a ClusterIP Service of its own does.
+    assert_eq!(ports(&objects["Service/tollgate-hub"]), [("grpc".to_string(), 7443)]);
+    let metrics = &objects["Service/tollgate-hub-metrics"];
+    assert_eq!(ports(metrics), [("metrics".to_string(), 9465)]);
+    assert_eq!(metrics["spec"]["type"], "ClusterIP");
     Ok(())
 }
 
@@ -105,8 +115,9 @@ heartbeatSeconds: 5
 logLevel: tollgate_hub=debug
 logFormat: plain
 service: {type: LoadBalancer, annotations: {example.com/lb: internal}}
+podDisruptionBudget: {maxUnavailable: 2}
 persistence: {size: 5Gi, storageClassName: fast}
-metrics: {bindAddress: '::', port: 9999}
+metrics: {bindAddress: '::', port: 9999, service: {annotations: {prometheus.io/scrape: 'true'}}}
 ";
     let objects = objects(&helm::render(CHART, "fleet", NS, &[values])?)?;
     let sts = &objects["StatefulSet/fleet-tollgate-hub"];
@@ -132,6 +143,9 @@ metrics: {bindAddress: '::', port: 9999}
     assert_eq!(service["spec"]["type"], "LoadBalancer");
     assert_eq!(service["metadata"]["annotations"]["example.com/lb"], "internal");
     assert_eq!(service["spec"]["ports"][0]["port"], 8443);
+    let metrics = &objects["Service/fleet-tollgate-hub-metrics"];
+    assert_eq!(metrics["spec"]["ports"][0]["port"], 9999);
+    assert_eq!(metrics["metadata"]["annotations"]["prometheus.io/scrape"], "true");
     Ok(())
 }
 
@@ -143,8 +157,27 @@ fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret(
         NS,
         &["tlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
     )?;
-    let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
+    let objects = objects(&rendered)?;
+    let sts = &objects["StatefulSet/tollgate-hub"];
     assert_eq!(sts["spec"]["replicas"], 3);
+    // Several replicas: drains take at most one at a time (policy/v1beta1 on a 1.20 server, policy/v1 where served).
+    let pdb = &objects["PodDisruptionBudget/tollgate-hub"];
+    assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        sts["spec"]["selector"]["matchLabels"]
+    );
+    let newer = helm::template(
+        CHART,
+        "tollgate-hub",
+        NS,
+        &["tlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
+        &["-a", "policy/v1/PodDisruptionBudget"],
+    )?;
+    assert!(newer.status.success(), "{}", String::from_utf8_lossy(&newer.stderr));
+    let newer = self::objects(&String::from_utf8(newer.stdout)?)?;
+    assert_eq!(newer["PodDisruptionBudget/tollgate-hub"]["apiVersion"], "policy/v1");
     assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
     assert!(sts["spec"]["volumeClaimTemplates"].is_null(), "no volume: {sts:#}");
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
@@ -213,7 +246,7 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     let cluster = &cp.clusters()[0];
     cluster.create_namespace(NS).await?;
     let applied = cluster.apply_yaml(&rendered).await?;
-    assert_eq!(applied.len(), 2);
+    assert_eq!(applied.len(), 3);
 
     // The hub binary accepts exactly the chart's arguments (paths and addresses moved to a temp folder and
     // loopback, as servers in tests listen on loopback only).
@@ -270,7 +303,11 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
             "tlsSecretName: hub-tls\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: hub-db, caSecretName: db-ca}}\n",
         ],
     )?;
-    assert_eq!(cluster.apply_yaml(&rendered).await?.len(), 2);
+    assert_eq!(
+        cluster.apply_yaml(&rendered).await?.len(),
+        4,
+        "StatefulSet, two Services, PodDisruptionBudget"
+    );
     let postgres = tollgate_e2e::Postgres::start_with_tls().await?;
     let store_ca = postgres.ca_path().unwrap().display().to_string();
     let url = postgres.create_database().await?;
