@@ -3,6 +3,7 @@
 //! Nothing here performs I/O, reads the clock or talks to Kubernetes or the network: the hub, the spoke and the
 //! CLI feed facts in and take desired objects out, so every rule of docs/design.md is defined (and tested) once.
 
+pub mod certificate;
 pub mod document;
 pub mod egress_rule;
 pub mod field_error;

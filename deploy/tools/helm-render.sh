@@ -6,7 +6,8 @@
 #   deploy/tools/helm-render.sh [NAME] CHART [FLAGS...]  render, like `helm template [NAME] CHART [FLAGS...]`
 #
 # Needs Debian's Go and Go libraries (no module downloads): golang-go, golang-github-masterminds-sprig-dev (Sprig,
-# the template functions Helm uses) and golang-k8s-sigs-yaml-dev (the YAML library Helm uses). Missing packages are
+# the template functions Helm uses), golang-k8s-sigs-yaml-dev (the YAML library Helm uses) and
+# golang-github-xeipuuv-gojsonschema-dev (the values.schema.json validator of Helm 3). Missing packages are
 # installed with apt-get when running as root; otherwise the script fails naming them. The binary is cached outside
 # the clone, keyed by a hash of main.go, this script and the Go and package versions:
 #   ${TOLLGATE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}/helm-render/<hash>/helm-render
@@ -20,7 +21,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 [ -f "$src" ] || die "$src is missing"
 
-packages=(golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev)
+packages=(golang-go golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev golang-github-xeipuuv-gojsonschema-dev)
 installed() { dpkg-query -W -f='${Status} ${Version}\n' "$1" 2>/dev/null | grep "install ok installed"; }
 
 ensure_packages() {
@@ -48,6 +49,7 @@ build() {
   local gocode=/usr/share/gocode
   [ -d "$gocode/src/github.com/Masterminds/sprig" ] || die "$gocode/src/github.com/Masterminds/sprig is missing (golang-github-masterminds-sprig-dev)"
   [ -d "$gocode/src/sigs.k8s.io/yaml" ] || die "$gocode/src/sigs.k8s.io/yaml is missing (golang-k8s-sigs-yaml-dev)"
+  [ -d "$gocode/src/github.com/xeipuuv/gojsonschema" ] || die "$gocode/src/github.com/xeipuuv/gojsonschema is missing (golang-github-xeipuuv-gojsonschema-dev)"
   local key
   key=$( {
     sha256sum "$src" "$0" | cut -d' ' -f1

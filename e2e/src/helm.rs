@@ -21,8 +21,9 @@ pub fn renderer() -> Result<PathBuf> {
                 .map_err(|e| format!("running {}: {e}", script.display()))?;
             if !output.status.success() {
                 return Err(format!(
-                    "{} --build failed ({}). It needs Debian's golang-go, golang-github-masterminds-sprig-dev and \
-                     golang-k8s-sigs-yaml-dev (apt-get install them, or run ./scripts/test, which does):\n{}",
+                    "{} --build failed ({}). It needs Debian's golang-go, golang-github-masterminds-sprig-dev, \
+                     golang-k8s-sigs-yaml-dev and golang-github-xeipuuv-gojsonschema-dev (apt-get install them, or \
+                     run ./scripts/test, which does):\n{}",
                     script.display(),
                     output.status,
                     String::from_utf8_lossy(&output.stderr)

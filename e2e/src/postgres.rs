@@ -33,8 +33,8 @@ pub struct Postgres {
     dir: TempDir,
 }
 
-/// The folder with `initdb` and `postgres`.
-fn binaries() -> Result<PathBuf> {
+/// The folder with `initdb` and `postgres` (and the client tools, `pg_dump`, `pg_restore`).
+pub fn binaries() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os(POSTGRES_BIN_ENV) {
         let dir = PathBuf::from(dir);
         if !dir.join("postgres").is_file() || !dir.join("initdb").is_file() {

@@ -53,6 +53,9 @@ enum Command {
     /// The clusters the hub serves.
     #[command(subcommand)]
     Clusters(crate::cli::ClustersCommand),
+    /// Back up and restore the embedded store.
+    #[command(subcommand)]
+    Store(crate::store_commands::StoreCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +155,7 @@ impl Args {
             Command::Status(args) => runtime()?.block_on(args.run(out)),
             Command::Plan(args) => runtime()?.block_on(args.run(out)),
             Command::Clusters(command) => runtime()?.block_on(command.run(out)),
+            Command::Store(command) => command.run(out),
         }
     }
 }

@@ -11,4 +11,5 @@ pub mod serve;
 pub mod sources;
 pub mod state;
 pub mod store;
+pub mod store_commands;
 pub mod validate;

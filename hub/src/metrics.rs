@@ -25,6 +25,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClusterLabel {
     pub cluster: String,
 }
@@ -41,6 +46,8 @@ pub struct Metrics {
     pub unreadable: Gauge,
     /// When each registered cluster was last heard of, connected or not (so an alert can see one go silent).
     pub last_seen: Family<ClusterLabel, Gauge>,
+    /// `notAfter` of the certificates the hub serves with (`serving`) and trusts (`client-ca`), Unix seconds.
+    certificate_expiry: Family<CertificateLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -76,6 +83,12 @@ impl Default for Metrics {
             "Unix time the hub last heard from each registered cluster, kept while it is disconnected",
             last_seen.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabel, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time the hub's certificates expire (serving: its server certificate; client-ca: the CA it trusts)",
+            certificate_expiry.clone(),
+        );
         registry.register(
             "build",
             "The hub's version",
@@ -84,6 +97,10 @@ impl Default for Metrics {
                 env!("CARGO_PKG_VERSION").to_string(),
             )]),
         );
+        // Every result from the start, at 0, so that `rate()` sees the first of each.
+        for result in ["committed", "unchanged", "dry-run", "invalid", "error"] {
+            let _ = applies.get_or_create(&ResultLabel { result });
+        }
         Self {
             registry,
             connected,
@@ -93,11 +110,21 @@ impl Default for Metrics {
             applies,
             unreadable,
             last_seen,
+            certificate_expiry,
         }
     }
 }
 
 impl Metrics {
+    /// Records when the certificate in `pem` (the first of a chain) expires; unparsable PEM records nothing.
+    pub fn record_certificate(&self, certificate: &'static str, pem: &[u8]) {
+        if let Some(not_after) = tollgate_common::certificate::not_after_unix_seconds(pem) {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabel { certificate })
+                .set(not_after);
+        }
+    }
+
     /// Refreshes the gauges that describe the present, then encodes everything.
     pub fn encode(
         &self,

@@ -102,6 +102,10 @@ impl ServeArgs {
         let replica = replica_id.unwrap_or_else(default_replica_id);
         match store {
             None => {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+                // Held until the process ends: one hub per folder, and no restore under a serving hub.
+                let _lock = crate::store::sqlite::lock_data_dir(&data_dir)?;
                 let store = SqliteStore::open(&data_dir)
                     .with_context(|| format!("opening the store in {}", data_dir.display()))?;
                 let location = data_dir.display().to_string();

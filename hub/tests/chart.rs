@@ -8,10 +8,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tollgate_e2e::{ChildProcess, ControlPlane, free_port, helm, http_get, wait_until};
+use tollgate_e2e::{ChildProcess, ControlPlane, free_port, helm, http_get, monitoring, wait_until, workspace_root};
 
 const CHART: &str = "deploy/charts/tollgate-hub";
 const NS: &str = "tollgate-system";
+
+/// Every optional object: ServiceMonitor, PrometheusRule (linking runbooks), dashboard ConfigMap, OpenShift Route.
+const EVERYTHING: &str = "tlsSecretName: hub-tls
+metrics:
+  serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}
+  prometheusRule: {enabled: true, labels: {role: alert-rules}, runbookBaseUrl: 'https://docs.example.com/tollgate/runbooks'}
+  dashboard: {enabled: true}
+route: {enabled: true, host: hub.apps.example.com, annotations: {haproxy.router.openshift.io/timeout: 1h}}
+";
 
 fn objects(rendered: &str) -> Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
@@ -70,6 +79,9 @@ fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
         security.get("runAsUser").is_none() && pod["securityContext"].get("runAsUser").is_none(),
         "no fixed UID"
     );
+    // The volume is writable by the image's non-root user through its group.
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    assert_eq!(pod["securityContext"]["fsGroupChangePolicy"], "OnRootMismatch");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(
@@ -204,6 +216,118 @@ fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret(
     Ok(())
 }
 
+/// The fsGroup is set where it is needed and allowed: the embedded store's volume, on clusters other than OpenShift
+/// (whose restricted-v2 SCC assigns a group from the namespace's range and refuses others).
+#[test]
+fn the_fs_group_is_set_for_the_volume_except_on_openshift() -> Result<()> {
+    let pod_security = |values: &str, flags: &[&str]| -> Result<Value> {
+        let output = helm::template(CHART, "tollgate-hub", NS, &[values], flags)?;
+        anyhow::ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let objects = objects(&String::from_utf8(output.stdout)?)?;
+        Ok(objects["StatefulSet/tollgate-hub"]["spec"]["template"]["spec"]["securityContext"].clone())
+    };
+    let default = pod_security("tlsSecretName: t\n", &[])?;
+    assert_eq!(
+        (default["fsGroup"].as_i64(), default["runAsNonRoot"].as_bool()),
+        (Some(65532), Some(true))
+    );
+    assert_eq!(
+        pod_security("tlsSecretName: t\npersistence: {fsGroup: 1001}\n", &[])?["fsGroup"],
+        1001
+    );
+    for (values, flags) in [
+        ("tlsSecretName: t\n", &["-a", "security.openshift.io/v1"][..]),
+        ("tlsSecretName: t\npersistence: {fsGroup: null}\n", &[][..]),
+        (
+            "tlsSecretName: t\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: db}}\n",
+            &[][..],
+        ),
+    ] {
+        let security = pod_security(values, flags)?;
+        assert!(
+            security.get("fsGroup").is_none() && security.get("fsGroupChangePolicy").is_none(),
+            "{values:?} {flags:?}: {security}"
+        );
+        assert_eq!(
+            security["runAsNonRoot"], true,
+            "the rest of the pod security context stays"
+        );
+    }
+    Ok(())
+}
+
+/// The optional objects: the ServiceMonitor scrapes the metrics Service (never the gRPC one), the alerts pass
+/// `promtool check rules` and their unit tests, link runbooks that exist, the dashboard is the chart's JSON, and
+/// the Route passes TLS through to the gRPC port.
+#[test]
+fn monitoring_objects_and_the_route_point_at_the_right_things() -> Result<()> {
+    let objects = objects(&helm::render(CHART, "tollgate-hub", NS, &[EVERYTHING])?)?;
+    let monitor = &objects["ServiceMonitor/tollgate-hub"];
+    let selects = |service: &Value| {
+        monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(key, value)| &service["metadata"]["labels"][key] == value)
+    };
+    let metrics = &objects["Service/tollgate-hub-metrics"];
+    assert!(selects(metrics), "{monitor:#}");
+    assert!(
+        !selects(&objects["Service/tollgate-hub"]),
+        "the gRPC Service is not scraped"
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], metrics["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        (endpoint["path"].as_str(), endpoint["interval"].as_str()),
+        (Some("/metrics"), Some("15s"))
+    );
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"],
+        serde_json::json!([NS])
+    );
+
+    let rule = &objects["PrometheusRule/tollgate-hub"];
+    assert_eq!(rule["metadata"]["labels"]["role"], "alert-rules");
+    let report = monitoring::test_rules(rule, &workspace_root().join("hub/tests/fixtures/alerts.test.yaml"))?;
+    assert!(report.contains("SUCCESS: 4 rules found"), "{report}");
+    monitoring::ensure_runbooks(rule, "https://docs.example.com/tollgate/runbooks")?;
+
+    let dashboard = &objects["ConfigMap/tollgate-hub-dashboard"];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let file = std::fs::read_to_string(workspace_root().join(CHART).join("dashboards/tollgate-hub.json"))?;
+    assert_eq!(dashboard["data"]["tollgate-hub.json"].as_str(), Some(file.trim_end()));
+    let json: Value = serde_json::from_str(&file)?;
+    assert_eq!(json["uid"], "tollgate-hub");
+
+    let route = &objects["Route/tollgate-hub"];
+    let grpc = &objects["Service/tollgate-hub"];
+    assert_eq!(route["spec"]["to"]["name"], grpc["metadata"]["name"]);
+    assert_eq!(route["spec"]["port"]["targetPort"], grpc["spec"]["ports"][0]["name"]);
+    assert_eq!(
+        route["spec"]["tls"]["termination"], "passthrough",
+        "the hub terminates mutual TLS"
+    );
+    assert_eq!(route["spec"]["host"], "hub.apps.example.com");
+    assert_eq!(
+        route["metadata"]["annotations"]["haproxy.router.openshift.io/timeout"],
+        "1h"
+    );
+
+    let message = helm::render_error(
+        CHART,
+        "tollgate-hub",
+        NS,
+        &["tlsSecretName: t\nmetrics: {service: {enabled: false}, serviceMonitor: {enabled: true}}\n"],
+    )?;
+    assert!(
+        message.contains("metrics.serviceMonitor.enabled needs metrics.service.enabled"),
+        "{message}"
+    );
+    Ok(())
+}
+
 #[test]
 fn bad_values_are_refused_with_a_reason() -> Result<()> {
     for (values, reason) in [
@@ -232,6 +356,28 @@ fn bad_values_are_refused_with_a_reason() -> Result<()> {
             "tlsSecretName: t\nheartbeatSeconds: 0\n",
             "heartbeatSeconds must be at least 1",
         ),
+        // values.schema.json: wrong types, unknown keys (a typo is not silently ignored), out-of-range numbers.
+        (
+            "tlsSecretName: t\nreplicas: two\n",
+            "values don't meet the specifications of the schema(s) in the following chart(s):\ntollgate-hub:\n\
+             - replicas: Invalid type. Expected: integer, given: string",
+        ),
+        (
+            "tlsSecretName: t\nreplica: 3\n",
+            "- (root): Additional property replica is not allowed",
+        ),
+        (
+            "tlsSecretName: t\nmetrics: {port: 70000}\n",
+            "- metrics.port: Must be less than or equal to 65535",
+        ),
+        (
+            "tlsSecretName: t\npersistence: {fsGroup: root}\n",
+            "- persistence.fsGroup: Invalid type. Expected: [integer,null], given: string",
+        ),
+        (
+            "tlsSecretName: t\nroute: {enabled: yes-please}\n",
+            "- route.enabled: Invalid type. Expected: boolean, given: string",
+        ),
     ] {
         let message = helm::render_error(CHART, "tollgate-hub", NS, &[values])?;
         assert!(message.contains(reason), "values {values:?}: {message}");
@@ -247,6 +393,18 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     cluster.create_namespace(NS).await?;
     let applied = cluster.apply_yaml(&rendered).await?;
     assert_eq!(applied.len(), 3);
+    // With the Prometheus Operator's and OpenShift's kinds served, the optional objects are accepted too.
+    cluster.apply_yaml(monitoring::STAND_IN_CRDS).await?;
+    let everything = helm::render(CHART, "tollgate-hub", NS, &[EVERYTHING])?;
+    let kinds: Vec<String> = cluster
+        .apply_yaml(&everything)
+        .await?
+        .iter()
+        .map(|o| o.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default())
+        .collect();
+    for kind in ["ServiceMonitor", "PrometheusRule", "ConfigMap", "Route"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} applied: {kinds:?}");
+    }
 
     // The hub binary accepts exactly the chart's arguments (paths and addresses moved to a temp folder and
     // loopback, as servers in tests listen on loopback only).

@@ -219,3 +219,43 @@ fn plaintext_is_refused_off_loopback_and_tls_files_are_required() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS needs --tls-cert, --tls-key and --client-ca"));
 }
+
+/// One hub per data folder: a second `serve` on a folder a hub serves exits at once naming the folder, and the
+/// first hub keeps serving; once the first is gone, the folder is free again.
+#[test]
+fn a_second_hub_on_a_served_data_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_str().unwrap();
+    for args in [
+        vec!["certs", "init", "--dir", certs_arg],
+        vec!["certs", "hub", "--dir", certs_arg],
+        vec!["certs", "admin", "--dir", certs_arg],
+    ] {
+        assert!(hub().args(&args).output().unwrap().status.success(), "{args:?}");
+    }
+    let port = free_port();
+    let first = serve(dir.path(), port);
+    let second = hub()
+        .args([
+            "serve",
+            "--insecure-dev-plaintext",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--listen",
+        ])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(stderr.contains("data is in use by another process"), "{stderr}");
+    assert!(
+        stdout(&cli(dir.path(), port, &["history"])).contains("REVISION"),
+        "the first hub serves on"
+    );
+    drop(first);
+    let _again = serve(dir.path(), port);
+}

@@ -431,7 +431,11 @@ fn jitter_seed() -> u64 {
     u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7
 }
 
-async fn connect(settings: &HubSettings, url: &str) -> Result<Channel, tonic::Status> {
+async fn connect(
+    settings: &HubSettings,
+    url: &str,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Channel, tonic::Status> {
     let unavailable = |e: &dyn std::fmt::Display| tonic::Status::unavailable(format!("connecting to {url}: {e}"));
     let mut endpoint = Channel::from_shared(url.to_string())
         .map_err(|e| tonic::Status::invalid_argument(format!("--hub {url:?}: {e}")))?
@@ -445,9 +449,11 @@ async fn connect(settings: &HubSettings, url: &str) -> Result<Channel, tonic::St
                 tonic::Status::unavailable(format!("reading {}: {e} (read again at the next attempt)", p.display()))
             })
         };
+        let cert = read(&tls.cert)?;
+        metrics.record_certificate("client", &cert);
         let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
-            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+            .identity(Identity::from_pem(cert, read(&tls.key)?));
         if let Some(name) = &tls.server_name {
             config = config.domain_name(name.clone());
         }
@@ -465,7 +471,7 @@ async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic:
         metrics,
         conditions,
     } = connection;
-    let channel = connect(settings, url).await?;
+    let channel = connect(settings, url, metrics).await?;
     let (tx, rx) = mpsc::channel(16);
     let send = |msg: spoke_message::Msg| {
         let tx = tx.clone();

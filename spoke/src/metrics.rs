@@ -26,6 +26,11 @@ pub struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabel {
     pub condition: &'static str,
 }
@@ -47,6 +52,8 @@ pub struct Metrics {
     /// 1 while a stream to the hub is open.
     pub hub_connected: Gauge,
     hub_update_age: Gauge,
+    /// `notAfter` of the client certificate the spoke presents to the hub, Unix seconds.
+    certificate_expiry: Family<CertificateLabel, Gauge>,
     /// Unix seconds of the last intent received from the hub (0: none yet).
     last_hub_update: AtomicI64,
     ready: AtomicBool,
@@ -115,6 +122,20 @@ impl Metrics {
             "Seconds since the last intent received from the hub (-1: none yet, or standalone)",
             hub_update_age.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabel, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Unix time the certificate the spoke presents to the hub (client) expires, as last read",
+            certificate_expiry.clone(),
+        );
+        // Every known label value from the start, at 0: `rate()` and `increase()` then see the first failure, and
+        // dashboards and alerts find the series before anything went wrong.
+        for kind in crate::reconcile::ErrorKind::ALL {
+            let _ = failures.get_or_create(&ReasonLabel { reason: kind.as_str() });
+        }
+        for reason in ["OtherStore", "OlderRevision", "Invalid"] {
+            let _ = intents_refused.get_or_create(&ReasonLabel { reason });
+        }
         Self {
             registry,
             reconciles,
@@ -127,9 +148,19 @@ impl Metrics {
             intents_refused,
             hub_connected,
             hub_update_age,
+            certificate_expiry,
             last_hub_update: AtomicI64::new(0),
             ready: AtomicBool::new(false),
             refused: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Records when the certificate in `pem` (the first of a chain) expires; unparsable PEM records nothing.
+    pub fn record_certificate(&self, certificate: &'static str, pem: &[u8]) {
+        if let Some(not_after) = tollgate_common::certificate::not_after_unix_seconds(pem) {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabel { certificate })
+                .set(not_after);
         }
     }
 

@@ -48,6 +48,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    pub const ALL: [Self; 4] = [Self::Conflict, Self::Invalid, Self::Forbidden, Self::Transient];
+
     pub fn of(error: &kube::Error) -> Self {
         match error {
             kube::Error::Api(status) => match status.code {

@@ -20,7 +20,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::*;
-use tollgate_e2e::{Cluster, free_port, wait_for_deletion, wait_until, workspace_root};
+use tollgate_e2e::{Cluster, free_port, monitoring, wait_for_deletion, wait_until, workspace_root};
 
 const CHART: &str = "deploy/charts/tollgate-spoke";
 const RELEASE: &str = "tollgate-spoke";
@@ -71,6 +71,16 @@ nodeSelector: {kubernetes.io/os: linux}
 tolerations: [{key: dedicated, operator: Equal, value: platform, effect: NoSchedule}]
 extraArgs: [--some-future-flag=1]
 extraEnv: [{name: RUST_BACKTRACE, value: "1"}]
+"#;
+
+/// Connected to a hub, with every monitoring object: ServiceMonitor, PrometheusRule (linking runbooks), dashboard.
+const MONITORING: &str = r#"
+standalone: false
+hub: {address: "https://hub.example.com:7443", tls: {secretName: tollgate-spoke-hub-tls}}
+metrics:
+  serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}
+  prometheusRule: {enabled: true, labels: {role: alert-rules}, runbookBaseUrl: "https://docs.example.com/tollgate/runbooks"}
+  dashboard: {enabled: true, labels: {grafana_dashboard: "1", team: platform}}
 "#;
 
 /// A development hub on loopback, in plaintext.
@@ -742,6 +752,95 @@ fn invalid_values_are_refused_with_a_reason() -> Result<()> {
     Ok(())
 }
 
+/// values.schema.json: a wrong type, an unknown key or an out-of-range number fails with the schema's message, as
+/// `helm install` would, before any template runs.
+#[test]
+fn values_of_the_wrong_type_are_refused_by_the_schema() -> Result<()> {
+    for (values, reason) in [
+        (
+            "standalone: yes-please",
+            "- standalone: Invalid type. Expected: boolean, given: string",
+        ),
+        (
+            "watchNamespace: [team-a]",
+            "- (root): Additional property watchNamespace is not allowed",
+        ),
+        (
+            "metrics: {port: 0}",
+            "- metrics.port: Must be greater than or equal to 1",
+        ),
+        (
+            "cluster: {labels: {env: [prod]}}",
+            "- cluster.labels.env: Invalid type. Expected: string, given: array",
+        ),
+        (
+            "metrics: {prometheusRule: {certificateExpiryDays: soon}}",
+            "- metrics.prometheusRule.certificateExpiryDays: Invalid type. Expected: integer, given: string",
+        ),
+    ] {
+        let error = render_error(values)?;
+        assert!(
+            error.starts_with(
+                "Error: values don't meet the specifications of the schema(s) in the following chart(s):\n\
+                 tollgate-spoke:\n"
+            ) && error.contains(reason),
+            "values {values:?}: expected {reason:?} in {error:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The monitoring objects: the ServiceMonitor scrapes the metrics Service, the alerts pass `promtool check rules`
+/// and their unit tests and link runbooks that exist, the dashboard is the chart's JSON; a standalone spoke gets no
+/// hub alerts.
+#[test]
+fn monitoring_objects_scrape_the_metrics_service_and_alert_as_tested() -> Result<()> {
+    let chart = Rendered::parse(render(RELEASE, RELEASE_NS, &[MONITORING], &[])?)?;
+    let monitor = chart.get("ServiceMonitor", RELEASE_NS, "tollgate-spoke");
+    let service = chart.get("Service", RELEASE_NS, "tollgate-spoke-metrics");
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&service["metadata"]["labels"][key], value, "selector {key}");
+    }
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"],
+        service["spec"]["ports"][0]["name"]
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+
+    let rule = chart.get("PrometheusRule", RELEASE_NS, "tollgate-spoke");
+    let report = monitoring::test_rules(rule, &workspace_root().join("spoke/tests/fixtures/alerts.test.yaml"))?;
+    assert!(report.contains("SUCCESS: 4 rules found"), "{report}");
+    monitoring::ensure_runbooks(rule, "https://docs.example.com/tollgate/runbooks")?;
+
+    let dashboard = chart.get("ConfigMap", RELEASE_NS, "tollgate-spoke-dashboard");
+    assert_eq!(dashboard["metadata"]["labels"]["team"], "platform");
+    let file = std::fs::read_to_string(workspace_root().join(CHART).join("dashboards/tollgate-spoke.json"))?;
+    assert_eq!(dashboard["data"]["tollgate-spoke.json"].as_str(), Some(file.trim_end()));
+    assert_eq!(serde_json::from_str::<Value>(&file)?["uid"], "tollgate-spoke");
+
+    let standalone = Rendered::parse(render(
+        RELEASE,
+        RELEASE_NS,
+        &["metrics: {prometheusRule: {enabled: true}}"],
+        &[],
+    )?)?;
+    let alerts: Vec<&str> =
+        standalone.get("PrometheusRule", RELEASE_NS, "tollgate-spoke")["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["alert"].as_str())
+            .collect();
+    assert_eq!(alerts, ["TollgateSpokeReconcileFailures", "TollgateSpokeCondition"]);
+    let error = render_error("metrics: {service: {enabled: false}, serviceMonitor: {enabled: true}}")?;
+    assert!(
+        error.contains("metrics.serviceMonitor.enabled needs metrics.service.enabled"),
+        "{error}"
+    );
+    Ok(())
+}
+
 #[test]
 fn every_value_is_documented_in_values_yaml_and_the_readme() -> Result<()> {
     let chart = workspace_root().join(CHART);
@@ -827,11 +926,14 @@ async fn every_rendered_object_is_accepted_by_a_real_api_server() -> Result<()> 
     for namespace in [RELEASE_NS, "platform", "openshift-dns", "team-b"] {
         cluster.create_namespace(namespace).await?;
     }
+    // The Prometheus Operator's kinds, so that the monitoring objects are applied too.
+    cluster.apply_yaml(monitoring::STAND_IN_CRDS).await?;
     for (name, namespace, values) in [
         (RELEASE, RELEASE_NS, vec![]),
         ("ocp", "platform", vec![OPENSHIFT_HUB]),
         ("lab", "platform", vec![CUSTOM]),
         ("existing", "platform", vec![EXISTING_IDENTITY]),
+        ("watched", "team-b", vec![MONITORING]),
     ] {
         let text = render(name, namespace, &values, &["--include-crds"])?;
         let chart = Rendered::parse(text.clone())?;
@@ -1097,7 +1199,10 @@ async fn the_charts_service_account_reconciles_every_mode() -> Result<()> {
     .map_err(|e| e.context(format!("spoke log:\n{}", spoke.log())))?;
 
     let (_, metrics) = spoke.get("/metrics").await?;
-    assert!(!metrics.contains("reason=\"forbidden\""), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_spoke_reconcile_failures_total{reason=\"forbidden\"} 0\n"),
+        "no write was forbidden: {metrics}"
+    );
     let log = spoke.log();
     assert!(!log.contains("forbidden"), "a permission is missing:\n{log}");
     Ok(())
@@ -1369,7 +1474,10 @@ async fn refused(grant: &Grant, spoke: &Spoke) -> bool {
         // Failed deletes are counted, not logged.
         || (grant.resource == "networkpolicies"
             && grant.verb == "delete"
-            && metrics.contains("tollgate_spoke_reconcile_failures_total{reason=\"forbidden\"} "))
+            && metrics
+                .lines()
+                .filter_map(|l| l.strip_prefix("tollgate_spoke_reconcile_failures_total{reason=\"forbidden\"} "))
+                .any(|count| count.trim().parse::<f64>().is_ok_and(|n| n > 0.0)))
 }
 
 /// The spoke's log with Debug-escaped quotes (kube's watcher logs errors with `{:?}`) unescaped.

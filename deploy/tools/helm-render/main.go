@@ -8,6 +8,9 @@
 //     its kubeVersion constraint against the target Kubernetes version;
 //   - values: values.yaml, then each -f file deep-merged in order, then coalesced with the chart's defaults
 //     (a user `null` deletes a default), all read with sigs.k8s.io/yaml as Helm does (numbers are float64);
+//     then validated against the chart's values.schema.json, when it has one, with gojsonschema (the validator
+//     of Helm 3 up to 3.17), failing with Helm's message;
+//   - .Files: Get and GetBytes of the chart's files outside templates/ (a missing file reads as empty, as in Helm);
 //   - the top-level object: .Values, .Release {Name, Namespace, IsInstall, IsUpgrade, Revision, Service},
 //     .Chart (Chart.yaml fields), .Capabilities {KubeVersion, APIVersions.Has, HelmVersion}, .Template;
 //   - functions: Sprig's TxtFuncMap without env/expandenv, plus Helm's toYaml, fromYaml, fromYamlArray, toJson,
@@ -21,7 +24,7 @@
 //     come first, verbatim.
 //
 // Not supported (refused with an error rather than rendered differently): subcharts (charts/, dependencies),
-// hooks, library charts, .Files, toToml, --set. .helmignore is not read (it only matters for packaging here).
+// hooks, library charts, .Files methods other than Get and GetBytes, toToml, --set. .helmignore is not read (it only matters for packaging here).
 package main
 
 import (
@@ -39,6 +42,7 @@ import (
 
 	sv3 "github.com/Masterminds/semver" // v3; GOPATH mode: Debian ships it without /v3
 	"github.com/Masterminds/sprig"
+	"github.com/xeipuuv/gojsonschema"
 	"sigs.k8s.io/yaml"
 )
 
@@ -605,6 +609,9 @@ func render(opts options) (string, error) {
 		user = mergeMaps(user, vals)
 	}
 	values := coalesce(user, defaults)
+	if err := validateSchema(opts.chartDir, md.Name, values); err != nil {
+		return "", err
+	}
 
 	top := map[string]interface{}{
 		"Chart": md,
@@ -627,6 +634,7 @@ func render(opts options) (string, error) {
 			"Service":   "Helm",
 		},
 		"Values":    values,
+		"Files":     Files{dir: opts.chartDir},
 		"Subcharts": map[string]interface{}{},
 	}
 
@@ -740,3 +748,49 @@ func render(opts options) (string, error) {
 	}
 	return out.String(), nil
 }
+
+// validateSchema is Helm's chartutil.ValidateAgainstSchema for a chart without subcharts: the coalesced values,
+// as JSON, against values.schema.json; every error on its own line under the chart's name.
+func validateSchema(chartDir, chart string, values map[string]interface{}) error {
+	schema, err := ioutil.ReadFile(filepath.Join(chartDir, "values.schema.json"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	valuesJSON, err := json.Marshal(values)
+	if err != nil {
+		return err
+	}
+	result, err := gojsonschema.Validate(gojsonschema.NewBytesLoader(schema), gojsonschema.NewBytesLoader(valuesJSON))
+	if err != nil {
+		return fmt.Errorf("%s: values.schema.json: %s", chart, err)
+	}
+	if result.Valid() {
+		return nil
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "values don't meet the specifications of the schema(s) in the following chart(s):\n%s:\n", chart)
+	for _, desc := range result.Errors() {
+		fmt.Fprintf(&sb, "- %s\n", desc)
+	}
+	return errors.New(sb.String())
+}
+
+// Files is the part of Helm's .Files the charts use: the chart's files outside templates/, by slash path.
+type Files struct{ dir string }
+
+func (f Files) GetBytes(name string) []byte {
+	clean := path.Clean(name)
+	if strings.HasPrefix(clean, "../") || clean == ".." || path.IsAbs(clean) || strings.HasPrefix(clean, "templates/") {
+		return nil
+	}
+	data, err := ioutil.ReadFile(filepath.Join(f.dir, filepath.FromSlash(clean)))
+	if err != nil {
+		return nil
+	}
+	return data
+}
+
+func (f Files) Get(name string) string { return string(f.GetBytes(name)) }

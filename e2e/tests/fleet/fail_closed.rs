@@ -48,13 +48,6 @@ fn condition_types(row: &Value) -> Vec<String> {
         .collect()
 }
 
-fn condition<'a>(row: &'a Value, type_: &str) -> &'a Value {
-    row["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_))
-        .unwrap_or(&Value::Null)
-}
-
 /// The value of a gauge line `NAME{LABELS} VALUE` in a metrics page.
 fn gauge(metrics: &str, series: &str) -> Option<f64> {
     metrics
@@ -117,7 +110,7 @@ async fn a_hub_on_an_empty_store_changes_nothing_until_adopted(postgres: bool) -
         "{metrics}"
     );
     assert!(
-        metrics.contains("tollgate_spoke_intents_refused_total{reason=\"OtherStore\"}"),
+        gauge(&metrics, "tollgate_spoke_intents_refused_total{reason=\"OtherStore\"}") >= Some(1.0),
         "{metrics}"
     );
     wait_until("a Warning Event Diverged", WAIT, || async {
@@ -702,8 +695,9 @@ async fn hub_readiness_follows_its_store() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The signals an alert needs: build versions, the spoke's hub connection, and when the hub last heard of each
-/// cluster — kept for a cluster whose spoke is gone, which is exactly when an alert must fire.
+/// The signals an alert needs: build versions, the spoke's hub connection, certificate expiry, and when the hub
+/// last heard of each cluster — kept for a cluster whose spoke is gone, which is exactly when an alert must fire.
+/// Every metric the charts' alerts and dashboards query is exposed by the running binaries.
 #[tokio::test]
 async fn metrics_show_versions_connections_and_when_each_cluster_was_last_heard_of() -> anyhow::Result<()> {
     let mut fleet = one_cluster(false).await?;
@@ -727,6 +721,71 @@ async fn metrics_show_versions_connections_and_when_each_cluster_was_last_heard_
         .as_secs_f64();
     let seen = gauge(&hub, series).unwrap_or_else(|| panic!("no {series}:\n{hub}"));
     assert!((now - seen).abs() < 60.0, "last seen {seen}, now {now}");
+    // Each certificate's notAfter, read from the files the processes were started with.
+    let certs = fleet.certs_dir();
+    let not_after = |file: &str| -> anyhow::Result<f64> {
+        let pem = std::fs::read(certs.join(file))?;
+        let seconds = tollgate_common::certificate::not_after_unix_seconds(&pem)
+            .ok_or_else(|| anyhow::anyhow!("{file} holds no certificate"))?;
+        Ok(seconds as f64)
+    };
+    for (metrics, series, file) in [
+        (
+            &hub,
+            "tollgate_hub_certificate_expiry_timestamp_seconds{certificate=\"serving\"}",
+            "hub.pem",
+        ),
+        (
+            &hub,
+            "tollgate_hub_certificate_expiry_timestamp_seconds{certificate=\"client-ca\"}",
+            "ca.pem",
+        ),
+        (
+            &spoke,
+            "tollgate_spoke_certificate_expiry_timestamp_seconds{certificate=\"client\"}",
+            "spoke-prod-east.pem",
+        ),
+    ] {
+        let expected = not_after(file)?;
+        assert!(expected > now + 86_400.0, "{file} expires in the future");
+        assert_eq!(
+            gauge(metrics, series),
+            Some(expected),
+            "{series} is {file}'s notAfter:\n{metrics}"
+        );
+    }
+    // Every metric the charts' alerts and dashboards query is one these binaries expose.
+    for (chart, values, metrics) in [
+        (
+            "tollgate-hub",
+            "tlsSecretName: t\nmetrics: {prometheusRule: {enabled: true}}\n",
+            &hub,
+        ),
+        (
+            "tollgate-spoke",
+            "standalone: false\nhub: {address: 'https://hub:7443', tls: {secretName: s}}\n\
+             metrics: {prometheusRule: {enabled: true}}\n",
+            &spoke,
+        ),
+    ] {
+        let folder = tollgate_e2e::workspace_root().join("deploy/charts").join(chart);
+        let rendered = tollgate_e2e::helm::render(&format!("deploy/charts/{chart}"), "t", SPOKE_NS, &[values])?;
+        let rules = serde_yaml_ng::Deserializer::from_str(&rendered)
+            .map(<Value as serde::Deserialize>::deserialize)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .find(|o| o["kind"] == "PrometheusRule")
+            .ok_or_else(|| anyhow::anyhow!("{chart} rendered no PrometheusRule"))?;
+        let dashboard = std::fs::read_to_string(folder.join(format!("dashboards/{chart}.json")))?;
+        for (what, text) in [
+            ("alerts", serde_yaml_ng::to_string(&rules["spec"])?),
+            ("dashboard", dashboard),
+        ] {
+            let names = tollgate_e2e::monitoring::metric_names(&text);
+            assert!(names.len() >= 4, "{chart} {what}: {names:?}");
+            tollgate_e2e::monitoring::ensure_exposed(&format!("the {chart} {what}"), &names, metrics)?;
+        }
+    }
 
     fleet.kill_spoke(PROD_EAST);
     fleet

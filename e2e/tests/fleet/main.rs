@@ -8,4 +8,5 @@ mod fail_closed;
 mod failures;
 mod intent;
 mod replicas;
+mod runbooks;
 mod support;

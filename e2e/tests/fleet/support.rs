@@ -166,3 +166,11 @@ pub async fn apply_llm_policy_and_wait(fleet: &Fleet) -> anyhow::Result<Vec<Valu
     }
     Ok(out)
 }
+
+/// The condition `type_` of a `status -o json` row (`null` when the cluster does not have it).
+pub fn condition<'a>(row: &'a Value, type_: &str) -> &'a Value {
+    row["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}

@@ -84,9 +84,12 @@ pub async fn serve<S: Store>(
     let plaintext = options.tls.is_none();
     if let Some(tls) = &options.tls {
         let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let (cert, client_ca) = (read(&tls.cert)?, read(&tls.client_ca)?);
+        options.metrics.record_certificate("serving", &cert);
+        options.metrics.record_certificate("client-ca", &client_ca);
         let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
+            .identity(Identity::from_pem(cert, read(&tls.key)?))
+            .client_ca_root(Certificate::from_pem(client_ca))
             .client_auth_optional(false)
             .timeout(TLS_HANDSHAKE_TIMEOUT);
         builder = builder.tls_config(config).context("configuring TLS")?;

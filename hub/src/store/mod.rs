@@ -19,6 +19,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tollgate_common::document::DocumentSet;
 
+pub mod backup;
 pub mod postgres;
 pub mod sqlite;
 

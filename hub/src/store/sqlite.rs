@@ -28,6 +28,10 @@ use super::{
 /// The database file's name within the data folder.
 pub const DATABASE_FILE: &str = "tollgate-hub.db";
 
+/// A file in the data folder that `tollgate-hub serve` holds an exclusive lock on while it serves, so that a second
+/// hub, or a restore, cannot use the folder at the same time.
+pub const LOCK_FILE: &str = "tollgate-hub.lock";
+
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -154,7 +158,30 @@ impl SqliteStore {
     }
 }
 
-fn configure(connection: &Connection) -> Result<(), StoreError> {
+/// Takes the data folder's exclusive lock ([`LOCK_FILE`]); fails at once, naming the folder, when another process
+/// holds it. Released when the returned file is dropped (or the process ends).
+pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+            "{} is in use by another process (a running hub holds {}); stop it first",
+            data_dir.display(),
+            LOCK_FILE
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Backend(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+}
+
+pub(super) fn configure(connection: &Connection) -> Result<(), StoreError> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -168,7 +195,7 @@ fn configure(connection: &Connection) -> Result<(), StoreError> {
 
 /// Applies every step of [`MIGRATIONS`] not yet recorded, each in its own transaction; refuses a database whose
 /// schema is newer than this build knows.
-fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     connection.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,

@@ -277,7 +277,7 @@ spec:
     )
 }
 
-fn policy(name: &str) -> Document {
+pub(crate) fn policy(name: &str) -> Document {
     policy_with_cidr(name, "10.0.0.0/8")
 }
 
@@ -301,7 +301,7 @@ spec:
     set.documents().next().expect("one document")
 }
 
-fn set_of(documents: impl IntoIterator<Item = Document>) -> DocumentSet {
+pub(crate) fn set_of(documents: impl IntoIterator<Item = Document>) -> DocumentSet {
     let mut set = DocumentSet::default();
     for document in documents {
         set.insert(document);
