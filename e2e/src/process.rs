@@ -245,6 +245,11 @@ mod tests {
         let child = ChildProcess::spawn("sleep", Path::new("/bin/sleep"), std::slice::from_ref(&marker), &log).unwrap();
         let pid = child.pid();
         assert!(process_is_alive(pid));
+        // Between fork and exec the child still shows the parent's command line: wait for the exec.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while pids_with_cmdline_containing(&marker).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(pids_with_cmdline_containing(&marker), vec![pid]);
         drop(child);
         assert!(!process_is_alive(pid));

@@ -669,24 +669,52 @@ async fn a_cache_that_cannot_be_written_is_reported_on_the_spoke_and_the_hub() -
     Ok(())
 }
 
+/// The process `pid` and its descendants (from /proc), parents first.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid …`: comm may hold spaces, so read after the last ')'.
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(parents.iter().filter(|(_, p)| *p == parent).map(|(c, _)| *c));
+        next += 1;
+    }
+    tree
+}
+
 /// Hub `/readyz` fails while its store does not answer (PostgreSQL stopped with SIGSTOP) and recovers after.
 #[tokio::test]
 async fn hub_readiness_follows_its_store() -> anyhow::Result<()> {
     let fleet = one_cluster(true).await?;
     assert_eq!(fleet.hub_http(0, "/readyz").await?.0, 200);
-    let pid = fleet
-        .postgres()
-        .expect("the fleet's PostgreSQL")
-        .process()
-        .pid()
-        .to_string();
-    let signal = |name: &str| std::process::Command::new("kill").args([name, &pid]).status();
-    anyhow::ensure!(signal("-STOP")?.success(), "kill -STOP {pid}");
+    // The server and every backend process: the hub's pooled connections are served by the backends, so stopping
+    // the postmaster alone leaves them answering.
+    let postmaster = fleet.postgres().expect("the fleet's PostgreSQL").process().pid();
+    let tree = process_tree(postmaster);
+    assert!(tree.len() > 1, "the postmaster has backends: {tree:?}");
+    let signal = |name: &str| -> anyhow::Result<()> {
+        let pids: Vec<String> = tree.iter().map(u32::to_string).collect();
+        let status = std::process::Command::new("kill").arg(name).args(&pids).status()?;
+        anyhow::ensure!(status.success(), "kill {name} {pids:?}");
+        Ok(())
+    };
+    signal("-STOP")?;
     let stopped = wait_until("hub /readyz fails", WAIT, || async {
         fleet.hub_http(0, "/readyz").await.is_ok_and(|(code, _)| code == 503)
     })
     .await;
-    anyhow::ensure!(signal("-CONT")?.success(), "kill -CONT {pid}");
+    signal("-CONT")?;
     stopped?;
     wait_until("hub /readyz recovers", WAIT, || async {
         fleet.hub_http(0, "/readyz").await.is_ok_and(|(code, _)| code == 200)
