@@ -113,6 +113,14 @@ impl Document {
         }
     }
 
+    /// The document's own labels (`metadata.labels`), which `get -l` and `apply --prune -l` select by.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        match self {
+            Self::Policy(p) => &p.metadata.labels,
+            Self::Guardrail(g) => &g.metadata.labels,
+        }
+    }
+
     pub fn cluster_selector(&self) -> Option<&LabelSelector> {
         match self {
             Self::Policy(p) => p.spec.cluster_selector.as_ref(),
@@ -223,6 +231,21 @@ impl DocumentSet {
                 self.guardrails.insert(g.metadata.name.clone(), g);
             }
         }
+    }
+
+    /// The set after an apply of `applied`: its documents added or replaced; with `prune`, first every current
+    /// document the selector matches (the empty selector: all) deleted, so that those not in `applied` are gone.
+    pub fn applied(&self, applied: &DocumentSet, prune: Option<&LabelSelector>) -> DocumentSet {
+        let mut next = DocumentSet::default();
+        for document in self.documents() {
+            if prune.is_none_or(|selector| !selector.matches(document.labels())) {
+                next.insert(document);
+            }
+        }
+        for document in applied.documents() {
+            next.insert(document);
+        }
+        next
     }
 
     /// Removes a document by kind and name; returns whether it existed.

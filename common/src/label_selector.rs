@@ -149,6 +149,102 @@ impl RawLabelSelector {
     }
 }
 
+impl LabelSelector {
+    /// Parses the command-line form kubectl's `-l` takes: comma-separated `key=value`, `key==value`, `key!=value`,
+    /// `key`, `!key`, `key in (a,b)`, `key notin (a,b)`. Errors name the term and the reason.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut selector = Self::default();
+        let mut errors = Vec::new();
+        for term in split_terms(text)? {
+            let term = term.trim();
+            if term.is_empty() {
+                return Err(format!(
+                    "selector {text:?}: an empty term (two commas, or a comma at an end)"
+                ));
+            }
+            let requirement = parse_term(term)?;
+            check_label_key(&requirement.key, term, &mut errors);
+            for value in &requirement.values {
+                check_label_value(value, term, &mut errors);
+            }
+            selector.match_expressions.push(requirement);
+        }
+        if let Some(error) = errors.first() {
+            return Err(format!("selector term {:?}: {}", error.path, error.reason));
+        }
+        selector.match_expressions.sort();
+        Ok(selector)
+    }
+}
+
+/// The terms of a selector: split at commas outside parentheses.
+fn split_terms(text: &str) -> Result<Vec<&str>, String> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| format!("selector {text:?}: unbalanced ')'"))?
+            }
+            ',' if depth == 0 => {
+                terms.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(format!("selector {text:?}: unbalanced '('"));
+    }
+    terms.push(&text[start..]);
+    Ok(terms)
+}
+
+fn parse_term(term: &str) -> Result<Requirement, String> {
+    let requirement = |key: &str, operator, values: Vec<String>| Requirement {
+        key: key.trim().to_string(),
+        operator,
+        values,
+    };
+    if let Some(key) = term.strip_prefix('!') {
+        return Ok(requirement(key, Operator::DoesNotExist, Vec::new()));
+    }
+    if let Some((key, value)) = term.split_once("!=") {
+        return Ok(requirement(key, Operator::NotIn, vec![value.trim().to_string()]));
+    }
+    if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
+        return Ok(requirement(key, Operator::In, vec![value.trim().to_string()]));
+    }
+    for (word, operator) in [(" notin ", Operator::NotIn), (" in ", Operator::In)] {
+        if let Some((key, set)) = term.split_once(word) {
+            let values = set
+                .trim()
+                .strip_prefix('(')
+                .and_then(|s| s.strip_suffix(')'))
+                .ok_or_else(|| {
+                    format!(
+                        "selector term {term:?}: the values of {} go in parentheses",
+                        word.trim()
+                    )
+                })?;
+            let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
+            if values.iter().any(String::is_empty) {
+                return Err(format!("selector term {term:?}: an empty value in the set"));
+            }
+            return Ok(requirement(key, operator, values));
+        }
+    }
+    if term.contains(|c: char| c.is_whitespace() || "()<>".contains(c)) {
+        return Err(format!(
+            "selector term {term:?}: expected key=value, key!=value, key, !key, key in (…) or key notin (…)"
+        ));
+    }
+    Ok(requirement(term, Operator::Exists, Vec::new()))
+}
+
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'
 }
@@ -211,6 +307,45 @@ pub(crate) fn check_label_value(value: &str, path: &str, errors: &mut Vec<FieldE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_selectors_parse_like_kubectl() {
+        let selector =
+            LabelSelector::parse("env=prod,tier==llm,region!=west,team,!legacy,zone in (a, b),os notin (x)").unwrap();
+        assert_eq!(
+            selector.match_expressions,
+            [
+                req("env", Operator::In, &["prod"]),
+                req("legacy", Operator::DoesNotExist, &[]),
+                req("os", Operator::NotIn, &["x"]),
+                req("region", Operator::NotIn, &["west"]),
+                req("team", Operator::Exists, &[]),
+                req("tier", Operator::In, &["llm"]),
+                req("zone", Operator::In, &["a", "b"]),
+            ]
+        );
+        let matching = labels(&[("env", "prod"), ("tier", "llm"), ("team", "x"), ("zone", "b")]);
+        assert!(selector.matches(&matching));
+        let mut west = matching.clone();
+        west.insert("region".into(), "west".into());
+        assert!(!selector.matches(&west));
+        assert!(
+            LabelSelector::parse("").is_err(),
+            "an empty selector is a mistake, not everything"
+        );
+        for (text, reason) in [
+            ("env=prod,", "an empty term"),
+            ("zone in (a", "unbalanced '('"),
+            ("zone in a,b", "go in parentheses"),
+            ("zone in (a,,b)", "an empty value"),
+            ("env=pr od", "invalid label value"),
+            ("-bad=x", "invalid label key"),
+            ("env prod", "expected key=value"),
+        ] {
+            let error = LabelSelector::parse(text).unwrap_err();
+            assert!(error.contains(reason), "{text:?}: {error}");
+        }
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

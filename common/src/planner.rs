@@ -485,6 +485,18 @@ pub fn destinations(policy: &NetworkPolicy) -> BTreeSet<String> {
     render::destinations(policy)
 }
 
+/// The destination lines of a cluster's full baseline (API server and DNS), as every scoped policy carries them.
+pub fn baseline_destinations(facts: &ClusterFacts, restricted_allow_dns: bool) -> BTreeSet<String> {
+    let baseline = Baseline::new(facts, restricted_allow_dns);
+    destinations(&NetworkPolicy {
+        spec: Some(k8s_openapi::api::networking::v1::NetworkPolicySpec {
+            egress: Some(baseline.full()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests;
 

@@ -93,6 +93,7 @@ struct StoredFacts {
     kubernetes_version: String,
     restricted_allow_dns: bool,
     policy_name_suffix: String,
+    spoke_version: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +124,7 @@ pub fn facts_to_json(message: &pb::ClusterFacts) -> String {
         kubernetes_version: message.kubernetes_version.clone(),
         restricted_allow_dns: message.restricted_allow_dns,
         policy_name_suffix: message.policy_name_suffix.clone(),
+        spoke_version: message.spoke_version.clone(),
     };
     serde_json::to_string(&stored).expect("facts serialize")
 }
@@ -149,6 +151,7 @@ pub fn facts_from_json(json: &str) -> Result<pb::ClusterFacts, String> {
         kubernetes_version: stored.kubernetes_version,
         restricted_allow_dns: stored.restricted_allow_dns,
         policy_name_suffix: stored.policy_name_suffix,
+        spoke_version: stored.spoke_version,
     })
 }
 

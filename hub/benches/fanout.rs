@@ -388,6 +388,7 @@ mod bench {
             }],
             dry_run: false,
             prune: false,
+            prune_selector: String::new(),
         }
     }
 

@@ -196,6 +196,7 @@ fn policy(apply: usize) -> pb::ApplyRequest {
         }],
         dry_run: false,
         prune: false,
+        prune_selector: String::new(),
     }
 }
 

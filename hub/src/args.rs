@@ -42,6 +42,8 @@ enum Command {
     Get(crate::cli::GetArgs),
     /// Delete one document.
     Delete(crate::cli::DeleteArgs),
+    /// Show one document, the clusters it selects now, and its YAML.
+    Describe(crate::cli::DescribeArgs),
     /// List every revision.
     History(crate::cli::HistoryArgs),
     /// Make the documents of an earlier revision the latest again.
@@ -56,6 +58,13 @@ enum Command {
     /// Back up and restore the embedded store.
     #[command(subcommand)]
     Store(crate::store_commands::StoreCommand),
+    /// The CLI's contexts: hubs and the admin certificates to reach them.
+    #[command(subcommand)]
+    Config(crate::config::ConfigCommand),
+    /// The versions of this client, the hub and each cluster's spoke, with a warning for each skew.
+    Version(crate::cli::VersionArgs),
+    /// Print a shell completion script: `source <(tollgate-hub completion bash)`.
+    Completion(crate::completion::CompletionArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,12 +159,16 @@ impl Args {
             Command::Apply(args) => runtime()?.block_on(args.run(out)),
             Command::Get(args) => runtime()?.block_on(args.run(out)),
             Command::Delete(args) => runtime()?.block_on(args.run(out)),
+            Command::Describe(args) => runtime()?.block_on(args.run(out)),
             Command::History(args) => runtime()?.block_on(args.run(out)),
             Command::Rollback(args) => runtime()?.block_on(args.run(out)),
             Command::Status(args) => runtime()?.block_on(args.run(out)),
             Command::Plan(args) => runtime()?.block_on(args.run(out)),
             Command::Clusters(command) => runtime()?.block_on(command.run(out)),
             Command::Store(command) => command.run(out),
+            Command::Config(command) => command.run(out),
+            Command::Completion(args) => args.run(out),
+            Command::Version(args) => runtime()?.block_on(args.run(out)),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
+use clap_complete::engine::ArgValueCandidates;
 use tollgate_proto::v1 as pb;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -14,12 +15,17 @@ use crate::args::FileArgs;
 use crate::render;
 use crate::sources::read_sources;
 
-/// How to reach the hub.
+/// How to reach the hub: flags, else `TOLLGATE_*` variables, else the context of the CLI configuration
+/// (`tollgate-hub config`), else a local hub.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Connection {
-    /// Hub address: `https://host:port` (or `http://` with --insecure-dev-plaintext).
-    #[arg(long, env = "TOLLGATE_HUB", default_value = "https://127.0.0.1:7443")]
-    pub hub: String,
+    /// The context of the CLI configuration to use (default: its current context).
+    #[arg(long, env = "TOLLGATE_CONTEXT")]
+    pub context: Option<String>,
+    /// Hub address: `https://host:port` (or `http://` with --insecure-dev-plaintext); default
+    /// `https://127.0.0.1:7443`.
+    #[arg(long, env = "TOLLGATE_HUB")]
+    pub hub: Option<String>,
     /// CA certificate that signed the hub's certificate (PEM).
     #[arg(long, env = "TOLLGATE_CA")]
     pub ca: Option<PathBuf>,
@@ -37,24 +43,54 @@ pub struct Connection {
     pub insecure_dev_plaintext: bool,
 }
 
+/// The default hub address.
+const LOCAL_HUB: &str = "https://127.0.0.1:7443";
+
 impl Connection {
+    /// Fills what flags and variables left unset from the context (a named one must exist).
+    fn resolved(&self) -> anyhow::Result<Self> {
+        let path = crate::config::path()?;
+        let config = crate::config::Config::load(&path)?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let context = config.resolve(self.context.as_deref(), base)?.unwrap_or_default();
+        let from_context = !context.hub.is_empty();
+        Ok(Self {
+            context: self.context.clone(),
+            hub: self
+                .hub
+                .clone()
+                .or(from_context.then_some(context.hub))
+                .or(Some(LOCAL_HUB.to_string())),
+            ca: self.ca.clone().or(context.ca),
+            cert: self.cert.clone().or(context.cert),
+            key: self.key.clone().or(context.key),
+            tls_server_name: self.tls_server_name.clone().or(context.tls_server_name),
+            insecure_dev_plaintext: self.insecure_dev_plaintext,
+        })
+    }
+
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        tollgate_proto::check_hub_address(&self.hub, self.insecure_dev_plaintext)
+        let this = self.resolved()?;
+        let hub = this.hub.clone().unwrap_or_else(|| LOCAL_HUB.to_string());
+        tollgate_proto::check_hub_address(&hub, this.insecure_dev_plaintext)
             .map_err(|reason| anyhow::anyhow!("--hub {reason}"))?;
-        let mut endpoint = Channel::from_shared(self.hub.clone()).with_context(|| format!("--hub {:?}", self.hub))?;
-        if self.insecure_dev_plaintext {
-            if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+        let mut endpoint = Channel::from_shared(hub.clone()).with_context(|| format!("--hub {hub:?}"))?;
+        if this.insecure_dev_plaintext {
+            if this.ca.is_some() || this.cert.is_some() || this.key.is_some() {
                 bail!("--insecure-dev-plaintext cannot be combined with TLS files (--ca, --cert, --key)");
             }
         } else {
-            let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
-                bail!("mTLS needs --ca, --cert and --key (or TOLLGATE_CA, TOLLGATE_CERT, TOLLGATE_KEY)");
+            let (Some(ca), Some(cert), Some(key)) = (&this.ca, &this.cert, &this.key) else {
+                bail!(
+                    "mTLS needs --ca, --cert and --key (or TOLLGATE_CA, TOLLGATE_CERT, TOLLGATE_KEY, or a context: \
+                     `tollgate-hub config set-context`)"
+                );
             };
             let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
             let mut tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(ca)?))
                 .identity(Identity::from_pem(read(cert)?, read(key)?));
-            if let Some(name) = &self.tls_server_name {
+            if let Some(name) = &this.tls_server_name {
                 tls = tls.domain_name(name.clone());
             }
             endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
@@ -62,7 +98,7 @@ impl Connection {
         let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("connecting to the hub at {}", self.hub))?;
+            .with_context(|| format!("connecting to the hub at {hub}"))?;
         Ok(AdminClient::new(channel).max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES))
     }
 }
@@ -101,11 +137,84 @@ fn valid_sources(files: &FileArgs, consequence: &str) -> anyhow::Result<Option<V
     ))
 }
 
+/// `-o`: a table, a wider table, `kind/name` lines, or the rows as JSON or YAML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
+    Wide,
+    Name,
     Yaml,
     Json,
+}
+
+impl Output {
+    fn style(self, no_headers: bool) -> render::Style {
+        render::Style {
+            wide: self == Self::Wide,
+            headers: !no_headers,
+        }
+    }
+}
+
+/// Which hub documents `--prune` may delete: `--all`, or those a label selector matches.
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Delete hub documents that are not in the files: needs --all or -l/--selector, which says which.
+    #[arg(long)]
+    prune: bool,
+    /// With --prune: every hub document not in the files may be deleted.
+    #[arg(long, requires = "prune", conflicts_with = "prune_selector")]
+    all: bool,
+    /// With --prune: only hub documents whose labels match (kubectl syntax, e.g. `team=payments`) may be deleted.
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR", requires = "prune")]
+    prune_selector: Option<String>,
+}
+
+impl PruneArgs {
+    /// `(prune, prune_selector)` of the request; refuses a bare --prune.
+    fn request(&self) -> anyhow::Result<(bool, String)> {
+        match (self.prune, self.all, &self.prune_selector) {
+            (false, _, _) => Ok((false, String::new())),
+            (true, true, _) => Ok((true, String::new())),
+            (true, false, Some(selector)) => {
+                tollgate_common::LabelSelector::parse(selector).map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))?;
+                Ok((true, selector.clone()))
+            }
+            (true, false, None) => bail!(
+                "--prune deletes hub documents that are not in the files: add --all to allow deleting any of them, or \
+                 -l SELECTOR to allow only those whose labels match (preview with --dry-run or `plan`)"
+            ),
+        }
+    }
+}
+
+/// Exit codes of `plan --exit-code` and `apply --dry-run --exit-code`, like `diff`: 0 no change, 1 changes.
+fn change_exit_code(exit_code: bool, changed: bool) -> ExitCode {
+    if exit_code && changed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Invalid documents: exit 1, or 2 with `--exit-code` (where 1 means "changes").
+fn invalid_input(exit_code: bool) -> ExitCode {
+    if exit_code {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// With `--exit-code`, trouble exits 2 (1 means "changes"), printed as `main` prints errors.
+fn trouble(exit_code: bool, result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(error) if exit_code => {
+            eprintln!("error: {error:#}");
+            Ok(ExitCode::from(2))
+        }
+        other => other,
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,28 +224,38 @@ pub struct ApplyArgs {
     /// Validate and show the changes without committing.
     #[arg(long)]
     dry_run: bool,
-    /// Delete hub documents that are not in the files.
-    #[arg(long)]
-    prune: bool,
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// With --dry-run: exit 1 when the apply would change anything, 0 when not, 2 on errors (like `diff`).
+    #[arg(long, requires = "dry_run")]
+    exit_code: bool,
     #[command(flatten)]
     connection: Connection,
 }
 
 impl ApplyArgs {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+        let exit_code = self.exit_code;
+        trouble(exit_code, self.apply(out).await)
+    }
+
+    async fn apply(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         let Self {
             files,
             dry_run,
             prune,
+            exit_code,
             connection,
         } = self;
+        let (prune, prune_selector) = prune.request()?;
         let Some(sources) = valid_sources(&files, "nothing was applied")? else {
-            return Ok(ExitCode::FAILURE);
+            return Ok(invalid_input(exit_code));
         };
         let request = pb::ApplyRequest {
             sources,
             dry_run,
             prune,
+            prune_selector,
         };
         let response = connection
             .admin()
@@ -146,7 +265,8 @@ impl ApplyArgs {
             .map_err(call_error)?
             .into_inner();
         out.write_all(render::apply_result(&response, dry_run, dry_run).as_bytes())?;
-        Ok(ExitCode::SUCCESS)
+        let changed = response.changes.iter().any(|c| c.action != "unchanged");
+        Ok(change_exit_code(exit_code, changed))
     }
 }
 
@@ -154,28 +274,48 @@ impl ApplyArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     files: FileArgs,
-    /// Preview as if hub documents not in the files were deleted.
-    #[arg(long)]
-    prune: bool,
-    /// Output format: the readable preview, or one object per cluster.
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// Output format: the readable preview (`wide`: with every baseline address), or one object per cluster.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// List the baseline's addresses (API server, DNS) instead of one `baseline` line, as -o wide does.
+    #[arg(long)]
+    show_baseline: bool,
+    /// Exit 1 when the change would change any agent's egress, 0 when not, 2 on errors (like `diff`).
+    #[arg(long)]
+    exit_code: bool,
     #[command(flatten)]
     connection: Connection,
 }
 
 impl PlanArgs {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+        let exit_code = self.exit_code;
+        trouble(exit_code, self.plan(out).await)
+    }
+
+    async fn plan(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         let Self {
             files,
             prune,
             output,
+            show_baseline,
+            exit_code,
             connection,
         } = self;
+        let (prune, prune_selector) = prune.request()?;
+        if output == Output::Name {
+            bail!("-o name: plan prints table, wide, json or yaml");
+        }
         let Some(sources) = valid_sources(&files, "nothing to preview")? else {
-            return Ok(ExitCode::FAILURE);
+            return Ok(invalid_input(exit_code));
         };
-        let request = pb::PlanRequest { sources, prune };
+        let request = pb::PlanRequest {
+            sources,
+            prune,
+            prune_selector,
+        };
         let response = connection
             .admin()
             .await?
@@ -184,18 +324,30 @@ impl PlanArgs {
             .map_err(call_error)?
             .into_inner();
         let text = match output {
-            Output::Table => crate::plan::render(&response.clusters),
+            Output::Table | Output::Wide | Output::Name => {
+                crate::plan::render(&response.clusters, show_baseline || output == Output::Wide)
+            }
             Output::Json => serde_json::to_string_pretty(&crate::plan::rows(&response.clusters))? + "\n",
             Output::Yaml => serde_yaml_ng::to_string(&crate::plan::rows(&response.clusters))?,
         };
         out.write_all(text.as_bytes())?;
-        Ok(ExitCode::SUCCESS)
+        let changed = response.clusters.iter().any(|c| !c.agents.is_empty());
+        Ok(change_exit_code(exit_code, changed))
     }
 }
 
+/// A kind of hub document, named as kubectl names kinds: plural, singular, short name or the kind itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
+    #[value(
+        name = "egresspolicies",
+        aliases = ["egresspolicy", "ep", "policies", "policy", "EgressPolicy", "EgressPolicies"]
+    )]
     Policies,
+    #[value(
+        name = "egressguardrails",
+        aliases = ["egressguardrail", "eg", "guardrails", "guardrail", "EgressGuardrail", "EgressGuardrails"]
+    )]
     Guardrails,
 }
 
@@ -208,12 +360,44 @@ impl Kind {
     }
 }
 
+/// The documents of a kind (one by name) at the latest or a past revision, and that revision.
+pub(crate) async fn documents(
+    connection: &Connection,
+    kind: Kind,
+    name: Option<&str>,
+    revision: Option<u64>,
+) -> anyhow::Result<(tollgate_common::DocumentSet, u64)> {
+    let response = connection
+        .admin()
+        .await?
+        .get(pb::GetRequest {
+            kind: kind.document_kind().to_string(),
+            name: name.unwrap_or_default().to_string(),
+            revision: revision.unwrap_or(0),
+        })
+        .await
+        .map_err(call_error)?
+        .into_inner();
+    let set = tollgate_common::wire::documents_from_wire(&response.documents)
+        .map_err(|errors| anyhow::anyhow!("the hub sent invalid documents: {}", errors[0]))?;
+    Ok((set, response.revision))
+}
+
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
+    /// egresspolicies (egresspolicy, ep) or egressguardrails (egressguardrail, eg).
+    #[arg(ignore_case = true)]
     kind: Kind,
+    #[arg(add = ArgValueCandidates::new(crate::completion::document_names))]
     name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Only documents whose labels match (kubectl syntax: `team=payments,env!=dev`).
+    #[arg(short = 'l', long = "selector", conflicts_with = "name")]
+    selector: Option<String>,
+    /// Print the table without its header line.
+    #[arg(long)]
+    no_headers: bool,
     /// A past revision instead of the latest.
     #[arg(long)]
     revision: Option<u64>,
@@ -227,46 +411,50 @@ impl GetArgs {
             kind,
             name,
             output,
+            selector,
+            no_headers,
             revision,
             connection,
         } = self;
-        let response = connection
-            .admin()
-            .await?
-            .get(pb::GetRequest {
-                kind: kind.document_kind().to_string(),
-                name: name.unwrap_or_default(),
-                revision: revision.unwrap_or(0),
-            })
-            .await
-            .map_err(call_error)?
-            .into_inner();
-        let set = tollgate_common::wire::documents_from_wire(&response.documents)
-            .map_err(|errors| anyhow::anyhow!("the hub sent invalid documents: {}", errors[0]))?;
-        match output {
-            Output::Yaml => out.write_all(set.to_yaml().as_bytes())?,
+        let selector = selector
+            .map(|text| tollgate_common::LabelSelector::parse(&text))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))?;
+        let (mut set, revision) = documents(&connection, kind, name.as_deref(), revision).await?;
+        if let Some(selector) = &selector {
+            set = set.documents().filter(|d| selector.matches(d.labels())).fold(
+                tollgate_common::DocumentSet::default(),
+                |mut kept, d| {
+                    kept.insert(d);
+                    kept
+                },
+            );
+        }
+        let text = match output {
+            Output::Yaml => set.to_yaml(),
             Output::Json => {
                 let docs: Vec<serde_json::Value> = set
                     .documents()
                     .map(|d| serde_yaml_ng::from_str(&d.to_yaml()).expect("canonical YAML parses"))
                     .collect();
-                writeln!(out, "{}", serde_json::to_string_pretty(&docs)?)?;
+                serde_json::to_string_pretty(&docs)? + "\n"
             }
-            Output::Table => {
-                let summary = crate::validate::render_summary(&set);
-                let table: String = summary.lines().take(set.len() + 1).map(|l| format!("{l}\n")).collect();
-                out.write_all(table.as_bytes())?;
-                writeln!(out, "revision {}", response.revision)?;
+            Output::Name => render::document_names(&set),
+            Output::Table | Output::Wide => {
+                render::documents_view(&set, kind.document_kind(), revision, output.style(no_headers))
             }
-        }
+        };
+        out.write_all(text.as_bytes())?;
         Ok(ExitCode::SUCCESS)
     }
 }
 
 #[derive(Debug, clap::Args)]
 pub struct DeleteArgs {
-    /// EgressPolicy or EgressGuardrail (or policy / guardrail).
-    kind: String,
+    /// egresspolicies (egresspolicy, ep) or egressguardrails (egressguardrail, eg).
+    #[arg(ignore_case = true)]
+    kind: Kind,
+    #[arg(add = ArgValueCandidates::new(crate::completion::document_names))]
     name: String,
     #[command(flatten)]
     connection: Connection,
@@ -275,11 +463,7 @@ pub struct DeleteArgs {
 impl DeleteArgs {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         let Self { kind, name, connection } = self;
-        let kind = match kind.to_ascii_lowercase().as_str() {
-            "egresspolicy" | "policy" | "policies" => tollgate_common::document::KIND_POLICY,
-            "egressguardrail" | "guardrail" | "guardrails" => tollgate_common::document::KIND_GUARDRAIL,
-            _ => bail!("unknown kind {kind:?}: expected EgressPolicy or EgressGuardrail"),
-        };
+        let kind = kind.document_kind();
         let response = connection
             .admin()
             .await?
@@ -291,6 +475,37 @@ impl DeleteArgs {
             .map_err(call_error)?
             .into_inner();
         writeln!(out, "{kind}/{name} deleted\nrevision {}", response.revision)?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DescribeArgs {
+    /// egresspolicies (egresspolicy, ep) or egressguardrails (egressguardrail, eg).
+    #[arg(ignore_case = true)]
+    kind: Kind,
+    #[arg(add = ArgValueCandidates::new(crate::completion::document_names))]
+    name: String,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+impl DescribeArgs {
+    pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+        let Self { kind, name, connection } = self;
+        let (set, revision) = documents(&connection, kind, Some(&name), None).await?;
+        let document = set
+            .documents()
+            .next()
+            .with_context(|| format!("{} {name:?} is not on the hub", kind.document_kind()))?;
+        let status = connection
+            .admin()
+            .await?
+            .fleet_status(pb::FleetStatusRequest::default())
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        out.write_all(render::describe(&document, revision, &status).as_bytes())?;
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -347,16 +562,33 @@ impl RollbackArgs {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Show the agents of one cluster.
-    #[arg(long)]
+    #[arg(long, add = ArgValueCandidates::new(crate::completion::cluster_ids))]
     cluster: Option<String>,
-    /// Refresh every second until interrupted.
-    #[arg(long)]
+    /// Follow changes from the hub's watch stream: on a terminal the table is redrawn in place; otherwise (or with
+    /// -o json|yaml|name) each changed row is printed once, with no control characters (NDJSON for json).
+    #[arg(short = 'w', long)]
     watch: bool,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Only clusters whose labels match (kubectl syntax: `env=prod,region in (eu,us)`).
+    #[arg(short = 'l', long = "selector", conflicts_with = "cluster")]
+    selector: Option<String>,
+    /// Order of the clusters (ascending).
+    #[arg(long, value_enum, default_value_t = render::SortBy::Cluster, conflicts_with = "cluster")]
+    sort_by: render::SortBy,
+    /// Print the table without its header line (and without the notes under it).
+    #[arg(long)]
+    no_headers: bool,
+    /// Exit 3 when a (selected) cluster is disconnected, behind the latest revision, or reports a condition: for CI
+    /// and cron.
+    #[arg(long, conflicts_with_all = ["cluster", "watch"])]
+    fail_on_disconnected: bool,
     #[command(flatten)]
     connection: Connection,
 }
+
+/// The exit code of `status --fail-on-disconnected` when a cluster is not healthy.
+const UNHEALTHY: u8 = 3;
 
 impl StatusArgs {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
@@ -364,15 +596,42 @@ impl StatusArgs {
             cluster,
             watch,
             output,
+            selector,
+            sort_by,
+            no_headers,
+            fail_on_disconnected,
             connection,
         } = self;
+        let selector = selector
+            .map(|text| tollgate_common::LabelSelector::parse(&text))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))?;
+        let view = StatusView {
+            cluster: cluster.clone(),
+            output,
+            style: output.style(no_headers),
+            selector,
+            sort_by,
+        };
         let request = pb::FleetStatusRequest {
-            cluster_id: cluster.clone().unwrap_or_default(),
+            cluster_id: cluster.unwrap_or_default(),
         };
         let mut client = connection.admin().await?;
         if !watch {
-            let status = client.fleet_status(request).await.map_err(call_error)?.into_inner();
-            out.write_all(render_status(&status, cluster.is_some(), output)?.as_bytes())?;
+            let mut status = client.fleet_status(request).await.map_err(call_error)?.into_inner();
+            let now = now_millis();
+            view.select(&mut status, now);
+            out.write_all(view.render(&status, now)?.as_bytes())?;
+            if fail_on_disconnected {
+                let unhealthy = render::unhealthy(&status);
+                if !unhealthy.is_empty() {
+                    let mut err = std::io::stderr().lock();
+                    for (cluster, why) in &unhealthy {
+                        writeln!(err, "cluster {cluster}: {why}")?;
+                    }
+                    return Ok(ExitCode::from(UNHEALTHY));
+                }
+            }
             return Ok(ExitCode::SUCCESS);
         }
         let mut stream = client
@@ -380,25 +639,106 @@ impl StatusArgs {
             .await
             .map_err(call_error)?
             .into_inner();
-        while let Some(status) = stream.message().await.map_err(call_error)? {
-            // Clear the screen and redraw in place.
-            out.write_all(b"\x1b[H\x1b[2J")?;
-            out.write_all(render_status(&status, cluster.is_some(), output)?.as_bytes())?;
+        let redraw = output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let mut previous: Option<pb::FleetStatusResponse> = None;
+        while let Some(mut status) = stream.message().await.map_err(call_error)? {
+            let now = now_millis();
+            view.select(&mut status, now);
+            if redraw {
+                // A terminal: clear the screen and redraw the table in place.
+                out.write_all(b"\x1b[H\x1b[2J")?;
+                out.write_all(view.render(&status, now)?.as_bytes())?;
+            } else {
+                out.write_all(view.changes(previous.as_ref(), &status, now)?.as_bytes())?;
+            }
             out.flush()?;
+            previous = Some(status);
         }
         Ok(ExitCode::SUCCESS)
     }
 }
 
-fn render_status(status: &pb::FleetStatusResponse, agents: bool, output: Output) -> anyhow::Result<String> {
-    Ok(match (agents, output) {
-        (false, Output::Table) => render::clusters_table(status, now_millis()),
-        (true, Output::Table) => render::agents_table(status),
-        (false, Output::Json) => serde_json::to_string_pretty(&render::cluster_rows(status))? + "\n",
-        (true, Output::Json) => serde_json::to_string_pretty(&render::agent_rows(status))? + "\n",
-        (false, Output::Yaml) => serde_yaml_ng::to_string(&render::cluster_rows(status))?,
-        (true, Output::Yaml) => serde_yaml_ng::to_string(&render::agent_rows(status))?,
-    })
+/// What `status` shows, and how.
+struct StatusView {
+    cluster: Option<String>,
+    output: Output,
+    style: render::Style,
+    selector: Option<tollgate_common::LabelSelector>,
+    sort_by: render::SortBy,
+}
+
+impl StatusView {
+    fn select(&self, status: &mut pb::FleetStatusResponse, now: i64) {
+        if self.cluster.is_none() {
+            render::select_clusters(status, self.selector.as_ref(), self.sort_by, now);
+        }
+    }
+
+    fn render(&self, status: &pb::FleetStatusResponse, now: i64) -> anyhow::Result<String> {
+        Ok(match (&self.cluster, self.output) {
+            (None, Output::Table | Output::Wide) => render::clusters_view(status, now, self.style),
+            (Some(cluster), Output::Table | Output::Wide) => render::agents_view(status, cluster, self.style),
+            (None, Output::Name) => render::cluster_names(status),
+            (Some(_), Output::Name) => render::agent_names(status),
+            (None, Output::Json) => serde_json::to_string_pretty(&render::cluster_rows(status))? + "\n",
+            (Some(_), Output::Json) => serde_json::to_string_pretty(&render::agent_rows(status))? + "\n",
+            (None, Output::Yaml) => serde_yaml_ng::to_string(&render::cluster_rows(status))?,
+            (Some(_), Output::Yaml) => serde_yaml_ng::to_string(&render::agent_rows(status))?,
+        })
+    }
+
+    /// For a pipe: the rows that changed since `previous` (every row the first time), one line or object each.
+    fn changes(
+        &self,
+        previous: Option<&pb::FleetStatusResponse>,
+        status: &pb::FleetStatusResponse,
+        now: i64,
+    ) -> anyhow::Result<String> {
+        let format = match self.output {
+            Output::Json => render::WatchFormat::Json,
+            Output::Yaml => render::WatchFormat::Yaml,
+            Output::Name => render::WatchFormat::Name,
+            Output::Table | Output::Wide => render::WatchFormat::Table(self.style),
+        };
+        Ok(match &self.cluster {
+            None => render::watch_clusters(previous, status, now, format)?,
+            Some(_) => render::watch_agents(previous, status, format)?,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VersionArgs {
+    /// The client's version only, without asking the hub.
+    #[arg(long)]
+    client: bool,
+    #[command(flatten)]
+    connection: Connection,
+}
+
+impl VersionArgs {
+    pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+        let client = env!("CARGO_PKG_VERSION");
+        if self.client {
+            writeln!(out, "client: {client}")?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let status = self
+            .connection
+            .admin()
+            .await?
+            .fleet_status(pb::FleetStatusRequest::default())
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        let (text, warnings) = render::versions(client, &status);
+        out.write_all(text.as_bytes())?;
+        let mut err = std::io::stderr().lock();
+        for warning in warnings {
+            writeln!(err, "warning: {warning}")?;
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// `tollgate-hub clusters …`: the clusters the hub serves.
@@ -409,6 +749,7 @@ pub enum ClustersCommand {
     /// admin says so.
     Adopt {
         /// The cluster id.
+        #[arg(add = ArgValueCandidates::new(crate::completion::cluster_ids))]
         cluster: String,
         #[command(flatten)]
         connection: Connection,

@@ -3,6 +3,8 @@
 pub mod args;
 pub mod certs;
 pub mod cli;
+pub mod completion;
+pub mod config;
 pub mod grpc;
 pub mod metrics;
 pub mod plan;

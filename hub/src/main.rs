@@ -4,6 +4,7 @@ use clap::Parser;
 use tollgate_hub::args::Args;
 
 fn main() -> std::process::ExitCode {
+    tollgate_hub::completion::answer_if_asked();
     let args = Args::parse();
     args.init_tracing();
     match args.run() {

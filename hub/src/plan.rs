@@ -38,6 +38,9 @@ pub async fn preview<S: Store>(
         }
         out.push(pb::ClusterPlan {
             cluster_id: cluster.id.clone(),
+            baseline: planner::baseline_destinations(&facts, config.restricted_allow_dns)
+                .into_iter()
+                .collect(),
             agents: changes(
                 &config,
                 &facts,
@@ -182,8 +185,10 @@ pub fn rows(plans: &[pb::ClusterPlan]) -> Vec<ClusterPlanRow> {
         .collect()
 }
 
-/// The preview as text: one block per cluster, `+` gained and `-` lost destinations per agent.
-pub fn render(plans: &[pb::ClusterPlan]) -> String {
+/// The preview as text: one block per cluster, `+` gained and `-` lost destinations per agent. Unless
+/// `show_baseline`, an agent that gains or loses its whole baseline (leaving or entering allow-all) shows it as one
+/// `baseline: API server, DNS` line, so that the destinations that matter are not buried.
+pub fn render(plans: &[pb::ClusterPlan], show_baseline: bool) -> String {
     let mut out = String::new();
     let mut total = 0;
     for cluster in plans {
@@ -204,11 +209,16 @@ pub fn render(plans: &[pb::ClusterPlan]) -> String {
                 format!("{} -> {}", agent.mode_before, agent.mode_after)
             };
             out.push_str(&format!("  {}/{}: {mode}\n", agent.namespace, agent.name));
-            for line in &agent.gained {
-                out.push_str(&format!("    + {line}\n"));
-            }
-            for line in &agent.lost {
-                out.push_str(&format!("    - {line}\n"));
+            for (sign, lines) in [('+', &agent.gained), ('-', &agent.lost)] {
+                let whole = !show_baseline
+                    && !cluster.baseline.is_empty()
+                    && cluster.baseline.iter().all(|line| lines.contains(line));
+                if whole {
+                    out.push_str(&format!("    {sign} baseline: API server, DNS\n"));
+                }
+                for line in lines.iter().filter(|line| !whole || !cluster.baseline.contains(line)) {
+                    out.push_str(&format!("    {sign} {line}\n"));
+                }
             }
         }
     }
@@ -335,14 +345,16 @@ mod tests {
                     gained: vec!["104.18.0.0/16 TCP/443".into()],
                     lost: vec!["* any port".into()],
                 }],
+                baseline: vec![],
             },
             pb::ClusterPlan {
                 cluster_id: "dev".into(),
                 agents: vec![],
+                baseline: vec![],
             },
         ];
         assert_eq!(
-            render(&plans),
+            render(&plans, false),
             "\
 cluster prod-eu: 1 agent(s) change
   team-a/weather: allow-all -> scoped
@@ -352,5 +364,50 @@ cluster dev: no change
 1 agent(s) in 1 cluster(s) would change
 "
         );
+    }
+
+    /// An agent leaving allow-all gains the whole baseline: one line says so, unless asked for every address; a
+    /// change that touches only part of the baseline still lists each line.
+    #[test]
+    fn the_whole_baseline_is_one_line_unless_asked() {
+        let baseline: Vec<String> = ["192.0.2.10/32 TCP/6443", "10.96.0.10/32 UDP/53", "10.96.0.10/32 TCP/53"]
+            .map(String::from)
+            .to_vec();
+        let agent = |gained: &[&str], lost: &[&str]| pb::AgentPlan {
+            namespace: "team-a".into(),
+            name: "chat".into(),
+            mode_before: "allow-all".into(),
+            mode_after: "scoped".into(),
+            gained: gained.iter().map(|s| s.to_string()).collect(),
+            lost: lost.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut gained: Vec<&str> = baseline.iter().map(String::as_str).collect();
+        gained.push("104.18.0.0/16 TCP/443");
+        let plans = vec![pb::ClusterPlan {
+            cluster_id: "prod".into(),
+            agents: vec![agent(&gained, &["* any port"])],
+            baseline: baseline.clone(),
+        }];
+        assert_eq!(
+            render(&plans, false),
+            "\
+cluster prod: 1 agent(s) change
+  team-a/chat: allow-all -> scoped
+    + baseline: API server, DNS
+    + 104.18.0.0/16 TCP/443
+    - * any port
+1 agent(s) in 1 cluster(s) would change
+"
+        );
+        let every = render(&plans, true);
+        for line in &baseline {
+            assert!(every.contains(&format!("    + {line}\n")), "{every}");
+        }
+        assert!(!every.contains("baseline:"), "{every}");
+        let partial = vec![pb::ClusterPlan {
+            agents: vec![agent(&["192.0.2.10/32 TCP/6443"], &[])],
+            ..plans[0].clone()
+        }];
+        assert!(render(&partial, false).contains("    + 192.0.2.10/32 TCP/6443\n"));
     }
 }

@@ -104,23 +104,87 @@ pub fn cluster_rows(status: &pb::FleetStatusResponse) -> Vec<ClusterRow> {
 }
 
 pub fn clusters_table(status: &pb::FleetStatusResponse, now_unix_millis: i64) -> String {
-    let mut rows = vec![
-        [
-            "CLUSTER",
-            "LABELS",
-            "CONNECTED",
-            "LAST SEEN",
-            "REVISION",
-            "AGENTS",
-            "SCOPED",
-            "ALLOW-ALL",
-            "BASELINE-ONLY",
-            "RESTRICTED",
-            "ERRORS",
-            "STATUS",
-        ]
-        .map(String::from),
+    clusters_view(status, now_unix_millis, Style::TABLE)
+}
+
+/// How a table is printed: `-o table` or `-o wide`, with or without the header line (and the notes under it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub wide: bool,
+    pub headers: bool,
+}
+
+impl Style {
+    pub const TABLE: Self = Self {
+        wide: false,
+        headers: true,
+    };
+}
+
+/// Rows (the first is the header) aligned in columns; the header and the notes under the table only with headers.
+fn table(rows: Vec<Vec<String>>, style: Style, notes: &str) -> String {
+    let width = rows.first().map_or(0, Vec::len);
+    let mut widths = vec![0usize; width];
+    let shown: Vec<&Vec<String>> = rows.iter().skip(usize::from(!style.headers)).collect();
+    for row in &shown {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in shown {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 < width {
+                    format!("{cell:<width$}   ", width = widths[i])
+                } else {
+                    cell.clone()
+                }
+            })
+            .collect();
+        out.push_str(line.concat().trim_end());
+        out.push('\n');
+    }
+    if style.headers {
+        out.push_str(notes);
+    }
+    out
+}
+
+/// How far a cluster is behind the latest revision.
+fn lag(status: &pb::FleetStatusResponse, cluster: &pb::ClusterStatus) -> u64 {
+    status.latest_revision.saturating_sub(cluster.applied_revision)
+}
+
+/// The fleet's clusters as a table; `wide` adds the revision lag and the conditions' reasons.
+pub fn clusters_view(status: &pb::FleetStatusResponse, now_unix_millis: i64, style: Style) -> String {
+    if status.clusters.is_empty() {
+        return if style.headers {
+            NO_CLUSTER.to_string()
+        } else {
+            String::new()
+        };
+    }
+    let mut header = vec![
+        "CLUSTER",
+        "LABELS",
+        "CONNECTED",
+        "LAST SEEN",
+        "REVISION",
+        "AGENTS",
+        "SCOPED",
+        "ALLOW-ALL",
+        "BASELINE-ONLY",
+        "RESTRICTED",
+        "ERRORS",
+        "STATUS",
     ];
+    if style.wide {
+        header.extend(["LAG", "REASONS"]);
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     let mut notes = String::new();
     for c in &status.clusters {
         for condition in condition_rows(&c.conditions) {
@@ -129,7 +193,7 @@ pub fn clusters_table(status: &pb::FleetStatusResponse, now_unix_millis: i64) ->
                 c.cluster_id, condition.type_, condition.message
             ));
         }
-        rows.push([
+        let mut row = vec![
             c.cluster_id.clone(),
             labels_text(&c.labels),
             if c.connected { "yes" } else { "no" }.to_string(),
@@ -146,9 +210,90 @@ pub fn clusters_table(status: &pb::FleetStatusResponse, now_unix_millis: i64) ->
             c.agents_restricted.to_string(),
             c.errors.to_string(),
             state_text(&c.conditions),
-        ]);
+        ];
+        if style.wide {
+            let reasons: Vec<String> = condition_rows(&c.conditions).into_iter().map(|c| c.reason).collect();
+            row.push(lag(status, c).to_string());
+            row.push(if reasons.is_empty() {
+                "-".to_string()
+            } else {
+                reasons.join(",")
+            });
+        }
+        rows.push(row);
     }
-    render_table(&rows) + &notes
+    table(rows, style, &notes)
+}
+
+/// What `status` says when no cluster has connected yet: the next step, not a bare header.
+pub const NO_CLUSTER: &str = "No cluster has connected to this hub yet. In each cluster, install the tollgate-spoke \
+chart with hub.address set to this hub and a client certificate from `tollgate-hub certs spoke --cluster-id ID` \
+(see deploy/charts/tollgate-spoke/README.md).\n";
+
+/// `cluster/<id>`, one per line.
+pub fn cluster_names(status: &pb::FleetStatusResponse) -> String {
+    status
+        .clusters
+        .iter()
+        .map(|c| format!("cluster/{}\n", c.cluster_id))
+        .collect()
+}
+
+/// `agent/<namespace>/<name>`, one per line.
+pub fn agent_names(status: &pb::FleetStatusResponse) -> String {
+    status
+        .agents
+        .iter()
+        .map(|a| format!("agent/{}/{}\n", a.namespace, a.name))
+        .collect()
+}
+
+/// The order of `status --sort-by` (ascending, like kubectl; ties by cluster id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SortBy {
+    /// The cluster id.
+    #[value(name = "cluster")]
+    Cluster,
+    /// When the hub last heard of the cluster (the longest silent first; connected clusters last).
+    #[value(name = "lastSeen")]
+    LastSeen,
+    /// Revisions behind the latest.
+    #[value(name = "lag")]
+    Lag,
+    /// Agents in the cluster.
+    #[value(name = "agents")]
+    Agents,
+    /// Agents with errors.
+    #[value(name = "errors")]
+    Errors,
+}
+
+/// Keeps the clusters whose labels `selector` matches, and orders them.
+pub fn select_clusters(
+    status: &mut pb::FleetStatusResponse,
+    selector: Option<&tollgate_common::LabelSelector>,
+    sort_by: SortBy,
+    now_unix_millis: i64,
+) {
+    if let Some(selector) = selector {
+        status
+            .clusters
+            .retain(|c| selector.matches(&c.labels.clone().into_iter().collect()));
+    }
+    let latest = status.latest_revision;
+    let key = |c: &pb::ClusterStatus| -> i64 {
+        match sort_by {
+            SortBy::Cluster => 0,
+            SortBy::LastSeen if c.connected => now_unix_millis,
+            SortBy::LastSeen => c.last_seen_unix_millis,
+            SortBy::Lag => i64::try_from(latest.saturating_sub(c.applied_revision)).unwrap_or(i64::MAX),
+            SortBy::Agents => i64::from(c.agents_total),
+            SortBy::Errors => i64::from(c.errors),
+        }
+    };
+    status
+        .clusters
+        .sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.cluster_id.cmp(&b.cluster_id)));
 }
 
 /// One row per agent of a cluster.
@@ -187,20 +332,36 @@ pub fn agent_rows(status: &pb::FleetStatusResponse) -> Vec<AgentRow> {
 }
 
 pub fn agents_table(status: &pb::FleetStatusResponse) -> String {
-    let mut rows = vec![
-        [
-            "NAMESPACE",
-            "NAME",
-            "VERIFIED",
-            "REASON",
-            "MODE",
-            "RULES",
-            "SOURCES",
-            "REVISION",
-            "LAST ERROR",
-        ]
-        .map(String::from),
+    agents_view(status, "", Style::TABLE)
+}
+
+/// One cluster's agents as a table; `wide` adds the counts of errors and dropped rules.
+pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style) -> String {
+    if status.agents.is_empty() {
+        return if style.headers {
+            format!(
+                "Cluster {cluster} reports no agents: no AgentRuntime in the namespaces its spoke watches (or the \
+                 spoke has not reported yet).\n"
+            )
+        } else {
+            String::new()
+        };
+    }
+    let mut header = vec![
+        "NAMESPACE",
+        "NAME",
+        "VERIFIED",
+        "REASON",
+        "MODE",
+        "RULES",
+        "SOURCES",
+        "REVISION",
+        "LAST ERROR",
     ];
+    if style.wide {
+        header.extend(["ERRORS", "DROPPED"]);
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for a in &status.agents {
         let last_problem = a
             .errors
@@ -208,7 +369,7 @@ pub fn agents_table(status: &pb::FleetStatusResponse) -> String {
             .or(a.dropped_rules.last())
             .cloned()
             .unwrap_or_else(|| "-".to_string());
-        rows.push([
+        rows.push(vec![
             a.namespace.clone(),
             a.name.clone(),
             if a.verified { "yes" } else { "no" }.to_string(),
@@ -223,8 +384,13 @@ pub fn agents_table(status: &pb::FleetStatusResponse) -> String {
             a.applied_revision.to_string(),
             last_problem,
         ]);
+        if style.wide {
+            let row = rows.last_mut().expect("just pushed");
+            row.push(a.errors.len().to_string());
+            row.push(a.dropped_rules.len().to_string());
+        }
     }
-    render_table(&rows)
+    table(rows, style, "")
 }
 
 pub fn history_table(history: &pb::HistoryResponse, now_unix_millis: i64) -> String {
@@ -253,6 +419,265 @@ pub fn history_table(history: &pb::HistoryResponse, now_unix_millis: i64) -> Str
         ));
     }
     render_table(&rows) + &notes
+}
+
+/// `major.minor` of a version, the unit of skew.
+fn minor(version: &str) -> Option<(&str, &str)> {
+    let mut parts = version.split('.');
+    Some((parts.next()?, parts.next()?))
+}
+
+/// `version`: the client's, the hub's and each cluster's spoke version as text, and a warning for each skew (a
+/// different major.minor than the hub's, or a spoke that reports none).
+pub fn versions(client: &str, status: &pb::FleetStatusResponse) -> (String, Vec<String>) {
+    let hub = status.hub_version.as_str();
+    let mut text = format!("client: {client}\nhub:    {hub}\n");
+    let mut warnings = Vec::new();
+    if minor(client) != minor(hub) {
+        warnings.push(format!(
+            "the client is {client} and the hub {hub}: use a client of the hub's minor version"
+        ));
+    }
+    if !status.clusters.is_empty() {
+        let mut rows = vec![["CLUSTER".to_string(), "SPOKE".to_string()]];
+        for c in &status.clusters {
+            let spoke = if c.spoke_version.is_empty() {
+                "-"
+            } else {
+                c.spoke_version.as_str()
+            };
+            rows.push([c.cluster_id.clone(), spoke.to_string()]);
+            if c.spoke_version.is_empty() {
+                warnings.push(format!("cluster {} has not reported its spoke's version", c.cluster_id));
+            } else if minor(&c.spoke_version) != minor(hub) {
+                warnings.push(format!(
+                    "cluster {} runs spoke {spoke} and the hub is {hub}: upgrade the hub first, then every spoke \
+                     to the hub's minor version (docs/runbooks.md, Upgrade)",
+                    c.cluster_id
+                ));
+            }
+        }
+        text.push_str(&render_table(&rows));
+    }
+    (text, warnings)
+}
+
+/// `egresspolicy/<name>` lines, as `kubectl get -o name` prints them.
+pub fn document_names(set: &tollgate_common::DocumentSet) -> String {
+    set.documents()
+        .map(|d| format!("{}/{}\n", d.kind().to_ascii_lowercase(), d.name()))
+        .collect()
+}
+
+/// The documents of a kind as a table, then the revision; `wide` adds their labels. No document: the next step.
+pub fn documents_view(set: &tollgate_common::DocumentSet, kind: &str, revision: u64, style: Style) -> String {
+    if set.is_empty() {
+        return if style.headers {
+            format!("No {kind} on the hub at revision {revision}. Write one and `tollgate-hub apply -f FILE`.\n")
+        } else {
+            String::new()
+        };
+    }
+    let mut header = vec!["KIND", "NAME", "CLUSTERS", "DETAILS"];
+    if style.wide {
+        header.push("LABELS");
+    }
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
+    for document in set.documents() {
+        let mut row = crate::validate::summary_row(&document).to_vec();
+        if style.wide {
+            row.push(labels_text(&document.labels().clone().into_iter().collect()));
+        }
+        rows.push(row);
+    }
+    table(rows, style, &format!("revision {revision}\n"))
+}
+
+/// `describe`: the document, the clusters it selects now (with their state), and its YAML.
+pub fn describe(document: &tollgate_common::Document, revision: u64, status: &pb::FleetStatusResponse) -> String {
+    let [kind, name, clusters, details] = crate::validate::summary_row(document);
+    let mut out = format!(
+        "Name:       {name}\nKind:       {kind}\nRevision:   {revision}\nLabels:     {}\nSelects:    {clusters}\n\
+         Details:    {details}\nClusters:\n",
+        labels_text(&document.labels().clone().into_iter().collect())
+    );
+    let selected: Vec<&pb::ClusterStatus> = status
+        .clusters
+        .iter()
+        .filter(|c| {
+            document
+                .cluster_selector()
+                .is_none_or(|s| s.matches(&c.labels.clone().into_iter().collect()))
+        })
+        .collect();
+    if selected.is_empty() {
+        out.push_str("  (none of the clusters the hub knows)\n");
+    }
+    for c in selected {
+        out.push_str(&format!(
+            "  {}: {}, revision {}/{}, {}\n",
+            c.cluster_id,
+            if c.connected { "connected" } else { "disconnected" },
+            c.applied_revision,
+            status.latest_revision,
+            state_text(&c.conditions)
+        ));
+    }
+    out.push_str("Document:\n");
+    for line in document.to_yaml().lines() {
+        out.push_str(&format!("  {line}\n"));
+    }
+    out
+}
+
+/// Why each cluster that is not healthy is not: disconnected, behind the latest revision, or with a condition.
+pub fn unhealthy(status: &pb::FleetStatusResponse) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for c in &status.clusters {
+        let mut why = Vec::new();
+        if !c.connected {
+            why.push("disconnected".to_string());
+        }
+        if c.applied_revision < status.latest_revision {
+            why.push(format!(
+                "at revision {} of {}",
+                c.applied_revision, status.latest_revision
+            ));
+        }
+        why.extend(
+            condition_rows(&c.conditions)
+                .into_iter()
+                .map(|c| format!("{} ({})", c.type_, c.reason)),
+        );
+        if !why.is_empty() {
+            out.push((c.cluster_id.clone(), why.join(", ")));
+        }
+    }
+    out
+}
+
+/// How `status --watch` prints to a pipe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchFormat {
+    Table(Style),
+    Json,
+    Yaml,
+    Name,
+}
+
+/// The rows of `current` that are new or changed since `previous` (all of them the first time), keyed by `key`.
+fn changed<'a, R: PartialEq>(previous: &[R], current: &'a [R], key: impl Fn(&R) -> String) -> Vec<&'a R> {
+    let before: std::collections::HashMap<String, &R> = previous.iter().map(|r| (key(r), r)).collect();
+    current.iter().filter(|r| before.get(&key(r)) != Some(r)).collect()
+}
+
+/// Changed rows in `format`: JSON as one compact object per line, YAML as one document each, names, or table lines
+/// (the header only the first time).
+fn watch_lines<R: Serialize>(
+    rows: &[&R],
+    first: bool,
+    format: WatchFormat,
+    name: impl Fn(&R) -> String,
+    table: impl Fn(Style) -> String,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    match format {
+        WatchFormat::Json => {
+            for row in rows {
+                out.push_str(&serde_json::to_string(row)?);
+                out.push('\n');
+            }
+        }
+        WatchFormat::Yaml => {
+            for row in rows {
+                out.push_str("---\n");
+                out.push_str(&serde_yaml_ng::to_string(row)?);
+            }
+        }
+        WatchFormat::Name => rows.iter().for_each(|row| out.push_str(&format!("{}\n", name(row)))),
+        WatchFormat::Table(style) if !rows.is_empty() || first => {
+            out.push_str(&table(Style {
+                headers: style.headers && first,
+                ..style
+            }));
+        }
+        WatchFormat::Table(_) => {}
+    }
+    Ok(out)
+}
+
+/// `status --watch` of the clusters, to a pipe: what changed since `previous`. A connected cluster's last-seen time
+/// moves with every heartbeat and is not a change.
+pub fn watch_clusters(
+    previous: Option<&pb::FleetStatusResponse>,
+    current: &pb::FleetStatusResponse,
+    now_unix_millis: i64,
+    format: WatchFormat,
+) -> anyhow::Result<String> {
+    let rows = |status: &pb::FleetStatusResponse| -> Vec<ClusterRow> {
+        cluster_rows(status)
+            .into_iter()
+            .map(|mut row| {
+                if row.connected {
+                    row.last_seen_unix_millis = 0;
+                }
+                row
+            })
+            .collect()
+    };
+    let before = previous.map(rows).unwrap_or_default();
+    let now = rows(current);
+    let changed = changed(&before, &now, |r| r.cluster.clone());
+    let ids: std::collections::HashSet<&str> = changed.iter().map(|r| r.cluster.as_str()).collect();
+    let subset = pb::FleetStatusResponse {
+        clusters: current
+            .clusters
+            .iter()
+            .filter(|c| ids.contains(c.cluster_id.as_str()))
+            .cloned()
+            .collect(),
+        ..current.clone()
+    };
+    let changed: Vec<ClusterRow> = cluster_rows(&subset);
+    let changed: Vec<&ClusterRow> = changed.iter().collect();
+    watch_lines(
+        &changed,
+        previous.is_none(),
+        format,
+        |r| format!("cluster/{}", r.cluster),
+        |style| clusters_view(&subset, now_unix_millis, style),
+    )
+}
+
+/// `status --cluster ID --watch` of the agents, to a pipe: what changed since `previous`.
+pub fn watch_agents(
+    previous: Option<&pb::FleetStatusResponse>,
+    current: &pb::FleetStatusResponse,
+    format: WatchFormat,
+) -> anyhow::Result<String> {
+    let before = previous.map(agent_rows).unwrap_or_default();
+    let now = agent_rows(current);
+    let changed = changed(&before, &now, |r| format!("{}/{}", r.namespace, r.name));
+    let keys: std::collections::HashSet<(&str, &str)> = changed
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.name.as_str()))
+        .collect();
+    let subset = pb::FleetStatusResponse {
+        agents: current
+            .agents
+            .iter()
+            .filter(|a| keys.contains(&(a.namespace.as_str(), a.name.as_str())))
+            .cloned()
+            .collect(),
+        ..current.clone()
+    };
+    watch_lines(
+        &changed,
+        previous.is_none(),
+        format,
+        |r| format!("agent/{}/{}", r.namespace, r.name),
+        |style| agents_view(&subset, "", style),
+    )
 }
 
 /// `EgressPolicy/name created` lines, with diffs when asked, and the revision line.
@@ -286,6 +711,7 @@ mod tests {
         pb::FleetStatusResponse {
             latest_revision: 7,
             store_id: "b2".into(),
+            hub_version: "0.1.0".into(),
             clusters: vec![
                 pb::ClusterStatus {
                     cluster_id: "prod-eu".into(),
@@ -300,6 +726,7 @@ mod tests {
                     agents_restricted: 1,
                     errors: 0,
                     conditions: vec![],
+                    spoke_version: "0.1.0".into(),
                 },
                 pb::ClusterStatus {
                     cluster_id: "dev".into(),
@@ -318,6 +745,7 @@ mod tests {
                         reason: "OtherStore".into(),
                         message: "refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`".into(),
                     }],
+                    spoke_version: "0.0.9".into(),
                 },
             ],
             agents: vec![pb::AgentStatus {
@@ -350,6 +778,175 @@ dev       -          no          5m ago      5/7        1        0        1     
 dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`
 "
         );
+    }
+
+    #[test]
+    fn versions_and_their_skew() {
+        let (text, warnings) = versions("0.1.0", &fleet());
+        assert_eq!(
+            text,
+            "client: 0.1.0\nhub:    0.1.0\nCLUSTER   SPOKE\nprod-eu   0.1.0\ndev       0.0.9\n"
+        );
+        assert_eq!(
+            warnings,
+            [
+                "cluster dev runs spoke 0.0.9 and the hub is 0.1.0: upgrade the hub first, then every spoke to the \
+              hub's minor version (docs/runbooks.md, Upgrade)"
+            ]
+        );
+        let mut unreported = fleet();
+        unreported.clusters.truncate(1);
+        unreported.clusters[0].spoke_version.clear();
+        let (text, warnings) = versions("0.2.3", &unreported);
+        assert!(text.ends_with("prod-eu   -\n"), "{text}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("the client is 0.2.3 and the hub 0.1.0"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            versions(
+                "0.1.7",
+                &pb::FleetStatusResponse {
+                    hub_version: "0.1.0".into(),
+                    ..Default::default()
+                }
+            )
+            .1
+            .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn wide_name_and_headerless_cluster_views() {
+        let wide = Style {
+            wide: true,
+            headers: true,
+        };
+        assert_eq!(
+            clusters_view(&fleet(), 301_000, wide),
+            "\
+CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS   STATUS     LAG   REASONS
+prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0        Ready      0     -
+dev       -          no          5m ago      5/7        1        0        1           0               0            1        Diverged   2     OtherStore
+dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`
+"
+        );
+        let bare = Style {
+            wide: false,
+            headers: false,
+        };
+        assert_eq!(
+            clusters_view(&fleet(), 301_000, bare),
+            "\
+prod-eu   env=prod   yes   now      7/7   3   2   0   0   1   0   Ready
+dev       -          no    5m ago   5/7   1   0   1   0   0   1   Diverged
+"
+        );
+        assert_eq!(cluster_names(&fleet()), "cluster/prod-eu\ncluster/dev\n");
+        assert_eq!(agent_names(&fleet()), "agent/team-a/weather\n");
+        let empty = pb::FleetStatusResponse::default();
+        assert_eq!(clusters_view(&empty, 0, Style::TABLE), NO_CLUSTER);
+        assert_eq!(clusters_view(&empty, 0, bare), "", "scripts get nothing");
+        assert!(agents_view(&empty, "dev", Style::TABLE).starts_with("Cluster dev reports no agents"));
+    }
+
+    #[test]
+    fn clusters_are_selected_by_label_and_sorted() {
+        let ids = |status: &pb::FleetStatusResponse| -> Vec<String> {
+            status.clusters.iter().map(|c| c.cluster_id.clone()).collect()
+        };
+        for (sort, expected) in [
+            (SortBy::Cluster, ["dev", "prod-eu"]),
+            (SortBy::LastSeen, ["dev", "prod-eu"]),
+            (SortBy::Lag, ["prod-eu", "dev"]),
+            (SortBy::Agents, ["dev", "prod-eu"]),
+            (SortBy::Errors, ["prod-eu", "dev"]),
+        ] {
+            let mut status = fleet();
+            select_clusters(&mut status, None, sort, 301_000);
+            assert_eq!(ids(&status), expected, "{sort:?}");
+        }
+        let mut status = fleet();
+        let prod = tollgate_common::LabelSelector::parse("env=prod").unwrap();
+        select_clusters(&mut status, Some(&prod), SortBy::Cluster, 0);
+        assert_eq!(ids(&status), ["prod-eu"]);
+        let mut status = fleet();
+        let not_prod = tollgate_common::LabelSelector::parse("env!=prod").unwrap();
+        select_clusters(&mut status, Some(&not_prod), SortBy::Cluster, 0);
+        assert_eq!(ids(&status), ["dev"]);
+    }
+
+    #[test]
+    fn unhealthy_clusters_say_why() {
+        assert_eq!(
+            unhealthy(&fleet()),
+            [(
+                "dev".to_string(),
+                "disconnected, at revision 5 of 7, Diverged (OtherStore)".to_string()
+            )]
+        );
+        let mut healthy = fleet();
+        healthy.clusters.truncate(1);
+        assert!(unhealthy(&healthy).is_empty());
+    }
+
+    /// `status --watch` to a pipe: every row first (the header once), then only the rows that changed — a
+    /// heartbeat of a connected cluster is not a change — and never a control character.
+    #[test]
+    fn watching_to_a_pipe_prints_changes_only_without_control_characters() {
+        let first = fleet();
+        let mut heartbeat = fleet();
+        heartbeat.clusters[0].last_seen_unix_millis = 9_000;
+        let mut reconnected = heartbeat.clone();
+        reconnected.clusters[1].connected = true;
+        reconnected.clusters[1].applied_revision = 7;
+        reconnected.clusters[1].conditions.clear();
+        let table = WatchFormat::Table(Style::TABLE);
+        let frames = [
+            watch_clusters(None, &first, 301_000, table).unwrap(),
+            watch_clusters(Some(&first), &heartbeat, 302_000, table).unwrap(),
+            watch_clusters(Some(&heartbeat), &reconnected, 303_000, table).unwrap(),
+        ];
+        assert!(frames[0].starts_with("CLUSTER   LABELS"), "{}", frames[0]);
+        assert_eq!(
+            frames[0]
+                .lines()
+                .filter(|l| l.starts_with("prod-eu") || l.starts_with("dev "))
+                .count(),
+            2
+        );
+        assert_eq!(frames[1], "", "a heartbeat is not a change");
+        assert_eq!(frames[2], "dev   -   yes   now   7/7   1   0   1   0   0   1   Ready\n");
+        let json = WatchFormat::Json;
+        let lines = [
+            watch_clusters(None, &first, 301_000, json).unwrap(),
+            watch_clusters(Some(&heartbeat), &reconnected, 303_000, json).unwrap(),
+        ];
+        assert_eq!(lines[0].lines().count(), 2, "one object per line: {}", lines[0]);
+        assert_eq!(lines[1].lines().count(), 1);
+        let row: serde_json::Value = serde_json::from_str(lines[1].trim()).unwrap();
+        assert_eq!(
+            (row["cluster"].as_str(), row["connected"].as_bool()),
+            (Some("dev"), Some(true))
+        );
+        assert_eq!(
+            watch_clusters(Some(&heartbeat), &reconnected, 0, WatchFormat::Name).unwrap(),
+            "cluster/dev\n"
+        );
+        let yaml = watch_clusters(Some(&heartbeat), &reconnected, 0, WatchFormat::Yaml).unwrap();
+        assert!(yaml.starts_with("---\ncluster: dev\n"), "{yaml}");
+        for text in frames.iter().chain(&lines).chain([&yaml]) {
+            assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        }
+        let mut changed_agent = fleet();
+        changed_agent.agents[0].mode = "restricted".into();
+        assert_eq!(
+            watch_agents(Some(&fleet()), &changed_agent, WatchFormat::Name).unwrap(),
+            "agent/team-a/weather\n"
+        );
+        assert_eq!(watch_agents(Some(&fleet()), &fleet(), WatchFormat::Json).unwrap(), "");
     }
 
     #[test]

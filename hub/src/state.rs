@@ -204,23 +204,18 @@ impl<S: Store> Hub<S> {
     }
 
     /// Validates the sources as one all-or-nothing set and merges them into the latest revision (replacing
-    /// documents of the same kind and name; with `prune`, deleting every document not in the sources).
+    /// documents of the same kind and name; with `prune`, deleting the documents it selects that are not in the
+    /// sources).
     pub async fn apply(
         &self,
         sources: &[Source],
         dry_run: bool,
-        prune: bool,
+        prune: Option<&tollgate_common::LabelSelector>,
         now: i64,
     ) -> Result<ApplyOutcome, HubError> {
         let applied = DocumentSet::from_sources(sources).map_err(HubError::Invalid)?;
         let summary = summarize("apply", &applied);
-        let merge = |current: &DocumentSet| {
-            let mut next = if prune { DocumentSet::default() } else { current.clone() };
-            for document in applied.documents() {
-                next.insert(document);
-            }
-            Ok(next)
-        };
+        let merge = |current: &DocumentSet| Ok(current.applied(&applied, prune));
         if dry_run {
             let latest = self.store.latest_readable().await?;
             let next = merge(&latest.revision.documents)?;

@@ -54,40 +54,46 @@ impl ValidateArgs {
 /// One line per document: kind, name, clusters and what it does.
 pub fn render_summary(set: &DocumentSet) -> String {
     let mut rows = vec![["KIND".to_string(), "NAME".into(), "CLUSTERS".into(), "DETAILS".into()]];
-    for document in set.documents() {
-        let clusters = match document.cluster_selector() {
-            None => "all".to_string(),
-            Some(selector) => {
-                let mut terms: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                terms.extend(
-                    selector
-                        .match_expressions
-                        .iter()
-                        .map(|r| format!("{} {} ({})", r.key, r.operator.as_str(), r.values.join(","))),
-                );
-                terms.join(",")
-            }
-        };
-        let details = match &document {
-            tollgate_common::Document::Policy(p) => format!("{} rule(s)", p.spec.egress.len()),
-            tollgate_common::Document::Guardrail(g) => {
-                let ceiling = match &g.spec.allowed_destinations {
-                    None => "no ceiling".to_string(),
-                    Some(list) => format!("ceiling of {} CIDR(s)", list.len()),
-                };
-                format!("verifiedDefault={:?}, {ceiling}", g.spec.verified_default)
-            }
-        };
-        rows.push([
-            document.kind().to_string(),
-            document.name().to_string(),
-            clusters,
-            details,
-        ]);
-    }
+    rows.extend(set.documents().map(|document| summary_row(&document)));
     let mut text = render_table(&rows);
     text.push_str(&format!("{} document(s) valid\n", set.len()));
     text
+}
+
+/// A document's kind, name, the clusters it selects and what it does.
+pub fn summary_row(document: &tollgate_common::Document) -> [String; 4] {
+    let clusters = match document.cluster_selector() {
+        None => "all".to_string(),
+        Some(selector) => selector_text(selector),
+    };
+    let details = match document {
+        tollgate_common::Document::Policy(p) => format!("{} rule(s)", p.spec.egress.len()),
+        tollgate_common::Document::Guardrail(g) => {
+            let ceiling = match &g.spec.allowed_destinations {
+                None => "no ceiling".to_string(),
+                Some(list) => format!("ceiling of {} CIDR(s)", list.len()),
+            };
+            format!("verifiedDefault={:?}, {ceiling}", g.spec.verified_default)
+        }
+    };
+    [
+        document.kind().to_string(),
+        document.name().to_string(),
+        clusters,
+        details,
+    ]
+}
+
+/// A label selector in one line: `env=prod,region In (eu,us)`.
+pub fn selector_text(selector: &tollgate_common::LabelSelector) -> String {
+    let mut terms: Vec<String> = selector.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    terms.extend(
+        selector
+            .match_expressions
+            .iter()
+            .map(|r| format!("{} {} ({})", r.key, r.operator.as_str(), r.values.join(","))),
+    );
+    terms.join(",")
 }
 
 /// Left-aligned columns separated by three spaces, no trailing spaces.

@@ -7,8 +7,20 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary, with no CLI configuration of the user's (a test that wants one sets `TOLLGATE_CONFIG` again).
 fn hub() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tollgate-hub"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate-hub"));
+    command.env("TOLLGATE_CONFIG", "/nonexistent/tollgate-test-config.yaml");
+    for variable in [
+        "TOLLGATE_HUB",
+        "TOLLGATE_CA",
+        "TOLLGATE_CERT",
+        "TOLLGATE_KEY",
+        "TOLLGATE_CONTEXT",
+    ] {
+        command.env_remove(variable);
+    }
+    command
 }
 
 fn free_port() -> u16 {
@@ -175,7 +187,10 @@ fn certificates_serve_apply_get_history_rollback_and_sigkill_durability() {
         "{history}"
     );
     let status = stdout(&cli(dir.path(), port, &["status"]));
-    assert!(status.starts_with("CLUSTER"), "{status}");
+    assert!(
+        status.starts_with("No cluster has connected to this hub yet. In each cluster, install the tollgate-spoke"),
+        "the empty state says what to do next: {status}"
+    );
     let json = stdout(&cli(dir.path(), port, &["status", "-o", "json"]));
     assert_eq!(json.trim(), "[]");
 
@@ -258,4 +273,314 @@ fn a_second_hub_on_a_served_data_folder_is_refused() {
     );
     drop(first);
     let _again = serve(dir.path(), port);
+}
+
+/// Certificates for a hub in `dir/certs` (CA, hub, admin).
+fn certificates(dir: &Path) {
+    let certs = dir.join("certs");
+    let certs = certs.to_str().unwrap();
+    for args in [
+        vec!["certs", "init", "--dir", certs],
+        vec!["certs", "hub", "--dir", certs],
+        vec!["certs", "admin", "--dir", certs],
+    ] {
+        assert!(hub().args(&args).output().unwrap().status.success(), "{args:?}");
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Contexts of the CLI configuration switch between two real hubs; a named context, flags and variables win in
+/// that order; the file is private to its owner.
+#[test]
+fn contexts_switch_between_two_hubs() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("config.yaml");
+    let (port_one, port_two) = (free_port(), free_port());
+    for dir in [one.path(), two.path()] {
+        certificates(dir);
+    }
+    let _hubs = (serve(one.path(), port_one), serve(two.path(), port_two));
+    // Only hub one holds a policy.
+    let file = write(one.path(), "p.yaml", POLICY);
+    stdout(&cli(one.path(), port_one, &["apply", "-f", &file]));
+    let tollgate = |args: &[&str]| hub().env("TOLLGATE_CONFIG", &config).args(args).output().unwrap();
+    for (name, dir, port) in [("one", one.path(), port_one), ("two", two.path(), port_two)] {
+        let certs = dir.join("certs");
+        let set = tollgate(&[
+            "config",
+            "set-context",
+            name,
+            "--hub",
+            &format!("https://localhost:{port}"),
+            "--ca",
+            certs.join("ca.pem").to_str().unwrap(),
+            "--cert",
+            certs.join("admin-admin.pem").to_str().unwrap(),
+            "--key",
+            certs.join("admin-admin-key.pem").to_str().unwrap(),
+        ]);
+        assert_eq!(stdout(&set), format!("context \"{name}\" created\n"));
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    let contexts = stdout(&tollgate(&["config", "get-contexts"]));
+    assert_eq!(
+        contexts,
+        format!(
+            "CURRENT   NAME   HUB\n*         one    https://localhost:{port_one}\n          two    https://localhost:{port_two}\n"
+        ),
+        "the first context became the current one"
+    );
+    let names = |output: Output| stdout(&output);
+    assert_eq!(names(tollgate(&["get", "ep", "-o", "name"])), "egresspolicy/llm-apis\n");
+    assert_eq!(names(tollgate(&["get", "ep", "-o", "name", "--context", "two"])), "");
+    assert_eq!(
+        stdout(&tollgate(&["config", "use-context", "two"])),
+        "switched to context \"two\"\n"
+    );
+    assert_eq!(stdout(&tollgate(&["config", "current-context"])), "two\n");
+    assert_eq!(names(tollgate(&["get", "ep", "-o", "name"])), "", "hub two");
+    // A flag wins over the context (hub one's address; hub one's CA and admin certificate are the context's own
+    // files of hub two, which hub one refuses: the flags must also name hub one's files).
+    let certs = one.path().join("certs");
+    let flagged = tollgate(&[
+        "get",
+        "ep",
+        "-o",
+        "name",
+        "--hub",
+        &format!("https://localhost:{port_one}"),
+        "--ca",
+        certs.join("ca.pem").to_str().unwrap(),
+        "--cert",
+        certs.join("admin-admin.pem").to_str().unwrap(),
+        "--key",
+        certs.join("admin-admin-key.pem").to_str().unwrap(),
+    ]);
+    assert_eq!(names(flagged), "egresspolicy/llm-apis\n");
+    let missing = tollgate(&["get", "ep", "--context", "three"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no context \"three\""), "{stderr}");
+}
+
+/// kubectl's kinds and aliases, `-o name|wide`, `--no-headers`, `-l`, `describe`, `delete` by alias.
+#[test]
+fn kinds_aliases_selectors_and_output_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let port = free_port();
+    let _server = serve(dir.path(), port);
+    let labelled = POLICY.replace(
+        "metadata: {name: llm-apis}",
+        "metadata: {name: llm-apis, labels: {team: ai}}",
+    );
+    let other = POLICY.replace("metadata: {name: llm-apis}", "metadata: {name: payments}");
+    let file = write(dir.path(), "p.yaml", &format!("{labelled}---\n{other}"));
+    stdout(&cli(dir.path(), port, &["apply", "-f", &file]));
+    for kind in [
+        "egresspolicies",
+        "egresspolicy",
+        "ep",
+        "EgressPolicy",
+        "policies",
+        "policy",
+    ] {
+        assert_eq!(
+            stdout(&cli(dir.path(), port, &["get", kind, "-o", "name"])),
+            "egresspolicy/llm-apis\negresspolicy/payments\n",
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        stdout(&cli(dir.path(), port, &["get", "ep", "-l", "team=ai", "--no-headers"])),
+        "EgressPolicy   llm-apis   env=prod   1 rule(s)\n"
+    );
+    let wide = stdout(&cli(dir.path(), port, &["get", "ep", "-o", "wide"]));
+    assert_eq!(
+        wide,
+        "KIND           NAME       CLUSTERS   DETAILS     LABELS\n\
+         EgressPolicy   llm-apis   env=prod   1 rule(s)   team=ai\n\
+         EgressPolicy   payments   env=prod   1 rule(s)   -\n\
+         revision 1\n"
+    );
+    assert_eq!(
+        stdout(&cli(dir.path(), port, &["get", "eg"])),
+        "No EgressGuardrail on the hub at revision 1. Write one and `tollgate-hub apply -f FILE`.\n"
+    );
+    let described = stdout(&cli(dir.path(), port, &["describe", "ep", "llm-apis"]));
+    assert!(
+        described.starts_with(
+            "Name:       llm-apis\nKind:       EgressPolicy\nRevision:   1\nLabels:     team=ai\nSelects:    env=prod\n"
+        ),
+        "{described}"
+    );
+    assert!(
+        described.contains("  (none of the clusters the hub knows)\n"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Document:\n  apiVersion: tollgate.dev/v1alpha1\n"),
+        "{described}"
+    );
+    let bad = cli(dir.path(), port, &["get", "ep", "-l", "team in ai"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("-l/--selector: selector term \"team in ai\""));
+    assert_eq!(
+        stdout(&cli(dir.path(), port, &["delete", "ep", "payments"])),
+        "EgressPolicy/payments deleted\nrevision 2\n"
+    );
+}
+
+/// `plan --exit-code` and `apply --dry-run --exit-code` exit like diff: 0 no change, 1 changes, 2 trouble. A bare
+/// `--prune` is refused; `--prune -l` deletes only what the selector matches, and the dry run says so first.
+#[test]
+fn exit_codes_and_a_guarded_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let port = free_port();
+    let _server = serve(dir.path(), port);
+    let ours = POLICY.replace(
+        "metadata: {name: llm-apis}",
+        "metadata: {name: llm-apis, labels: {team: ai}}",
+    );
+    let theirs = POLICY.replace(
+        "metadata: {name: llm-apis}",
+        "metadata: {name: payments, labels: {team: pay}}",
+    );
+    let both = write(dir.path(), "both.yaml", &format!("{ours}---\n{theirs}"));
+    let code = |args: &[&str]| cli(dir.path(), port, args).status.code();
+    assert_eq!(
+        code(&["apply", "--dry-run", "--exit-code", "-f", &both]),
+        Some(1),
+        "changes"
+    );
+    assert_eq!(
+        code(&["plan", "--exit-code", "-f", &both]),
+        Some(0),
+        "no agent anywhere changes"
+    );
+    stdout(&cli(dir.path(), port, &["apply", "-f", &both]));
+    assert_eq!(
+        code(&["apply", "--dry-run", "--exit-code", "-f", &both]),
+        Some(0),
+        "nothing to change"
+    );
+    let missing = dir.path().join("missing.yaml");
+    assert_eq!(
+        code(&["plan", "--exit-code", "-f", missing.to_str().unwrap()]),
+        Some(2),
+        "trouble"
+    );
+    let invalid = write(dir.path(), "bad.yaml", &POLICY.replace("port: 443", "port: 0"));
+    assert_eq!(code(&["apply", "--dry-run", "--exit-code", "-f", &invalid]), Some(2));
+    assert_eq!(
+        code(&["apply", "--exit-code", "-f", &both]),
+        Some(2),
+        "--exit-code needs --dry-run (usage)"
+    );
+
+    let only_ours = write(dir.path(), "ours.yaml", &ours);
+    let bare = cli(dir.path(), port, &["apply", "--prune", "-f", &only_ours]);
+    assert!(!bare.status.success());
+    let stderr = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        stderr.contains("--prune deletes hub documents that are not in the files: add --all"),
+        "{stderr}"
+    );
+    let preview = stdout(&cli(
+        dir.path(),
+        port,
+        &["apply", "--prune", "-l", "team=ai", "--dry-run", "-f", &only_ours],
+    ));
+    assert!(
+        preview.contains("EgressPolicy/payments unchanged (dry run)") && !preview.contains("deleted"),
+        "the selector protects payments: {preview}"
+    );
+    let preview = stdout(&cli(
+        dir.path(),
+        port,
+        &["apply", "--prune", "-l", "team=pay", "--dry-run", "-f", &only_ours],
+    ));
+    assert!(preview.contains("EgressPolicy/payments deleted (dry run)"), "{preview}");
+    let names = |dir: &Path| stdout(&cli(dir, port, &["get", "ep", "-o", "name"]));
+    assert_eq!(
+        names(dir.path()),
+        "egresspolicy/llm-apis\negresspolicy/payments\n",
+        "dry runs changed nothing"
+    );
+    stdout(&cli(
+        dir.path(),
+        port,
+        &["apply", "--prune", "-l", "team=pay", "-f", &only_ours],
+    ));
+    assert_eq!(names(dir.path()), "egresspolicy/llm-apis\n");
+    let all = stdout(&cli(
+        dir.path(),
+        port,
+        &["apply", "--prune", "--all", "-f", &write(dir.path(), "t.yaml", &theirs)],
+    ));
+    assert!(
+        all.contains("EgressPolicy/llm-apis deleted") && all.contains("EgressPolicy/payments created"),
+        "{all}"
+    );
+}
+
+/// `completion bash` loads in bash and completes subcommands, kinds, flag values, and the hub's document names.
+#[test]
+fn bash_completion_completes_commands_kinds_and_the_hubs_names() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let port = free_port();
+    let _server = serve(dir.path(), port);
+    stdout(&cli(
+        dir.path(),
+        port,
+        &["apply", "-f", &write(dir.path(), "p.yaml", POLICY)],
+    ));
+    let script = stdout(&hub().args(["completion", "bash"]).output().unwrap());
+    let script = write(dir.path(), "completion.bash", &script);
+    let certs = dir.path().join("certs");
+    let complete = |line: &str| -> Vec<String> {
+        let driver = format!(
+            "source {script}\n\
+             COMP_LINE='{line}'; read -ra COMP_WORDS <<< \"$COMP_LINE\"; [[ \"$COMP_LINE\" == *' ' ]] && COMP_WORDS+=('')\n\
+             COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); COMP_POINT=${{#COMP_LINE}}; COMP_TYPE=9\n\
+             _clap_complete_tollgate_hub tollgate-hub \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+        );
+        let output = Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", &driver])
+            .env("TOLLGATE_CONFIG", "/nonexistent/tollgate-test-config.yaml")
+            .env("TOLLGATE_HUB", format!("https://localhost:{port}"))
+            .env("TOLLGATE_CA", certs.join("ca.pem"))
+            .env("TOLLGATE_CERT", certs.join("admin-admin.pem"))
+            .env("TOLLGATE_KEY", certs.join("admin-admin-key.pem"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(complete("tollgate-hub sta"), ["status"]);
+    assert_eq!(
+        complete("tollgate-hub get ")[..2],
+        ["egresspolicies", "egressguardrails"]
+    );
+    assert_eq!(complete("tollgate-hub status --sort-by l"), ["lastSeen", "lag"]);
+    assert_eq!(
+        complete("tollgate-hub describe ep ")[0],
+        "llm-apis",
+        "names from the hub, then flags"
+    );
+    assert_eq!(complete("tollgate-hub describe ep l"), ["llm-apis"]);
 }

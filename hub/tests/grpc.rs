@@ -129,6 +129,7 @@ impl TestHub {
             }],
             dry_run: false,
             prune: false,
+            prune_selector: String::new(),
         };
         self.admin().await.apply(request).await.map(|r| r.into_inner())
     }

@@ -324,6 +324,7 @@ fn publish_reports(
     let fresh_facts = Some(pb::ClusterFacts {
         restricted_allow_dns: *restricted_allow_dns,
         policy_name_suffix: policy_name_suffix.clone(),
+        spoke_version: env!("CARGO_PKG_VERSION").to_string(),
         ..wire::facts_to_wire(&report.facts, "")
     });
     facts.send_if_modified(|current| replace_if_different(current, fresh_facts));

@@ -3,6 +3,7 @@
 //! `tollgate-spoke` binaries with their own certificates and kubeconfigs, and the CLI as a user runs it.
 //! Each test starts its own fleet ([`tollgate_e2e::fleet::Fleet`]), so nextest runs them in parallel.
 
+mod cli;
 mod cluster_changes;
 mod fail_closed;
 mod failures;

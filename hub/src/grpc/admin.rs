@@ -93,6 +93,7 @@ pub async fn fleet_status<S: Store>(
         return Ok(pb::FleetStatusResponse {
             latest_revision,
             store_id: store.store_id().to_string(),
+            hub_version: env!("CARGO_PKG_VERSION").to_string(),
             clusters: Vec::new(),
             agents: agents
                 .into_iter()
@@ -138,6 +139,12 @@ pub async fn fleet_status<S: Store>(
             agents_baseline_only: count("baseline-only"),
             agents_restricted: count("restricted"),
             errors: agents.iter().filter(|a| !a.errors.is_empty()).count() as u32,
+            spoke_version: cluster
+                .facts_json
+                .as_deref()
+                .and_then(|json| tollgate_common::wire::facts_from_json(json).ok())
+                .map(|facts| facts.spoke_version)
+                .unwrap_or_default(),
             cluster_id: cluster.id,
         });
     }
@@ -146,6 +153,7 @@ pub async fn fleet_status<S: Store>(
         store_id: store.store_id().to_string(),
         clusters: rows,
         agents: Vec::new(),
+        hub_version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }
 
@@ -163,6 +171,18 @@ fn condition_type(name: &str) -> i32 {
     .unwrap_or(pb::ConditionType::Unspecified as i32)
 }
 
+/// What an apply or plan prunes: nothing, everything (no selector), or the documents a selector matches.
+fn prune_scope(prune: bool, selector: &str) -> Result<Option<tollgate_common::LabelSelector>, Status> {
+    match (prune, selector.is_empty()) {
+        (false, true) => Ok(None),
+        (false, false) => Err(Status::invalid_argument("prune_selector: set only with prune")),
+        (true, true) => Ok(Some(tollgate_common::LabelSelector::default())),
+        (true, false) => tollgate_common::LabelSelector::parse(selector)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("prune_selector: {e}"))),
+    }
+}
+
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::FleetStatusResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -173,8 +193,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             sources: raw,
             dry_run,
             prune,
+            prune_selector,
         } = request.into_inner();
-        let result = self.hub.apply(&sources(raw), dry_run, prune, now_millis()).await;
+        let prune = prune_scope(prune, &prune_selector)?;
+        let result = self
+            .hub
+            .apply(&sources(raw), dry_run, prune.as_ref(), now_millis())
+            .await;
         let label = match &result {
             Ok(_) if dry_run => "dry-run",
             Ok(outcome) if outcome.revision.is_some() => "committed",
@@ -263,18 +288,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
 
     async fn plan(&self, request: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
         self.authorize(&request)?;
-        let pb::PlanRequest { sources: raw, prune } = request.into_inner();
+        let pb::PlanRequest {
+            sources: raw,
+            prune,
+            prune_selector,
+        } = request.into_inner();
+        let prune = prune_scope(prune, &prune_selector)?;
         let applied =
             DocumentSet::from_sources(&sources(raw)).map_err(|e| status(crate::state::HubError::Invalid(e)))?;
         let current = self.hub.snapshot();
-        let mut proposed = if prune {
-            DocumentSet::default()
-        } else {
-            current.documents.clone()
-        };
-        for document in applied.documents() {
-            proposed.insert(document);
-        }
+        let proposed = current.documents.applied(&applied, prune.as_ref());
         let clusters = crate::plan::preview(self.hub.store(), &current.documents, &proposed)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
