@@ -239,18 +239,7 @@ fn plaintext_is_refused_off_loopback_and_tls_files_are_required() {
 /// first hub keeps serving; once the first is gone, the folder is free again.
 #[test]
 fn a_second_hub_on_a_served_data_folder_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let certs_arg = certs.to_str().unwrap();
-    for args in [
-        vec!["certs", "init", "--dir", certs_arg],
-        vec!["certs", "hub", "--dir", certs_arg],
-        vec!["certs", "admin", "--dir", certs_arg],
-    ] {
-        assert!(hub().args(&args).output().unwrap().status.success(), "{args:?}");
-    }
-    let port = free_port();
-    let first = serve(dir.path(), port);
+    let (dir, port, first) = served();
     let second = hub()
         .args([
             "serve",
@@ -286,6 +275,15 @@ fn certificates(dir: &Path) {
     ] {
         assert!(hub().args(&args).output().unwrap().status.success(), "{args:?}");
     }
+}
+
+/// A hub with certificates in a new folder, serving on a free port.
+fn served() -> (tempfile::TempDir, u16, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let port = free_port();
+    let server = serve(dir.path(), port);
+    (dir, port, server)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -373,10 +371,7 @@ fn contexts_switch_between_two_hubs() {
 /// kubectl's kinds and aliases, `-o name|wide`, `--no-headers`, `-l`, `describe`, `delete` by alias.
 #[test]
 fn kinds_aliases_selectors_and_output_formats() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let port = free_port();
-    let _server = serve(dir.path(), port);
+    let (dir, port, _server) = served();
     let labelled = POLICY.replace(
         "metadata: {name: llm-apis}",
         "metadata: {name: llm-apis, labels: {team: ai}}",
@@ -442,10 +437,7 @@ fn kinds_aliases_selectors_and_output_formats() {
 /// `--prune` is refused; `--prune -l` deletes only what the selector matches, and the dry run says so first.
 #[test]
 fn exit_codes_and_a_guarded_prune() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let port = free_port();
-    let _server = serve(dir.path(), port);
+    let (dir, port, _server) = served();
     let ours = POLICY.replace(
         "metadata: {name: llm-apis}",
         "metadata: {name: llm-apis, labels: {team: ai}}",
@@ -535,10 +527,7 @@ fn exit_codes_and_a_guarded_prune() {
 /// `completion bash` loads in bash and completes subcommands, kinds, flag values, and the hub's document names.
 #[test]
 fn bash_completion_completes_commands_kinds_and_the_hubs_names() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let port = free_port();
-    let _server = serve(dir.path(), port);
+    let (dir, port, _server) = served();
     stdout(&cli(
         dir.path(),
         port,
