@@ -156,6 +156,11 @@ impl Output {
     }
 }
 
+/// The `-l/--selector` flag, parsed; its errors name the flag.
+fn selector_flag(text: &str) -> anyhow::Result<tollgate_common::LabelSelector> {
+    tollgate_common::LabelSelector::parse(text).map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))
+}
+
 /// Which hub documents `--prune` may delete: `--all`, or those a label selector matches.
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
@@ -177,7 +182,7 @@ impl PruneArgs {
             (false, _, _) => Ok((false, String::new())),
             (true, true, _) => Ok((true, String::new())),
             (true, false, Some(selector)) => {
-                tollgate_common::LabelSelector::parse(selector).map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))?;
+                selector_flag(selector)?;
                 Ok((true, selector.clone()))
             }
             (true, false, None) => bail!(
@@ -416,10 +421,7 @@ impl GetArgs {
             revision,
             connection,
         } = self;
-        let selector = selector
-            .map(|text| tollgate_common::LabelSelector::parse(&text))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))?;
+        let selector = selector.as_deref().map(selector_flag).transpose()?;
         let (mut set, revision) = documents(&connection, kind, name.as_deref(), revision).await?;
         if let Some(selector) = &selector {
             set = set.documents().filter(|d| selector.matches(d.labels())).fold(
@@ -602,10 +604,7 @@ impl StatusArgs {
             fail_on_disconnected,
             connection,
         } = self;
-        let selector = selector
-            .map(|text| tollgate_common::LabelSelector::parse(&text))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("-l/--selector: {e}"))?;
+        let selector = selector.as_deref().map(selector_flag).transpose()?;
         let view = StatusView {
             cluster: cluster.clone(),
             output,
