@@ -67,6 +67,7 @@ fn facts() -> ClusterFacts {
             ],
             cluster_ip: Some(IpAddr::from([172, 30, 0, 10])),
         }),
+        names: Default::default(),
     }
 }
 

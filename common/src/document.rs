@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::egress_rule::{EgressRule, RawRule, parse_cidr, validate_rules};
 use crate::field_error::{DocumentError, FieldError, child, index};
+use crate::fqdn::Fqdn;
 use crate::intent::Intent;
 use crate::label_selector::{LabelSelector, RawLabelSelector, is_dns1123_label, is_dns1123_subdomain};
 use crate::serde_paths::deserialize_strict;
@@ -76,9 +77,25 @@ pub struct EgressGuardrailSpec {
     pub allow_in_cluster_peers: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct AllowedDestination {
-    pub cidr: IpNet,
+/// One entry of a guardrail ceiling: local `ipBlock` peers must lie inside a `cidr`; a local `fqdn` peer passes
+/// only a ceiling that lists that exact name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AllowedDestination {
+    Cidr(IpNet),
+    Fqdn(Fqdn),
+}
+
+/// `{cidr: …}` or `{fqdn: …}`, as written (a plain map, not a YAML tag).
+impl Serialize for AllowedDestination {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self {
+            Self::Cidr(net) => map.serialize_entry("cidr", net)?,
+            Self::Fqdn(name) => map.serialize_entry("fqdn", name)?,
+        }
+        map.end()
+    }
 }
 
 /// What a verified agent without declared rules gets.
@@ -456,9 +473,10 @@ struct RawSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(expecting = "an allowed destination (cidr)")]
+#[serde(expecting = "an allowed destination (cidr or fqdn)")]
 struct RawAllowedDestination {
-    cidr: String,
+    cidr: Option<String>,
+    fqdn: Option<String>,
 }
 
 impl RawDocument {
@@ -642,8 +660,25 @@ fn validate_guardrail_spec(raw: RawSpec, errors: &mut Vec<FieldError>) -> Egress
             .iter()
             .enumerate()
             .filter_map(|(i, d)| {
-                let path = child(&index("spec.allowedDestinations", i), "cidr");
-                parse_cidr(&d.cidr, &path, errors).map(|cidr| AllowedDestination { cidr })
+                let path = index("spec.allowedDestinations", i);
+                match (&d.cidr, &d.fqdn) {
+                    (Some(cidr), None) => parse_cidr(cidr, &child(&path, "cidr"), errors).map(AllowedDestination::Cidr),
+                    (None, Some(name)) => Fqdn::parse(name)
+                        .map_err(|reason| errors.push(FieldError::new(child(&path, "fqdn"), reason)))
+                        .ok()
+                        .map(AllowedDestination::Fqdn),
+                    (None, None) => {
+                        errors.push(FieldError::new(path, "an allowed destination sets cidr or fqdn"));
+                        None
+                    }
+                    (Some(_), Some(_)) => {
+                        errors.push(FieldError::new(
+                            path,
+                            "an allowed destination sets cidr or fqdn, not both",
+                        ));
+                        None
+                    }
+                }
             })
             .collect();
         out.sort();

@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::field_error::{FieldError, child, index};
+use crate::fqdn::Fqdn;
 use crate::label_selector::{LabelSelector, RawLabelSelector};
 use crate::serde_paths::deserialize_strict;
 
@@ -17,7 +18,8 @@ pub struct EgressRule {
     pub ports: Vec<PortRange>,
 }
 
-/// A destination: either an `ipBlock`, or in-cluster pods chosen by `namespaceSelector` and/or `podSelector`.
+/// A destination: an `ipBlock`, in-cluster pods chosen by `namespaceSelector` and/or `podSelector`, or a DNS name
+/// (`fqdn`) that the spoke resolves to addresses in its own cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
@@ -27,6 +29,8 @@ pub struct Peer {
     pub namespace_selector: Option<LabelSelector>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<Fqdn>,
 }
 
 impl Peer {
@@ -38,6 +42,7 @@ impl Peer {
             }),
             namespace_selector: None,
             pod_selector: None,
+            fqdn: None,
         }
     }
 
@@ -46,12 +51,22 @@ impl Peer {
             ip_block: None,
             namespace_selector: Some(selector),
             pod_selector: None,
+            fqdn: None,
         }
     }
 
-    /// In-cluster peers (selectors) rather than address blocks.
+    pub fn fqdn(name: Fqdn) -> Self {
+        Self {
+            ip_block: None,
+            namespace_selector: None,
+            pod_selector: None,
+            fqdn: Some(name),
+        }
+    }
+
+    /// In-cluster peers (selectors) rather than address blocks or names.
     pub fn is_in_cluster(&self) -> bool {
-        self.ip_block.is_none()
+        self.ip_block.is_none() && self.fqdn.is_none()
     }
 }
 
@@ -132,7 +147,7 @@ impl fmt::Display for Protocol {
 /// The message for a port-only rule. OVN-Kubernetes drops such rules without a word, so say it loudly here.
 pub const PORT_ONLY_REASON: &str = "port-only rule: it has ports but no `to` peers, and OVN-Kubernetes (OpenShift) \
      silently drops port-only egress rules, so it would not be enforced there; add the destinations under `to` \
-     (ipBlock, namespaceSelector or podSelector)";
+     (ipBlock, namespaceSelector, podSelector or fqdn)";
 
 /// `spec.egress` of an `AgentRuntime`: `{rules: [...]}`.
 #[derive(Debug, Default, Deserialize)]
@@ -152,12 +167,13 @@ pub(crate) struct RawRule {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     rename_all = "camelCase",
-    expecting = "a destination peer (ipBlock, namespaceSelector, podSelector)"
+    expecting = "a destination peer (ipBlock, namespaceSelector, podSelector, fqdn)"
 )]
 struct RawPeer {
     ip_block: Option<RawIpBlock>,
     namespace_selector: Option<RawLabelSelector>,
     pod_selector: Option<RawLabelSelector>,
+    fqdn: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,17 +264,26 @@ fn validate_rule(raw: RawRule, path: &str, errors: &mut Vec<FieldError>) -> Opti
 fn validate_peer(raw: RawPeer, path: &str, errors: &mut Vec<FieldError>) -> Option<Peer> {
     let before = errors.len();
     let has_selector = raw.namespace_selector.is_some() || raw.pod_selector.is_some();
-    match (&raw.ip_block, has_selector) {
-        (None, false) => errors.push(FieldError::new(
+    match (&raw.ip_block, has_selector, &raw.fqdn) {
+        (None, false, None) => errors.push(FieldError::new(
             path,
-            "a peer must set ipBlock, namespaceSelector or podSelector",
+            "a peer must set ipBlock, namespaceSelector, podSelector or fqdn",
         )),
-        (Some(_), true) => errors.push(FieldError::new(
+        (Some(_), true, _) => errors.push(FieldError::new(
             path,
             "ipBlock cannot be combined with namespaceSelector or podSelector in one peer; use two peers",
         )),
+        (Some(_), false, Some(_)) | (None, true, Some(_)) => errors.push(FieldError::new(
+            child(path, "fqdn"),
+            "fqdn cannot be combined with ipBlock, namespaceSelector or podSelector in one peer; use two peers",
+        )),
         _ => {}
     }
+    let fqdn = raw.fqdn.and_then(|text| {
+        Fqdn::parse(&text)
+            .map_err(|reason| errors.push(FieldError::new(child(path, "fqdn"), reason)))
+            .ok()
+    });
     let ip_block = raw
         .ip_block
         .and_then(|b| validate_ip_block(b, &child(path, "ipBlock"), errors));
@@ -272,6 +297,7 @@ fn validate_peer(raw: RawPeer, path: &str, errors: &mut Vec<FieldError>) -> Opti
         ip_block,
         namespace_selector,
         pod_selector,
+        fqdn,
     })
 }
 
@@ -474,6 +500,32 @@ mod tests {
             ]
         );
         assert!(errors[0].reason.contains("use the network address 10.0.0.0/8"));
+    }
+
+    #[test]
+    fn fqdn_peers_are_validated_with_their_paths() {
+        let rules =
+            parse("- to: [{fqdn: api.openai.com.}, {ipBlock: {cidr: 10.0.0.0/8}}]\n  ports: [{port: 443}]").unwrap();
+        assert_eq!(rules[0].to[0], Peer::fqdn(Fqdn::parse("api.openai.com").unwrap()));
+        assert!(!rules[0].to[0].is_in_cluster());
+        let errors = parse(
+            "- to: [{fqdn: '*.openai.com'}, {fqdn: api.example.com, ipBlock: {cidr: 10.0.0.0/8}}]\n\
+             - to: [{fqdn: db.example.com, namespaceSelector: {}}, {fqdn: Bad.Example.com}]",
+        )
+        .unwrap_err();
+        let found: Vec<(&str, &str)> = errors.iter().map(|e| (e.path.as_str(), e.reason.as_str())).collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[0].0, "spec.egress[0].to[0].fqdn");
+        assert!(found[0].1.contains("wildcard"), "{}", found[0].1);
+        assert_eq!(found[1].0, "spec.egress[0].to[1].fqdn");
+        assert!(found[1].1.contains("cannot be combined"), "{}", found[1].1);
+        assert_eq!(found[2].0, "spec.egress[1].to[0].fqdn");
+        assert_eq!(found[3].0, "spec.egress[1].to[1].fqdn");
+        assert!(found[3].1.contains("lowercase"), "{}", found[3].1);
+        let long = format!("- to: [{{fqdn: {}.example.com}}]", "a.".repeat(130));
+        let errors = parse(&long).unwrap_err();
+        assert_eq!(errors[0].path, "spec.egress[0].to[0].fqdn");
+        assert!(errors[0].reason.contains("at most 253"), "{}", errors[0].reason);
     }
 
     #[test]

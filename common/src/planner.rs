@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, N
 use crate::document::{EgressPolicy, VerifiedDefault};
 use crate::egress_rule::{EgressRule, PortRange};
 use crate::field_error::FieldError;
+use crate::fqdn::Fqdn;
 use crate::intent::Intent;
 use crate::verification::Verification;
 
@@ -66,7 +67,13 @@ pub struct ClusterFacts {
     pub api: ApiServerFacts,
     /// `None`: no DNS Service was found.
     pub dns: Option<DnsFacts>,
+    /// The addresses of the DNS names used in rules, as resolved in this cluster. A name missing here (or with no
+    /// addresses) contributes no peer.
+    pub names: ResolvedNames,
 }
+
+/// Addresses of DNS names, by name (the resolver's output, the planner's input).
+pub type ResolvedNames = BTreeMap<Fqdn, Vec<IpAddr>>;
 
 /// The API server: addresses and ports of `default/kubernetes` endpoints, and the Service's ClusterIP.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -196,6 +203,25 @@ impl fmt::Display for DroppedRule {
     }
 }
 
+/// A DNS name an agent's policy allows, with the ports of the rule it stands in (none: every port).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NameDestination {
+    pub name: Fqdn,
+    pub ports: Vec<PortRange>,
+}
+
+impl NameDestination {
+    /// One line per port, in the shape of [`destinations`]' lines: what `plan` shows instead of the addresses.
+    pub fn lines(&self) -> impl Iterator<Item = String> + '_ {
+        let ports: Vec<String> = if self.ports.is_empty() {
+            vec!["any port".to_string()]
+        } else {
+            self.ports.iter().map(ToString::to_string).collect()
+        };
+        ports.into_iter().map(move |port| format!("fqdn:{} {port}", self.name))
+    }
+}
+
 /// What happened to one agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentOutcome {
@@ -211,6 +237,8 @@ pub struct AgentOutcome {
     /// Declared rules in the policy (baseline not counted).
     pub rule_count: usize,
     pub dropped: Vec<DroppedRule>,
+    /// The DNS names in the agent's declared rules, whether resolved or not, sorted.
+    pub names: Vec<NameDestination>,
     /// Problems that made the agent fail closed.
     pub errors: Vec<String>,
     /// Problems reported without changing the mode.
@@ -274,19 +302,29 @@ pub struct Planner<'a> {
     baseline: Baseline,
     /// The hub revision, written once for the annotation of every policy.
     revision: Option<String>,
-    /// Hub policies sorted by name, with their rules rendered once.
-    policies: Vec<(&'a EgressPolicy, Vec<NetworkPolicyEgressRule>)>,
+    /// Hub policies sorted by name, with their rules rendered once (`None`: a rule whose names have no addresses).
+    policies: Vec<(&'a EgressPolicy, Vec<Option<NetworkPolicyEgressRule>>)>,
+    /// The resolved DNS names of the cluster.
+    names: &'a ResolvedNames,
     guardrails: Guardrails<'a>,
     ingress_verified: Vec<NetworkPolicyIngressRule>,
     ingress_unverified: Vec<NetworkPolicyIngressRule>,
 }
 
 impl<'a> Planner<'a> {
-    pub fn new(config: &'a PlannerConfig, facts: &ClusterFacts, intent: &'a Intent) -> Self {
+    pub fn new(config: &'a PlannerConfig, facts: &'a ClusterFacts, intent: &'a Intent) -> Self {
         let mut policies: Vec<_> = intent
             .policies
             .iter()
-            .map(|p| (p, p.spec.egress.iter().map(render::egress_rule).collect()))
+            .map(|p| {
+                let rendered = p
+                    .spec
+                    .egress
+                    .iter()
+                    .map(|r| render::egress_rule(r, &facts.names))
+                    .collect();
+                (p, rendered)
+            })
             .collect();
         policies.sort_by(|(a, _), (b, _)| a.metadata.name.cmp(&b.metadata.name));
         policies.dedup_by(|(a, _), (b, _)| a.metadata.name == b.metadata.name);
@@ -295,6 +333,7 @@ impl<'a> Planner<'a> {
             baseline: Baseline::new(facts, config.restricted_allow_dns),
             revision: intent.revision.map(|r| r.to_string()),
             policies,
+            names: &facts.names,
             guardrails: Guardrails::new(&intent.guardrails),
             ingress_verified: render::ingress(config, true),
             ingress_unverified: render::ingress(config, false),
@@ -318,6 +357,7 @@ impl<'a> Planner<'a> {
             rule_sources: Vec::new(),
             rule_count: 0,
             dropped: Vec::new(),
+            names: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
         };
@@ -403,7 +443,7 @@ impl<'a> Planner<'a> {
         outcome: &mut AgentOutcome,
     ) -> Vec<NetworkPolicyEgressRule>
     where
-        I: Iterator<Item = &'r (&'a EgressPolicy, Vec<NetworkPolicyEgressRule>)>,
+        I: Iterator<Item = &'r (&'a EgressPolicy, Vec<Option<NetworkPolicyEgressRule>>)>,
     {
         let (selected, hub_rules) = selecting().fold((0, 0), |(n, rules), (_, r)| (n + 1, rules + r.len()));
         let candidates = local.len() + hub_rules;
@@ -416,8 +456,11 @@ impl<'a> Planner<'a> {
             if let Some(rule) = self.guardrails.constrain(rule, i, &mut outcome.dropped) {
                 let digest = digest(&rule);
                 if !is_kept(&kept, digest, &rule) {
-                    egress.push(render::egress_rule(&rule));
-                    kept.push((digest, rule));
+                    self.note_names(&rule, RuleSource::Local, i, outcome);
+                    if let Some(k8s) = render::egress_rule(&rule, self.names) {
+                        egress.push(k8s);
+                        kept.push((digest, rule));
+                    }
                 }
             }
         }
@@ -427,11 +470,14 @@ impl<'a> Planner<'a> {
             outcome.rule_sources.push(RuleSource::Local);
         }
         for (policy, rendered) in selecting() {
-            for (rule, k8s) in policy.spec.egress.iter().zip(rendered) {
+            for (i, (rule, k8s)) in policy.spec.egress.iter().zip(rendered).enumerate() {
                 let digest = digest(rule);
                 if !is_kept(&kept, digest, rule) {
-                    kept.push((digest, Cow::Borrowed(rule)));
-                    egress.push(k8s.clone());
+                    self.note_names(rule, RuleSource::Policy(policy.metadata.name.clone()), i, outcome);
+                    if let Some(k8s) = k8s {
+                        kept.push((digest, Cow::Borrowed(rule)));
+                        egress.push(k8s.clone());
+                    }
                 }
             }
             outcome
@@ -439,7 +485,55 @@ impl<'a> Planner<'a> {
                 .push(RuleSource::Policy(policy.metadata.name.clone()));
         }
         outcome.rule_count = kept.len();
+        outcome.names.sort();
+        outcome.names.dedup();
         egress
+    }
+
+    /// Records the names of a rule that reaches the policy, and reports the name peers without addresses (or the
+    /// whole rule, when no peer is left).
+    fn note_names(&self, rule: &EgressRule, source: RuleSource, index: usize, outcome: &mut AgentOutcome) {
+        let mut unresolved = Vec::new();
+        for (j, peer) in rule.to.iter().enumerate() {
+            let Some(name) = &peer.fqdn else { continue };
+            outcome.names.push(NameDestination {
+                name: name.clone(),
+                ports: rule.ports.clone(),
+            });
+            if self.names.get(name).is_none_or(Vec::is_empty) {
+                unresolved.push((j, name));
+            }
+        }
+        if unresolved.is_empty() {
+            return;
+        }
+        if unresolved.len() == rule.to.len() {
+            let names: Vec<String> = unresolved.iter().map(|(_, n)| n.to_string()).collect();
+            outcome.dropped.push(DroppedRule {
+                source,
+                rule: index,
+                peer: None,
+                reason: format!(
+                    "{} {} no addresses yet: the rule is left out until {} (it is never written without destinations)",
+                    names.join(", "),
+                    if names.len() == 1 { "has" } else { "have" },
+                    if names.len() == 1 {
+                        "it resolves"
+                    } else {
+                        "one resolves"
+                    },
+                ),
+            });
+        } else {
+            outcome
+                .dropped
+                .extend(unresolved.into_iter().map(|(j, name)| DroppedRule {
+                    source: source.clone(),
+                    rule: index,
+                    peer: Some(j),
+                    reason: format!("{name} has no addresses yet"),
+                }));
+        }
     }
 }
 

@@ -94,6 +94,26 @@ struct StoredFacts {
     restricted_allow_dns: bool,
     policy_name_suffix: String,
     spoke_version: String,
+    resolved_names: Vec<StoredName>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct StoredName {
+    name: String,
+    addresses: Vec<StoredAddress>,
+    error: String,
+    nxdomain: bool,
+    unstable: bool,
+    known: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct StoredAddress {
+    address: String,
+    first_seen_unix: i64,
+    stale_since_unix: i64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +145,26 @@ pub fn facts_to_json(message: &pb::ClusterFacts) -> String {
         restricted_allow_dns: message.restricted_allow_dns,
         policy_name_suffix: message.policy_name_suffix.clone(),
         spoke_version: message.spoke_version.clone(),
+        resolved_names: message
+            .resolved_names
+            .iter()
+            .map(|n| StoredName {
+                name: n.name.clone(),
+                addresses: n
+                    .addresses
+                    .iter()
+                    .map(|a| StoredAddress {
+                        address: a.address.clone(),
+                        first_seen_unix: a.first_seen_unix,
+                        stale_since_unix: a.stale_since_unix,
+                    })
+                    .collect(),
+                error: n.error.clone(),
+                nxdomain: n.nxdomain,
+                unstable: n.unstable,
+                known: n.known,
+            })
+            .collect(),
     };
     serde_json::to_string(&stored).expect("facts serialize")
 }
@@ -152,6 +192,26 @@ pub fn facts_from_json(json: &str) -> Result<pb::ClusterFacts, String> {
         restricted_allow_dns: stored.restricted_allow_dns,
         policy_name_suffix: stored.policy_name_suffix,
         spoke_version: stored.spoke_version,
+        resolved_names: stored
+            .resolved_names
+            .into_iter()
+            .map(|n| pb::ResolvedName {
+                name: n.name,
+                addresses: n
+                    .addresses
+                    .into_iter()
+                    .map(|a| pb::ResolvedAddress {
+                        address: a.address,
+                        first_seen_unix: a.first_seen_unix,
+                        stale_since_unix: a.stale_since_unix,
+                    })
+                    .collect(),
+                error: n.error,
+                nxdomain: n.nxdomain,
+                unstable: n.unstable,
+                known: n.known,
+            })
+            .collect(),
     })
 }
 
@@ -221,6 +281,8 @@ pub fn facts_from_wire(message: &pb::ClusterFacts) -> Result<ClusterFacts, Field
             service,
         },
         dns,
+        // The hub plans names symbolically: it never sees a cluster's addresses as facts.
+        names: Default::default(),
     })
 }
 
@@ -308,6 +370,11 @@ pub fn agent_status_to_wire(outcome: &AgentOutcome, agent: &Agent, applied_revis
         errors: outcome.errors.clone(),
         dropped_rules: outcome.dropped.iter().map(ToString::to_string).collect(),
         plan_inputs: serde_json::to_string(&PlanInputs::of(agent)).expect("plan inputs serialize"),
+        fqdn_names: {
+            let mut names: Vec<String> = outcome.names.iter().map(|n| n.name.to_string()).collect();
+            names.dedup();
+            names
+        },
     }
 }
 
@@ -356,10 +423,23 @@ mod tests {
                 target_ports: vec![PortRange::single(Protocol::Udp, 5353)],
                 cluster_ip: Some("172.30.0.10".parse().unwrap()),
             }),
+            names: Default::default(),
         };
-        let wire = facts_to_wire(&facts, "v1.20.2");
+        let mut wire = facts_to_wire(&facts, "v1.20.2");
         assert_eq!(wire.kubernetes_version, "v1.20.2");
         assert_eq!(facts_from_wire(&wire).unwrap(), facts);
+        wire.resolved_names = vec![pb::ResolvedName {
+            name: "api.openai.com".into(),
+            addresses: vec![pb::ResolvedAddress {
+                address: "203.0.113.9".into(),
+                first_seen_unix: 1_700_000_000,
+                stale_since_unix: 1_700_000_600,
+            }],
+            error: "SERVFAIL".into(),
+            nxdomain: false,
+            unstable: true,
+            known: 70,
+        }];
         assert_eq!(
             facts_from_json(&facts_to_json(&wire)).unwrap(),
             wire,

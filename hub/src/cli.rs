@@ -566,6 +566,10 @@ pub struct StatusArgs {
     /// Show the agents of one cluster.
     #[arg(long, add = ArgValueCandidates::new(crate::completion::cluster_ids))]
     cluster: Option<String>,
+    /// With --cluster: one agent (`NAMESPACE/NAME`), with the addresses its DNS names (fqdn) stand for and their
+    /// age.
+    #[arg(long, requires = "cluster")]
+    agent: Option<String>,
     /// Follow changes from the hub's watch stream: on a terminal the table is redrawn in place; otherwise (or with
     /// -o json|yaml|name) each changed row is printed once, with no control characters (NDJSON for json).
     #[arg(short = 'w', long)]
@@ -596,6 +600,7 @@ impl StatusArgs {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         let Self {
             cluster,
+            agent,
             watch,
             output,
             selector,
@@ -605,8 +610,16 @@ impl StatusArgs {
             connection,
         } = self;
         let selector = selector.as_deref().map(selector_flag).transpose()?;
+        if let Some(agent) = &agent
+            && agent
+                .split_once('/')
+                .is_none_or(|(ns, name)| ns.is_empty() || name.is_empty())
+        {
+            anyhow::bail!("--agent {agent:?}: expected NAMESPACE/NAME");
+        }
         let view = StatusView {
             cluster: cluster.clone(),
+            agent,
             output,
             style: output.style(no_headers),
             selector,
@@ -619,7 +632,7 @@ impl StatusArgs {
         if !watch {
             let mut status = client.fleet_status(request).await.map_err(call_error)?.into_inner();
             let now = now_millis();
-            view.select(&mut status, now);
+            view.select(&mut status, now)?;
             out.write_all(view.render(&status, now)?.as_bytes())?;
             if fail_on_disconnected {
                 let unhealthy = render::unhealthy(&status);
@@ -642,7 +655,7 @@ impl StatusArgs {
         let mut previous: Option<pb::FleetStatusResponse> = None;
         while let Some(mut status) = stream.message().await.map_err(call_error)? {
             let now = now_millis();
-            view.select(&mut status, now);
+            view.select(&mut status, now)?;
             if redraw {
                 // A terminal: clear the screen and redraw the table in place.
                 out.write_all(b"\x1b[H\x1b[2J")?;
@@ -660,6 +673,7 @@ impl StatusArgs {
 /// What `status` shows, and how.
 struct StatusView {
     cluster: Option<String>,
+    agent: Option<String>,
     output: Output,
     style: render::Style,
     selector: Option<tollgate_common::LabelSelector>,
@@ -667,13 +681,27 @@ struct StatusView {
 }
 
 impl StatusView {
-    fn select(&self, status: &mut pb::FleetStatusResponse, now: i64) {
+    fn select(&self, status: &mut pb::FleetStatusResponse, now: i64) -> anyhow::Result<()> {
         if self.cluster.is_none() {
             render::select_clusters(status, self.selector.as_ref(), self.sort_by, now);
         }
+        if let (Some(cluster), Some(agent)) = (&self.cluster, &self.agent)
+            && !render::select_agent(status, agent)
+        {
+            anyhow::bail!("cluster {cluster} reports no agent {agent}");
+        }
+        Ok(())
     }
 
     fn render(&self, status: &pb::FleetStatusResponse, now: i64) -> anyhow::Result<String> {
+        if let (Some(cluster), Some(_)) = (&self.cluster, &self.agent) {
+            return Ok(match self.output {
+                Output::Table | Output::Wide => render::agent_names_view(status, cluster, now / 1000),
+                Output::Name => render::agent_names(status),
+                Output::Json => serde_json::to_string_pretty(&render::agent_rows_with(status, true))? + "\n",
+                Output::Yaml => serde_yaml_ng::to_string(&render::agent_rows_with(status, true))?,
+            });
+        }
         Ok(match (&self.cluster, self.output) {
             (None, Output::Table | Output::Wide) => render::clusters_view(status, now, self.style),
             (Some(cluster), Output::Table | Output::Wide) => render::agents_view(status, cluster, self.style),

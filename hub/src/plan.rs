@@ -86,9 +86,15 @@ pub fn changes(
                     .policy_name
                     .as_deref()
                     .and_then(|name| policies.get(&(outcome.namespace.as_str(), name)));
+                // DNS names are shown as names (the hub never plans with a cluster's addresses): a gained name,
+                // not the addresses it stands for today.
+                let mut destinations = own.map(|p| planner::destinations(p)).unwrap_or_default();
+                if own.is_some() {
+                    destinations.extend(outcome.names.iter().flat_map(|n| n.lines()));
+                }
                 (
                     (outcome.namespace.as_str(), outcome.name.as_str()),
-                    (outcome.mode, own.map(|p| planner::destinations(p)).unwrap_or_default()),
+                    (outcome.mode, destinations),
                 )
             })
             .collect()
@@ -290,6 +296,36 @@ mod tests {
             plans[0].gained
         );
         assert!(changes(&config, &facts, &agents, &intent(LLM), &intent(LLM)).is_empty());
+    }
+
+    /// A gained DNS name is shown as the name, never as addresses (the hub has none); changing only the name's
+    /// ports shows the old line lost and the new one gained.
+    #[test]
+    fn names_are_previewed_symbolically() {
+        let agents = [agent("planner", "planner", "llm")];
+        let config = PlannerConfig::default();
+        let facts = planner::ClusterFacts::default();
+        let named = |port: u16| {
+            format!(
+                "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {{name: llm}}\nspec:\n  \
+                 agentSelector: {{matchLabels: {{tier: llm}}}}\n  egress: [{{to: [{{fqdn: api.openai.com}}, \
+                 {{ipBlock: {{cidr: 104.18.0.0/16}}}}], ports: [{{port: {port}}}]}}]\n"
+            )
+        };
+        let plans = changes(&config, &facts, &agents, &intent(""), &intent(&named(443)));
+        assert_eq!(changed(&plans), [("planner", "allow-all", "scoped")]);
+        let declared: Vec<&String> = plans[0].gained.iter().filter(|d| !d.starts_with("namespace")).collect();
+        assert_eq!(
+            declared,
+            ["104.18.0.0/16 TCP/443", "fqdn:api.openai.com TCP/443"],
+            "and the baseline"
+        );
+        let plans = changes(&config, &facts, &agents, &intent(&named(443)), &intent(&named(8443)));
+        assert_eq!(
+            plans[0].gained,
+            ["104.18.0.0/16 TCP/8443", "fqdn:api.openai.com TCP/8443"]
+        );
+        assert_eq!(plans[0].lost, ["104.18.0.0/16 TCP/443", "fqdn:api.openai.com TCP/443"]);
     }
 
     /// Two agents on one workload share one policy (the first by name holds it): the other is still previewed,

@@ -310,9 +310,69 @@ pub struct AgentRow {
     pub applied_revision: u64,
     pub errors: Vec<String>,
     pub dropped_rules: Vec<String>,
+    /// The DNS names its rules use.
+    pub fqdn_names: Vec<String>,
+    /// Those names with their addresses in the cluster (`status --cluster ID --agent NS/NAME` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolved_names: Vec<NameRow>,
+}
+
+/// One DNS name of an agent's rules as its cluster resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NameRow {
+    pub name: String,
+    pub addresses: Vec<AddressRow>,
+    /// Why the last lookup failed (the addresses are the last good ones).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    pub nxdomain: bool,
+    pub unstable: bool,
+    /// Distinct addresses known (more than the policy's 64 when over the limit).
+    pub known: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressRow {
+    pub address: String,
+    pub first_seen_unix: i64,
+    /// When it was last in an answer, if it is no longer in the latest one (kept for the grace period).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_since_unix: Option<i64>,
+}
+
+fn name_row(name: &pb::ResolvedName) -> NameRow {
+    NameRow {
+        name: name.name.clone(),
+        addresses: name
+            .addresses
+            .iter()
+            .map(|a| AddressRow {
+                address: a.address.clone(),
+                first_seen_unix: a.first_seen_unix,
+                stale_since_unix: (a.stale_since_unix > 0).then_some(a.stale_since_unix),
+            })
+            .collect(),
+        error: name.error.clone(),
+        nxdomain: name.nxdomain,
+        unstable: name.unstable,
+        known: name.known,
+    }
+}
+
+/// Keeps only agent `namespace/name` of a cluster's status; `false` when the cluster has no such agent.
+pub fn select_agent(status: &mut pb::FleetStatusResponse, agent: &str) -> bool {
+    status.agents.retain(|a| format!("{}/{}", a.namespace, a.name) == agent);
+    !status.agents.is_empty()
 }
 
 pub fn agent_rows(status: &pb::FleetStatusResponse) -> Vec<AgentRow> {
+    agent_rows_with(status, false)
+}
+
+/// The agent rows; with `names`, each with its names' addresses.
+pub fn agent_rows_with(status: &pb::FleetStatusResponse, names: bool) -> Vec<AgentRow> {
     status
         .agents
         .iter()
@@ -327,8 +387,97 @@ pub fn agent_rows(status: &pb::FleetStatusResponse) -> Vec<AgentRow> {
             applied_revision: a.applied_revision,
             errors: a.errors.clone(),
             dropped_rules: a.dropped_rules.clone(),
+            fqdn_names: a.fqdn_names.clone(),
+            resolved_names: if names {
+                status
+                    .resolved_names
+                    .iter()
+                    .filter(|n| a.fqdn_names.contains(&n.name))
+                    .map(name_row)
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
         .collect()
+}
+
+/// One agent with the addresses its names stand for in the cluster: one line per address (or per name without
+/// any), with how long the address has been answered and whether it is only kept for the grace period.
+pub fn agent_names_view(status: &pb::FleetStatusResponse, cluster: &str, now_unix: i64) -> String {
+    let Some(agent) = status.agents.first() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "Agent {}/{} in cluster {cluster}: {}, {} declared rule(s)",
+        agent.namespace, agent.name, agent.mode, agent.rule_count
+    );
+    if !agent.rule_sources.is_empty() {
+        out.push_str(&format!(" from {}", agent.rule_sources.join(",")));
+    }
+    out.push('\n');
+    if agent.fqdn_names.is_empty() {
+        out.push_str("Its rules name no DNS names (fqdn).\n");
+        return out;
+    }
+    out.push('\n');
+    let age = |since: i64| ago(since * 1000, now_unix * 1000).trim_end_matches(" ago").to_string();
+    let mut rows = vec![
+        vec!["NAME", "ADDRESS", "AGE", "STATE"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+    ];
+    for name in &agent.fqdn_names {
+        let Some(resolved) = status.resolved_names.iter().find(|n| &n.name == name) else {
+            rows.push(vec![name.clone(), "-".into(), "-".into(), "not reported yet".into()]);
+            continue;
+        };
+        let mut state = Vec::new();
+        if !resolved.error.is_empty() {
+            state.push(format!("lookup failed: {} (last good addresses kept)", resolved.error));
+        }
+        if resolved.nxdomain {
+            state.push("NXDOMAIN".to_string());
+        }
+        if resolved.unstable {
+            state.push("answers change on every lookup".to_string());
+        }
+        if resolved.known as usize > resolved.addresses.len() {
+            state.push(format!(
+                "{} addresses, only {} allowed",
+                resolved.known,
+                resolved.addresses.len()
+            ));
+        }
+        if resolved.addresses.is_empty() {
+            let state = if state.is_empty() {
+                "no addresses".to_string()
+            } else {
+                state.join("; ")
+            };
+            rows.push(vec![name.clone(), "-".into(), "-".into(), state]);
+        }
+        for address in &resolved.addresses {
+            let mut line = state.clone();
+            if address.stale_since_unix > 0 {
+                line.insert(
+                    0,
+                    format!("not answered for {} (grace period)", age(address.stale_since_unix)),
+                );
+            } else if line.is_empty() {
+                line.push("answered".to_string());
+            }
+            rows.push(vec![
+                name.clone(),
+                address.address.clone(),
+                age(address.first_seen_unix),
+                line.join("; "),
+            ]);
+        }
+    }
+    out.push_str(&table(rows, Style::TABLE, ""));
+    out
 }
 
 pub fn agents_table(status: &pb::FleetStatusResponse) -> String {
@@ -356,6 +505,7 @@ pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style
         "RULES",
         "SOURCES",
         "REVISION",
+        "NAMES",
         "LAST ERROR",
     ];
     if style.wide {
@@ -382,6 +532,11 @@ pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style
                 a.rule_sources.join(",")
             },
             a.applied_revision.to_string(),
+            if a.fqdn_names.is_empty() {
+                "-".to_string()
+            } else {
+                a.fqdn_names.join(",")
+            },
             last_problem,
         ]);
         if style.wide {
@@ -763,6 +918,26 @@ mod tests {
                     "local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod".into(),
                 ],
                 plan_inputs: String::new(),
+                fqdn_names: vec!["api.openai.com".into()],
+            }],
+            resolved_names: vec![pb::ResolvedName {
+                name: "api.openai.com".into(),
+                addresses: vec![
+                    pb::ResolvedAddress {
+                        address: "198.51.100.4".into(),
+                        first_seen_unix: 100,
+                        stale_since_unix: 3_400,
+                    },
+                    pb::ResolvedAddress {
+                        address: "203.0.113.9".into(),
+                        first_seen_unix: 3_400,
+                        stale_since_unix: 0,
+                    },
+                ],
+                error: String::new(),
+                nxdomain: false,
+                unstable: false,
+                known: 2,
             }],
         }
     }
@@ -985,9 +1160,37 @@ the hub serves revision 1, the newest it can read; `rollback --to 1` (or an appl
         assert_eq!(
             agents_table(&fleet()),
             "\
-NAMESPACE   NAME      VERIFIED   REASON         MODE     RULES   SOURCES                 REVISION   LAST ERROR
-team-a      weather   yes        mTLSVerified   scoped   2       local,policy/llm-apis   7          local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod
+NAMESPACE   NAME      VERIFIED   REASON         MODE     RULES   SOURCES                 REVISION   NAMES            LAST ERROR
+team-a      weather   yes        mTLSVerified   scoped   2       local,policy/llm-apis   7          api.openai.com   local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod
 "
+        );
+    }
+
+    #[test]
+    fn one_agent_shows_its_names_addresses_and_their_age() {
+        let mut status = fleet();
+        assert!(!select_agent(&mut status.clone(), "team-a/other"));
+        assert!(select_agent(&mut status, "team-a/weather"));
+        assert_eq!(
+            agent_names_view(&status, "prod-eu", 3_700),
+            "\
+Agent team-a/weather in cluster prod-eu: scoped, 2 declared rule(s) from local,policy/llm-apis
+
+NAME             ADDRESS        AGE   STATE
+api.openai.com   198.51.100.4   1h    not answered for 5m (grace period)
+api.openai.com   203.0.113.9    5m    answered
+"
+        );
+        let rows = agent_rows_with(&status, true);
+        assert_eq!(rows[0].resolved_names[0].addresses[0].stale_since_unix, Some(3_400));
+        assert_eq!(rows[0].resolved_names[0].addresses[1].stale_since_unix, None);
+        let yaml = serde_yaml_ng::to_string(&rows).unwrap();
+        assert!(yaml.contains("firstSeenUnix: 3400"), "{yaml}");
+        assert!(
+            !serde_yaml_ng::to_string(&agent_rows(&status))
+                .unwrap()
+                .contains("resolvedNames"),
+            "addresses only for one agent"
         );
     }
 

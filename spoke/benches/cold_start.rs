@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tollgate_common::planner::{LABEL_MANAGED_BY, LABEL_MODE, MANAGED_BY};
+use tollgate_e2e::procfs::{clock_ticks, cpu_seconds, load_average, metric, proc_status_kib, self_cpu_seconds};
 use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, log_tail};
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
@@ -722,71 +723,4 @@ fn report(options: &Options, setup: Duration, runs: &[ColdStart], idle: &Idle, r
         "reproduce: cargo bench -p tollgate-spoke --bench cold_start -- --agents {} --runs {} --idle-secs {}",
         options.agents, options.runs, options.idle_secs
     );
-}
-
-/// The value of the first sample line named exactly `name` (with its labels, if any) in Prometheus text.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(series, _)| *series == name)
-        .and_then(|(_, value)| value.parse().ok())
-}
-
-/// `/proc/loadavg`: the 1, 5 and 15 minute load averages.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 if that fails).
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
-}
-
-fn self_cpu_seconds() -> Result<f64> {
-    stat_cpu_seconds("/proc/self/stat")
-}
-
-fn stat_cpu_seconds(path: &str) -> Result<f64> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name in parentheses: state is field 3, utime 14 and stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("no ')' in stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .with_context(|| format!("field {} of {path}", i + 3))
-    };
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks())
-}
-
-/// A `kB` line of `/proc/PID/status`, such as `VmRSS` or `VmHWM`.
-fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {field} in {path}"))
 }

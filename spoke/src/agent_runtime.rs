@@ -246,6 +246,11 @@ fn egress_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
                                     },
                                     "namespaceSelector": selector,
                                     "podSelector": selector,
+                                    "fqdn": {
+                                        "description": "A DNS name (lowercase, no wildcard) the spoke resolves in this cluster; its addresses become /32 or /128 ipBlocks.",
+                                        "type": "string",
+                                        "maxLength": 254,
+                                    },
                                 },
                             },
                         },

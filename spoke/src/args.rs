@@ -121,6 +121,24 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_SPOKE_DNS_SERVICE")]
     pub dns_service: Option<String>,
 
+    /// The DNS server that resolves the names of `fqdn` peers, as `ADDRESS:PORT`; default: the DNS Service's
+    /// ClusterIP on port 53 (the server the agents' pods ask).
+    #[arg(long, env = "TOLLGATE_SPOKE_FQDN_RESOLVER")]
+    pub fqdn_resolver: Option<SocketAddr>,
+
+    /// Look a name up again no sooner than this after an answer, whatever its TTL.
+    #[arg(long, env = "TOLLGATE_SPOKE_FQDN_MIN_TTL", value_parser = parse_duration, default_value = "30s")]
+    pub fqdn_min_ttl: Duration,
+
+    /// Look a name up again no later than this after an answer, whatever its TTL.
+    #[arg(long, env = "TOLLGATE_SPOKE_FQDN_MAX_TTL", value_parser = parse_duration, default_value = "10m")]
+    pub fqdn_max_ttl: Duration,
+
+    /// Keep an address of a name in the policies this long after it was last answered (applications cache
+    /// answers past their TTL, and DNS load balancing hands pods other addresses than the spoke sees).
+    #[arg(long, env = "TOLLGATE_SPOKE_FQDN_GRACE", value_parser = parse_duration, default_value = "1h")]
+    pub fqdn_grace: Duration,
+
     /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints.
     #[arg(long, env = "TOLLGATE_SPOKE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,

@@ -10,6 +10,7 @@ pub mod args;
 pub mod conditions;
 pub mod diff;
 pub mod facts;
+pub mod fqdn;
 pub mod hub_client;
 pub mod local_rules;
 pub mod metrics;

@@ -31,6 +31,12 @@ pub struct CertificateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabel {
+    /// `answered`, `nxdomain` or `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConditionLabel {
     pub condition: &'static str,
 }
@@ -51,6 +57,16 @@ pub struct Metrics {
     pub intents_refused: Family<ReasonLabel, Counter>,
     /// 1 while a stream to the hub is open.
     pub hub_connected: Gauge,
+    /// DNS names of `fqdn` peers tracked.
+    pub fqdn_names: Gauge,
+    /// DNS lookups of those names, by result.
+    pub fqdn_lookups: Family<LookupLabel, Counter>,
+    /// Addresses the names stand for in the policies.
+    pub fqdn_addresses: Gauge,
+    /// Names with more addresses than a policy takes.
+    pub fqdn_over_limit: Gauge,
+    /// Names whose answers differ on every lookup.
+    pub fqdn_unstable: Gauge,
     hub_update_age: Gauge,
     /// `notAfter` of the client certificate the spoke presents to the hub, Unix seconds.
     certificate_expiry: Family<CertificateLabel, Gauge>,
@@ -128,6 +144,35 @@ impl Metrics {
             "Unix time the certificate the spoke presents to the hub (client) expires, as last read",
             certificate_expiry.clone(),
         );
+        let fqdn_names = Gauge::default();
+        registry.register("fqdn_names", "DNS names of fqdn peers tracked", fqdn_names.clone());
+        let fqdn_lookups = Family::<LookupLabel, Counter>::default();
+        registry.register(
+            "fqdn_lookups",
+            "DNS lookups of fqdn names, by result (answered, nxdomain, failed)",
+            fqdn_lookups.clone(),
+        );
+        let fqdn_addresses = Gauge::default();
+        registry.register(
+            "fqdn_addresses",
+            "Addresses the fqdn names stand for in the policies",
+            fqdn_addresses.clone(),
+        );
+        let fqdn_over_limit = Gauge::default();
+        registry.register(
+            "fqdn_names_over_limit",
+            "fqdn names with more addresses than a policy takes (64)",
+            fqdn_over_limit.clone(),
+        );
+        let fqdn_unstable = Gauge::default();
+        registry.register(
+            "fqdn_names_unstable",
+            "fqdn names whose answers differ on every lookup",
+            fqdn_unstable.clone(),
+        );
+        for result in ["answered", "nxdomain", "failed"] {
+            let _ = fqdn_lookups.get_or_create(&LookupLabel { result });
+        }
         // Every known label value from the start, at 0: `rate()` and `increase()` then see the first failure, and
         // dashboards and alerts find the series before anything went wrong.
         for kind in crate::reconcile::ErrorKind::ALL {
@@ -147,6 +192,11 @@ impl Metrics {
             conditions,
             intents_refused,
             hub_connected,
+            fqdn_names,
+            fqdn_lookups,
+            fqdn_addresses,
+            fqdn_over_limit,
+            fqdn_unstable,
             hub_update_age,
             certificate_expiry,
             last_hub_update: AtomicI64::new(0),

@@ -17,6 +17,7 @@ use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
 use crate::agent_runtime::ObservedRuntime;
 use crate::diff::{ObservedPolicy, needs_apply};
+use crate::fqdn::{Resolver, Snapshot};
 use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
 use crate::world::World;
 use crate::{agents, facts};
@@ -125,6 +126,8 @@ pub struct PassReport {
     pub written: usize,
     pub deleted: usize,
     pub errors: Vec<WriteError>,
+    /// The DNS names of the rules and their addresses, as planned with.
+    pub names: Snapshot,
 }
 
 /// Reconciles the cluster's NetworkPolicies; keeps what it reported last so Events fire on changes only.
@@ -133,6 +136,7 @@ pub struct Reconciler {
     settings: Settings,
     metrics: Arc<Metrics>,
     recorder: Recorder,
+    resolver: Resolver,
     reported: HashMap<(String, String), Vec<(String, String)>>,
 }
 
@@ -155,12 +159,19 @@ struct Written {
 }
 
 impl Reconciler {
-    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        resolver: Resolver,
+    ) -> Self {
         Self {
             client,
             settings,
             metrics,
             recorder,
+            resolver,
             reported: HashMap::new(),
         }
     }
@@ -173,7 +184,15 @@ impl Reconciler {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let runtimes: Vec<Arc<ObservedRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
-        let (plan, facts, agents) = self.plan(world, intent, &runtimes, now_unix);
+        let (mut facts, agents) = self.inputs(world, &runtimes, now_unix);
+        // The names of the rules, resolved in this cluster (the planner receives addresses, never looks up).
+        let cluster_dns = facts.dns.as_ref().and_then(|d| d.cluster_ip);
+        let names = self
+            .resolver
+            .sync(&crate::fqdn::wanted(intent, &agents), cluster_dns)
+            .await;
+        facts.names = names.addresses();
+        let plan = planner::plan(&self.settings.planner, &facts, &agents, intent);
         // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
         let unplanned: HashSet<Key> = runtimes
             .iter()
@@ -311,7 +330,7 @@ impl Reconciler {
             }
         }
 
-        self.publish_events(&runtimes, &plan, &mode_changes).await;
+        self.publish_events(&runtimes, &plan, &mode_changes, &names).await;
         if !hold {
             self.annotate(&runtimes, &plan, intent.revision).await;
         }
@@ -340,6 +359,7 @@ impl Reconciler {
         }
         report.plan = plan;
         report.facts = facts;
+        report.names = names;
         report.agents = agents
             .into_iter()
             .map(|a| ((a.namespace.clone(), a.name.clone()), a))
@@ -395,13 +415,13 @@ impl Reconciler {
         }
     }
 
-    fn plan(
+    /// What the planner needs from the watches: the cluster's facts (without names) and every agent.
+    fn inputs(
         &self,
         world: &World,
-        intent: &Intent,
         runtimes: &[Arc<ObservedRuntime>],
         now_unix: i64,
-    ) -> (Plan, planner::ClusterFacts, Vec<planner::Agent>) {
+    ) -> (planner::ClusterFacts, Vec<planner::Agent>) {
         let api_endpoints = world.api_endpoints.state().into_iter().next();
         let api_service = world.api_service.state().into_iter().next();
         let api_slices: Vec<_> = world.api_slices.iter().flat_map(|s| s.state()).collect();
@@ -424,7 +444,11 @@ impl Reconciler {
             };
             facts::dns(&candidate.namespace, sources, Some(&service))
         });
-        let cluster = planner::ClusterFacts { api, dns };
+        let cluster = planner::ClusterFacts {
+            api,
+            dns,
+            names: planner::ResolvedNames::new(),
+        };
 
         let pod_labels = |kind: &str, ns: &str, name: &str| -> Option<BTreeMap<String, String>> {
             let template_labels = |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
@@ -483,8 +507,7 @@ impl Reconciler {
                 }
             })
             .collect();
-        let plan = planner::plan(&self.settings.planner, &cluster, &agents, intent);
-        (plan, cluster, agents)
+        (cluster, agents)
     }
 
     /// Events on each AgentRuntime: the mode when its policy was written with a new mode, and its problems when
@@ -494,6 +517,7 @@ impl Reconciler {
         runtimes: &[Arc<ObservedRuntime>],
         plan: &Plan,
         mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
+        names: &Snapshot,
     ) {
         let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
             .iter()
@@ -551,6 +575,15 @@ impl Reconciler {
                 events.push((reference.clone(), changed));
             }
             let mut problems = problems(outcome, &plan.warnings);
+            // The problems of the names its policy relies on (lookups failing, too many addresses, …).
+            let mut seen_names = HashSet::new();
+            for used in &outcome.names {
+                if seen_names.insert(&used.name)
+                    && let Some(state) = names.get(&used.name)
+                {
+                    problems.extend(state.problems(&used.name).into_iter().map(|(r, m)| (r.to_string(), m)));
+                }
+            }
             if let ObservedRuntime::Malformed(malformed) = &***runtime {
                 problems.insert(0, ("MalformedAgentRuntime".to_string(), malformed.message()));
             }

@@ -18,6 +18,7 @@ use tollgate_proto::v1 as pb;
 
 use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_list, parse_namespaced};
 use crate::conditions::{Conditions, Kind};
+use crate::fqdn::{Resolver, ResolverSettings};
 use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports};
 use crate::metrics::Metrics;
 use crate::reconcile::{Backoff, PassReport, Reconciler, Settings};
@@ -54,6 +55,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_card_age,
         restricted_allow_dns,
         dns_service,
+        fqdn_resolver,
+        fqdn_min_ttl,
+        fqdn_max_ttl,
+        fqdn_grace,
         metrics_addr,
         log_level: _,
         log_format: _,
@@ -83,6 +88,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 labels: cluster_labels.clone(),
             })
         }
+    };
+    if fqdn_min_ttl > fqdn_max_ttl {
+        bail!(
+            "--fqdn-min-ttl ({}s) is longer than --fqdn-max-ttl ({}s)",
+            fqdn_min_ttl.as_secs(),
+            fqdn_max_ttl.as_secs()
+        );
+    }
+    if fqdn_min_ttl.is_zero() {
+        bail!("--fqdn-min-ttl must be at least 1s: a zero TTL would look names up without pause");
+    }
+    let resolver_settings = ResolverSettings {
+        server: fqdn_resolver,
+        min_ttl: fqdn_min_ttl,
+        max_ttl: fqdn_max_ttl,
+        grace: fqdn_grace,
+        ..ResolverSettings::default()
     };
     let namespaces = parse_list(&namespaces);
     let dns_candidates = match dns_service {
@@ -208,7 +230,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings.planner.restricted_allow_dns,
         settings.planner.name_suffix.clone(),
     );
-    let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder);
+    // Resolves the names of `fqdn` peers; a refresh that changes a name's addresses wakes the loop below.
+    let resolver = Resolver::new(resolver_settings, trigger.clone(), metrics.clone());
+    tasks.spawn(resolver.clone().refresh());
+    let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder, resolver);
     let mut backoff = Backoff::default();
     loop {
         let state = intent_rx.borrow_and_update().clone();
@@ -325,6 +350,7 @@ fn publish_reports(
         restricted_allow_dns: *restricted_allow_dns,
         policy_name_suffix: policy_name_suffix.clone(),
         spoke_version: env!("CARGO_PKG_VERSION").to_string(),
+        resolved_names: report.names.statuses(),
         ..wire::facts_to_wire(&report.facts, "")
     });
     facts.send_if_modified(|current| replace_if_different(current, fresh_facts));

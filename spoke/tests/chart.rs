@@ -53,6 +53,7 @@ policyNameSuffix: -egress
 trustDomain: example.org
 maxCardAge: 90m
 restrictedAllowDns: true
+fqdn: {resolver: "10.0.0.53:5353", minTtl: 1m, maxTtl: 5m, grace: 2h}
 dnsService: kube-system/coredns
 logLevel: info,tollgate_spoke=debug
 logFormat: json
@@ -528,6 +529,9 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
             ("operator-namespace", "kagenti-system"),
             ("cluster-defaults-namespace", "kagenti-system"),
             ("policy-name-suffix", "-signature-policy"),
+            ("fqdn-min-ttl", "30s"),
+            ("fqdn-max-ttl", "10m"),
+            ("fqdn-grace", "1h"),
             ("dns-service", "openshift-dns/dns-default"),
             ("metrics-addr", "[::]:9464"),
             ("log-level", "info"),
@@ -566,6 +570,10 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
             ("trust-domain", "example.org"),
             ("max-card-age", "90m"),
             ("restricted-allow-dns", "true"),
+            ("fqdn-resolver", "10.0.0.53:5353"),
+            ("fqdn-min-ttl", "1m"),
+            ("fqdn-max-ttl", "5m"),
+            ("fqdn-grace", "2h"),
             ("dns-service", "kube-system/coredns"),
             ("metrics-addr", "0.0.0.0:9100"),
             ("log-level", "info,tollgate_spoke=debug"),

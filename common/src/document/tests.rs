@@ -128,7 +128,7 @@ fn bad_inputs_are_refused_with_their_exact_path() {
             "empty peer",
             rule("to: [{}]"),
             "spec.egress[0].to[0]",
-            "must set ipBlock, namespaceSelector or podSelector",
+            "must set ipBlock, namespaceSelector, podSelector or fqdn",
         ),
         (
             "ipBlock with selector",
@@ -379,6 +379,24 @@ fn bad_inputs_are_refused_with_their_exact_path() {
             "10.0.0.0/8",
         ),
         (
+            "wildcard allowed name",
+            guardrail("  allowedDestinations: [{fqdn: '*.example.com'}]\n"),
+            "spec.allowedDestinations[0].fqdn",
+            "wildcard",
+        ),
+        (
+            "allowed destination with cidr and fqdn",
+            guardrail("  allowedDestinations: [{cidr: 10.0.0.0/8, fqdn: api.example.com}]\n"),
+            "spec.allowedDestinations[0]",
+            "cidr or fqdn, not both",
+        ),
+        (
+            "empty allowed destination",
+            guardrail("  allowedDestinations: [{}]\n"),
+            "spec.allowedDestinations[0]",
+            "sets cidr or fqdn",
+        ),
+        (
             "allowed destination field",
             guardrail("  allowedDestinations: [{cidr: 10.0.0.0/8, except: []}]\n"),
             "spec.allowedDestinations[0].except",
@@ -515,6 +533,7 @@ spec:
     - to:
         - ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.128/25]}
         - ipBlock: {cidr: \"2001:db8::/32\"}
+        - fqdn: api.openai.com.
       ports:
         - {protocol: TCP, port: 443}
         - {protocol: UDP, port: 8000, endPort: 8100}
@@ -525,7 +544,7 @@ metadata: {name: prod}
 spec:
   clusterSelector: {matchLabels: {env: prod}}
   verifiedDefault: BaselineOnly
-  allowedDestinations: [{cidr: 104.18.0.0/16}, {cidr: 10.0.0.0/8}]
+  allowedDestinations: [{cidr: 104.18.0.0/16}, {fqdn: api.openai.com}, {cidr: 10.0.0.0/8}]
   allowInClusterPeers: true
 ";
     let set = parse(text).unwrap();

@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicyEgressRule;
 
-use super::{ClusterFacts, LABEL_NAMESPACE_NAME, render};
+use super::{ClusterFacts, LABEL_NAMESPACE_NAME, ResolvedNames, render};
 use crate::egress_rule::{EgressRule, Peer, PortRange, Protocol};
 use crate::label_selector::LabelSelector;
 
@@ -26,9 +26,14 @@ pub struct Baseline {
 
 impl Baseline {
     pub fn new(facts: &ClusterFacts, restricted_allow_dns: bool) -> Self {
-        let mut rules: Vec<_> = api_rules(facts).iter().map(render::egress_rule).collect();
+        // The baseline names addresses and namespaces only: every rule keeps its peers.
+        let no_names = ResolvedNames::new();
+        let mut rules: Vec<_> = api_rules(facts)
+            .iter()
+            .filter_map(|rule| render::egress_rule(rule, &no_names))
+            .collect();
         let api_len = rules.len();
-        rules.push(render::egress_rule(&dns_rule(facts)));
+        rules.extend(render::egress_rule(&dns_rule(facts), &no_names));
         Self {
             rules,
             api_len,

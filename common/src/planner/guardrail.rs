@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use super::{DroppedRule, RuleSource};
-use crate::document::{EgressGuardrail, VerifiedDefault};
+use crate::document::{AllowedDestination, EgressGuardrail, VerifiedDefault};
 use crate::egress_rule::{EgressRule, Peer};
 
 #[derive(Debug)]
@@ -70,16 +70,30 @@ impl<'a> Guardrails<'a> {
         for guardrail in &self.ceilings {
             let name = &guardrail.metadata.name;
             let allowed = guardrail.spec.allowed_destinations.as_deref().unwrap_or_default();
-            match &peer.ip_block {
-                Some(block) => {
-                    if !allowed.iter().any(|d| d.cidr.contains(&block.cidr)) {
+            match (&peer.ip_block, &peer.fqdn) {
+                (Some(block), _) => {
+                    let inside = allowed
+                        .iter()
+                        .any(|d| matches!(d, AllowedDestination::Cidr(net) if net.contains(&block.cidr)));
+                    if !inside {
                         return Err(format!(
                             "{} is outside the allowed destinations of guardrail {name}",
                             block.cidr
                         ));
                     }
                 }
-                None => {
+                (None, Some(fqdn)) => {
+                    if !allowed
+                        .iter()
+                        .any(|d| matches!(d, AllowedDestination::Fqdn(n) if n == fqdn))
+                    {
+                        return Err(format!(
+                            "{fqdn} is not among the names allowed by guardrail {name} (a name passes a ceiling only \
+                             when the ceiling lists it exactly)"
+                        ));
+                    }
+                }
+                (None, None) => {
                     if !guardrail.spec.allow_in_cluster_peers {
                         return Err(format!(
                             "in-cluster peers are not allowed by guardrail {name} (allowInClusterPeers is false)"

@@ -30,11 +30,31 @@ fn net() -> impl Strategy<Value = IpNet> {
     ]
 }
 
+/// The names rules may use; the generated facts resolve some of them, to zero or more addresses.
+const NAMES: [&str; 3] = ["a.example.com", "b.example.com", "c.example.com"];
+
+fn name() -> impl Strategy<Value = Fqdn> {
+    prop::sample::select(&NAMES[..]).prop_map(|n| Fqdn::parse(n).unwrap())
+}
+
 fn peer() -> impl Strategy<Value = Peer> {
     prop_oneof![
-        3 => net().prop_map(|cidr| Peer { ip_block: Some(IpBlock { cidr, except: vec![] }), namespace_selector: None, pod_selector: None }),
+        3 => net().prop_map(|cidr| Peer { ip_block: Some(IpBlock { cidr, except: vec![] }), namespace_selector: None, pod_selector: None, fqdn: None }),
         1 => prop_oneof![Just("db"), Just("cache")].prop_map(|team| Peer::namespace(LabelSelector::from_labels([("team", team)]))),
+        2 => name().prop_map(Peer::fqdn),
     ]
+}
+
+fn address() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<u16>().prop_map(|s| IpAddr::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, s))),
+    ]
+}
+
+/// Each name unresolved, resolved to nothing (NXDOMAIN past its grace), or to a few addresses (maybe repeated).
+fn names() -> impl Strategy<Value = ResolvedNames> {
+    prop::collection::btree_map(name(), prop::collection::vec(address(), 0..4), 0..=NAMES.len())
 }
 
 fn port() -> impl Strategy<Value = PortRange> {
@@ -121,7 +141,7 @@ fn guardrails() -> impl Strategy<Value = Vec<EgressGuardrail>> {
     prop::collection::vec(
         (
             any::<bool>(),
-            prop::option::of(prop::collection::vec(net(), 0..3)),
+            prop::option::of((prop::collection::vec(net(), 0..3), prop::collection::vec(name(), 0..2))),
             any::<bool>(),
         ),
         0..3,
@@ -142,10 +162,12 @@ fn guardrails() -> impl Strategy<Value = Vec<EgressGuardrail>> {
                     } else {
                         VerifiedDefault::AllowAll
                     },
-                    allowed_destinations: ceiling.map(|nets| {
-                        let mut nets = nets;
-                        nets.push("10.0.0.0/8".parse().unwrap());
-                        nets.into_iter().map(|cidr| AllowedDestination { cidr }).collect()
+                    allowed_destinations: ceiling.map(|(nets, names)| {
+                        let mut allowed: Vec<AllowedDestination> =
+                            nets.into_iter().map(AllowedDestination::Cidr).collect();
+                        allowed.push(AllowedDestination::Cidr("10.0.0.0/8".parse().unwrap()));
+                        allowed.extend(names.into_iter().map(AllowedDestination::Fqdn));
+                        allowed
                     }),
                     allow_in_cluster_peers: in_cluster,
                 },
@@ -159,8 +181,9 @@ fn facts() -> impl Strategy<Value = ClusterFacts> {
         prop::collection::vec(any::<[u8; 4]>().prop_map(IpAddr::from), 0..4),
         prop::collection::vec(prop_oneof![Just(6443u16), Just(443u16)], 1..3),
         any::<bool>(),
+        names(),
     )
-        .prop_map(|(addresses, ports, dns)| ClusterFacts {
+        .prop_map(|(addresses, ports, dns, names)| ClusterFacts {
             api: ApiServerFacts {
                 addresses,
                 ports,
@@ -172,6 +195,7 @@ fn facts() -> impl Strategy<Value = ClusterFacts> {
                 target_ports: vec![PortRange::single(Protocol::Udp, 53)],
                 cluster_ip: None,
             }),
+            names,
         })
 }
 
@@ -238,6 +262,9 @@ proptest! {
         let mut shuffled_facts = facts.clone();
         shuffled_facts.api.addresses.reverse();
         shuffled_facts.api.ports.reverse();
+        for addresses in shuffled_facts.names.values_mut() {
+            addresses.reverse();
+        }
         let intent = Intent { revision: Some(4), policies, guardrails };
         let a = plan(&config(), &facts, &agents, &intent);
         let b = plan(
@@ -270,7 +297,15 @@ proptest! {
                             Some(block) => {
                                 let cidr: IpNet = block.cidr.parse().unwrap();
                                 let allowed = guardrail.spec.allowed_destinations.as_ref().unwrap();
-                                prop_assert!(allowed.iter().any(|d| d.cidr.contains(&cidr)), "{cidr} escaped {}", guardrail.metadata.name);
+                                // Inside an allowed CIDR, or an address of a name the ceiling lists.
+                                let inside = allowed.iter().any(|d| match d {
+                                    AllowedDestination::Cidr(net) => net.contains(&cidr),
+                                    AllowedDestination::Fqdn(name) => facts
+                                        .names
+                                        .get(name)
+                                        .is_some_and(|a| a.iter().any(|ip| IpNet::from(*ip) == cidr)),
+                                });
+                                prop_assert!(inside, "{cidr} escaped {}", guardrail.metadata.name);
                             }
                             None => prop_assert!(guardrail.spec.allow_in_cluster_peers),
                         }
@@ -278,5 +313,68 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// A name without addresses drops only its own peer; a rule left without peers is dropped (and reported), never
+    /// rendered port-only; every other peer of the rule is kept, and each address of a name appears once.
+    #[test]
+    fn names_render_to_their_addresses_and_never_to_an_empty_rule(
+        facts in facts(),
+        rules in prop::collection::vec(rule(), 1..4),
+    ) {
+        let agent = Agent {
+            namespace: "team-a".into(),
+            name: "agent".into(),
+            uid: String::new(),
+            target_name: "agent".into(),
+            labels: BTreeMap::new(),
+            namespace_labels: BTreeMap::new(),
+            pod_labels: None,
+            local_egress: LocalEgress::Rules(rules.clone()),
+            verification: Verification::verified(Reason::SignatureVerified, "generated"),
+        };
+        let plan = plan(&config(), &facts, &[agent], &Intent::default());
+        let egress = egress_of(&plan.policies[0]);
+        let declared = &egress[Baseline::new(&facts, false).full().len()..];
+        let outcome = &plan.outcomes[0];
+        // The rules that render, in order, with the peers each must render to.
+        let mut expected = Vec::new();
+        let mut seen = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            if seen.contains(&rule) {
+                continue;
+            }
+            seen.push(rule);
+            let mut peers = 0;
+            for peer in &rule.to {
+                peers += match &peer.fqdn {
+                    None => 1,
+                    Some(name) => {
+                        let mut a = facts.names.get(name).cloned().unwrap_or_default();
+                        a.sort();
+                        a.dedup();
+                        a.len()
+                    }
+                };
+            }
+            if peers == 0 {
+                prop_assert!(
+                    outcome.dropped.iter().any(|d| d.rule == i && d.peer.is_none()),
+                    "rule {i} without addresses is not reported: {:?}", outcome.dropped
+                );
+            } else {
+                expected.push(peers);
+            }
+        }
+        let rendered: Vec<usize> = declared.iter().map(|r| r.to.as_ref().map_or(0, Vec::len)).collect();
+        prop_assert_eq!(rendered, expected);
+        prop_assert_eq!(outcome.rule_count, declared.len());
+        // Every name of the rules is reported, resolved or not.
+        let mut names: Vec<&Fqdn> = rules.iter().flat_map(|r| r.to.iter().filter_map(|p| p.fqdn.as_ref())).collect();
+        names.sort();
+        names.dedup();
+        let mut reported: Vec<&Fqdn> = outcome.names.iter().map(|n| &n.name).collect();
+        reported.dedup();
+        prop_assert_eq!(reported, names);
     }
 }

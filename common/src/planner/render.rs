@@ -1,6 +1,9 @@
 //! Domain types → Kubernetes `networking.k8s.io/v1` objects.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -14,16 +17,31 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{
     AGENT_RUNTIME_API_VERSION, AGENT_RUNTIME_KIND, ANNOTATION_REVISION, ANNOTATION_RULE_SOURCES, Agent, AgentOutcome,
     LABEL_AGENT, LABEL_MANAGED_BY, LABEL_MODE, LABEL_NAMESPACE_NAME, LABEL_SIGNATURE_VERIFIED, MANAGED_BY,
-    PlannerConfig, RuleSource,
+    PlannerConfig, ResolvedNames, RuleSource,
 };
 use crate::egress_rule::{EgressRule, Peer, PortRange};
 use crate::label_selector::LabelSelector;
 
-pub(super) fn egress_rule(rule: &EgressRule) -> NetworkPolicyEgressRule {
-    NetworkPolicyEgressRule {
-        to: Some(rule.to.iter().map(peer).collect()),
-        ports: (!rule.ports.is_empty()).then(|| rule.ports.iter().map(port).collect()),
+/// A rule as a NetworkPolicy egress rule. Each `fqdn` peer becomes one `/32` or `/128` `ipBlock` per resolved
+/// address, sorted, where the name stood; a name without addresses contributes no peer. `None` when no peer is
+/// left: such a rule is dropped, never written as a port-only rule (which would allow every destination).
+pub(super) fn egress_rule(rule: &EgressRule, names: &ResolvedNames) -> Option<NetworkPolicyEgressRule> {
+    let mut to = Vec::with_capacity(rule.to.len());
+    for p in &rule.to {
+        match &p.fqdn {
+            None => to.push(peer(p)),
+            Some(name) => {
+                let mut addresses: Vec<IpAddr> = names.get(name).cloned().unwrap_or_default();
+                addresses.sort_unstable();
+                addresses.dedup();
+                to.extend(addresses.into_iter().map(|ip| address_peer(IpNet::from(ip))));
+            }
+        }
     }
+    (!to.is_empty()).then(|| NetworkPolicyEgressRule {
+        to: Some(to),
+        ports: (!rule.ports.is_empty()).then(|| rule.ports.iter().map(port).collect()),
+    })
 }
 
 fn peer(peer: &Peer) -> NetworkPolicyPeer {
@@ -34,6 +52,16 @@ fn peer(peer: &Peer) -> NetworkPolicyPeer {
         }),
         namespace_selector: peer.namespace_selector.as_ref().map(selector),
         pod_selector: peer.pod_selector.as_ref().map(selector),
+    }
+}
+
+fn address_peer(host: IpNet) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr_text(&host),
+            except: None,
+        }),
+        ..Default::default()
     }
 }
 

@@ -36,6 +36,7 @@ fn mk_facts() -> ClusterFacts {
             ],
             cluster_ip: Some(ip("10.96.0.10")),
         }),
+        names: ResolvedNames::new(),
     }
 }
 
@@ -697,4 +698,128 @@ spec:
         )
     );
     assert_eq!(outcome.rule_count, 6);
+}
+
+fn fqdn(name: &str) -> Fqdn {
+    Fqdn::parse(name).unwrap()
+}
+
+#[test]
+fn a_name_becomes_its_sorted_addresses_where_it_stood() {
+    let mut facts = mk_facts();
+    facts.names.insert(
+        fqdn("api.openai.com"),
+        vec![
+            ip("2001:db8::7"),
+            ip("203.0.113.9"),
+            ip("198.51.100.4"),
+            ip("203.0.113.9"),
+        ],
+    );
+    let local = rules(
+        "- to: [{ipBlock: {cidr: 10.0.0.0/8}}, {fqdn: api.openai.com}, {namespaceSelector: {}}]\n  ports: [{port: 443}]",
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &facts,
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &Intent::default(),
+    );
+    assert_eq!(
+        policy["spec"]["egress"][2],
+        json!({"to": [
+            {"ipBlock": {"cidr": "10.0.0.0/8"}},
+            {"ipBlock": {"cidr": "198.51.100.4/32"}},
+            {"ipBlock": {"cidr": "203.0.113.9/32"}},
+            {"ipBlock": {"cidr": "2001:db8::7/128"}},
+            {"namespaceSelector": {}},
+        ], "ports": [{"protocol": "TCP", "port": 443}]})
+    );
+    assert_eq!(outcome.mode, Mode::Scoped);
+    assert!(outcome.dropped.is_empty(), "{:?}", outcome.dropped);
+    assert_eq!(
+        outcome.names,
+        vec![NameDestination {
+            name: fqdn("api.openai.com"),
+            ports: vec![PortRange::single(Protocol::Tcp, 443)],
+        }]
+    );
+    assert_eq!(
+        outcome.names[0].lines().collect::<Vec<_>>(),
+        ["fqdn:api.openai.com TCP/443"]
+    );
+}
+
+#[test]
+fn an_unresolved_name_drops_its_peer_or_its_rule_never_narrows_to_port_only() {
+    let mut facts = mk_facts();
+    facts.names.insert(fqdn("gone.example.com"), vec![]);
+    let local = rules(
+        "- to: [{fqdn: new.example.com}, {ipBlock: {cidr: 10.0.0.0/8}}]\n  ports: [{port: 443}]\n\
+         - to: [{fqdn: new.example.com}, {fqdn: gone.example.com}]\n  ports: [{port: 8443}]",
+    );
+    let (policy, outcome) = one(
+        &mk_config(),
+        &facts,
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &Intent::default(),
+    );
+    let egress = policy["spec"]["egress"].as_array().unwrap();
+    assert_eq!(
+        egress.len(),
+        3,
+        "baseline (2) and the rule with an address left: {egress:?}"
+    );
+    assert_eq!(
+        egress[2],
+        json!({"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"protocol": "TCP", "port": 443}]})
+    );
+    assert_eq!(outcome.rule_count, 1);
+    let dropped: Vec<String> = outcome.dropped.iter().map(ToString::to_string).collect();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert_eq!(dropped[0], "local rule 0 peer 0: new.example.com has no addresses yet");
+    assert!(
+        dropped[1].starts_with("local rule 1: new.example.com, gone.example.com have no addresses yet"),
+        "{}",
+        dropped[1]
+    );
+    let names: Vec<&str> = outcome.names.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["gone.example.com", "new.example.com", "new.example.com"]);
+}
+
+#[test]
+fn a_name_passes_a_ceiling_only_when_listed_and_hub_rules_resolve_too() {
+    let mut facts = mk_facts();
+    facts.names.insert(fqdn("api.openai.com"), vec![ip("203.0.113.9")]);
+    facts.names.insert(fqdn("other.example.com"), vec![ip("10.1.2.3")]);
+    let intent = intent(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: EgressGuardrail\nmetadata: {name: g}\nspec:\n  \
+         allowedDestinations: [{cidr: 10.0.0.0/8}, {fqdn: api.openai.com}]\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: hub}\nspec:\n  \
+         egress: [{to: [{fqdn: other.example.com}]}]\n",
+        3,
+    );
+    let local = rules("- to: [{fqdn: api.openai.com}, {fqdn: other.example.com}]");
+    let (policy, outcome) = one(
+        &mk_config(),
+        &facts,
+        mk_agent("a", verified(), LocalEgress::Rules(local)),
+        &intent,
+    );
+    let egress = &policy["spec"]["egress"];
+    assert_eq!(egress[2], json!({"to": [{"ipBlock": {"cidr": "203.0.113.9/32"}}]}));
+    assert_eq!(
+        egress[3],
+        json!({"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]}),
+        "hub rules are not held to the ceiling"
+    );
+    assert_eq!(outcome.dropped.len(), 1);
+    assert_eq!(outcome.dropped[0].peer, Some(1));
+    assert!(
+        outcome.dropped[0]
+            .reason
+            .contains("other.example.com is not among the names allowed by guardrail g"),
+        "{}",
+        outcome.dropped[0].reason
+    );
 }

@@ -7,6 +7,7 @@ mod cli;
 mod cluster_changes;
 mod fail_closed;
 mod failures;
+mod fqdn;
 mod intent;
 mod replicas;
 mod runbooks;

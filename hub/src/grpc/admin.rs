@@ -110,8 +110,16 @@ pub async fn fleet_status<S: Store>(
                     errors: a.errors,
                     dropped_rules: a.dropped,
                     plan_inputs: String::new(),
+                    fqdn_names: a.fqdn_names,
                 })
                 .collect(),
+            resolved_names: clusters
+                .iter()
+                .find(|c| c.id == cluster_id)
+                .and_then(|c| c.facts_json.as_deref())
+                .and_then(|json| tollgate_common::wire::facts_from_json(json).ok())
+                .map(|facts| facts.resolved_names)
+                .unwrap_or_default(),
         });
     }
     let mut rows = Vec::new();
@@ -154,6 +162,7 @@ pub async fn fleet_status<S: Store>(
         clusters: rows,
         agents: Vec::new(),
         hub_version: env!("CARGO_PKG_VERSION").to_string(),
+        resolved_names: Vec::new(),
     })
 }
 

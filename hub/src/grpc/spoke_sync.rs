@@ -638,6 +638,7 @@ fn agent_record(status: pb::AgentStatus) -> AgentRecord {
         errors: status.errors,
         dropped: status.dropped_rules,
         plan_inputs_json: status.plan_inputs,
+        fqdn_names: status.fqdn_names,
     }
 }
 

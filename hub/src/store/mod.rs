@@ -216,6 +216,8 @@ pub struct AgentRecord {
     /// What the planner needs to preview this agent under other intent (`plan`), as the spoke reported it
     /// (JSON; empty when not reported).
     pub plan_inputs_json: String,
+    /// The DNS names its rules use (their addresses are in the cluster's facts).
+    pub fqdn_names: Vec<String>,
 }
 
 /// Why a store operation failed.
@@ -500,6 +502,7 @@ pub(crate) struct EncodedAgent {
     pub errors: String,
     pub dropped: String,
     pub plan_inputs: String,
+    pub names: String,
 }
 
 impl EncodedAgent {
@@ -517,6 +520,7 @@ impl EncodedAgent {
             errors: to_json(&agent.errors)?,
             dropped: to_json(&agent.dropped)?,
             plan_inputs: agent.plan_inputs_json.clone(),
+            names: to_json(&agent.fqdn_names)?,
         })
     }
 }
@@ -569,7 +573,7 @@ pub(crate) mod report_sql {
     pub const CLEAR_AGENTS: &str = "DELETE FROM agents WHERE cluster_id = ?1";
     pub const INSERT_AGENT: &str = "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, \
          verification_reason, mode, rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, \
-         plan_inputs_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+         plan_inputs_json, names_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 }
 
 /// Refuses an inventory that names one agent twice (before anything is written).

@@ -98,6 +98,10 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ALTER TABLE clusters ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE clusters ADD COLUMN adopt_requested BOOLEAN NOT NULL DEFAULT FALSE;",
     ),
+    (
+        5,
+        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';",
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to clone: clones share one pool.
@@ -580,6 +584,7 @@ impl Store for PgStore {
                             &a.errors,
                             &a.dropped,
                             &a.plan_inputs,
+                            &a.names,
                         ],
                     )
                     .await
@@ -689,7 +694,7 @@ impl Store for PgStore {
         let rows = client
             .query(
                 "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json
+                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json
                  FROM agents WHERE cluster_id = $1 ORDER BY namespace, name",
                 &[&cluster_id],
             )
@@ -704,6 +709,7 @@ impl Store for PgStore {
                 let sources: String = row.get(7);
                 let errors: String = row.get(9);
                 let dropped: String = row.get(10);
+                let names: String = row.get(12);
                 let rule_count: i64 = row.get(6);
                 Ok(AgentRecord {
                     labels: from_json(&labels, &what("labels"))?,
@@ -717,6 +723,7 @@ impl Store for PgStore {
                     errors: from_json(&errors, &what("errors"))?,
                     dropped: from_json(&dropped, &what("dropped rules"))?,
                     plan_inputs_json: row.get(11),
+                    fqdn_names: from_json(&names, &what("names"))?,
                     namespace,
                     name,
                 })

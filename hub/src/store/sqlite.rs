@@ -83,6 +83,10 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     ALTER TABLE clusters ADD COLUMN conditions_json TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE clusters ADD COLUMN adopt_requested INTEGER NOT NULL DEFAULT 0;",
     ),
+    (
+        5,
+        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';",
+    ),
 ];
 
 /// The embedded SQLite store. Cheap to clone: clones share one connection.
@@ -468,7 +472,8 @@ impl Store for SqliteStore {
                                 a.applied,
                                 a.errors,
                                 a.dropped,
-                                a.plan_inputs
+                                a.plan_inputs,
+                                a.names
                             ])?;
                         }
                     }
@@ -602,7 +607,7 @@ impl Store for SqliteStore {
         self.run(move |connection| {
             let mut statement = connection.prepare(
                 "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json
+                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json
                  FROM agents WHERE cluster_id = ?1 ORDER BY namespace, name",
             )?;
             let rows = statement
@@ -620,6 +625,7 @@ impl Store for SqliteStore {
                         row.get::<_, String>(9)?,
                         row.get::<_, String>(10)?,
                         row.get::<_, String>(11)?,
+                        row.get::<_, String>(12)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -638,6 +644,7 @@ impl Store for SqliteStore {
                         errors,
                         dropped,
                         plan_inputs_json,
+                        names,
                     )| {
                         let what =
                             |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
@@ -653,6 +660,7 @@ impl Store for SqliteStore {
                             errors: from_json(&errors, &what("errors"))?,
                             dropped: from_json(&dropped, &what("dropped rules"))?,
                             plan_inputs_json,
+                            fqdn_names: from_json(&names, &what("names"))?,
                             namespace,
                             name,
                         })

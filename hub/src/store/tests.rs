@@ -331,6 +331,7 @@ fn agent(namespace: &str, name: &str) -> AgentRecord {
         errors: vec!["a local rule was invalid".to_string()],
         dropped: vec!["203.0.113.0/24 is outside the ceiling".to_string()],
         plan_inputs_json: String::new(),
+        fqdn_names: vec!["api.openai.com".to_string()],
     }
 }
 
@@ -969,7 +970,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     client
         .execute("INSERT INTO schema_migrations VALUES (99, 0)", &[])
         .await
@@ -978,7 +979,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("schema version 99 is newer than this hub supports (4)"),
+            .contains("schema version 99 is newer than this hub supports (5)"),
         "{error}"
     );
 }

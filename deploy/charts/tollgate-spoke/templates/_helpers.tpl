@@ -139,6 +139,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.restrictedAllowDns }}
 - "--restricted-allow-dns"
 {{- end }}
+{{- with .Values.fqdn.resolver }}
+- {{ printf "--fqdn-resolver=%s" . | quote }}
+{{- end }}
+- {{ printf "--fqdn-min-ttl=%s" .Values.fqdn.minTtl | quote }}
+- {{ printf "--fqdn-max-ttl=%s" .Values.fqdn.maxTtl | quote }}
+- {{ printf "--fqdn-grace=%s" .Values.fqdn.grace | quote }}
 - {{ printf "--dns-service=%s/%s" $dns.namespace $dns.name | quote }}
 - {{ printf "--metrics-addr=%s" (include "tollgate-spoke.metricsAddr" .) | quote }}
 - {{ printf "--log-level=%s" .Values.logLevel | quote }}
