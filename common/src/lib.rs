@@ -13,6 +13,7 @@ pub mod label_selector;
 pub mod planner;
 mod serde_paths;
 pub mod verification;
+pub mod widening;
 pub mod wire;
 
 pub use document::{Document, DocumentSet, EgressGuardrail, EgressPolicy, VerifiedDefault};

@@ -375,6 +375,7 @@ pub fn agent_status_to_wire(outcome: &AgentOutcome, agent: &Agent, applied_revis
             names.dedup();
             names
         },
+        widened_by: Vec::new(),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct ClusterRow {
     pub baseline_only: u32,
     pub restricted: u32,
     pub errors: u32,
+    /// Agents whose egress other NetworkPolicies widen.
+    pub widened: u32,
     /// What the spoke reported last (empty: nothing wrong).
     pub conditions: Vec<ConditionRow>,
 }
@@ -98,6 +100,7 @@ pub fn cluster_rows(status: &pb::FleetStatusResponse) -> Vec<ClusterRow> {
             baseline_only: c.agents_baseline_only,
             restricted: c.agents_restricted,
             errors: c.errors,
+            widened: c.agents_widened,
             conditions: condition_rows(&c.conditions),
         })
         .collect()
@@ -179,6 +182,7 @@ pub fn clusters_view(status: &pb::FleetStatusResponse, now_unix_millis: i64, sty
         "BASELINE-ONLY",
         "RESTRICTED",
         "ERRORS",
+        "WIDENED",
         "STATUS",
     ];
     if style.wide {
@@ -209,6 +213,7 @@ pub fn clusters_view(status: &pb::FleetStatusResponse, now_unix_millis: i64, sty
             c.agents_baseline_only.to_string(),
             c.agents_restricted.to_string(),
             c.errors.to_string(),
+            c.agents_widened.to_string(),
             state_text(&c.conditions),
         ];
         if style.wide {
@@ -312,6 +317,8 @@ pub struct AgentRow {
     pub dropped_rules: Vec<String>,
     /// The DNS names its rules use.
     pub fqdn_names: Vec<String>,
+    /// Other NetworkPolicies that select its pods and allow egress its own policy does not.
+    pub widened_by: Vec<String>,
     /// Those names with their addresses in the cluster (`status --cluster ID --agent NS/NAME` only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resolved_names: Vec<NameRow>,
@@ -388,6 +395,7 @@ pub fn agent_rows_with(status: &pb::FleetStatusResponse, names: bool) -> Vec<Age
             errors: a.errors.clone(),
             dropped_rules: a.dropped_rules.clone(),
             fqdn_names: a.fqdn_names.clone(),
+            widened_by: a.widened_by.clone(),
             resolved_names: if names {
                 status
                     .resolved_names
@@ -506,6 +514,7 @@ pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style
         "SOURCES",
         "REVISION",
         "NAMES",
+        "WIDENED",
         "LAST ERROR",
     ];
     if style.wide {
@@ -536,6 +545,11 @@ pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style
                 "-".to_string()
             } else {
                 a.fqdn_names.join(",")
+            },
+            if a.widened_by.is_empty() {
+                "-".to_string()
+            } else {
+                format!("by {}", a.widened_by.join(","))
             },
             last_problem,
         ]);
@@ -882,6 +896,7 @@ mod tests {
                     errors: 0,
                     conditions: vec![],
                     spoke_version: "0.1.0".into(),
+                    agents_widened: 1,
                 },
                 pb::ClusterStatus {
                     cluster_id: "dev".into(),
@@ -901,6 +916,7 @@ mod tests {
                         message: "refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`".into(),
                     }],
                     spoke_version: "0.0.9".into(),
+                    agents_widened: 0,
                 },
             ],
             agents: vec![pb::AgentStatus {
@@ -919,6 +935,7 @@ mod tests {
                 ],
                 plan_inputs: String::new(),
                 fqdn_names: vec!["api.openai.com".into()],
+                widened_by: vec!["allow-all-egress".into()],
             }],
             resolved_names: vec![pb::ResolvedName {
                 name: "api.openai.com".into(),
@@ -947,9 +964,9 @@ mod tests {
         assert_eq!(
             clusters_table(&fleet(), 301_000),
             "\
-CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS   STATUS
-prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0        Ready
-dev       -          no          5m ago      5/7        1        0        1           0               0            1        Diverged
+CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS   WIDENED   STATUS
+prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0        1         Ready
+dev       -          no          5m ago      5/7        1        0        1           0               0            1        0         Diverged
 dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`
 "
         );
@@ -1002,9 +1019,9 @@ dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt 
         assert_eq!(
             clusters_view(&fleet(), 301_000, wide),
             "\
-CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS   STATUS     LAG   REASONS
-prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0        Ready      0     -
-dev       -          no          5m ago      5/7        1        0        1           0               0            1        Diverged   2     OtherStore
+CLUSTER   LABELS     CONNECTED   LAST SEEN   REVISION   AGENTS   SCOPED   ALLOW-ALL   BASELINE-ONLY   RESTRICTED   ERRORS   WIDENED   STATUS     LAG   REASONS
+prod-eu   env=prod   yes         now         7/7        3        2        0           0               1            0        1         Ready      0     -
+dev       -          no          5m ago      5/7        1        0        1           0               0            1        0         Diverged   2     OtherStore
 dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt dev`
 "
         );
@@ -1015,8 +1032,8 @@ dev: Diverged: refused revision 1 of store b2; run `tollgate-hub clusters adopt 
         assert_eq!(
             clusters_view(&fleet(), 301_000, bare),
             "\
-prod-eu   env=prod   yes   now      7/7   3   2   0   0   1   0   Ready
-dev       -          no    5m ago   5/7   1   0   1   0   0   1   Diverged
+prod-eu   env=prod   yes   now      7/7   3   2   0   0   1   0   1   Ready
+dev       -          no    5m ago   5/7   1   0   1   0   0   1   0   Diverged
 "
         );
         assert_eq!(cluster_names(&fleet()), "cluster/prod-eu\ncluster/dev\n");
@@ -1093,7 +1110,10 @@ dev       -          no    5m ago   5/7   1   0   1   0   0   1   Diverged
             2
         );
         assert_eq!(frames[1], "", "a heartbeat is not a change");
-        assert_eq!(frames[2], "dev   -   yes   now   7/7   1   0   1   0   0   1   Ready\n");
+        assert_eq!(
+            frames[2],
+            "dev   -   yes   now   7/7   1   0   1   0   0   1   0   Ready\n"
+        );
         let json = WatchFormat::Json;
         let lines = [
             watch_clusters(None, &first, 301_000, json).unwrap(),
@@ -1160,8 +1180,8 @@ the hub serves revision 1, the newest it can read; `rollback --to 1` (or an appl
         assert_eq!(
             agents_table(&fleet()),
             "\
-NAMESPACE   NAME      VERIFIED   REASON         MODE     RULES   SOURCES                 REVISION   NAMES            LAST ERROR
-team-a      weather   yes        mTLSVerified   scoped   2       local,policy/llm-apis   7          api.openai.com   local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod
+NAMESPACE   NAME      VERIFIED   REASON         MODE     RULES   SOURCES                 REVISION   NAMES            WIDENED               LAST ERROR
+team-a      weather   yes        mTLSVerified   scoped   2       local,policy/llm-apis   7          api.openai.com   by allow-all-egress   local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod
 "
         );
     }

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub intents_refused: Family<ReasonLabel, Counter>,
     /// 1 while a stream to the hub is open.
     pub hub_connected: Gauge,
+    /// Agents whose egress other NetworkPolicies widen.
+    pub agents_widened: Gauge,
     /// DNS names of `fqdn` peers tracked.
     pub fqdn_names: Gauge,
     /// DNS lookups of those names, by result.
@@ -144,6 +146,12 @@ impl Metrics {
             "Unix time the certificate the spoke presents to the hub (client) expires, as last read",
             certificate_expiry.clone(),
         );
+        let agents_widened = Gauge::default();
+        registry.register(
+            "agents_widened",
+            "Agents whose egress other NetworkPolicies co-selecting their pods widen",
+            agents_widened.clone(),
+        );
         let fqdn_names = Gauge::default();
         registry.register("fqdn_names", "DNS names of fqdn peers tracked", fqdn_names.clone());
         let fqdn_lookups = Family::<LookupLabel, Counter>::default();
@@ -192,6 +200,7 @@ impl Metrics {
             conditions,
             intents_refused,
             hub_connected,
+            agents_widened,
             fqdn_names,
             fqdn_lookups,
             fqdn_addresses,

@@ -128,6 +128,8 @@ pub struct PassReport {
     pub errors: Vec<WriteError>,
     /// The DNS names of the rules and their addresses, as planned with.
     pub names: Snapshot,
+    /// Agents whose egress other NetworkPolicies widen, with those policies' names (by agent namespace and name).
+    pub widened: HashMap<Key, Vec<String>>,
 }
 
 /// Reconciles the cluster's NetworkPolicies; keeps what it reported last so Events fire on changes only.
@@ -193,6 +195,8 @@ impl Reconciler {
             .await;
         facts.names = names.addresses();
         let plan = planner::plan(&self.settings.planner, &facts, &agents, intent);
+        let widened = widening(world, &plan);
+        self.metrics.agents_widened.set(widened.len() as i64);
         // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
         let unplanned: HashSet<Key> = runtimes
             .iter()
@@ -330,9 +334,10 @@ impl Reconciler {
             }
         }
 
-        self.publish_events(&runtimes, &plan, &mode_changes, &names).await;
+        self.publish_events(&runtimes, &plan, &mode_changes, &names, &widened)
+            .await;
         if !hold {
-            self.annotate(&runtimes, &plan, intent.revision).await;
+            self.annotate(&runtimes, &plan, intent.revision, &widened).await;
         }
         for mode in Mode::ALL {
             let count = plan
@@ -360,6 +365,7 @@ impl Reconciler {
         report.plan = plan;
         report.facts = facts;
         report.names = names;
+        report.widened = widened;
         report.agents = agents
             .into_iter()
             .map(|a| ((a.namespace.clone(), a.name.clone()), a))
@@ -370,7 +376,13 @@ impl Reconciler {
     /// Records each agent's effective egress on its AgentRuntime, where `kubectl get agentruntimes` shows it:
     /// annotations only, by server-side apply with a field manager of their own (the agent operator owns `spec` and
     /// `status`), and only when they differ from what the watch observed.
-    async fn annotate(&self, runtimes: &[Arc<ObservedRuntime>], plan: &Plan, revision: Option<u64>) {
+    async fn annotate(
+        &self,
+        runtimes: &[Arc<ObservedRuntime>],
+        plan: &Plan,
+        revision: Option<u64>,
+        widened: &HashMap<Key, Vec<String>>,
+    ) {
         let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
             .iter()
             .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
@@ -381,9 +393,12 @@ impl Reconciler {
             .filter_map(|outcome| {
                 let key = (outcome.namespace.clone(), outcome.name.clone());
                 let runtime = by_key.get(&key)?;
-                let desired = egress_annotations(outcome, revision);
+                let by = widened.get(&key).map_or(&[][..], Vec::as_slice);
+                let desired = egress_annotations(outcome, revision, by);
                 let observed = runtime.annotations();
-                let current = desired.iter().all(|(k, v)| observed.get(k) == Some(v));
+                // An annotation left out of the apply is removed by it (this field manager owned it).
+                let current = desired.iter().all(|(k, v)| observed.get(k) == Some(v))
+                    && (desired.contains_key(ANNOTATION_WIDENED_BY) || !observed.contains_key(ANNOTATION_WIDENED_BY));
                 (!current).then_some((key, desired))
             })
             .collect();
@@ -518,6 +533,7 @@ impl Reconciler {
         plan: &Plan,
         mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
         names: &Snapshot,
+        widened: &HashMap<Key, Vec<String>>,
     ) {
         let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
             .iter()
@@ -575,6 +591,9 @@ impl Reconciler {
                 events.push((reference.clone(), changed));
             }
             let mut problems = problems(outcome, &plan.warnings);
+            if let Some(by) = widened.get(&key) {
+                problems.push(("EgressWidened".to_string(), widened_note(by)));
+            }
             // The problems of the names its policy relies on (lookups failing, too many addresses, …).
             let mut seen_names = HashSet::new();
             for used in &outcome.names {
@@ -610,8 +629,68 @@ impl Reconciler {
 /// The field manager of the annotations on AgentRuntimes (apart from the policies' own).
 pub const ANNOTATION_MANAGER: &str = "tollgate-spoke-annotations";
 
+/// The other NetworkPolicies that widen an agent, comma-separated, on its AgentRuntime (absent when none).
+pub const ANNOTATION_WIDENED_BY: &str = "tollgate.dev/egress-widened-by";
+
+/// The Warning of a widened agent.
+fn widened_note(by: &[String]) -> String {
+    format!(
+        "NetworkPolicy {} also select{} this agent's pods and allow{} egress its own policy does not: NetworkPolicies \
+         add up, so the agent can reach more than its egress mode says. Remove or narrow {}, or keep these pods out \
+         of {} podSelector.",
+        by.join(", "),
+        if by.len() == 1 { "s" } else { "" },
+        if by.len() == 1 { "s" } else { "" },
+        if by.len() == 1 { "it" } else { "them" },
+        if by.len() == 1 { "its" } else { "their" },
+    )
+}
+
+/// Per agent, the other NetworkPolicies of its namespace that co-select its pods and allow egress its own policy
+/// does not (docs/design.md, "Least privilege as enforced"). Allow-all agents have nothing to widen.
+fn widening(world: &World, plan: &Plan) -> HashMap<Key, Vec<String>> {
+    let others: Vec<Arc<NetworkPolicy>> = world.others.iter().flat_map(|s| s.state()).collect();
+    if others.is_empty() {
+        return HashMap::new();
+    }
+    let mut by_namespace: HashMap<&str, Vec<&NetworkPolicy>> = HashMap::new();
+    for policy in &others {
+        by_namespace
+            .entry(policy.metadata.namespace.as_deref().unwrap_or_default())
+            .or_default()
+            .push(policy);
+    }
+    let own: HashMap<(&str, &str), &NetworkPolicy> = plan
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                p,
+            )
+        })
+        .collect();
+    plan.outcomes
+        .iter()
+        .filter(|o| o.mode != Mode::AllowAll)
+        .filter_map(|o| {
+            let policy = own.get(&(o.namespace.as_str(), o.policy_name.as_deref()?))?;
+            let candidates = by_namespace.get(o.namespace.as_str())?;
+            let by = tollgate_common::widening::widened_by(policy, candidates.iter().copied());
+            (!by.is_empty()).then(|| ((o.namespace.clone(), o.name.clone()), by))
+        })
+        .collect()
+}
+
 /// The annotations that show an agent's effective egress on its AgentRuntime.
-pub fn egress_annotations(outcome: &AgentOutcome, revision: Option<u64>) -> BTreeMap<String, String> {
+pub fn egress_annotations(
+    outcome: &AgentOutcome,
+    revision: Option<u64>,
+    widened_by: &[String],
+) -> BTreeMap<String, String> {
     let reason = match outcome.errors.first() {
         Some(_) if outcome.mode == Mode::BaselineOnly => "InvalidEgressRules".to_string(),
         _ => outcome.verification_reason.as_str().to_string(),
@@ -628,6 +707,9 @@ pub fn egress_annotations(outcome: &AgentOutcome, revision: Option<u64>) -> BTre
         ),
         ("tollgate.dev/egress-reason".to_string(), reason),
     ])
+    .into_iter()
+    .chain((!widened_by.is_empty()).then(|| (ANNOTATION_WIDENED_BY.to_string(), widened_by.join(","))))
+    .collect()
 }
 
 /// `allow-all` → `AllowAll`.

@@ -363,8 +363,12 @@ fn publish_reports(
         .outcomes
         .iter()
         .filter_map(|o| {
-            let agent = report.agents.get(&(o.namespace.clone(), o.name.clone()))?;
-            Some(wire::agent_status_to_wire(o, agent, applied))
+            let key = (o.namespace.clone(), o.name.clone());
+            let agent = report.agents.get(&key)?;
+            Some(pb::AgentStatus {
+                widened_by: report.widened.get(&key).cloned().unwrap_or_default(),
+                ..wire::agent_status_to_wire(o, agent, applied)
+            })
         })
         .collect();
     inventory.send_if_modified(|current| replace_if_different(current, Some(pb::AgentInventory { agents })));

@@ -45,6 +45,8 @@ pub struct World {
     pub statefulsets: Vec<Store<StatefulSet>>,
     /// The managed NetworkPolicies, in the compact form the diff reads.
     pub policies: Vec<Store<ObservedPolicy>>,
+    /// Every other NetworkPolicy of the watched namespaces: those that may widen an agent's egress.
+    pub others: Vec<Store<NetworkPolicy>>,
     pub agent_cards: Vec<Store<DynamicObject>>,
     pub namespaces: Store<Namespace>,
     pub api_endpoints: Store<Endpoints>,
@@ -83,6 +85,7 @@ impl World {
         let mut deployments = Vec::new();
         let mut statefulsets = Vec::new();
         let mut policies = Vec::new();
+        let mut others = Vec::new();
         let mut agent_cards = Vec::new();
         per_namespace(&mut |ns| {
             runtimes.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
@@ -90,6 +93,8 @@ impl World {
             statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
             policies.push(watch_policies(api(client, ns), managed, trigger, tasks));
+            let unmanaged = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}!={MANAGED_BY}"));
+            others.push(watch(api(client, ns), unmanaged, trigger, tasks));
             if let Some(ar) = &scope.agent_card {
                 let cards = match ns {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
@@ -122,6 +127,7 @@ impl World {
             deployments,
             statefulsets,
             policies,
+            others,
             agent_cards,
             namespaces: watch(Api::all(client.clone()), watcher::Config::default(), trigger, tasks),
             api_endpoints: watch(
@@ -157,6 +163,7 @@ impl World {
         ready(&self.deployments).await?;
         ready(&self.statefulsets).await?;
         ready(&self.policies).await?;
+        ready(&self.others).await?;
         ready(&self.agent_cards).await?;
         ready(std::slice::from_ref(&self.namespaces)).await?;
         ready(std::slice::from_ref(&self.api_endpoints)).await?;

@@ -63,6 +63,7 @@ async fn status_shows_every_cluster_with_labels_agents_and_modes() -> anyhow::Re
                 "0",
                 "1",
                 "0",
+                "0",
                 "Ready"
             ],
             "{table}"

@@ -12,3 +12,4 @@ mod intent;
 mod replicas;
 mod runbooks;
 mod support;
+mod widening;

@@ -111,6 +111,7 @@ pub async fn fleet_status<S: Store>(
                     dropped_rules: a.dropped,
                     plan_inputs: String::new(),
                     fqdn_names: a.fqdn_names,
+                    widened_by: a.widened_by,
                 })
                 .collect(),
             resolved_names: clusters
@@ -147,6 +148,7 @@ pub async fn fleet_status<S: Store>(
             agents_baseline_only: count("baseline-only"),
             agents_restricted: count("restricted"),
             errors: agents.iter().filter(|a| !a.errors.is_empty()).count() as u32,
+            agents_widened: agents.iter().filter(|a| !a.widened_by.is_empty()).count() as u32,
             spoke_version: cluster
                 .facts_json
                 .as_deref()

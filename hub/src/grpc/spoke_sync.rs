@@ -639,6 +639,7 @@ fn agent_record(status: pb::AgentStatus) -> AgentRecord {
         dropped: status.dropped_rules,
         plan_inputs_json: status.plan_inputs,
         fqdn_names: status.fqdn_names,
+        widened_by: status.widened_by,
     }
 }
 

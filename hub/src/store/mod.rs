@@ -218,6 +218,8 @@ pub struct AgentRecord {
     pub plan_inputs_json: String,
     /// The DNS names its rules use (their addresses are in the cluster's facts).
     pub fqdn_names: Vec<String>,
+    /// Other NetworkPolicies that widen its egress.
+    pub widened_by: Vec<String>,
 }
 
 /// Why a store operation failed.
@@ -503,6 +505,7 @@ pub(crate) struct EncodedAgent {
     pub dropped: String,
     pub plan_inputs: String,
     pub names: String,
+    pub widened_by: String,
 }
 
 impl EncodedAgent {
@@ -521,6 +524,7 @@ impl EncodedAgent {
             dropped: to_json(&agent.dropped)?,
             plan_inputs: agent.plan_inputs_json.clone(),
             names: to_json(&agent.fqdn_names)?,
+            widened_by: to_json(&agent.widened_by)?,
         })
     }
 }
@@ -573,7 +577,8 @@ pub(crate) mod report_sql {
     pub const CLEAR_AGENTS: &str = "DELETE FROM agents WHERE cluster_id = ?1";
     pub const INSERT_AGENT: &str = "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, \
          verification_reason, mode, rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, \
-         plan_inputs_json, names_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+         plan_inputs_json, names_json, widened_by_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+         ?14, ?15)";
 }
 
 /// Refuses an inventory that names one agent twice (before anything is written).

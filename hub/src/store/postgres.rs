@@ -100,7 +100,8 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         5,
-        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';",
+        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE agents ADD COLUMN widened_by_json TEXT NOT NULL DEFAULT '[]';",
     ),
 ];
 
@@ -585,6 +586,7 @@ impl Store for PgStore {
                             &a.dropped,
                             &a.plan_inputs,
                             &a.names,
+                            &a.widened_by,
                         ],
                     )
                     .await
@@ -694,7 +696,8 @@ impl Store for PgStore {
         let rows = client
             .query(
                 "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json
+                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json,
+                        widened_by_json
                  FROM agents WHERE cluster_id = $1 ORDER BY namespace, name",
                 &[&cluster_id],
             )
@@ -710,6 +713,7 @@ impl Store for PgStore {
                 let errors: String = row.get(9);
                 let dropped: String = row.get(10);
                 let names: String = row.get(12);
+                let widened_by: String = row.get(13);
                 let rule_count: i64 = row.get(6);
                 Ok(AgentRecord {
                     labels: from_json(&labels, &what("labels"))?,
@@ -724,6 +728,7 @@ impl Store for PgStore {
                     dropped: from_json(&dropped, &what("dropped rules"))?,
                     plan_inputs_json: row.get(11),
                     fqdn_names: from_json(&names, &what("names"))?,
+                    widened_by: from_json(&widened_by, &what("widened by"))?,
                     namespace,
                     name,
                 })

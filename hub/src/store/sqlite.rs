@@ -85,7 +85,8 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (
         5,
-        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';",
+        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE agents ADD COLUMN widened_by_json TEXT NOT NULL DEFAULT '[]';",
     ),
 ];
 
@@ -473,7 +474,8 @@ impl Store for SqliteStore {
                                 a.errors,
                                 a.dropped,
                                 a.plan_inputs,
-                                a.names
+                                a.names,
+                                a.widened_by
                             ])?;
                         }
                     }
@@ -607,7 +609,8 @@ impl Store for SqliteStore {
         self.run(move |connection| {
             let mut statement = connection.prepare(
                 "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json
+                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json,
+                        widened_by_json
                  FROM agents WHERE cluster_id = ?1 ORDER BY namespace, name",
             )?;
             let rows = statement
@@ -626,6 +629,7 @@ impl Store for SqliteStore {
                         row.get::<_, String>(10)?,
                         row.get::<_, String>(11)?,
                         row.get::<_, String>(12)?,
+                        row.get::<_, String>(13)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -645,6 +649,7 @@ impl Store for SqliteStore {
                         dropped,
                         plan_inputs_json,
                         names,
+                        widened_by,
                     )| {
                         let what =
                             |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
@@ -661,6 +666,7 @@ impl Store for SqliteStore {
                             dropped: from_json(&dropped, &what("dropped rules"))?,
                             plan_inputs_json,
                             fqdn_names: from_json(&names, &what("names"))?,
+                            widened_by: from_json(&widened_by, &what("widened by"))?,
                             namespace,
                             name,
                         })

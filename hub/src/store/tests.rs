@@ -332,6 +332,7 @@ fn agent(namespace: &str, name: &str) -> AgentRecord {
         dropped: vec!["203.0.113.0/24 is outside the ceiling".to_string()],
         plan_inputs_json: String::new(),
         fqdn_names: vec!["api.openai.com".to_string()],
+        widened_by: vec!["allow-all-egress".to_string()],
     }
 }
 
