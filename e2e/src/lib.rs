@@ -42,6 +42,7 @@ mod helpers;
 mod http;
 mod kubeconfig;
 pub mod monitoring;
+pub mod nca;
 mod pki;
 mod ports;
 pub mod postgres;

@@ -98,6 +98,40 @@ async fn every_mode_end_to_end_and_a_verification_flip() -> anyhow::Result<()> {
     })
     .await?;
 
+    // The egress an independent analyzer (np-guard's nca) computes from the written policies is the intent: the API
+    // server (endpoint and Service) for the restricted agent; that plus DNS (ClusterIP, the endpoint address and the
+    // kube-system pods, on 53) for
+    // scoped and baseline-only agents, plus the declared destination for the scoped one; everything for allow-all.
+    let judged = judged_egress(&client, &[]).await?;
+    let api = [
+        "192.0.2.10 : {protocols:TCP,dst_ports:6443}",
+        "10.0.0.1 : {protocols:TCP,dst_ports:443}",
+    ];
+    let dns = [
+        "10.0.0.10 : {protocols:TCP, UDP,dst_ports:53}",
+        "10.244.0.5 : {protocols:TCP, UDP,dst_ports:53}",
+        "kube-system/coredns[ReplicaSet] : {protocols:TCP, UDP,dst_ports:53}",
+    ];
+    let lines = |groups: &[&[&str]]| -> std::collections::BTreeSet<String> {
+        groups.iter().flat_map(|g| g.iter().map(|l| l.to_string())).collect()
+    };
+    assert_eq!(judged["unverified"], lines(&[&api]), "{judged:#?}");
+    assert_eq!(judged["empty"], lines(&[&api, &dns]), "{judged:#?}");
+    assert_eq!(judged["invalid"], lines(&[&api, &dns]), "{judged:#?}");
+    assert_eq!(
+        judged["scoped"],
+        lines(&[
+            &api,
+            &dns,
+            &["203.0.113.0-203.0.113.255 : {protocols:TCP,dst_ports:443}"]
+        ]),
+        "{judged:#?}"
+    );
+    assert!(
+        judged["allow-all"].contains("0.0.0.0-255.255.255.255 : All connections"),
+        "{judged:#?}"
+    );
+
     // The operator verifies the agent: its policy follows, and back.
     set_card(&client, "unverified", Some(mtls_card())).await?;
     wait_policy(

@@ -92,6 +92,23 @@ async fn a_policy_that_widens_an_agent_is_reported_until_it_is_gone() -> anyhow:
         "one Event per change, not per pass"
     );
 
+    // An independent analyzer (np-guard's nca) agrees: the narrower policy allows no agent anything more, the
+    // allow-all-egress opens the two reported agents to everything, and changes nothing for the allow-all one.
+    let narrower = policies.get("scoped-https-subset").await?;
+    let allow_all = policies.get("allow-all-egress").await?;
+    let own_only = judged_egress(&client, &[]).await?;
+    assert_eq!(own_only, judged_egress(&client, std::slice::from_ref(&narrower)).await?);
+    let with_all = judged_egress(&client, &[narrower, allow_all]).await?;
+    for agent in ["scoped", "untrusted"] {
+        assert_ne!(own_only[agent], with_all[agent], "{agent}");
+        assert!(
+            with_all[agent].contains("0.0.0.0-255.255.255.255 : All connections"),
+            "{agent}: {:?}",
+            with_all[agent]
+        );
+    }
+    assert_eq!(own_only["open"], with_all["open"]);
+
     // Deleting the widening policy clears the annotation and the metric.
     policies.delete("allow-all-egress", &DeleteParams::default()).await?;
     wait_until("the reports cleared", WAIT, || async {
