@@ -49,7 +49,8 @@ impl Fqdn {
         if labels.len() < 2 {
             return Err(format!(
                 "{text:?} is a single label: pods resolve it through their search domains, the spoke cannot; write \
-                 the fully qualified name (for a Service: NAME.NAMESPACE.svc.cluster.local)"
+                 the fully qualified name of the host (for pods in the cluster use namespaceSelector or podSelector: \
+                 policies see pod addresses, not Service addresses)"
             ));
         }
         for label in &labels {

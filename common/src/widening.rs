@@ -49,14 +49,37 @@ fn egress_rules(policy: &NetworkPolicy) -> Option<&[NetworkPolicyEgressRule]> {
     governs.then(|| spec.egress.as_deref().unwrap_or_default())
 }
 
-/// Whether a policy's `podSelector` selects pods with these labels.
+/// Labels controllers add to pods that their templates do not carry: a selector on one of them may match the
+/// agent's pods whatever the template says.
+const CONTROLLER_LABELS: [&str; 5] = [
+    "pod-template-hash",
+    "controller-revision-hash",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "batch.kubernetes.io/job-completion-index",
+];
+
+/// Whether a policy's `podSelector` may select pods with these (template) labels: a term on a controller-added
+/// label the template does not set counts as matching (doubt counts as co-selection).
 fn co_selects(policy: &NetworkPolicy, pod_labels: &BTreeMap<String, String>) -> bool {
-    egress_rules(policy).is_some()
-        && policy
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_selector.as_ref())
-            .is_none_or(|s| selector_matches(s, pod_labels))
+    let Some(selector) = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref()) else {
+        return egress_rules(policy).is_some();
+    };
+    let mut labels = pod_labels.clone();
+    let unknown = |key: &str| !pod_labels.contains_key(key) && CONTROLLER_LABELS.contains(&key);
+    // Give each controller-added key the template lacks the value the selector asks for.
+    for (key, value) in selector.match_labels.iter().flatten() {
+        if unknown(key) {
+            labels.insert(key.clone(), value.clone());
+        }
+    }
+    for requirement in selector.match_expressions.iter().flatten() {
+        if unknown(&requirement.key) && matches!(requirement.operator.as_str(), "In" | "Exists") {
+            let value = requirement.values.iter().flatten().next().cloned().unwrap_or_default();
+            labels.insert(requirement.key.clone(), value);
+        }
+    }
+    egress_rules(policy).is_some() && selector_matches(selector, &labels)
 }
 
 /// Kubernetes label-selector semantics (an empty selector matches everything; an unknown operator matches

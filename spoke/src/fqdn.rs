@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,12 +28,17 @@ use tollgate_proto::v1 as pb;
 
 use crate::metrics::{LookupLabel, Metrics};
 
-/// Addresses per name in a policy; more are reported and cut to the first ones in sorted order.
+/// Addresses per name in a policy; more are reported and cut (the latest answer first, in sorted order).
 pub const MAX_ADDRESSES: usize = 64;
+/// Addresses kept per name (the latest answer and those within the grace period, the most recently seen first): a
+/// server answering thousands of records cannot grow the spoke's memory without bound.
+pub const MAX_KNOWN: usize = 256;
 /// Consecutive lookups with a different answer after which a name is reported as unstable.
 const UNSTABLE_AFTER: u32 = 3;
-/// Lookups of different names in flight at once.
+/// Lookups of different names in flight at once, on refresh.
 const CONCURRENCY: usize = 16;
+/// Lookups in flight at once for names never looked up (a pass waits for them).
+const FIRST_LOOKUPS: usize = 256;
 
 /// How names are resolved and kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +88,8 @@ struct Seen {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NameState {
     addresses: BTreeMap<IpAddr, Seen>,
+    /// Special-purpose addresses the last answer held, refused (never in a policy).
+    refused: BTreeSet<IpAddr>,
     /// The addresses of the last answer.
     last_answer: Option<BTreeSet<IpAddr>>,
     /// Consecutive answers that differed from the one before.
@@ -100,6 +106,12 @@ impl NameState {
     pub fn apply(&mut self, answer: Answer, now: Instant, now_unix: i64, settings: &ResolverSettings) {
         let answered = match answer {
             Answer::Addresses { addresses, ttl } => {
+                // IPv4-mapped IPv6 addresses are written as IPv4; special-purpose ones are refused.
+                let (addresses, refused): (BTreeSet<IpAddr>, BTreeSet<IpAddr>) = addresses
+                    .into_iter()
+                    .map(|ip| ip.to_canonical())
+                    .partition(|ip| !is_special_purpose(ip));
+                self.refused = refused;
                 for ip in &addresses {
                     let seen = self.addresses.entry(*ip).or_insert(Seen {
                         first_unix: now_unix,
@@ -115,6 +127,7 @@ impl NameState {
                 Some(addresses)
             }
             Answer::NxDomain => {
+                self.refused.clear();
                 self.error = None;
                 self.nxdomain = true;
                 self.next_refresh = Some(now + settings.min_ttl);
@@ -131,6 +144,17 @@ impl NameState {
             // Only an answer lets addresses run out: those not in it and not seen within the grace period.
             self.addresses
                 .retain(|ip, seen| answer.contains(ip) || now.saturating_duration_since(seen.last) < settings.grace);
+            if self.addresses.len() > MAX_KNOWN {
+                // Keep the latest answer (its first ones in sorted order) and then the most recently seen others.
+                let mut order: Vec<(bool, Instant, IpAddr)> = self
+                    .addresses
+                    .iter()
+                    .map(|(ip, seen)| (!answer.contains(ip), seen.last, *ip))
+                    .collect();
+                order.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
+                let keep: BTreeSet<IpAddr> = order.into_iter().take(MAX_KNOWN).map(|(_, _, ip)| ip).collect();
+                self.addresses.retain(|ip, _| keep.contains(ip));
+            }
             match &self.last_answer {
                 Some(previous) if *previous != answer => self.changes += 1,
                 _ => self.changes = 0,
@@ -139,9 +163,27 @@ impl NameState {
         }
     }
 
-    /// The addresses a policy carries: sorted, at most [`MAX_ADDRESSES`].
+    /// The addresses a policy carries, sorted, at most [`MAX_ADDRESSES`]: those of the latest answer first (the
+    /// first ones in sorted order when it alone has more), then the most recently seen within the grace period.
     pub fn in_policy(&self) -> Vec<IpAddr> {
-        self.addresses.keys().take(MAX_ADDRESSES).copied().collect()
+        if self.addresses.len() <= MAX_ADDRESSES {
+            return self.addresses.keys().copied().collect();
+        }
+        let current = self.last_answer.as_ref();
+        let mut order: Vec<(bool, Instant, IpAddr)> = self
+            .addresses
+            .iter()
+            .map(|(ip, seen)| (!current.is_some_and(|a| a.contains(ip)), seen.last, *ip))
+            .collect();
+        // The latest answer in sorted order; then the others, the most recently seen first.
+        order.sort_by(|a, b| match (a.0, b.0) {
+            (false, false) => a.2.cmp(&b.2),
+            (true, true) => b.1.cmp(&a.1).then(a.2.cmp(&b.2)),
+            (x, y) => x.cmp(&y),
+        });
+        let mut kept: Vec<IpAddr> = order.into_iter().take(MAX_ADDRESSES).map(|(_, _, ip)| ip).collect();
+        kept.sort();
+        kept
     }
 
     /// Whether the name has been looked up at least once.
@@ -159,13 +201,13 @@ impl NameState {
         pb::ResolvedName {
             name: name.to_string(),
             addresses: self
-                .addresses
-                .iter()
-                .take(MAX_ADDRESSES)
+                .in_policy()
+                .into_iter()
+                .filter_map(|ip| Some((ip, self.addresses.get(&ip)?)))
                 .map(|(ip, seen)| pb::ResolvedAddress {
                     address: ip.to_string(),
                     first_seen_unix: seen.first_unix,
-                    stale_since_unix: if current.contains(ip) { 0 } else { seen.last_unix },
+                    stale_since_unix: if current.contains(&ip) { 0 } else { seen.last_unix },
                 })
                 .collect(),
             error: self.error.clone().unwrap_or_default(),
@@ -194,9 +236,20 @@ impl NameState {
             out.push((
                 "FqdnAddressLimit",
                 format!(
-                    "{name} has {} addresses: only the first {MAX_ADDRESSES} (sorted) are allowed; allow the \
-                     provider's published address range (ipBlock) instead",
+                    "{name} has {} addresses: only {MAX_ADDRESSES} are allowed (the latest answer's first, in sorted \
+                     order); allow the provider's published address range (ipBlock) instead",
                     self.addresses.len()
+                ),
+            ));
+        }
+        if !self.refused.is_empty() {
+            let list: Vec<String> = self.refused.iter().map(ToString::to_string).collect();
+            out.push((
+                "FqdnAddressRefused",
+                format!(
+                    "{name} answered {}: special-purpose addresses (unspecified, loopback, link-local such as cloud \
+                     metadata, multicast, broadcast, reserved) are never allowed by name",
+                    list.join(", ")
                 ),
             ));
         }
@@ -316,25 +369,28 @@ impl Resolver {
             fresh
         };
         if !fresh.is_empty() {
-            let gave_up = Arc::new(AtomicBool::new(false));
             let mut task = tokio::spawn({
                 let this = self.clone();
-                let gave_up = gave_up.clone();
                 async move {
-                    let changed = this.resolve(fresh).await;
+                    // Whatever happens to the lookups, the names are no longer pending afterwards (the refresh task
+                    // then retries them).
+                    let _pending = Pending {
+                        resolver: this.clone(),
+                        names: fresh.clone(),
+                    };
+                    // Every new name at once: a silent server then costs one timeout, not one per batch.
+                    let changed = this.resolve(fresh, FIRST_LOOKUPS).await;
                     // The refresh task plans its next wake-up from the names' refresh times, new ones included.
                     this.inner.wake.notify_one();
-                    if changed && gave_up.load(Ordering::Acquire) {
+                    // A pass that stopped waiting planned without these names; one that waited re-plans for
+                    // nothing, which is cheap. Either way no answer waits for an unrelated event.
+                    if changed {
                         this.inner.changed.notify_one();
                     }
                 }
             });
             let wait = self.inner.settings.timeout * 2 + Duration::from_millis(500);
             if tokio::time::timeout(wait, &mut task).await.is_err() {
-                gave_up.store(true, Ordering::Release);
-                if task.is_finished() {
-                    self.inner.changed.notify_one();
-                }
                 tracing::warn!("The DNS server is slow to answer new names: planning without them until it does");
             }
         }
@@ -390,7 +446,7 @@ impl Resolver {
                     .map(|(n, _)| n.clone())
                     .collect()
             };
-            if !due.is_empty() && self.resolve(due).await {
+            if !due.is_empty() && self.resolve(due, CONCURRENCY).await {
                 self.inner.changed.notify_one();
             }
         }
@@ -398,7 +454,7 @@ impl Resolver {
 
     /// Looks up `names` (one query per name, a bounded number at once) and takes the answers in. Returns whether
     /// what a policy carries, or what is reported, changed for any of them.
-    async fn resolve(&self, names: Vec<Fqdn>) -> bool {
+    async fn resolve(&self, names: Vec<Fqdn>, concurrency: usize) -> bool {
         let client = self.client();
         let timeout = self.inner.settings.timeout;
         let answers: Vec<(Fqdn, Answer)> = {
@@ -413,7 +469,7 @@ impl Resolver {
                     (name, answer)
                 }
             }))
-            .buffer_unordered(CONCURRENCY)
+            .buffer_unordered(concurrency)
             .collect()
             .await
         };
@@ -476,6 +532,47 @@ impl Resolver {
     }
 }
 
+/// Addresses a name may never stand for: unspecified, "this network", loopback, link-local (cloud metadata lives
+/// there), multicast, broadcast and reserved ranges.
+pub fn is_special_purpose(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            v4.is_unspecified()
+                || first == 0
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || first >= 240
+        }
+        IpAddr::V6(v6) => {
+            let head = v6.segments()[0];
+            v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                // fe80::/10 link-local and the deprecated fec0::/10 site-local.
+                || (head & 0xffc0) == 0xfe80
+                || (head & 0xffc0) == 0xfec0
+        }
+    }
+}
+
+/// Names whose first lookup is in flight; dropped (even by a panic) when it ends.
+struct Pending {
+    resolver: Resolver,
+    names: Vec<Fqdn>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut state = self.resolver.lock();
+        for name in &self.names {
+            state.pending.remove(name);
+        }
+    }
+}
+
 /// A DNS client that asks exactly `server` (UDP, then TCP for truncated answers), caches nothing (every refresh
 /// asks), and reads no hosts file.
 fn dns_client(server: SocketAddr, timeout: Duration) -> Result<TokioResolver, hickory_resolver::net::NetError> {
@@ -490,6 +587,8 @@ fn dns_client(server: SocketAddr, timeout: Duration) -> Result<TokioResolver, hi
     options.cache_size = 0;
     options.use_hosts_file = ResolveHosts::Never;
     options.ndots = 0;
+    // A and AAAA of every new name at once share a TCP connection when answers are truncated.
+    options.max_active_requests = 2 * FIRST_LOOKUPS;
     DnsClient::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build()
@@ -633,6 +732,67 @@ mod tests {
         state.apply(answer(&["192.0.2.3"], 60), late, 7300, &s);
         assert_eq!(policy(&state), ["192.0.2.3"]);
         assert!(state.error.is_none());
+    }
+
+    #[test]
+    fn special_purpose_addresses_are_refused_and_mapped_ones_written_as_ipv4() {
+        let t0 = Instant::now();
+        let mut state = NameState::default();
+        state.apply(
+            answer(
+                &[
+                    "0.0.0.0",
+                    "127.0.0.1",
+                    "169.254.169.254",
+                    "224.0.0.1",
+                    "255.255.255.255",
+                    "::",
+                    "::1",
+                    "fe80::1",
+                    "ff02::1",
+                    "::ffff:203.0.113.7",
+                    "2001:db8::7",
+                    "10.1.2.3",
+                ],
+                60,
+            ),
+            t0,
+            0,
+            &settings(),
+        );
+        assert_eq!(policy(&state), ["10.1.2.3", "203.0.113.7", "2001:db8::7"]);
+        let name = Fqdn::parse("evil.example.com").unwrap();
+        let problems = state.problems(&name);
+        assert_eq!(problems[0].0, "FqdnAddressRefused");
+        assert!(problems[0].1.contains("169.254.169.254"), "{}", problems[0].1);
+        state.apply(answer(&["10.1.2.3"], 60), t0, 0, &settings());
+        assert!(state.problems(&name).is_empty(), "cleared by a clean answer");
+    }
+
+    #[test]
+    fn stored_addresses_are_bounded_and_the_latest_answer_comes_first() {
+        let t0 = Instant::now();
+        let s = settings();
+        let mut state = NameState::default();
+        // Many answers of 100 fresh addresses each, all within the grace period.
+        for round in 0..5u8 {
+            let ips: Vec<String> = (0..100).map(|i| format!("10.{round}.0.{i}")).collect();
+            let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+            state.apply(answer(&ips, 60), t0 + Duration::from_secs(u64::from(round)), 0, &s);
+        }
+        assert!(state.addresses.len() <= MAX_KNOWN, "{}", state.addresses.len());
+        let kept = state.in_policy();
+        assert_eq!(kept.len(), MAX_ADDRESSES);
+        assert!(
+            kept.iter().all(|ip| ip.to_string().starts_with("10.4.")),
+            "the latest answer first: {kept:?}"
+        );
+        // A small latest answer: it is kept whole, then the most recently seen others.
+        state.apply(answer(&["192.0.2.1"], 60), t0 + Duration::from_secs(10), 0, &s);
+        let kept: Vec<String> = state.in_policy().iter().map(ToString::to_string).collect();
+        assert!(kept.contains(&"192.0.2.1".to_string()));
+        assert_eq!(kept.len(), MAX_ADDRESSES);
+        assert!(kept.iter().filter(|ip| ip.starts_with("10.4.")).count() == MAX_ADDRESSES - 1);
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct World {
     pub statefulsets: Vec<Store<StatefulSet>>,
     /// The managed NetworkPolicies, in the compact form the diff reads.
     pub policies: Vec<Store<ObservedPolicy>>,
-    /// Every other NetworkPolicy of the watched namespaces: those that may widen an agent's egress.
+    /// Every NetworkPolicy of the watched namespaces, whoever wrote it: any but an agent's own may widen it.
     pub others: Vec<Store<NetworkPolicy>>,
     pub agent_cards: Vec<Store<DynamicObject>>,
     pub namespaces: Store<Namespace>,
@@ -93,8 +93,8 @@ impl World {
             statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
             policies.push(watch_policies(api(client, ns), managed, trigger, tasks));
-            let unmanaged = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}!={MANAGED_BY}"));
-            others.push(watch(api(client, ns), unmanaged, trigger, tasks));
+            // Unfiltered: a copied Tollgate label must not hide a policy from widening detection.
+            others.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             if let Some(ar) = &scope.agent_card {
                 let cards = match ns {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, ar),

@@ -77,6 +77,22 @@ fn only_policies_that_select_the_pods_and_govern_egress_count() {
         json!([{}]),
     );
     assert!(widened(not_in).is_empty());
+    let by_hash = policy(
+        "by-hash",
+        json!({"matchLabels": {"app": "planner", "pod-template-hash": "5d8f7"}}),
+        None,
+        json!([{}]),
+    );
+    assert_eq!(
+        widened(by_hash),
+        ["by-hash"],
+        "a label the controller adds to the pods may match"
+    );
+    let by_other_label = policy("by-team", json!({"matchLabels": {"team": "x"}}), None, json!([{}]));
+    assert!(
+        widened(by_other_label).is_empty(),
+        "a label no pod of the agent carries"
+    );
     let mut elsewhere = policy("elsewhere", json!({}), None, json!([{}]));
     elsewhere.metadata.namespace = Some("team-b".into());
     assert!(widened(elsewhere).is_empty(), "another namespace");

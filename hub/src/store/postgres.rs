@@ -100,8 +100,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         5,
-        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';
-    ALTER TABLE agents ADD COLUMN widened_by_json TEXT NOT NULL DEFAULT '[]';",
+        "ALTER TABLE agents ADD COLUMN names_json TEXT NOT NULL DEFAULT '[]';",
+    ),
+    (
+        6,
+        "ALTER TABLE agents ADD COLUMN widened_by_json TEXT NOT NULL DEFAULT '[]';",
     ),
 ];
 

@@ -971,7 +971,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     client
         .execute("INSERT INTO schema_migrations VALUES (99, 0)", &[])
         .await
@@ -980,7 +980,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("schema version 99 is newer than this hub supports (5)"),
+            .contains("schema version 99 is newer than this hub supports (6)"),
         "{error}"
     );
 }
