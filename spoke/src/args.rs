@@ -24,6 +24,20 @@ pub enum Command {
     Crd,
 }
 
+/// How egress is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Enforcement {
+    /// One NetworkPolicy per agent (every CNI).
+    #[value(name = "networkpolicy")]
+    NetworkPolicy,
+    /// The NetworkPolicy, and one AdminNetworkPolicy per restricted, scoped or baseline-only agent that namespace
+    /// policies cannot widen (OVN-Kubernetes: OpenShift 4.16+). The API must be served.
+    #[value(name = "adminnetworkpolicy")]
+    AdminNetworkPolicy,
+    /// AdminNetworkPolicy where the API is served (checked at start), else NetworkPolicy only.
+    Auto,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Plain,
@@ -138,6 +152,20 @@ pub struct RunArgs {
     /// answers past their TTL, and DNS load balancing hands pods other addresses than the spoke sees).
     #[arg(long, env = "TOLLGATE_SPOKE_FQDN_GRACE", value_parser = parse_duration, default_value = "1h")]
     pub fqdn_grace: Duration,
+
+    /// How egress is enforced: `networkpolicy`, `adminnetworkpolicy` (also one AdminNetworkPolicy per agent, which
+    /// namespace NetworkPolicies cannot widen) or `auto` (AdminNetworkPolicy where the API is served).
+    #[arg(long, env = "TOLLGATE_SPOKE_ENFORCEMENT", value_enum, default_value_t = Enforcement::NetworkPolicy)]
+    pub enforcement: Enforcement,
+
+    /// With `--enforcement auto`: how often to ask whether the AdminNetworkPolicy API is served (a change restarts
+    /// the spoke).
+    #[arg(long, env = "TOLLGATE_SPOKE_ENFORCEMENT_RECHECK", value_parser = parse_duration, default_value = "60s", hide = true)]
+    pub enforcement_recheck: Duration,
+
+    /// Priority of the AdminNetworkPolicies (0 is evaluated first, up to 1000).
+    #[arg(long, env = "TOLLGATE_SPOKE_ANP_PRIORITY", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..=1000))]
+    pub anp_priority: i32,
 
     /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints.
     #[arg(long, env = "TOLLGATE_SPOKE_METRICS_ADDR", default_value = "127.0.0.1:9464")]

@@ -6,6 +6,7 @@
 
 pub mod agent_runtime;
 pub mod agents;
+pub mod anp;
 pub mod args;
 pub mod conditions;
 pub mod diff;

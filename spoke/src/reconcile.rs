@@ -16,6 +16,7 @@ use tollgate_common::planner::{self, AgentOutcome, LABEL_AGENT, LABEL_MODE, Mode
 use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
 use crate::agent_runtime::ObservedRuntime;
+use crate::anp::{AdminNetworkPolicy, Capabilities};
 use crate::diff::{ObservedPolicy, needs_apply};
 use crate::fqdn::{Resolver, Snapshot};
 use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
@@ -33,6 +34,28 @@ pub struct Settings {
     pub planner: PlannerConfig,
     pub trust_domain: Option<String>,
     pub max_card_age: Option<Duration>,
+    /// AdminNetworkPolicy enforcement (`None`: NetworkPolicies only; managed AdminNetworkPolicies are swept).
+    pub admin: Option<AdminSettings>,
+}
+
+/// How AdminNetworkPolicies are written.
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    pub priority: i32,
+    /// The egress peer types the served API offers.
+    pub capabilities: Capabilities,
+}
+
+/// What the AdminNetworkPolicy part of a pass did.
+#[derive(Debug, Default)]
+struct AdminReport {
+    written: usize,
+    deleted: usize,
+    errors: Vec<WriteError>,
+    /// Agents whose AdminNetworkPolicy is desired (their egress cannot be widened by NetworkPolicies).
+    enforced: HashSet<Key>,
+    /// Agents that have none, and why.
+    fallbacks: HashMap<Key, String>,
 }
 
 /// Why a write failed; each kind has its own retry pace.
@@ -196,7 +219,6 @@ impl Reconciler {
         facts.names = names.addresses();
         let plan = planner::plan(&self.settings.planner, &facts, &agents, intent);
         let widened = widening(world, &plan);
-        self.metrics.agents_widened.set(widened.len() as i64);
         // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
         let unplanned: HashSet<Key> = runtimes
             .iter()
@@ -334,7 +356,27 @@ impl Reconciler {
             }
         }
 
-        self.publish_events(&runtimes, &plan, &mode_changes, &names, &widened)
+        let mut admin = self.reconcile_admin(world, &plan, hold).await;
+        report.written += admin.written;
+        report.deleted += admin.deleted;
+        report.errors.append(&mut admin.errors);
+        // With an AdminNetworkPolicy, a widening NetworkPolicy has no effect on the agent's egress: reported as
+        // overridden, not counted.
+        let widened: HashMap<Key, Vec<String>> = widened
+            .into_iter()
+            .map(|(key, by)| {
+                let by = if admin.enforced.contains(&key) {
+                    by.into_iter().map(|p| format!("{p} (overridden)")).collect()
+                } else {
+                    by
+                };
+                (key, by)
+            })
+            .collect();
+        self.metrics
+            .agents_widened
+            .set(widened.keys().filter(|k| !admin.enforced.contains(*k)).count() as i64);
+        self.publish_events(&runtimes, &plan, &mode_changes, &names, &widened, &admin)
             .await;
         if !hold {
             self.annotate(&runtimes, &plan, intent.revision, &widened).await;
@@ -371,6 +413,144 @@ impl Reconciler {
             .map(|a| ((a.namespace.clone(), a.name.clone()), a))
             .collect();
         report
+    }
+
+    /// The AdminNetworkPolicies: one per restricted, scoped or baseline-only agent when enabled, written and repaired
+    /// by server-side apply like the NetworkPolicies; every managed one no agent wants is deleted (UID
+    /// precondition), also when the mode is off. With `hold`, nothing changes.
+    async fn reconcile_admin(&self, world: &World, plan: &Plan, hold: bool) -> AdminReport {
+        let mut report = AdminReport::default();
+        let Some(store) = &world.admin_policies else {
+            return report;
+        };
+        let existing: HashMap<String, Arc<AdminNetworkPolicy>> =
+            store.state().into_iter().map(|p| (p.name_any(), p)).collect();
+        let mut desired: Vec<AdminNetworkPolicy> = Vec::new();
+        if let Some(settings) = &self.settings.admin {
+            let own: HashMap<(&str, &str), &NetworkPolicy> = plan
+                .policies
+                .iter()
+                .map(|p| {
+                    (
+                        (
+                            p.metadata.namespace.as_deref().unwrap_or_default(),
+                            p.metadata.name.as_deref().unwrap_or_default(),
+                        ),
+                        p,
+                    )
+                })
+                .collect();
+            for outcome in plan.outcomes.iter().filter(|o| o.mode != Mode::AllowAll) {
+                let Some(policy) = outcome
+                    .policy_name
+                    .as_deref()
+                    .and_then(|name| own.get(&(outcome.namespace.as_str(), name)))
+                else {
+                    continue;
+                };
+                let key = (outcome.namespace.clone(), outcome.name.clone());
+                match crate::anp::render(
+                    &outcome.namespace,
+                    &outcome.name,
+                    outcome.mode,
+                    policy,
+                    settings.priority,
+                    &settings.capabilities,
+                ) {
+                    Ok(anp) => {
+                        report.enforced.insert(key);
+                        desired.push(anp);
+                    }
+                    Err(reason) => {
+                        report.fallbacks.insert(key, reason);
+                    }
+                }
+            }
+        }
+        if hold {
+            return report;
+        }
+        let wanted: HashSet<String> = desired.iter().map(|p| p.name_any()).collect();
+        let writes: Vec<(AdminNetworkPolicy, bool)> = desired
+            .into_iter()
+            .filter_map(|anp| match existing.get(&anp.name_any()) {
+                Some(current) if crate::anp::canonical(current) == crate::anp::canonical(&anp) => None,
+                current => Some((anp, current.is_some())),
+            })
+            .collect();
+        let deletes: Vec<(String, String)> = existing
+            .iter()
+            .filter(|(name, _)| !wanted.contains(*name))
+            .map(|(name, p)| (name.clone(), p.uid().unwrap_or_default()))
+            .collect();
+        let api: Api<AdminNetworkPolicy> = Api::all(self.client.clone());
+        let api = &api;
+        let results: Vec<(String, Result<(), kube::Error>)> =
+            futures::stream::iter(writes.into_iter().map(|(anp, managed)| async move {
+                let mut params = PatchParams::apply(FIELD_MANAGER);
+                params.force = managed;
+                let name = anp.name_any();
+                let result = api.patch(&name, &params, &Patch::Apply(&anp)).await.map(|_| ());
+                (name, result)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (name, result) in results {
+            match result {
+                Ok(()) => {
+                    report.written += 1;
+                    self.metrics.writes.inc();
+                }
+                Err(error) => report.errors.push(self.failed("", &name, error)),
+            }
+        }
+        let results: Vec<(String, Result<(), kube::Error>)> =
+            futures::stream::iter(deletes.into_iter().map(|(name, uid)| async move {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let result = match api.delete(&name, &params).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+                    Err(error) => Err(error),
+                };
+                (name, result)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (name, result) in results {
+            match result {
+                Ok(()) => {
+                    report.deleted += 1;
+                    self.metrics.deletes.inc();
+                    tracing::info!(%name, "Deleted an AdminNetworkPolicy no agent needs");
+                }
+                Err(error) => report.errors.push(self.failed("", &name, error)),
+            }
+        }
+        report
+    }
+
+    /// A failed write of `namespace/name`, counted and logged.
+    fn failed(&self, namespace: &str, name: &str, error: kube::Error) -> WriteError {
+        let kind = ErrorKind::of(&error);
+        self.metrics
+            .failures
+            .get_or_create(&ReasonLabel { reason: kind.as_str() })
+            .inc();
+        tracing::warn!(namespace, name, reason = kind.as_str(), %error, "Write failed");
+        WriteError {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            kind,
+            error,
+        }
     }
 
     /// Records each agent's effective egress on its AgentRuntime, where `kubectl get agentruntimes` shows it:
@@ -534,6 +714,7 @@ impl Reconciler {
         mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
         names: &Snapshot,
         widened: &HashMap<Key, Vec<String>>,
+        admin: &AdminReport,
     ) {
         let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
             .iter()
@@ -592,7 +773,19 @@ impl Reconciler {
             }
             let mut problems = problems(outcome, &plan.warnings);
             if let Some(by) = widened.get(&key) {
-                problems.push(("EgressWidened".to_string(), widened_note(by)));
+                if admin.enforced.contains(&key) {
+                    problems.push(("EgressWidenedOverridden".to_string(), overridden_note(by)));
+                } else {
+                    problems.push(("EgressWidened".to_string(), widened_note(by)));
+                }
+            }
+            if let Some(reason) = admin.fallbacks.get(&key) {
+                problems.push((
+                    "AdminNetworkPolicyFallback".to_string(),
+                    format!(
+                        "no AdminNetworkPolicy for this agent ({reason}): its NetworkPolicy alone enforces its egress"
+                    ),
+                ));
             }
             // The problems of the names its policy relies on (lookups failing, too many addresses, …).
             let mut seen_names = HashSet::new();
@@ -643,6 +836,15 @@ fn widened_note(by: &[String]) -> String {
         if by.len() == 1 { "s" } else { "" },
         if by.len() == 1 { "it" } else { "them" },
         if by.len() == 1 { "its" } else { "their" },
+    )
+}
+
+/// The note of a widening policy that the agent's AdminNetworkPolicy overrides.
+fn overridden_note(by: &[String]) -> String {
+    format!(
+        "NetworkPolicy {} select this agent's pods and allow more egress, but its AdminNetworkPolicy is evaluated \
+         first and denies it: no effect on its egress",
+        by.join(", ")
     )
 }
 

@@ -16,12 +16,14 @@ use tollgate_common::planner::PlannerConfig;
 use tollgate_common::wire;
 use tollgate_proto::v1 as pb;
 
+use crate::anp::{AdminNetworkPolicy, Capabilities};
+use crate::args::Enforcement;
 use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_list, parse_namespaced};
 use crate::conditions::{Conditions, Kind};
 use crate::fqdn::{Resolver, ResolverSettings};
 use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports};
 use crate::metrics::Metrics;
-use crate::reconcile::{Backoff, PassReport, Reconciler, Settings};
+use crate::reconcile::{AdminSettings, Backoff, PassReport, Reconciler, Settings};
 use crate::world::{Scope, World};
 
 /// A full pass runs at least this often, even when nothing changed.
@@ -59,6 +61,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         fqdn_min_ttl,
         fqdn_max_ttl,
         fqdn_grace,
+        enforcement,
+        enforcement_recheck,
+        anp_priority,
         metrics_addr,
         log_level: _,
         log_format: _,
@@ -114,7 +119,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|(ns, n)| (ns.to_string(), n.to_string()))
             .collect(),
     };
-    let settings = Settings {
+    let mut settings = Settings {
         planner: PlannerConfig {
             operator_namespace,
             cluster_defaults_namespace,
@@ -123,6 +128,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         trust_domain,
         max_card_age,
+        // Set once the API server has been asked what it serves.
+        admin: None,
     };
 
     let client = match kubeconfig {
@@ -139,6 +146,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .context("no --kubeconfig given, and neither in-cluster configuration nor KUBECONFIG works")?,
     };
     let agent_card = discover_agent_card(&client).await;
+    // AdminNetworkPolicies are watched wherever the spoke may list them, in every mode: those left by an earlier run
+    // in AdminNetworkPolicy mode are then swept.
+    let anp_served = serves_admin_network_policy(&client).await;
+    let anp_listable = anp_served && can_list_admin_policies(&client).await;
+    let admin = match (enforcement, anp_served) {
+        (Enforcement::NetworkPolicy, _) | (Enforcement::Auto, false) => None,
+        (Enforcement::AdminNetworkPolicy, false) => bail!(
+            "--enforcement adminnetworkpolicy: this API server does not serve policy.networking.k8s.io/v1alpha1 \
+             AdminNetworkPolicy (OpenShift 4.16 or later with OVN-Kubernetes does); use --enforcement auto or \
+             networkpolicy"
+        ),
+        (_, true) if !anp_listable => bail!(
+            "--enforcement {}: the spoke may not list AdminNetworkPolicies; grant get, list, watch, create, patch and \
+             delete on adminnetworkpolicies.policy.networking.k8s.io (the chart does with enforcement set)",
+            if enforcement == Enforcement::Auto {
+                "auto"
+            } else {
+                "adminnetworkpolicy"
+            }
+        ),
+        (_, true) => Some(AdminSettings {
+            priority: anp_priority,
+            capabilities: admin_capabilities(&client).await,
+        }),
+    };
+    settings.admin = admin;
+    // `auto` follows the API: when its being served changes, the spoke restarts to enforce accordingly (its
+    // watches and permissions are decided at start).
+    let served_changed = Arc::new(Notify::new());
+    if enforcement == Enforcement::Auto {
+        let (client, changed) = (client.clone(), served_changed.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(enforcement_recheck.max(Duration::from_secs(1))).await;
+                if serves_admin_network_policy(&client).await != anp_served {
+                    changed.notify_one();
+                    return;
+                }
+            }
+        });
+    }
     let endpoint_slices = serves_endpoint_slices(&client).await;
     tracing::info!(
         cluster = %cluster_id,
@@ -166,6 +214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         dns_candidates,
         agent_card,
         endpoint_slices,
+        admin_policies: anp_listable,
     };
     let world = World::start(&client, &scope, &trigger, &mut tasks);
     tokio::select! {
@@ -253,6 +302,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             Ok(()) = intent_rx.changed() => {}
             () = tokio::time::sleep(retry.unwrap_or(RESYNC)) => {}
             () = shutdown() => break,
+            () = served_changed.notified() => {
+                tasks.abort_all();
+                bail!(
+                    "the AdminNetworkPolicy API is {} served: restarting to enforce {} (--enforcement auto)",
+                    if anp_served { "no longer" } else { "now" },
+                    if anp_served { "NetworkPolicies only" } else { "AdminNetworkPolicies too" }
+                );
+            }
         }
     }
     tracing::info!("Shutting down");
@@ -408,6 +465,43 @@ async fn discover_agent_card(client: &Client) -> Option<ApiResource> {
         .into_iter()
         .find(|(ar, _)| ar.kind == "AgentCard")
         .map(|(ar, _)| ar)
+}
+
+/// Whether the server serves policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy.
+async fn serves_admin_network_policy(client: &Client) -> bool {
+    match kube::discovery::group(client, "policy.networking.k8s.io").await {
+        Ok(group) => group
+            .versioned_resources("v1alpha1")
+            .iter()
+            .any(|(ar, _)| ar.kind == "AdminNetworkPolicy"),
+        Err(_) => false,
+    }
+}
+
+/// Whether the spoke may list AdminNetworkPolicies (RBAC).
+async fn can_list_admin_policies(client: &Client) -> bool {
+    let api: kube::Api<AdminNetworkPolicy> = kube::Api::all(client.clone());
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::info!(%error, "AdminNetworkPolicies cannot be listed: none are written or swept");
+            false
+        }
+    }
+}
+
+/// The egress peer types the served AdminNetworkPolicy CRD offers. Unreadable: none, so that every agent falls back
+/// to its NetworkPolicy (with a Warning) rather than have fields pruned from what it is allowed.
+async fn admin_capabilities(client: &Client) -> Capabilities {
+    let api: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        kube::Api::all(client.clone());
+    match api.get("adminnetworkpolicies.policy.networking.k8s.io").await {
+        Ok(crd) => Capabilities::of_crd(&serde_json::to_value(&crd).unwrap_or_default()),
+        Err(error) => {
+            tracing::warn!(%error, "The AdminNetworkPolicy CRD cannot be read: its peer types are unknown, agents keep NetworkPolicies only");
+            Capabilities::default()
+        }
+    }
 }
 
 /// Whether the server offers discovery.k8s.io/v1 EndpointSlices (1.21 and later).

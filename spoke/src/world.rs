@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tollgate_common::planner::{LABEL_MANAGED_BY, MANAGED_BY};
 
 use crate::agent_runtime::ObservedRuntime;
+use crate::anp::AdminNetworkPolicy;
 use crate::diff::ObservedPolicy;
 
 /// The annotation `kubectl apply` keeps a whole copy of the object in.
@@ -54,6 +55,8 @@ pub struct World {
     pub api_slices: Option<Store<EndpointSlice>>,
     pub api_service: Store<Service>,
     pub dns: Vec<DnsCandidate>,
+    /// The AdminNetworkPolicies the spoke manages (cluster-scoped), when watched.
+    pub admin_policies: Option<Store<AdminNetworkPolicy>>,
 }
 
 /// What to watch.
@@ -67,6 +70,8 @@ pub struct Scope {
     pub agent_card: Option<ApiResource>,
     /// Whether the server offers discovery.k8s.io/v1 EndpointSlices.
     pub endpoint_slices: bool,
+    /// Whether to watch the AdminNetworkPolicies the spoke manages (the API is served and the spoke may list them).
+    pub admin_policies: bool,
 }
 
 impl World {
@@ -122,12 +127,17 @@ impl World {
             })
             .collect();
         let api_slices = slices_of("default", "kubernetes", tasks);
+        let admin_policies = scope.admin_policies.then(|| {
+            let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+            watch(Api::all(client.clone()), managed, trigger, tasks)
+        });
         Self {
             runtimes,
             deployments,
             statefulsets,
             policies,
             others,
+            admin_policies,
             agent_cards,
             namespaces: watch(Api::all(client.clone()), watcher::Config::default(), trigger, tasks),
             api_endpoints: watch(
@@ -164,6 +174,7 @@ impl World {
         ready(&self.statefulsets).await?;
         ready(&self.policies).await?;
         ready(&self.others).await?;
+        ready(self.admin_policies.as_slice()).await?;
         ready(&self.agent_cards).await?;
         ready(std::slice::from_ref(&self.namespaces)).await?;
         ready(std::slice::from_ref(&self.api_endpoints)).await?;

@@ -15,8 +15,8 @@ use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, CustomResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::*;
@@ -54,6 +54,8 @@ trustDomain: example.org
 maxCardAge: 90m
 restrictedAllowDns: true
 fqdn: {resolver: "10.0.0.53:5353", minTtl: 1m, maxTtl: 5m, grace: 2h}
+enforcement: auto
+anpPriority: 7
 dnsService: kube-system/coredns
 logLevel: info,tollgate_spoke=debug
 logFormat: json
@@ -316,10 +318,16 @@ fn assert_least_privilege(chart: &Rendered) {
             );
             if verbs.iter().any(|v| writes.contains(&v.as_str())) {
                 assert!(
-                    resources
-                        .iter()
-                        .all(|r| ["networkpolicies", "events", "configmaps", "agentruntimes"].contains(&r.as_str())),
-                    "{name}: writes beyond NetworkPolicies, Events, the intent ConfigMap and AgentRuntime annotations: {rule}"
+                    resources.iter().all(|r| [
+                        "networkpolicies",
+                        "adminnetworkpolicies",
+                        "events",
+                        "configmaps",
+                        "agentruntimes"
+                    ]
+                    .contains(&r.as_str())),
+                    "{name}: writes beyond (Admin)NetworkPolicies, Events, the intent ConfigMap and AgentRuntime \
+                     annotations: {rule}"
                 );
                 if resources.contains(&"configmaps".to_string()) {
                     assert_eq!(
@@ -395,6 +403,8 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
             "--operator-namespace=kagenti-system",
             "--cluster-defaults-namespace=kagenti-system",
             "--policy-name-suffix=-signature-policy",
+            "--enforcement=networkpolicy",
+            "--anp-priority=40",
             "--fqdn-min-ttl=30s",
             "--fqdn-max-ttl=10m",
             "--fqdn-grace=1h",
@@ -532,6 +542,8 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
             ("operator-namespace", "kagenti-system"),
             ("cluster-defaults-namespace", "kagenti-system"),
             ("policy-name-suffix", "-signature-policy"),
+            ("enforcement", "networkpolicy"),
+            ("anp-priority", "40"),
             ("fqdn-min-ttl", "30s"),
             ("fqdn-max-ttl", "10m"),
             ("fqdn-grace", "1h"),
@@ -574,6 +586,8 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
             ("max-card-age", "90m"),
             ("restricted-allow-dns", "true"),
             ("fqdn-resolver", "10.0.0.53:5353"),
+            ("enforcement", "auto"),
+            ("anp-priority", "7"),
             ("fqdn-min-ttl", "1m"),
             ("fqdn-max-ttl", "5m"),
             ("fqdn-grace", "2h"),
@@ -591,9 +605,12 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
             key("ClusterRole", "", "egress-agents"),
             key("ClusterRole", "", "egress-namespaces"),
             key("ClusterRole", "", "egress-crd"),
+            // enforcement: auto needs the AdminNetworkPolicies, cluster-scoped.
+            key("ClusterRole", "", "egress-anp"),
             // No cluster-wide agent permissions: a RoleBinding to the agents ClusterRole per watched namespace.
             key("ClusterRoleBinding", "", "egress-namespaces"),
             key("ClusterRoleBinding", "", "egress-crd"),
+            key("ClusterRoleBinding", "", "egress-anp"),
             key("RoleBinding", "team-a", "egress-agents"),
             key("RoleBinding", "team-b", "egress-agents"),
             key("Role", "platform", "egress-intent"),
@@ -1071,6 +1088,21 @@ async fn orphan(client: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A managed AdminNetworkPolicy of an agent that does not exist: the spoke sweeps it.
+async fn orphan_admin_policy(client: &Client, name: &str) -> Result<()> {
+    let orphan: tollgate_spoke::anp::AdminNetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1",
+        "kind": "AdminNetworkPolicy",
+        "metadata": {"name": format!("orphan-anp-{name}"),
+                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "gone"}},
+        "spec": {"priority": 40, "subject": {"namespaces": {}}},
+    }))?;
+    Api::<tollgate_spoke::anp::AdminNetworkPolicy>::all(client.clone())
+        .create(&PostParams::default(), &orphan)
+        .await?;
+    Ok(())
+}
+
 /// The highest `series.count` of an agent's Events with this reason (1 for an Event never repeated, 0 for none).
 async fn event_count(client: &Client, agent: &str, reason: &str) -> Result<i32> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
@@ -1448,7 +1480,7 @@ impl Grant {
     /// Whether the ServiceAccount holds this grant now (a SubjectAccessReview where the spoke uses it).
     async fn allowed(&self, client: &Client) -> Result<bool> {
         let namespace = match (self.role_kind.as_str(), self.resource.as_str()) {
-            (_, "namespaces") => None,
+            (_, "namespaces" | "adminnetworkpolicies") => None,
             ("ClusterRole", _) => Some(NS),
             _ => Some(self.role_namespace.as_str()),
         };
@@ -1469,7 +1501,16 @@ impl Grant {
         match (self.resource.as_str(), self.verb.as_str()) {
             ("configmaps", "get") => "The cached intent cannot be read".to_string(),
             ("configmaps", _) => "could not be cached in ConfigMap".to_string(),
+            ("customresourcedefinitions", "get")
+                if self
+                    .resource_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("adminnetworkpolicies")) =>
+            {
+                "The AdminNetworkPolicy CRD cannot be read".to_string()
+            }
             ("customresourcedefinitions", "get") => "Could not read the AgentRuntime CRD".to_string(),
+            ("adminnetworkpolicies", "create") => "Write failed".to_string(),
             ("agentruntimes", "patch") => "Could not annotate AgentRuntime".to_string(),
             // A create by server-side apply is refused with an empty reason ("... is forbidden: ").
             ("networkpolicies", "create") => "NetworkPolicy write failed".to_string(),
@@ -1526,6 +1567,11 @@ spec:
 "#,
         )
         .await?;
+    // AdminNetworkPolicy enforcement (a superset of NetworkPolicy enforcement's grants) on a server that serves the
+    // API, so that its grants are proven too.
+    cluster
+        .install_crd(&tollgate_spoke::anp::AdminNetworkPolicy::crd())
+        .await?;
     // Connected to a real hub holding one revision of intent, so the spoke also reads and writes its intent
     // ConfigMap (the EgressPolicy selects no agent here).
     let dir = tempfile::tempdir()?;
@@ -1538,7 +1584,7 @@ spec:
     )?;
     hub.admin(&["apply", "-f", &intent.display().to_string()])?;
     let hub_values = format!(
-        "standalone: false\nhub: {{address: \"{}\", tls: {{secretName: tollgate-spoke-hub-tls}}}}\ncluster: {{id: {}}}",
+        "standalone: false\nenforcement: adminnetworkpolicy\nhub: {{address: \"{}\", tls: {{secretName: tollgate-spoke-hub-tls}}}}\ncluster: {{id: {}}}",
         hub.address(),
         cluster.name()
     );
@@ -1571,6 +1617,12 @@ spec:
             "list namespaces.core (ClusterRole tollgate-spoke-namespaces)",
             "watch namespaces.core (ClusterRole tollgate-spoke-namespaces)",
             "get customresourcedefinitions.apiextensions.k8s.io/agentruntimes.agent.kagenti.dev (ClusterRole tollgate-spoke-crd)",
+            "list adminnetworkpolicies.policy.networking.k8s.io (ClusterRole tollgate-spoke-anp)",
+            "watch adminnetworkpolicies.policy.networking.k8s.io (ClusterRole tollgate-spoke-anp)",
+            "create adminnetworkpolicies.policy.networking.k8s.io (ClusterRole tollgate-spoke-anp)",
+            "patch adminnetworkpolicies.policy.networking.k8s.io (ClusterRole tollgate-spoke-anp)",
+            "delete adminnetworkpolicies.policy.networking.k8s.io (ClusterRole tollgate-spoke-anp)",
+            "get customresourcedefinitions.apiextensions.k8s.io/adminnetworkpolicies.policy.networking.k8s.io (ClusterRole tollgate-spoke-anp)",
             "get configmaps.core/tollgate-spoke-intent (Role tollgate-system/tollgate-spoke-intent)",
             "create configmaps.core/tollgate-spoke-intent (Role tollgate-system/tollgate-spoke-intent)",
             "patch configmaps.core/tollgate-spoke-intent (Role tollgate-system/tollgate-spoke-intent)",
@@ -1644,6 +1696,7 @@ spec:
         let (probe, orphaned) = (format!("probe-{i}"), format!("orphan-{i}"));
         agent(&client, &probe, None, None).await?;
         orphan(&client, &orphaned).await?;
+        orphan_admin_policy(&client, &orphaned).await?;
         if grant.resource == "configmaps" && grant.verb == "create" {
             config_maps
                 .delete("tollgate-spoke-intent", &DeleteParams::default())
@@ -1701,7 +1754,20 @@ spec:
             // The CRD is read at start, before the first pass may be done: an unreadable one does not stop it.
             spoke.wait_ready().await.map_err(context)?;
             wait_policy(&client, &format!("{probe}-signature-policy"), "written", |_| true).await?;
-            "policies enforced, local rules not checked (logged)"
+            if grant.refusal().contains("AdminNetworkPolicy") {
+                "NetworkPolicies enforced, no AdminNetworkPolicy (its peer types unknown; logged)"
+            } else {
+                "policies enforced, local rules not checked (logged)"
+            }
+        } else if grant.resource == "adminnetworkpolicies" {
+            let admin: Api<tollgate_spoke::anp::AdminNetworkPolicy> = Api::all(client.clone());
+            let (name, present) = if grant.verb == "delete" {
+                (format!("orphan-anp-{orphaned}"), true)
+            } else {
+                (tollgate_spoke::anp::name(NS, &probe), false)
+            };
+            assert_eq!(admin.get_opt(&name).await?.is_some(), present, "{name} without {grant}");
+            "the AdminNetworkPolicy write is refused (logged)"
         } else if grant.verb == "watch" {
             "the watch is refused and retried with backoff: changes go unseen (logged)"
         } else {

@@ -142,6 +142,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- with .Values.fqdn.resolver }}
 - {{ printf "--fqdn-resolver=%s" . | quote }}
 {{- end }}
+- {{ printf "--enforcement=%s" .Values.enforcement | quote }}
+- {{ printf "--anp-priority=%d" (int .Values.anpPriority) | quote }}
 - {{ printf "--fqdn-min-ttl=%s" .Values.fqdn.minTtl | quote }}
 - {{ printf "--fqdn-max-ttl=%s" .Values.fqdn.maxTtl | quote }}
 - {{ printf "--fqdn-grace=%s" .Values.fqdn.grace | quote }}
