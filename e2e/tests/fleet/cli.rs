@@ -39,13 +39,17 @@ async fn status_watch_to_a_pipe_and_fail_on_disconnected() -> Result<()> {
         String::from_utf8_lossy(&healthy.stderr)
     );
 
-    // Every version, and no skew: the spoke reported its own.
-    let version = command(&fleet, &["version"])?.output().await?;
+    // Every version, and no skew: the spoke reported its own (with its facts, which reach the hub's store shortly
+    // after the spoke is ready: the hub writes reports once per tick).
     let v = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout),
-        format!("client: {v}\nhub:    {v}\nCLUSTER     SPOKE\nprod-east   {v}\n")
-    );
+    let expected = format!("client: {v}\nhub:    {v}\nCLUSTER     SPOKE\nprod-east   {v}\n");
+    let mut version = command(&fleet, &["version"])?.output().await?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while String::from_utf8_lossy(&version.stdout) != expected && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        version = command(&fleet, &["version"])?.output().await?;
+    }
+    assert_eq!(String::from_utf8_lossy(&version.stdout), expected);
     assert_eq!(String::from_utf8_lossy(&version.stderr), "", "no skew warning");
 
     let mut watch = command(&fleet, &["status", "--watch", "-o", "json"])?
