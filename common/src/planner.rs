@@ -256,6 +256,24 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
+impl Plan {
+    /// The written policies by (namespace, name): where an outcome's `policy_name` leads.
+    pub fn policies_by_name(&self) -> HashMap<(&str, &str), &NetworkPolicy> {
+        self.policies
+            .iter()
+            .map(|p| {
+                (
+                    (
+                        p.metadata.namespace.as_deref().unwrap_or_default(),
+                        p.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                    p,
+                )
+            })
+            .collect()
+    }
+}
+
 /// Plans every agent of a cluster.
 pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], intent: &Intent) -> Plan {
     let planner = Planner::new(config, facts, intent);

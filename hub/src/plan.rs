@@ -3,7 +3,7 @@
 //! rendered NetworkPolicies is the answer: destinations gained and lost, and mode changes. The same planner the
 //! spokes run, so the preview is exact for the inputs the spokes last reported.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tollgate_common::document::DocumentSet;
 use tollgate_common::intent::Intent;
@@ -66,19 +66,7 @@ pub fn changes(
     let before = planner::plan(config, facts, agents, current);
     let after = planner::plan(config, facts, agents, proposed);
     fn destinations(plan: &planner::Plan) -> BTreeMap<(&str, &str), (planner::Mode, BTreeSet<String>)> {
-        let policies: HashMap<(&str, &str), _> = plan
-            .policies
-            .iter()
-            .map(|p| {
-                (
-                    (
-                        p.metadata.namespace.as_deref().unwrap_or_default(),
-                        p.metadata.name.as_deref().unwrap_or_default(),
-                    ),
-                    p,
-                )
-            })
-            .collect();
+        let policies = plan.policies_by_name();
         plan.outcomes
             .iter()
             .map(|outcome| {

@@ -201,10 +201,9 @@ fn any_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// The shape of `spec.egress`: `{rules: [NetworkPolicyEgressRule]}`. Only the shape is checked by the API
-/// server; the spoke's validation (shared with the hub) gives the reasons, and refuses port-only rules.
-fn egress_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let selector = json!({
+/// The schema of a Kubernetes label selector (`matchLabels`, `matchExpressions`).
+pub(crate) fn label_selector_schema() -> Value {
+    json!({
         "type": "object",
         "properties": {
             "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -221,7 +220,13 @@ fn egress_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
                 },
             },
         },
-    });
+    })
+}
+
+/// The shape of `spec.egress`: `{rules: [NetworkPolicyEgressRule]}`. Only the shape is checked by the API
+/// server; the spoke's validation (shared with the hub) gives the reasons, and refuses port-only rules.
+fn egress_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let selector = label_selector_schema();
     schemars::json_schema!({
         "description": "Destinations this agent may reach once verified, in addition to DNS and the API server.",
         "type": "object",

@@ -163,24 +163,7 @@ pub struct PortRange {
 
 /// A Kubernetes label selector.
 fn selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "properties": {
-            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "matchExpressions": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["key", "operator"],
-                    "properties": {
-                        "key": {"type": "string"},
-                        "operator": {"type": "string"},
-                        "values": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-            },
-        },
-    })
+    schemars::Schema::try_from(crate::agent_runtime::label_selector_schema()).expect("an object schema")
 }
 
 /// The peer types the served AdminNetworkPolicy API offers in egress rules.

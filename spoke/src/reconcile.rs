@@ -296,38 +296,13 @@ impl Reconciler {
                         mode_changes.insert(key, (before, after));
                     }
                 }
-                Err(error) => {
-                    let kind = ErrorKind::of(&error);
-                    self.metrics
-                        .failures
-                        .get_or_create(&ReasonLabel { reason: kind.as_str() })
-                        .inc();
-                    tracing::warn!(namespace = %key.0, name = %key.1, reason = kind.as_str(), %error, "NetworkPolicy write failed");
-                    report.errors.push(WriteError {
-                        namespace: key.0,
-                        name: key.1,
-                        kind,
-                        error,
-                    });
-                }
+                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
             }
         }
         let delete_results: Vec<(Key, Result<(), kube::Error>)> =
             futures::stream::iter(deletes.into_iter().map(|(key, uid)| async move {
                 let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &key.0);
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                let result = match api.delete(&key.1, &params).await {
-                    Ok(_) => Ok(()),
-                    // Gone already, or replaced by another object of the same name since it was observed.
-                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-                    Err(error) => Err(error),
-                };
+                let result = delete_observed(&api, &key.1, uid).await;
                 (key, result)
             }))
             .buffer_unordered(CONCURRENCY)
@@ -340,19 +315,7 @@ impl Reconciler {
                     self.metrics.deletes.inc();
                     tracing::info!(namespace = %key.0, name = %key.1, "Deleted NetworkPolicy of a removed agent");
                 }
-                Err(error) => {
-                    let kind = ErrorKind::of(&error);
-                    self.metrics
-                        .failures
-                        .get_or_create(&ReasonLabel { reason: kind.as_str() })
-                        .inc();
-                    report.errors.push(WriteError {
-                        namespace: key.0,
-                        name: key.1,
-                        kind,
-                        error,
-                    });
-                }
+                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
             }
         }
 
@@ -427,19 +390,7 @@ impl Reconciler {
             store.state().into_iter().map(|p| (p.name_any(), p)).collect();
         let mut desired: Vec<AdminNetworkPolicy> = Vec::new();
         if let Some(settings) = &self.settings.admin {
-            let own: HashMap<(&str, &str), &NetworkPolicy> = plan
-                .policies
-                .iter()
-                .map(|p| {
-                    (
-                        (
-                            p.metadata.namespace.as_deref().unwrap_or_default(),
-                            p.metadata.name.as_deref().unwrap_or_default(),
-                        ),
-                        p,
-                    )
-                })
-                .collect();
+            let own = plan.policies_by_name();
             for outcome in plan.outcomes.iter().filter(|o| o.mode != Mode::AllowAll) {
                 let Some(policy) = outcome
                     .policy_name
@@ -502,23 +453,12 @@ impl Reconciler {
                     report.written += 1;
                     self.metrics.writes.inc();
                 }
-                Err(error) => report.errors.push(self.failed("", &name, error)),
+                Err(error) => report.errors.push(self.failed("AdminNetworkPolicy", "", &name, error)),
             }
         }
         let results: Vec<(String, Result<(), kube::Error>)> =
             futures::stream::iter(deletes.into_iter().map(|(name, uid)| async move {
-                let params = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
-                let result = match api.delete(&name, &params).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-                    Err(error) => Err(error),
-                };
+                let result = delete_observed(api, &name, uid).await;
                 (name, result)
             }))
             .buffer_unordered(CONCURRENCY)
@@ -531,20 +471,20 @@ impl Reconciler {
                     self.metrics.deletes.inc();
                     tracing::info!(%name, "Deleted an AdminNetworkPolicy no agent needs");
                 }
-                Err(error) => report.errors.push(self.failed("", &name, error)),
+                Err(error) => report.errors.push(self.failed("AdminNetworkPolicy", "", &name, error)),
             }
         }
         report
     }
 
-    /// A failed write of `namespace/name`, counted and logged.
-    fn failed(&self, namespace: &str, name: &str, error: kube::Error) -> WriteError {
+    /// A failed write (or delete) of `namespace/name` of kind `what`, counted and logged.
+    fn failed(&self, what: &str, namespace: &str, name: &str, error: kube::Error) -> WriteError {
         let kind = ErrorKind::of(&error);
         self.metrics
             .failures
             .get_or_create(&ReasonLabel { reason: kind.as_str() })
             .inc();
-        tracing::warn!(namespace, name, reason = kind.as_str(), %error, "Write failed");
+        tracing::warn!(namespace, name, reason = kind.as_str(), %error, "{what} write failed");
         WriteError {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -862,19 +802,7 @@ fn widening(world: &World, plan: &Plan) -> HashMap<Key, Vec<String>> {
             .or_default()
             .push(policy);
     }
-    let own: HashMap<(&str, &str), &NetworkPolicy> = plan
-        .policies
-        .iter()
-        .map(|p| {
-            (
-                (
-                    p.metadata.namespace.as_deref().unwrap_or_default(),
-                    p.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                p,
-            )
-        })
-        .collect();
+    let own = plan.policies_by_name();
     plan.outcomes
         .iter()
         .filter(|o| o.mode != Mode::AllowAll)
@@ -997,6 +925,26 @@ fn problems(outcome: &AgentOutcome, cluster_warnings: &[String]) -> Vec<(String,
 
 fn mode_of(policy: &impl Resource) -> Option<Mode> {
     Mode::parse(policy.meta().labels.as_ref()?.get(LABEL_MODE)?)
+}
+
+/// Deletes the object observed with `uid` (a precondition: a newer object of the same name stays). Gone already, or
+/// replaced since it was observed, is success.
+async fn delete_observed<K>(api: &Api<K>, name: &str, uid: String) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Server-side apply. A policy the spoke already manages is applied with force, which also repairs edits made by

@@ -1510,7 +1510,7 @@ impl Grant {
                 "The AdminNetworkPolicy CRD cannot be read".to_string()
             }
             ("customresourcedefinitions", "get") => "Could not read the AgentRuntime CRD".to_string(),
-            ("adminnetworkpolicies", "create") => "Write failed".to_string(),
+            ("adminnetworkpolicies", "create") => "AdminNetworkPolicy write failed".to_string(),
             ("agentruntimes", "patch") => "Could not annotate AgentRuntime".to_string(),
             // A create by server-side apply is refused with an empty reason ("... is forbidden: ").
             ("networkpolicies", "create") => "NetworkPolicy write failed".to_string(),
