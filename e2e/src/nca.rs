@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 /// Where `nca` is; default: the cache of `scripts/nca`.
@@ -159,4 +160,76 @@ impl Nca {
         }
         Ok(text)
     }
+}
+
+/// The egress `nca` computes for each agent of `namespace` from the NetworkPolicies the spoke wrote there (plus
+/// `others`), by agent name; `nca --sanity` must pass on the spoke's set. Each agent is one pod labelled as its
+/// policy selects; the DNS endpoint `dns_pod_ip` is a CoreDNS pod in kube-system; the operator namespace and a
+/// verified peer pod exist so that every ingress rule selects something.
+pub async fn judge_agents(
+    client: &kube::Client,
+    namespace: &str,
+    dns_pod_ip: &str,
+    others: &[NetworkPolicy],
+) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let managed = Api::<NetworkPolicy>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=tollgate-spoke"))
+        .await?
+        .items;
+    let mut world = NcaWorld::default();
+    let mut agents = Vec::new();
+    for (i, policy) in managed.iter().enumerate() {
+        let agent = policy
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("tollgate.dev/agent"))
+            .cloned()
+            .unwrap_or_default();
+        let labels = policy
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref())
+            .and_then(|s| s.match_labels.clone())
+            .unwrap_or_default();
+        world.pod(namespace, &agent, &labels, &format!("10.244.1.{}", i + 10));
+        agents.push(agent);
+    }
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    world
+        .pod(
+            "kube-system",
+            "coredns",
+            &labels(&[("k8s-app", "kube-dns")]),
+            dns_pod_ip,
+        )
+        .pod(
+            "kagenti-system",
+            "operator",
+            &labels(&[("app", "operator")]),
+            "10.244.2.5",
+        )
+        .pod(
+            namespace,
+            "verified-peer",
+            &labels(&[("agent.kagenti.dev/signature-verified", "true")]),
+            "10.244.1.250",
+        );
+    let nca = Nca::find()?;
+    nca.sanity(&managed, &world).await?;
+    let mut all = managed;
+    all.extend(others.iter().cloned());
+    let connectivity = nca.connectivity(&all, &world).await?;
+    Ok(agents
+        .into_iter()
+        .map(|agent| {
+            let lines = connectivity
+                .get(&format!("{namespace}/{agent}[ReplicaSet]"))
+                .cloned()
+                .unwrap_or_default();
+            (agent, lines)
+        })
+        .collect())
 }

@@ -138,6 +138,37 @@ async fn policy_scopes_matching_agents_in_matching_clusters_only() -> anyhow::Re
     let after = fleet.resource_versions().await?;
     assert_eq!(after[STAGING], before[STAGING], "staging was rewritten");
     assert_ne!(after[PROD_EAST], before[PROD_EAST]);
+
+    // An independent analyzer (np-guard's nca) computes the same egress from the written policies: hub rules for
+    // the selected agent in prod, local rules for the other, the API server only for the unverified one, and
+    // everything for staging's agent without rules.
+    let search_rule = ("198.51.100.0", "198.51.100.255", 443);
+    for index in [PROD_EAST, PROD_WEST, STAGING] {
+        let judged = judged(&fleet, index).await?;
+        assert_eq!(
+            judged["untrusted"],
+            judged_egress(&fleet, index, false, &[]),
+            "{judged:#?}"
+        );
+        assert_eq!(
+            judged["search"],
+            judged_egress(&fleet, index, true, &[search_rule]),
+            "{judged:#?}"
+        );
+        if index == STAGING {
+            assert!(
+                judged["chat"].contains("0.0.0.0-255.255.255.255 : All connections"),
+                "{judged:#?}"
+            );
+        } else {
+            let llm = ("104.18.0.0", "104.18.255.255", 443);
+            assert_eq!(
+                judged["chat"],
+                judged_egress(&fleet, index, true, &[llm]),
+                "{judged:#?}"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -196,6 +227,21 @@ async fn guardrail_on_one_cluster_removes_allow_all_and_drops_rules_outside_the_
     let after = fleet.resource_versions().await?;
     assert_eq!(after[PROD_EAST], before[PROD_EAST], "prod-east was rewritten");
     assert_eq!(after[PROD_WEST], before[PROD_WEST], "prod-west was rewritten");
+
+    // nca agrees: under the guardrail, staging's verified agents reach the API server and DNS only (baseline-only,
+    // and the local rule outside the ceiling gone), the unverified one the API server only.
+    let judged = judged(&fleet, STAGING).await?;
+    assert_eq!(judged["chat"], judged_egress(&fleet, STAGING, true, &[]), "{judged:#?}");
+    assert_eq!(
+        judged["search"],
+        judged_egress(&fleet, STAGING, true, &[]),
+        "{judged:#?}"
+    );
+    assert_eq!(
+        judged["untrusted"],
+        judged_egress(&fleet, STAGING, false, &[]),
+        "{judged:#?}"
+    );
     Ok(())
 }
 

@@ -174,3 +174,31 @@ pub fn condition<'a>(row: &'a Value, type_: &str) -> &'a Value {
         .and_then(|c| c.iter().find(|c| c["type"] == type_))
         .unwrap_or(&Value::Null)
 }
+
+/// The egress np-guard's `nca` computes for each agent of cluster `index` from the policies its spoke wrote, by
+/// agent name ([`tollgate_e2e::nca::judge_agents`]; `--sanity` must pass too).
+pub async fn judged(fleet: &Fleet, index: usize) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+    tollgate_e2e::nca::judge_agents(&fleet.client(index), tollgate_e2e::fleet::TEAM_NS, DNS_POD_IP, &[]).await
+}
+
+/// What nca says an agent of cluster `index` may reach: the API server (endpoint and Service), DNS when
+/// `dns` (ClusterIP, endpoint address, the kube-system pods, on 53), and each `(first, last, port)` TCP range.
+pub fn judged_egress(fleet: &Fleet, index: usize, dns: bool, ranges: &[(&str, &str, u16)]) -> BTreeSet<String> {
+    let mut lines = vec![
+        format!("{} : {{protocols:TCP,dst_ports:{API_PORT}}}", api_address(fleet, index)),
+        format!("{API_SERVICE_IP} : {{protocols:TCP,dst_ports:443}}"),
+    ];
+    if dns {
+        lines.extend([
+            format!("{DNS_SERVICE_IP} : {{protocols:TCP, UDP,dst_ports:53}}"),
+            format!("{DNS_POD_IP} : {{protocols:TCP, UDP,dst_ports:53}}"),
+            "kube-system/coredns[ReplicaSet] : {protocols:TCP, UDP,dst_ports:53}".to_string(),
+        ]);
+    }
+    lines.extend(
+        ranges
+            .iter()
+            .map(|(first, last, port)| format!("{first}-{last} : {{protocols:TCP,dst_ports:{port}}}")),
+    );
+    lines.into_iter().collect()
+}

@@ -249,74 +249,11 @@ pub fn hub_binary() -> std::path::PathBuf {
     tollgate_e2e::binary("tollgate-hub").expect("the tollgate-hub binary")
 }
 
-/// The egress np-guard's `nca` computes for each agent from the managed NetworkPolicies of [`NS`] as the spoke wrote
-/// them (plus `others`), by agent name; `nca --sanity` must pass on the managed set. Each agent is one pod labelled
-/// as its policy selects; the DNS endpoint 10.244.0.5 is a CoreDNS pod in kube-system; the operator namespace and a
-/// verified peer pod exist so that every ingress rule selects something.
+/// The egress np-guard's `nca` computes for each agent of [`NS`] from the policies the spoke wrote (plus `others`),
+/// by agent name, the DNS endpoint being the cluster's kube-dns pod ([`tollgate_e2e::nca::judge_agents`]).
 pub async fn judged_egress(
     client: &Client,
     others: &[NetworkPolicy],
 ) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
-    use std::collections::BTreeMap;
-    use tollgate_e2e::nca::{Nca, NcaWorld};
-    let managed = policies(client)
-        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=tollgate-spoke"))
-        .await?
-        .items;
-    let mut world = NcaWorld::default();
-    let mut agents = Vec::new();
-    for (i, policy) in managed.iter().enumerate() {
-        let agent = policy
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("tollgate.dev/agent"))
-            .cloned()
-            .unwrap_or_default();
-        let labels = policy
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_selector.as_ref())
-            .and_then(|s| s.match_labels.clone())
-            .unwrap_or_default();
-        world.pod(NS, &agent, &labels, &format!("10.244.1.{}", i + 10));
-        agents.push(agent);
-    }
-    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    };
-    world
-        .pod(
-            "kube-system",
-            "coredns",
-            &labels(&[("k8s-app", "kube-dns")]),
-            "10.244.0.5",
-        )
-        .pod(
-            "kagenti-system",
-            "operator",
-            &labels(&[("app", "operator")]),
-            "10.244.2.5",
-        )
-        .pod(
-            NS,
-            "verified-peer",
-            &labels(&[("agent.kagenti.dev/signature-verified", "true")]),
-            "10.244.1.250",
-        );
-    let nca = Nca::find()?;
-    nca.sanity(&managed, &world).await?;
-    let mut all = managed;
-    all.extend(others.iter().cloned());
-    let connectivity = nca.connectivity(&all, &world).await?;
-    Ok(agents
-        .into_iter()
-        .map(|agent| {
-            let lines = connectivity
-                .get(&format!("{NS}/{agent}[ReplicaSet]"))
-                .cloned()
-                .unwrap_or_default();
-            (agent, lines)
-        })
-        .collect())
+    tollgate_e2e::nca::judge_agents(client, NS, "10.244.0.5", others).await
 }
