@@ -93,7 +93,7 @@ async fn names_become_addresses_follow_rotations_and_are_reported() -> anyhow::R
     tokio::time::sleep(Duration::from_secs(4)).await;
     let asked = dns.queries("A", API) - asked_before;
     assert!(
-        (2..=6).contains(&asked),
+        (1..=6).contains(&asked),
         "{asked} A queries of {API} in 4 s with a 1 s TTL and three agents using it"
     );
     let (_, metrics) = spoke.get("/metrics").await?;
