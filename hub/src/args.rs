@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 /// Tollgate hub: holds fleet egress intent for AI agents and streams it to one spoke per cluster.
 #[derive(Debug, Parser)]
@@ -21,11 +21,7 @@ pub struct Args {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use tollgate_process::LogFormat;
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -132,16 +128,7 @@ impl CertsCommand {
 
 impl Args {
     pub fn init_tracing(&self) {
-        let filter = tracing_subscriber::EnvFilter::try_new(&self.log_level)
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-        match self.log_format {
-            LogFormat::Plain => builder.init(),
-            LogFormat::Json => builder.json().init(),
-        }
+        tollgate_process::init_tracing(&self.log_level, self.log_format);
     }
 
     pub fn run(self) -> anyhow::Result<ExitCode> {

@@ -108,12 +108,6 @@ fn call_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// Reads the `-f` sources and validates them locally with the hub's own function, so bad input never leaves the
 /// machine: every error is printed and `None` returned.
 fn valid_sources(files: &FileArgs, consequence: &str) -> anyhow::Result<Option<Vec<pb::Source>>> {
@@ -528,7 +522,7 @@ impl HistoryArgs {
             .await
             .map_err(call_error)?
             .into_inner();
-        out.write_all(render::history_table(&response, now_millis()).as_bytes())?;
+        out.write_all(render::history_table(&response, tollgate_process::unix_millis()).as_bytes())?;
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -631,7 +625,7 @@ impl StatusArgs {
         let mut client = connection.admin().await?;
         if !watch {
             let mut status = client.fleet_status(request).await.map_err(call_error)?.into_inner();
-            let now = now_millis();
+            let now = tollgate_process::unix_millis();
             view.select(&mut status, now)?;
             out.write_all(view.render(&status, now)?.as_bytes())?;
             if fail_on_disconnected {
@@ -654,7 +648,7 @@ impl StatusArgs {
         let redraw = output == Output::Table && std::io::IsTerminal::is_terminal(&std::io::stdout());
         let mut previous: Option<pb::FleetStatusResponse> = None;
         while let Some(mut status) = stream.message().await.map_err(call_error)? {
-            let now = now_millis();
+            let now = tollgate_process::unix_millis();
             view.select(&mut status, now)?;
             if redraw {
                 // A terminal: clear the screen and redraw the table in place.

@@ -193,23 +193,9 @@ async fn run<S: Store>(
             tracing::error!(%error, "The health and metrics server stopped");
         }
     });
-    let served = grpc::serve(hub, sessions, listener, options, shutdown()).await;
+    let served = grpc::serve(hub, sessions, listener, options, tollgate_process::shutdown_signal()).await;
     background.abort_all();
     served?;
     tracing::info!("Hub stopped");
     Ok(())
-}
-
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -72,7 +72,7 @@ impl StoreCommand {
                 } else {
                     from
                 };
-                let restored = backup::restore(&data_dir, &source, force, crate::store::unix_millis_now())?;
+                let restored = backup::restore(&data_dir, &source, force, tollgate_process::unix_millis())?;
                 if let Some(kept) = &restored.replaced {
                     writeln!(err, "the store it replaced is kept in {}", kept.display())?;
                 }

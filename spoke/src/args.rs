@@ -38,11 +38,7 @@ pub enum Enforcement {
     Auto,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use tollgate_process::LogFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {

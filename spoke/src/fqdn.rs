@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -474,7 +474,7 @@ impl Resolver {
             .await
         };
         let now = Instant::now();
-        let now_unix = unix_now();
+        let now_unix = tollgate_process::unix_secs();
         let mut changed = false;
         let mut state = self.lock();
         for (name, answer) in answers {
@@ -652,12 +652,6 @@ pub fn wanted<'a>(
     hub.chain(local)
         .flat_map(|rule| rule.to.iter().filter_map(|p| p.fqdn.clone()))
         .collect()
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

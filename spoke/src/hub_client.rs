@@ -539,7 +539,7 @@ async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic:
                     // Answer the hub's heartbeats, so the hub hears from this spoke once per its own period,
                     // whatever period it was started with.
                     Some(hub_message::Msg::Heartbeat(_)) => {
-                        send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: unix_millis() })).await?;
+                        send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: tollgate_process::unix_millis() })).await?;
                     }
                     None => {}
                 }
@@ -564,7 +564,7 @@ async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic:
                 if last_heard.elapsed() > HEARTBEAT * 3 {
                     return Err(tonic::Status::unavailable("heartbeat timeout: nothing heard from the hub"));
                 }
-                send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: unix_millis() })).await?;
+                send(spoke_message::Msg::Heartbeat(pb::Heartbeat { sent_unix_millis: tollgate_process::unix_millis() })).await?;
                 // A cache that could not be written is tried again (a namespace created since, a grant fixed).
                 if conditions.get(Kind::IntentNotPersisted).is_some() {
                     let current = state.borrow().clone();
@@ -573,12 +573,6 @@ async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic:
             }
         }
     }
-}
-
-fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Takes intents from the hub: refuses those of another store or an older revision (Diverged), refuses invalid

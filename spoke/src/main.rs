@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tollgate_spoke::args::{Args, Command, LogFormat};
+use tollgate_spoke::args::{Args, Command};
 
 fn main() -> ExitCode {
     let Args { command } = Args::parse();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         }
         Command::Run(run) => run,
     };
-    init_tracing(&run.log_level, run.log_format);
+    tollgate_process::init_tracing(&run.log_level, run.log_format);
     // One thread: a pass is CPU work of tens of milliseconds between waits on the API server, and one malloc arena
     // keeps less memory resident than one per worker thread.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -31,18 +31,5 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(level: &str, format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

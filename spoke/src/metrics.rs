@@ -247,23 +247,21 @@ impl Metrics {
 
     /// Records that an intent arrived from the hub now.
     pub fn hub_updated(&self) {
-        self.last_hub_update.store(unix_now(), Ordering::Release);
+        self.last_hub_update
+            .store(tollgate_process::unix_secs(), Ordering::Release);
     }
 
     pub fn encode(&self) -> String {
         let last = self.last_hub_update.load(Ordering::Acquire);
-        self.hub_update_age
-            .set(if last == 0 { -1 } else { (unix_now() - last).max(0) });
+        self.hub_update_age.set(if last == 0 {
+            -1
+        } else {
+            (tollgate_process::unix_secs() - last).max(0)
+        });
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Serves the health and metrics endpoints until the task is dropped.

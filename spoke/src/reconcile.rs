@@ -205,9 +205,7 @@ impl Reconciler {
     /// enforce yet): only agents without any policy get one, which can only narrow their egress.
     pub async fn reconcile(&mut self, world: &World, intent: &Intent, hold: bool) -> PassReport {
         let started = Instant::now();
-        let now_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now_unix = tollgate_process::unix_secs();
         let runtimes: Vec<Arc<ObservedRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
         let (mut facts, agents) = self.inputs(world, &runtimes, now_unix);
         // The names of the rules, resolved in this cluster (the planner receives addresses, never looks up).

@@ -219,7 +219,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let world = World::start(&client, &scope, &trigger, &mut tasks);
     tokio::select! {
         ready = world.wait_ready() => ready.context("waiting for the first list of every watched kind")?,
-        () = shutdown() => return Ok(()),
+        () = tollgate_process::shutdown_signal() => return Ok(()),
     }
     tracing::info!("Every watch is synced");
 
@@ -301,7 +301,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             () = trigger.notified() => {}
             Ok(()) = intent_rx.changed() => {}
             () = tokio::time::sleep(retry.unwrap_or(RESYNC)) => {}
-            () = shutdown() => break,
+            () = tollgate_process::shutdown_signal() => break,
             () = served_changed.notified() => {
                 tasks.abort_all();
                 bail!(
@@ -512,27 +512,5 @@ async fn serves_endpoint_slices(client: &Client) -> bool {
             .iter()
             .any(|(ar, _)| ar.kind == "EndpointSlice"),
         Err(_) => false,
-    }
-}
-
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

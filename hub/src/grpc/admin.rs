@@ -10,7 +10,7 @@ use tollgate_common::wire::documents_to_wire;
 use tollgate_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::{Sessions, caller, now_millis, status};
+use super::{Sessions, caller, status};
 use crate::certs::PeerIdentity;
 use crate::state::{ApplyOutcome, Hub};
 use crate::store::Store;
@@ -82,7 +82,7 @@ pub async fn fleet_status<S: Store>(
     let store = hub.store();
     let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
     let connected = sessions.connected();
-    let now = super::now_millis();
+    let now = tollgate_process::unix_millis();
     let latest_revision = hub.snapshot().revision;
     if !cluster_id.is_empty() {
         let clusters = store.clusters().await.map_err(unavailable)?;
@@ -209,7 +209,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let prune = prune_scope(prune, &prune_selector)?;
         let result = self
             .hub
-            .apply(&sources(raw), dry_run, prune.as_ref(), now_millis())
+            .apply(&sources(raw), dry_run, prune.as_ref(), tollgate_process::unix_millis())
             .await;
         let label = match &result {
             Ok(_) if dry_run => "dry-run",
@@ -228,7 +228,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         self.authorize(&request)?;
         let pb::DeleteRequest { kind, name } = request.into_inner();
-        let revision = self.hub.delete(&kind, &name, now_millis()).await.map_err(status)?;
+        let revision = self
+            .hub
+            .delete(&kind, &name, tollgate_process::unix_millis())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse { revision }))
     }
 
@@ -291,7 +295,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
         self.authorize(&request)?;
         let to = request.into_inner().to_revision;
-        let outcome = self.hub.rollback(to, now_millis()).await.map_err(status)?;
+        let outcome = self
+            .hub
+            .rollback(to, tollgate_process::unix_millis())
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RollbackResponse {
             revision: outcome.revision.unwrap_or_else(|| self.hub.snapshot().revision),
         }))

@@ -154,9 +154,3 @@ fn status(error: HubError) -> Status {
         HubError::Store(e) => Status::unavailable(e.to_string()),
     }
 }
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}

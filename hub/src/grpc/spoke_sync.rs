@@ -15,7 +15,7 @@ use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::reports::ReportBuffer;
-use super::{ServeOptions, caller, now_millis};
+use super::{ServeOptions, caller};
 use crate::certs::PeerIdentity;
 use crate::state::{Hub, Snapshot};
 use crate::store::{AgentRecord, Store, StoredCondition};
@@ -123,7 +123,11 @@ impl Sessions {
         loop {
             ticker.tick().await;
             let ids: Vec<String> = self.inner.lock().expect("sessions lock").keys().cloned().collect();
-            if let Err(error) = hub.store().record_connections(&self.replica, &ids, now_millis()).await {
+            if let Err(error) = hub
+                .store()
+                .record_connections(&self.replica, &ids, tollgate_process::unix_millis())
+                .await
+            {
                 tracing::warn!(%error, "Could not renew the connected spokes in the store");
             }
         }
@@ -258,7 +262,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             )));
         }
         let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
-        let now = now_millis();
+        let now = tollgate_process::unix_millis();
         let store = self.hub.store();
         let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
         store
@@ -414,7 +418,7 @@ fn intent(snapshot: &Snapshot, selected: &[usize], digest: &str, unchanged: bool
 fn heartbeat() -> pb::HubMessage {
     pb::HubMessage {
         msg: Some(hub_message::Msg::Heartbeat(pb::Heartbeat {
-            sent_unix_millis: now_millis(),
+            sent_unix_millis: tollgate_process::unix_millis(),
         })),
     }
 }
@@ -517,7 +521,7 @@ impl<S: Store> SessionTask<S> {
             let _ = self
                 .hub
                 .store()
-                .record_disconnect(&self.cluster, self.sessions.replica(), now_millis())
+                .record_disconnect(&self.cluster, self.sessions.replica(), tollgate_process::unix_millis())
                 .await;
         }
         tracing::info!(cluster = %self.cluster, reason, "Spoke disconnected");
@@ -571,7 +575,7 @@ impl<S: Store> SessionTask<S> {
 
     async fn handle(&mut self, message: pb::SpokeMessage) {
         let reports = &self.sessions.reports;
-        let now = now_millis();
+        let now = tollgate_process::unix_millis();
         match message.msg {
             Some(spoke_message::Msg::Facts(facts)) => {
                 reports.facts(&self.cluster, tollgate_common::wire::facts_to_json(&facts), now);

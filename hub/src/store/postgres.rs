@@ -34,7 +34,7 @@ use tollgate_common::document::DocumentSet;
 
 use super::{
     AgentRecord, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation, REVISION_COLUMNS,
-    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64, unix_millis_now,
+    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64,
 };
 
 /// The channel commits notify on.
@@ -348,7 +348,7 @@ impl PgStore {
                 .map_err(|e| StoreError::Backend(format!("migration {version} failed: {}", pg(e))))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES ($1, $2)",
-                &[version, &unix_millis_now()],
+                &[version, &tollgate_process::unix_millis()],
             )
             .await
             .map_err(pg)?;

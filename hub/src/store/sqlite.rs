@@ -22,7 +22,7 @@ use tollgate_common::document::DocumentSet;
 
 use super::{
     AgentRecord, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation, REVISION_COLUMNS,
-    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64, unix_millis_now,
+    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64,
 };
 
 /// The database file's name within the data folder.
@@ -228,7 +228,7 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Backend(format!("migration {version} failed: {e}")))?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES (?1, ?2)",
-            params![version, unix_millis_now()],
+            params![version, tollgate_process::unix_millis()],
         )?;
         tx.commit()?;
     }

@@ -1,0 +1,74 @@
+//! What every Tollgate binary does the same way, in one place: the wall clock (Unix time, as stored and reported),
+//! logging to standard error, and waiting for the signal to stop. The pure core (`tollgate-common`) reads no clock;
+//! the binaries pass it the time from here.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_secs() -> i64 {
+    unix_millis() / 1000
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Logs to standard error with the `level` filter (`info`, `tollgate_spoke=debug`, …; an invalid filter falls back
+/// to `info`), colored only on a terminal.
+pub fn init_tracing(level: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Returns on SIGTERM (what Kubernetes sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_is_unix_time_in_both_units() {
+        let (millis, secs) = (unix_millis(), unix_secs());
+        // 2020-01-01 and 2100-01-01: a clock in the right unit and epoch, not a counter from 0.
+        assert!((1_577_836_800..4_102_444_800).contains(&secs), "{secs}");
+        assert!((millis / 1000 - secs).abs() <= 1, "{millis} ms vs {secs} s");
+    }
+}
