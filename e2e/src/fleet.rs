@@ -565,13 +565,7 @@ impl Fleet {
         let certs = self.certs_dir();
         let output = tokio::process::Command::new(&self.hub_binary)
             .args(args)
-            .args(["--hub", &self.replica_url(replica)])
-            .arg("--ca")
-            .arg(certs.join("ca.pem"))
-            .arg("--cert")
-            .arg(certs.join("admin-admin.pem"))
-            .arg("--key")
-            .arg(certs.join("admin-admin-key.pem"))
+            .args(crate::fixtures::admin_flags(&self.replica_url(replica), &certs))
             .output()
             .await
             .with_context(|| format!("running tollgate-hub {args:?}"))?;

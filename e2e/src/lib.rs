@@ -36,6 +36,7 @@ mod control_plane;
 mod controller_manager;
 pub mod dns;
 mod etcd;
+pub mod fixtures;
 pub mod fleet;
 pub mod helm;
 mod helpers;

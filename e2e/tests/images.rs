@@ -229,13 +229,11 @@ async fn the_hub_image_serves_and_answers_status() -> Result<()> {
     .await
     .map_err(|e| e.context(tollgate_e2e::log_tail(&out.path().join("hub.log"), 20)))?;
     let status = run(Command::new(&hub_cli)
-        .args(["status", "--hub", &format!("https://localhost:{port}"), "-o", "json"])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("admin-admin.pem"))
-        .arg("--key")
-        .arg(certs.join("admin-admin-key.pem")))?;
+        .args(["status", "-o", "json"])
+        .args(tollgate_e2e::fixtures::admin_flags(
+            &format!("https://localhost:{port}"),
+            &certs,
+        )))?;
     assert_eq!(status.trim(), "[]");
     // Its store was written in its data volume, by its user.
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(data.join("tollgate-hub.db"))?);

@@ -79,13 +79,10 @@ fn cli(dir: &Path, port: u16, args: &[&str]) -> Output {
     let certs = dir.join("certs");
     hub()
         .args(args)
-        .args(["--hub", &format!("https://localhost:{port}")])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("admin-admin.pem"))
-        .arg("--key")
-        .arg(certs.join("admin-admin-key.pem"))
+        .args(tollgate_e2e::fixtures::admin_flags(
+            &format!("https://localhost:{port}"),
+            &certs,
+        ))
         .output()
         .unwrap()
 }

@@ -1370,13 +1370,7 @@ impl Hub {
     fn admin(&self, args: &[&str]) -> Result<String> {
         let output = Command::new(hub_binary())
             .args(args)
-            .args(["--hub", &self.address()])
-            .arg("--ca")
-            .arg(self.certs.join("ca.pem"))
-            .arg("--cert")
-            .arg(self.certs.join("admin-admin.pem"))
-            .arg("--key")
-            .arg(self.certs.join("admin-admin-key.pem"))
+            .args(tollgate_e2e::fixtures::admin_flags(&self.address(), &self.certs))
             .output()?;
         ensure!(
             output.status.success(),
@@ -1548,25 +1542,7 @@ async fn every_rbac_grant_is_needed() -> Result<()> {
     let cluster = &cp.clusters()[0];
     let client = cluster.client();
     // The deprecated AgentCard kind is installed, so the spoke watches it too.
-    cluster
-        .install_crd_yaml(
-            r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: agentcards.agent.kagenti.dev}
-spec:
-  group: agent.kagenti.dev
-  names: {kind: AgentCard, plural: agentcards, singular: agentcard}
-  scope: Namespaced
-  versions:
-    - name: v1alpha1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#,
-        )
-        .await?;
+    cluster.install_crd_yaml(tollgate_e2e::fixtures::AGENT_CARD_CRD).await?;
     // AdminNetworkPolicy enforcement (a superset of NetworkPolicy enforcement's grants) on a server that serves the
     // API, so that its grants are proven too.
     cluster

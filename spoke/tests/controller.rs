@@ -335,26 +335,7 @@ async fn restart_converges_without_writes_and_agent_card_fallback() -> anyhow::R
     let cluster = &cp.clusters()[0];
     let client = cluster.client();
     // The deprecated AgentCard kind, and a verified card for a runtime that carries no card itself.
-    cluster
-        .install_crd_yaml(
-            r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {name: agentcards.agent.kagenti.dev}
-spec:
-  group: agent.kagenti.dev
-  names: {kind: AgentCard, plural: agentcards, singular: agentcard}
-  scope: Namespaced
-  versions:
-    - name: v1alpha1
-      served: true
-      storage: true
-      subresources: {status: {}}
-      schema:
-        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-"#,
-        )
-        .await?;
+    cluster.install_crd_yaml(tollgate_e2e::fixtures::AGENT_CARD_CRD).await?;
     let cards = cluster
         .apply_yaml(&format!(
             r#"

@@ -54,13 +54,10 @@ fn admin(dir: &Path, port: u16, args: &[&str]) -> String {
     let certs = dir.join("certs");
     let out = Command::new(hub_binary())
         .args(args)
-        .args(["--hub", &format!("https://localhost:{port}")])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("admin-admin.pem"))
-        .arg("--key")
-        .arg(certs.join("admin-admin-key.pem"))
+        .args(tollgate_e2e::fixtures::admin_flags(
+            &format!("https://localhost:{port}"),
+            &certs,
+        ))
         .output()
         .unwrap();
     assert!(

@@ -17,13 +17,7 @@ fn command(fleet: &Fleet, args: &[&str]) -> Result<tokio::process::Command> {
     let mut command = tokio::process::Command::new(tollgate_e2e::binary("tollgate-hub")?);
     command
         .args(args)
-        .args(["--hub", &fleet.hub_url()])
-        .arg("--ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--cert")
-        .arg(certs.join("admin-admin.pem"))
-        .arg("--key")
-        .arg(certs.join("admin-admin-key.pem"))
+        .args(tollgate_e2e::fixtures::admin_flags(&fleet.hub_url(), &certs))
         .env("TOLLGATE_CONFIG", "/nonexistent/tollgate-test-config.yaml")
         .kill_on_drop(true);
     Ok(command)
