@@ -225,7 +225,7 @@ pub fn render(
         let mut networks: Vec<String> = Vec::new();
         let mut selectors = Vec::new();
         for peer in rule.to.iter().flatten() {
-            for converted in peers(namespace, peer, &mut needed) {
+            for converted in peers(namespace, peer, &mut needed)? {
                 match converted.networks {
                     Some(nets) => {
                         networks.extend(nets.into_iter().filter(|n| !networks.contains(n)).collect::<Vec<_>>())
@@ -334,43 +334,55 @@ fn namespace_selector(namespace: &str) -> LabelSelector {
 /// One NetworkPolicy peer as AdminNetworkPolicy peers: an `ipBlock` as `networks` (its `except`s subtracted, so the
 /// result is exactly the same addresses, in peers of at most 25 CIDRs), selectors as `namespaces` / `pods` (a
 /// `podSelector` alone means the policy's own namespace).
-fn peers(namespace: &str, peer: &NetworkPolicyPeer, needed: &mut BTreeSet<&'static str>) -> Vec<EgressPeer> {
+fn peers(
+    namespace: &str,
+    peer: &NetworkPolicyPeer,
+    needed: &mut BTreeSet<&'static str>,
+) -> Result<Vec<EgressPeer>, String> {
     if let Some(block) = &peer.ip_block {
-        let Ok(cidr) = block.cidr.parse::<IpNet>() else {
-            return Vec::new();
-        };
-        let holes: Vec<IpNet> = block.except.iter().flatten().filter_map(|e| e.parse().ok()).collect();
+        // Nothing unreadable is skipped: a dropped `except` would allow more than the NetworkPolicy.
+        let cidr: IpNet = block
+            .cidr
+            .parse()
+            .map_err(|_| format!("ipBlock {:?} is not a CIDR", block.cidr))?;
+        let holes = block
+            .except
+            .iter()
+            .flatten()
+            .map(|e| e.parse::<IpNet>().map_err(|_| format!("except {e:?} is not a CIDR")))
+            .collect::<Result<Vec<_>, _>>()?;
         let nets = subtract(cidr, &holes);
         if !nets.is_empty() {
             needed.insert("networks");
         }
-        return nets
+        return Ok(nets
             .chunks(MAX_NETWORKS)
             .map(|chunk| EgressPeer {
                 networks: Some(chunk.iter().map(ToString::to_string).collect()),
                 ..EgressPeer::default()
             })
-            .collect();
+            .collect());
     }
     match (&peer.namespace_selector, &peer.pod_selector) {
         (Some(namespaces), None) => {
             needed.insert("namespaces");
-            vec![EgressPeer {
+            Ok(vec![EgressPeer {
                 namespaces: Some(namespaces.clone()),
                 ..EgressPeer::default()
-            }]
+            }])
         }
         (namespaces, Some(pods)) => {
             needed.insert("pods");
-            vec![EgressPeer {
+            Ok(vec![EgressPeer {
                 pods: Some(NamespacedPod {
                     namespace_selector: namespaces.clone().unwrap_or_else(|| namespace_selector(namespace)),
                     pod_selector: pods.clone(),
                 }),
                 ..EgressPeer::default()
-            }]
+            }])
         }
-        (None, None) => Vec::new(),
+        // A peer with no field selects everything in a NetworkPolicy: not expressible here, so not rendered.
+        (None, None) => Err("a NetworkPolicy peer without ipBlock or selectors".into()),
     }
 }
 
@@ -391,7 +403,8 @@ pub fn subtract(net: IpNet, holes: &[IpNet]) -> Vec<IpNet> {
 fn port(port: &NetworkPolicyPort) -> Port {
     let protocol = port.protocol.clone().unwrap_or_else(|| "TCP".into());
     match (&port.port, port.end_port) {
-        (Some(IntOrString::Int(start)), Some(end)) => Port {
+        // The API wants start < end: a range of one port is that port.
+        (Some(IntOrString::Int(start)), Some(end)) if end > *start => Port {
             port_range: Some(PortRange {
                 protocol,
                 start: *start,
@@ -399,7 +412,7 @@ fn port(port: &NetworkPolicyPort) -> Port {
             }),
             ..Port::default()
         },
-        (Some(IntOrString::Int(number)), None) => Port {
+        (Some(IntOrString::Int(number)), _) => Port {
             port_number: Some(PortNumber {
                 protocol,
                 port: *number,

@@ -159,8 +159,9 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_SPOKE_ENFORCEMENT_RECHECK", value_parser = parse_duration, default_value = "60s", hide = true)]
     pub enforcement_recheck: Duration,
 
-    /// Priority of the AdminNetworkPolicies (0 is evaluated first, up to 1000).
-    #[arg(long, env = "TOLLGATE_SPOKE_ANP_PRIORITY", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..=1000))]
+    /// Priority of the AdminNetworkPolicies, 0 (evaluated first) to 99 (the highest OVN-Kubernetes implements). An
+    /// administrator's AdminNetworkPolicies with a lower number are evaluated before the agents'.
+    #[arg(long, env = "TOLLGATE_SPOKE_ANP_PRIORITY", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..=99))]
     pub anp_priority: i32,
 
     /// Address of the `/healthz`, `/readyz` and `/metrics` endpoints.

@@ -36,6 +36,8 @@ pub struct Settings {
     pub max_card_age: Option<Duration>,
     /// AdminNetworkPolicy enforcement (`None`: NetworkPolicies only; managed AdminNetworkPolicies are swept).
     pub admin: Option<AdminSettings>,
+    /// The namespaces whose agents this spoke owns (empty: all): the AdminNetworkPolicies it may sweep.
+    pub watched_namespaces: Vec<String>,
 }
 
 /// How AdminNetworkPolicies are written.
@@ -52,7 +54,8 @@ struct AdminReport {
     written: usize,
     deleted: usize,
     errors: Vec<WriteError>,
-    /// Agents whose AdminNetworkPolicy is desired (their egress cannot be widened by NetworkPolicies).
+    /// Agents whose AdminNetworkPolicy is in force as desired (written now, or already equal): NetworkPolicies
+    /// cannot widen their egress.
     enforced: HashSet<Key>,
     /// Agents that have none, and why.
     fallbacks: HashMap<Key, String>,
@@ -317,7 +320,7 @@ impl Reconciler {
             }
         }
 
-        let mut admin = self.reconcile_admin(world, &plan, hold).await;
+        let mut admin = self.reconcile_admin(world, &plan, hold, &unplanned).await;
         report.written += admin.written;
         report.deleted += admin.deleted;
         report.errors.append(&mut admin.errors);
@@ -379,14 +382,14 @@ impl Reconciler {
     /// The AdminNetworkPolicies: one per restricted, scoped or baseline-only agent when enabled, written and repaired
     /// by server-side apply like the NetworkPolicies; every managed one no agent wants is deleted (UID
     /// precondition), also when the mode is off. With `hold`, nothing changes.
-    async fn reconcile_admin(&self, world: &World, plan: &Plan, hold: bool) -> AdminReport {
+    async fn reconcile_admin(&self, world: &World, plan: &Plan, hold: bool, unplanned: &HashSet<Key>) -> AdminReport {
         let mut report = AdminReport::default();
         let Some(store) = &world.admin_policies else {
             return report;
         };
         let existing: HashMap<String, Arc<AdminNetworkPolicy>> =
             store.state().into_iter().map(|p| (p.name_any(), p)).collect();
-        let mut desired: Vec<AdminNetworkPolicy> = Vec::new();
+        let mut desired: Vec<(Key, AdminNetworkPolicy)> = Vec::new();
         if let Some(settings) = &self.settings.admin {
             let own = plan.policies_by_name();
             for outcome in plan.outcomes.iter().filter(|o| o.mode != Mode::AllowAll) {
@@ -406,52 +409,83 @@ impl Reconciler {
                     settings.priority,
                     &settings.capabilities,
                 ) {
-                    Ok(anp) => {
-                        report.enforced.insert(key);
-                        desired.push(anp);
-                    }
+                    Ok(anp) => desired.push((key, anp)),
                     Err(reason) => {
                         report.fallbacks.insert(key, reason);
                     }
                 }
             }
         }
+        let wanted: HashSet<String> = desired.iter().map(|(_, p)| p.name_any()).collect();
+        // Already in force as desired: enforced. The others are enforced once their write succeeds.
+        let mut writes: Vec<(Key, AdminNetworkPolicy, Option<String>)> = Vec::new();
+        for (key, anp) in desired {
+            match existing.get(&anp.name_any()) {
+                Some(current) if crate::anp::canonical(current) == crate::anp::canonical(&anp) => {
+                    report.enforced.insert(key);
+                }
+                current => writes.push((key, anp, current.map(|c| c.uid().unwrap_or_default()))),
+            }
+        }
         if hold {
             return report;
         }
-        let wanted: HashSet<String> = desired.iter().map(|p| p.name_any()).collect();
-        let writes: Vec<(AdminNetworkPolicy, bool)> = desired
-            .into_iter()
-            .filter_map(|anp| match existing.get(&anp.name_any()) {
-                Some(current) if crate::anp::canonical(current) == crate::anp::canonical(&anp) => None,
-                current => Some((anp, current.is_some())),
-            })
-            .collect();
+        // The sweep: only objects carrying every Tollgate label, of an agent in this spoke's namespaces that is gone
+        // (not merely unreadable).
+        let in_scope = |namespace: &str| {
+            self.settings.watched_namespaces.is_empty()
+                || self.settings.watched_namespaces.iter().any(|n| n == namespace)
+        };
         let deletes: Vec<(String, String)> = existing
             .iter()
             .filter(|(name, _)| !wanted.contains(*name))
+            .filter(|(_, p)| {
+                let labels = p.labels();
+                match (labels.get(LABEL_AGENT), labels.get(crate::anp::LABEL_AGENT_NAMESPACE)) {
+                    (Some(agent), Some(namespace)) => {
+                        in_scope(namespace) && !unplanned.contains(&(namespace.clone(), agent.clone()))
+                    }
+                    _ => false,
+                }
+            })
             .map(|(name, p)| (name.clone(), p.uid().unwrap_or_default()))
             .collect();
         let api: Api<AdminNetworkPolicy> = Api::all(self.client.clone());
         let api = &api;
-        let results: Vec<(String, Result<(), kube::Error>)> =
-            futures::stream::iter(writes.into_iter().map(|(anp, managed)| async move {
-                let mut params = PatchParams::apply(FIELD_MANAGER);
-                params.force = managed;
-                let name = anp.name_any();
-                let result = api.patch(&name, &params, &Patch::Apply(&anp)).await.map(|_| ());
-                (name, result)
-            }))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        for (name, result) in results {
+        /// An agent, its AdminNetworkPolicy's name, the UID of the one in force (if any), and how the write went.
+        type Outcome = (Key, String, Option<String>, Result<(), kube::Error>);
+        let results: Vec<Outcome> = futures::stream::iter(writes.into_iter().map(|(key, anp, current)| async move {
+            let mut params = PatchParams::apply(FIELD_MANAGER);
+            params.force = current.is_some();
+            let name = anp.name_any();
+            let result = api.patch(&name, &params, &Patch::Apply(&anp)).await.map(|_| ());
+            (key, name, current, result)
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+        for (key, name, current, result) in results {
             match result {
                 Ok(()) => {
                     report.written += 1;
                     self.metrics.writes.inc();
+                    report.enforced.insert(key);
                 }
-                Err(error) => report.errors.push(self.failed("AdminNetworkPolicy", "", &name, error)),
+                Err(error) => {
+                    // An AdminNetworkPolicy that cannot be updated may allow what the agent may no longer reach
+                    // (its Allow rules are final, whatever the NetworkPolicy says): it goes, and the NetworkPolicy
+                    // alone enforces until the write succeeds.
+                    let reason = format!("its AdminNetworkPolicy {name} could not be written ({error})");
+                    if let Some(uid) = current
+                        && let Err(delete_error) = delete_observed(api, &name, uid).await
+                    {
+                        report
+                            .errors
+                            .push(self.failed("AdminNetworkPolicy", "", &name, delete_error));
+                    }
+                    report.errors.push(self.failed("AdminNetworkPolicy", "", &name, error));
+                    report.fallbacks.insert(key, reason);
+                }
             }
         }
         let results: Vec<(String, Result<(), kube::Error>)> =

@@ -130,6 +130,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_card_age,
         // Set once the API server has been asked what it serves.
         admin: None,
+        watched_namespaces: namespaces.clone(),
     };
 
     let client = match kubeconfig {
@@ -148,7 +149,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let agent_card = discover_agent_card(&client).await;
     // AdminNetworkPolicies are watched wherever the spoke may list them, in every mode: those left by an earlier run
     // in AdminNetworkPolicy mode are then swept.
-    let anp_served = serves_admin_network_policy(&client).await;
+    let anp_served = serves_admin_network_policy(&client)
+        .await
+        .context("asking the API server whether it serves AdminNetworkPolicy")?;
     let anp_listable = anp_served && can_list_admin_policies(&client).await;
     let admin = match (enforcement, anp_served) {
         (Enforcement::NetworkPolicy, _) | (Enforcement::Auto, false) => None,
@@ -180,7 +183,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(enforcement_recheck.max(Duration::from_secs(1))).await;
-                if serves_admin_network_policy(&client).await != anp_served {
+                // A failed discovery says nothing: only a clear answer that differs restarts the spoke.
+                if serves_admin_network_policy(&client)
+                    .await
+                    .is_ok_and(|served| served != anp_served)
+                {
                     changed.notify_one();
                     return;
                 }
@@ -216,6 +223,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         endpoint_slices,
         admin_policies: anp_listable,
     };
+
     let world = World::start(&client, &scope, &trigger, &mut tasks);
     tokio::select! {
         ready = world.wait_ready() => ready.context("waiting for the first list of every watched kind")?,
@@ -467,14 +475,16 @@ async fn discover_agent_card(client: &Client) -> Option<ApiResource> {
         .map(|(ar, _)| ar)
 }
 
-/// Whether the server serves policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy.
-async fn serves_admin_network_policy(client: &Client) -> bool {
+/// Whether the server serves policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy. Only a missing group or kind
+/// means no; any other failure of discovery is an error (the answer is unknown).
+async fn serves_admin_network_policy(client: &Client) -> Result<bool, kube::Error> {
     match kube::discovery::group(client, "policy.networking.k8s.io").await {
-        Ok(group) => group
+        Ok(group) => Ok(group
             .versioned_resources("v1alpha1")
             .iter()
-            .any(|(ar, _)| ar.kind == "AdminNetworkPolicy"),
-        Err(_) => false,
+            .any(|(ar, _)| ar.kind == "AdminNetworkPolicy")),
+        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => Ok(false),
+        Err(error) => Err(error),
     }
 }
 

@@ -52,6 +52,15 @@ async fn admin_network_policies_enforce_override_and_are_swept() -> anyhow::Resu
     agent(&client, "scoped", Some(rules), Some(mtls_card())).await?;
     agent(&client, "open", None, Some(mtls_card())).await?;
     agent(&client, "untrusted", None, None).await?;
+    // Someone's AdminNetworkPolicy that copies the managed-by label, without Tollgate's agent labels: never swept.
+    let copied: AdminNetworkPolicy = serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha1",
+        "kind": "AdminNetworkPolicy",
+        "metadata": {"name": "platform-deny-metadata", "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke"}},
+        "spec": {"priority": 5, "subject": {"namespaces": {}},
+                 "egress": [{"name": "deny-metadata", "action": "Deny", "to": [{"networks": ["169.254.169.254/32"]}]}]},
+    }))?;
+    admin_policies(&client).create(&PostParams::default(), &copied).await?;
     let dir = tempfile::tempdir()?;
     let spoke = Spoke::start(
         cluster,
@@ -124,12 +133,17 @@ async fn admin_network_policies_enforce_override_and_are_swept() -> anyhow::Resu
             .is_ok_and(|r| r.iter().any(|r| r == "EgressWidenedOverridden"))
     })
     .await?;
+    // The annotation is written after the Event, in the same pass.
     let runtimes: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
-    let annotations = runtimes.get("scoped").await?.annotations().clone();
-    assert_eq!(
-        annotations.get("tollgate.dev/egress-widened-by").map(String::as_str),
-        Some("allow-all-egress (overridden)")
-    );
+    wait_until("the overridden annotation", WAIT, || async {
+        runtimes.get("scoped").await.is_ok_and(|r| {
+            r.annotations()
+                .get("tollgate.dev/egress-widened-by")
+                .map(String::as_str)
+                == Some("allow-all-egress (overridden)")
+        })
+    })
+    .await?;
     assert!(
         !event_reasons(&client, "scoped")
             .await?
@@ -147,10 +161,12 @@ async fn admin_network_policies_enforce_override_and_are_swept() -> anyhow::Resu
     drop(spoke);
     let _spoke = Spoke::start(cluster, dir.path(), &["--enforcement", "networkpolicy"]).await?;
     wait_until("the AdminNetworkPolicies swept", WAIT, || async {
-        admin_policies(&client)
-            .list(&Default::default())
-            .await
-            .is_ok_and(|l| l.items.is_empty())
+        admin_policies(&client).list(&Default::default()).await.is_ok_and(|l| {
+            l.items
+                .iter()
+                .map(|p| p.name_any())
+                .eq(["platform-deny-metadata".to_string()])
+        })
     })
     .await?;
     wait_policy(&client, "scoped-signature-policy", "still scoped", |p| {
@@ -237,5 +253,58 @@ async fn auto_follows_the_api_and_adminnetworkpolicy_refuses_to_start_without_it
         stderr.contains("does not serve policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// An AdminNetworkPolicy the API server refuses to update (here: a stricter served schema) would keep allowing the
+/// agent's old destinations: it is deleted, the NetworkPolicy alone enforces, and a Warning says why.
+#[tokio::test]
+async fn an_adminnetworkpolicy_that_cannot_be_updated_is_deleted() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    cluster.install_crd(&AdminNetworkPolicy::crd()).await?;
+    let client = cluster.client();
+    let rule = |cidr: &str| json!({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": 443}]});
+    agent(
+        &client,
+        "scoped",
+        Some(json!({"rules": [rule("203.0.113.0/24")]})),
+        Some(mtls_card()),
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let _spoke = Spoke::start(cluster, dir.path(), &["--enforcement", "adminnetworkpolicy"]).await?;
+    wait_until("the AdminNetworkPolicy", WAIT, || async {
+        admin_policy(&client, "scoped").await.is_some()
+    })
+    .await?;
+
+    // The served schema now takes at most the 5 rules the agent has (API, API Service, DNS, its rule, the Deny).
+    let mut crd = serde_json::to_value(AdminNetworkPolicy::crd())?;
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["egress"]["maxItems"] =
+        json!(5);
+    cluster.apply_yaml(&serde_json::to_string(&crd)?).await?;
+    // A second rule makes 6: the update is refused.
+    agent(
+        &client,
+        "scoped",
+        Some(json!({"rules": [rule("203.0.113.0/24"), rule("198.51.100.0/24")]})),
+        Some(mtls_card()),
+    )
+    .await?;
+    wait_policy(&client, "scoped-signature-policy", "the second rule", |p| {
+        p.to_string().contains("198.51.100.0/24")
+    })
+    .await?;
+    wait_until("the stale AdminNetworkPolicy deleted", WAIT, || async {
+        admin_policy(&client, "scoped").await.is_none()
+    })
+    .await?;
+    wait_until("the fallback Warning", WAIT, || async {
+        event_reasons(&client, "scoped")
+            .await
+            .is_ok_and(|r| r.iter().any(|r| r == "AdminNetworkPolicyFallback"))
+    })
+    .await?;
     Ok(())
 }

@@ -95,7 +95,6 @@ serviceAccount: {create: false, name: platform-spoke}
 metrics: {service: {enabled: false}}
 "#;
 
-
 /// `helm template NAME CHART -n NAMESPACE -f VALUES... [FLAGS]`, by the shared Helm-faithful renderer.
 pub(crate) fn helm_template(name: &str, namespace: &str, values: &[&str], flags: &[&str]) -> Result<Output> {
     tollgate_e2e::helm::template(CHART, name, namespace, values, flags)
@@ -440,7 +439,8 @@ pub(crate) async fn orphan_admin_policy(client: &Client, name: &str) -> Result<(
         "apiVersion": "policy.networking.k8s.io/v1alpha1",
         "kind": "AdminNetworkPolicy",
         "metadata": {"name": format!("orphan-anp-{name}"),
-                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "gone"}},
+                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "gone",
+                                "tollgate.dev/agent-namespace": NS}},
         "spec": {"priority": 40, "subject": {"namespaces": {}}},
     }))?;
     Api::<tollgate_spoke::anp::AdminNetworkPolicy>::all(client.clone())

@@ -20,9 +20,11 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
             key("ClusterRole", "", "tollgate-spoke-agents"),
             key("ClusterRole", "", "tollgate-spoke-namespaces"),
             key("ClusterRole", "", "tollgate-spoke-crd"),
+            key("ClusterRole", "", "tollgate-spoke-anp"),
             key("ClusterRoleBinding", "", "tollgate-spoke-agents"),
             key("ClusterRoleBinding", "", "tollgate-spoke-namespaces"),
             key("ClusterRoleBinding", "", "tollgate-spoke-crd"),
+            key("ClusterRoleBinding", "", "tollgate-spoke-anp"),
             key("Role", RELEASE_NS, "tollgate-spoke-intent"),
             key("Role", "default", "tollgate-spoke-apiserver"),
             key("Role", "kube-system", "tollgate-spoke-dns"),
@@ -90,6 +92,12 @@ fn default_values_render_a_least_privilege_restricted_v2_spoke() -> Result<()> {
         rules("ClusterRole", "", "tollgate-spoke-crd"),
         json!([{"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
                 "resourceNames": ["agentruntimes.agent.kagenti.dev"], "verbs": ["get"]}])
+    );
+    // NetworkPolicy enforcement may still sweep the AdminNetworkPolicies an earlier release wrote, never write one.
+    assert_eq!(
+        rules("ClusterRole", "", "tollgate-spoke-anp"),
+        json!([{"apiGroups": ["policy.networking.k8s.io"], "resources": ["adminnetworkpolicies"],
+                "verbs": ["list", "watch", "delete"]}])
     );
     assert_eq!(
         rules("Role", RELEASE_NS, "tollgate-spoke-intent"),
