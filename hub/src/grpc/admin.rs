@@ -80,16 +80,15 @@ pub async fn fleet_status<S: Store>(
     cluster_id: &str,
 ) -> Result<pb::FleetStatusResponse, Status> {
     let store = hub.store();
-    let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
     let connected = sessions.connected();
     let now = tollgate_process::unix_millis();
     let latest_revision = hub.snapshot().revision;
     if !cluster_id.is_empty() {
-        let clusters = store.clusters().await.map_err(unavailable)?;
+        let clusters = store.clusters().await?;
         if !clusters.iter().any(|c| c.id == cluster_id) {
             return Err(Status::not_found(format!("cluster {cluster_id:?} has never connected")));
         }
-        let agents = store.agents(cluster_id).await.map_err(unavailable)?;
+        let agents = store.agents(cluster_id).await?;
         return Ok(pb::FleetStatusResponse {
             latest_revision,
             store_id: store.store_id().to_string(),
@@ -124,8 +123,8 @@ pub async fn fleet_status<S: Store>(
         });
     }
     let mut rows = Vec::new();
-    for cluster in store.clusters().await.map_err(unavailable)? {
-        let agents = store.agents(&cluster.id).await.map_err(unavailable)?;
+    for cluster in store.clusters().await? {
+        let agents = store.agents(&cluster.id).await?;
         let count = |mode: &str| agents.iter().filter(|a| a.mode == mode).count() as u32;
         let conditions = cluster
             .conditions
@@ -270,12 +269,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         self.authorize(&request)?;
-        let history = self
-            .hub
-            .store()
-            .history()
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let history = self.hub.store().history().await?;
         Ok(Response::new(pb::HistoryResponse {
             revisions: history
                 .into_iter()
@@ -317,9 +311,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             DocumentSet::from_sources(&sources(raw)).map_err(|e| status(crate::state::HubError::Invalid(e)))?;
         let current = self.hub.snapshot();
         let proposed = current.documents.applied(&applied, prune.as_ref());
-        let clusters = crate::plan::preview(self.hub.store(), &current.documents, &proposed)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let clusters = crate::plan::preview(self.hub.store(), &current.documents, &proposed).await?;
         Ok(Response::new(pb::PlanResponse { clusters }))
     }
 

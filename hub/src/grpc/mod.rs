@@ -147,10 +147,58 @@ fn status(error: HubError) -> Status {
         }
         HubError::TooLarge(message) => Status::invalid_argument(message),
         HubError::NotFound(message) => Status::not_found(message),
-        HubError::Store(StoreError::Conflict { .. }) => Status::aborted(error.to_string()),
-        HubError::Store(StoreError::Corrupt { revision, reason }) => Status::failed_precondition(format!(
-            "stored revision {revision} cannot be read ({reason}); `tollgate-hub history` marks the readable ones"
-        )),
-        HubError::Store(e) => Status::unavailable(e.to_string()),
+        HubError::Store(e) => e.into(),
+    }
+}
+
+/// The one mapping of store errors to status codes: a lost race is Aborted (retry the whole change), an unreadable
+/// stored revision FailedPrecondition (an admin must act), anything else Unavailable (retried).
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict { .. } => Status::aborted(error.to_string()),
+            StoreError::Corrupt { revision, reason } => Status::failed_precondition(format!(
+                "stored revision {revision} cannot be read ({reason}); `tollgate-hub history` marks the readable ones"
+            )),
+            error => Status::unavailable(error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_one_status_code_each() {
+        let conflict = Status::from(StoreError::Conflict { expected: 3, actual: 4 });
+        assert_eq!(conflict.code(), Code::Aborted);
+        assert!(
+            conflict
+                .message()
+                .contains("revision 3 is no longer the latest (now 4)")
+        );
+        let corrupt = Status::from(StoreError::Corrupt {
+            revision: 7,
+            reason: "bad yaml".into(),
+        });
+        assert_eq!(corrupt.code(), Code::FailedPrecondition);
+        assert!(
+            corrupt
+                .message()
+                .contains("stored revision 7 cannot be read (bad yaml)")
+        );
+        assert_eq!(Status::from(StoreError::NoSuchRevision(9)).code(), Code::Unavailable);
+        assert_eq!(
+            Status::from(StoreError::Backend("disk".into())).code(),
+            Code::Unavailable
+        );
+        // Hub errors carrying a store error take the same mapping.
+        assert_eq!(
+            status(HubError::Store(StoreError::Conflict { expected: 1, actual: 2 })).code(),
+            Code::Aborted
+        );
     }
 }

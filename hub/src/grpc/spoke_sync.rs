@@ -264,12 +264,8 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
         let now = tollgate_process::unix_millis();
         let store = self.hub.store();
-        let unavailable = |e: crate::store::StoreError| Status::unavailable(e.to_string());
-        store
-            .upsert_cluster(&cluster, &labels, now)
-            .await
-            .map_err(unavailable)?;
-        let adopt = store.adopt_requested(&cluster).await.map_err(unavailable)?;
+        store.upsert_cluster(&cluster, &labels, now).await?;
+        let adopt = store.adopt_requested(&cluster).await?;
         let conditions = stored_conditions(&hello.conditions);
         let diverged = is_diverged(&conditions);
         self.sessions.reports.conditions(&cluster, conditions, now);
