@@ -65,9 +65,17 @@ fn co_selects(policy: &NetworkPolicy, pod_labels: &BTreeMap<String, String>) -> 
     let Some(selector) = policy.spec.as_ref().and_then(|s| s.pod_selector.as_ref()) else {
         return egress_rules(policy).is_some();
     };
-    let mut labels = pod_labels.clone();
+    if egress_rules(policy).is_none() {
+        return false;
+    }
     let unknown = |key: &str| !pod_labels.contains_key(key) && CONTROLLER_LABELS.contains(&key);
+    let label_keys = selector.match_labels.iter().flatten().map(|(k, _)| k);
+    let expression_keys = selector.match_expressions.iter().flatten().map(|r| &r.key);
+    if !label_keys.chain(expression_keys).any(|k| unknown(k)) {
+        return selector_matches(selector, pod_labels);
+    }
     // Give each controller-added key the template lacks the value the selector asks for.
+    let mut labels = pod_labels.clone();
     for (key, value) in selector.match_labels.iter().flatten() {
         if unknown(key) {
             labels.insert(key.clone(), value.clone());
@@ -79,7 +87,7 @@ fn co_selects(policy: &NetworkPolicy, pod_labels: &BTreeMap<String, String>) -> 
             labels.insert(requirement.key.clone(), value);
         }
     }
-    egress_rules(policy).is_some() && selector_matches(selector, &labels)
+    selector_matches(selector, &labels)
 }
 
 /// Kubernetes label-selector semantics (an empty selector matches everything; an unknown operator matches

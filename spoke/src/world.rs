@@ -16,7 +16,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tollgate_common::planner::{LABEL_MANAGED_BY, MANAGED_BY};
+use tollgate_common::planner::{LABEL_AGENT, LABEL_MANAGED_BY, MANAGED_BY};
 
 use crate::agent_runtime::ObservedRuntime;
 use crate::anp::AdminNetworkPolicy;
@@ -46,7 +46,8 @@ pub struct World {
     pub statefulsets: Vec<Store<StatefulSet>>,
     /// The managed NetworkPolicies, in the compact form the diff reads.
     pub policies: Vec<Store<ObservedPolicy>>,
-    /// Every NetworkPolicy of the watched namespaces, whoever wrote it: any but an agent's own may widen it.
+    /// The NetworkPolicies of the watched namespaces that are not the spoke's (not both Tollgate labels): the ones
+    /// that may widen an agent. An object with both is an agent's own, or swept by the spoke.
     pub others: Vec<Store<NetworkPolicy>>,
     pub agent_cards: Vec<Store<DynamicObject>>,
     pub namespaces: Store<Namespace>,
@@ -98,8 +99,15 @@ impl World {
             statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
             policies.push(watch_policies(api(client, ns), managed, trigger, tasks));
-            // Unfiltered: a copied Tollgate label must not hide a policy from widening detection.
-            others.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
+            // Everything but objects with both Tollgate labels (which the sweep keeps to the agents' own policies), in
+            // two selectors since a label selector cannot say "or": without the agent label, or with it but another
+            // manager. So the managed ones are neither held twice in memory nor checked against every agent on each
+            // pass, and copying one label hides nothing.
+            let without_agent = watcher::Config::default().labels(&format!("!{LABEL_AGENT}"));
+            let foreign_agent =
+                watcher::Config::default().labels(&format!("{LABEL_AGENT},{LABEL_MANAGED_BY}!={MANAGED_BY}"));
+            others.push(watch(api(client, ns), without_agent, trigger, tasks));
+            others.push(watch(api(client, ns), foreign_agent, trigger, tasks));
             if let Some(ar) = &scope.agent_card {
                 let cards = match ns {
                     Some(ns) => Api::namespaced_with(client.clone(), ns, ar),

@@ -56,7 +56,9 @@ async fn a_policy_that_widens_an_agent_is_reported_until_it_is_gone() -> anyhow:
     )?;
     policies.create(&PostParams::default(), &narrower).await?;
     // A team's allow-all-egress for every pod of the namespace widens the scoped and the restricted agent.
-    let allow_all = network_policy("allow-all-egress", json!({}), json!([{}]))?;
+    // It carries a copy of an agent's label (not the spoke's manager label): that must not hide it.
+    let mut allow_all = network_policy("allow-all-egress", json!({}), json!([{}]))?;
+    allow_all.metadata.labels = Some([("tollgate.dev/agent".to_string(), "scoped".to_string())].into());
     policies.create(&PostParams::default(), &allow_all).await?;
     wait_until("both agents reported as widened", WAIT, || async {
         widened_by(&client, "scoped").await.as_deref() == Some("allow-all-egress")
