@@ -276,6 +276,17 @@ pub(crate) fn is_dns1123_label(s: &str) -> bool {
     s.len() <= 63 && !s.contains('.') && is_dns1123_subdomain(s)
 }
 
+/// Checks a set of labels (a cluster's, say) with Kubernetes' rules: one error per bad key or value, named
+/// `PATH.KEY`.
+pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>, path: &str) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (key, value) in labels {
+        check_label_key(key, &format!("{path}.{key}"), &mut errors);
+        check_label_value(value, &format!("{path}.{key}"), &mut errors);
+    }
+    errors
+}
+
 pub(crate) fn check_label_key(key: &str, path: &str, errors: &mut Vec<FieldError>) {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
@@ -307,6 +318,32 @@ pub(crate) fn check_label_value(value: &str, path: &str, errors: &mut Vec<FieldE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_sets_are_checked_per_key_and_value() {
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("env", "prod"),
+            ("example.com/tier", "gold"),
+            ("-bad", "x"),
+            ("ok", "no spaces"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let errors: Vec<String> = validate_labels(&labels, "labels")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("labels.-bad") && errors[0].contains("invalid label key"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("labels.ok") && errors[1].contains("invalid label value"),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn command_line_selectors_parse_like_kubectl() {

@@ -21,6 +21,10 @@ spec:
         openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
 "#;
 
+/// The name of the admin certificate `tollgate-hub certs admin` makes by default: what the tests' hubs list with
+/// `serve --admin`.
+pub const ADMIN: &str = "admin";
+
 /// The flags that point the admin CLI at the hub `url` with the admin certificate `tollgate-hub certs` wrote to
 /// `certs` (`ca.pem`, `admin-admin.pem`, `admin-admin-key.pem`).
 pub fn admin_flags(url: &str, certs: &Path) -> Vec<OsString> {

@@ -117,13 +117,7 @@ pub fn numbered_clusters(count: usize) -> Vec<FleetCluster> {
         .collect()
 }
 
-/// What a CLI call printed and how it ended.
-#[derive(Clone, Debug)]
-pub struct CliOutput {
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
+pub use crate::hub::CliOutput;
 
 /// A running spoke.
 #[derive(Debug)]
@@ -141,6 +135,8 @@ pub struct SpokeStart {
     pub certificate_of: Option<String>,
     /// Other certificate and key files (`--tls-cert`, `--tls-key`) instead.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// The labels it reports (`--cluster-labels`; default: the cluster's registered labels).
+    pub reported_labels: Option<String>,
     /// More flags.
     pub extra_args: Vec<String>,
     /// Wait only until `/readyz` answers, ready or not (a spoke that is expected not to become ready).
@@ -231,18 +227,8 @@ impl Fleet {
         futures::future::try_join_all(prepare).await?;
 
         let dir = tempfile::Builder::new().prefix("tollgate-fleet-").tempdir()?;
-        let certs = dir.path().join("certs");
-        let certs_arg = certs.display().to_string();
-        run_ok(&hub_binary, &["certs", "init", "--dir", &certs_arg]).await?;
-        run_ok(&hub_binary, &["certs", "hub", "--dir", &certs_arg]).await?;
-        run_ok(&hub_binary, &["certs", "admin", "--dir", &certs_arg]).await?;
-        for cluster in &clusters {
-            run_ok(
-                &hub_binary,
-                &["certs", "spoke", "--dir", &certs_arg, "--cluster-id", &cluster.name],
-            )
-            .await?;
-        }
+        let names: Vec<&str> = clusters.iter().map(|c| c.name.as_str()).collect();
+        crate::hub::issue_certificates(&dir.path().join("certs"), &names)?;
         let hub_ports = (0..replicas)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<Result<Vec<_>>>()?;
@@ -356,6 +342,8 @@ impl Fleet {
             format!("127.0.0.1:{metrics_port}"),
             "--heartbeat-seconds".into(),
             "1".into(),
+            "--admin".into(),
+            crate::fixtures::ADMIN.into(),
         ];
         if let Some(url) = &self.store_url {
             args.extend([
@@ -373,6 +361,26 @@ impl Fleet {
         })
         .await?;
         self.hubs[replica] = Some(hub);
+        self.register_clusters(replica).await
+    }
+
+    /// Registers every cluster of the fleet with its labels through hub replica `replica` (`clusters add`), as an
+    /// admin would on a new store; a cluster registered already is left as it is.
+    pub async fn register_clusters(&self, replica: usize) -> Result<()> {
+        for cluster in &self.clusters {
+            let labels = cluster.labels_flag();
+            let output = self
+                .cli_on(replica, &["clusters", "add", &cluster.name, "--labels", &labels])
+                .await?;
+            if !output.success && !output.stderr.contains("registered already") {
+                bail!(
+                    "registering cluster {}: {}{}",
+                    cluster.name,
+                    output.stdout,
+                    output.stderr
+                );
+            }
+        }
         Ok(())
     }
 
@@ -468,7 +476,7 @@ impl Fleet {
             "--cluster-id".into(),
             claimed_id,
             "--cluster-labels".into(),
-            spec.labels_flag(),
+            start.reported_labels.clone().unwrap_or_else(|| spec.labels_flag()),
             "--kubeconfig".into(),
             self.cluster(index).kubeconfig_path().display().to_string(),
             "--hub".into(),
@@ -779,20 +787,4 @@ pub async fn set_card(client: &Client, name: &str, card: Option<Value>) -> Resul
 /// A card attested over mTLS: the agent is verified.
 pub fn mtls_card() -> Value {
     json!({"transportSecurity": "mtls", "attestedAgentSpiffeID": "spiffe://example.org/ns/team-a/sa/agent"})
-}
-
-async fn run_ok(program: &Path, args: &[&str]) -> Result<()> {
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-        .with_context(|| format!("running {} {args:?}", program.display()))?;
-    if !output.status.success() {
-        bail!(
-            "{} {args:?} failed: {}",
-            program.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(())
 }

@@ -41,6 +41,7 @@ pub mod fleet;
 pub mod helm;
 mod helpers;
 mod http;
+pub mod hub;
 mod kubeconfig;
 pub mod monitoring;
 pub mod nca;

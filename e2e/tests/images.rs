@@ -202,7 +202,12 @@ async fn the_hub_image_serves_and_answers_status() -> Result<()> {
     build_images(out.path())?;
     let image = unpack(out.path(), "hub")?;
     check_image(&image, "hub")?;
-    let chart_args = check_chart("tollgate-hub", "hub", "serve", &["tlsSecretName: hub-tls"])?;
+    let chart_args = check_chart(
+        "tollgate-hub",
+        "hub",
+        "serve",
+        &["admins: [admin]\ntlsSecretName: hub-tls"],
+    )?;
 
     // What the StatefulSet mounts: the TLS Secret (from `tollgate-hub certs`) and the data volume.
     let certs = out.path().join("certs");

@@ -252,6 +252,7 @@ mod bench {
             .arg(certs.join("hub-key.pem"))
             .arg("--client-ca")
             .arg(certs.join("ca.pem"))
+            .args(["--admin", "bench"])
             .args(
                 store
                     .map(|(url, replica)| {
@@ -524,6 +525,11 @@ mod bench {
         // The runtime's worker thread keeps the admin connection answering the hub's keepalive pings while this
         // thread sleeps.
         let mut admin = runtime.block_on(admin_client(port, certs))?;
+        // Every simulated spoke's cluster is registered with the labels the documents select, in one call.
+        runtime.block_on(admin.add_cluster(pb::AddClusterRequest {
+            cluster_ids: (0..n).map(spoke_id).collect(),
+            labels: [("env".to_string(), "prod".to_string())].into_iter().collect(),
+        }))?;
         let mut revision = 0;
         let ticks = hubs_cpu_ticks(&hubs)?;
         for apply in 1..=options.applies {

@@ -264,6 +264,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
             .arg(certs.join("hub-key.pem"))
             .arg("--client-ca")
             .arg(certs.join("ca.pem"))
+            .args(["--admin", "bench"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -277,6 +278,12 @@ async fn run(options: Options) -> anyhow::Result<()> {
             Err(error) => return Err(error.context("the hub never served")),
         }
     };
+    admin
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: clusters.clone(),
+            labels: [("env".to_string(), "prod".to_string())].into_iter().collect(),
+        })
+        .await?;
 
     let mut watchers = Vec::new();
     for cluster in clusters.iter().take(WATCHERS) {

@@ -15,7 +15,10 @@ use rcgen::{
 
 const CLUSTER_PREFIX: &str = "tollgate://cluster/";
 const ADMIN_PREFIX: &str = "tollgate://admin/";
+/// Leaf certificates issued by `certs hub|spoke|admin`.
 const VALID_DAYS: i64 = 365;
+/// The CA of `certs init`: long enough that its expiry is a planned event, not a fleet-wide outage a year in.
+pub const CA_VALID_DAYS: i64 = 3650;
 
 /// Who a client certificate says it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,11 +29,25 @@ pub enum PeerIdentity {
     Admin(String),
 }
 
+/// A client certificate as the hub reads it: whom it names, and when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerCertificate {
+    pub identity: PeerIdentity,
+    /// Milliseconds since the Unix epoch.
+    pub not_before_unix_millis: i64,
+    pub not_after_unix_millis: i64,
+}
+
 /// The identity in a DER certificate's URI SANs; `None` when it carries no Tollgate identity.
 pub fn peer_identity(der: &[u8]) -> Option<PeerIdentity> {
+    peer_certificate(der).map(|c| c.identity)
+}
+
+/// The identity and validity of a DER certificate; `None` when it carries no Tollgate identity.
+pub fn peer_certificate(der: &[u8]) -> Option<PeerCertificate> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let sans = cert.subject_alternative_name().ok()??;
-    sans.value.general_names.iter().find_map(|name| match name {
+    let identity = sans.value.general_names.iter().find_map(|name| match name {
         x509_parser::extensions::GeneralName::URI(uri) => {
             if let Some(id) = uri.strip_prefix(CLUSTER_PREFIX) {
                 Some(PeerIdentity::Cluster(id.to_string()))
@@ -40,6 +57,12 @@ pub fn peer_identity(der: &[u8]) -> Option<PeerIdentity> {
             }
         }
         _ => None,
+    })?;
+    let validity = cert.validity();
+    Some(PeerCertificate {
+        identity,
+        not_before_unix_millis: validity.not_before.timestamp().saturating_mul(1000),
+        not_after_unix_millis: validity.not_after.timestamp().saturating_mul(1000),
     })
 }
 
@@ -59,10 +82,10 @@ impl CaFiles {
     }
 }
 
-fn validity(params: &mut CertificateParams) {
+fn ca_validity(params: &mut CertificateParams) {
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + time::Duration::days(VALID_DAYS);
+    params.not_after = now + time::Duration::days(CA_VALID_DAYS);
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -100,7 +123,7 @@ pub fn init_ca(dir: &Path) -> anyhow::Result<CaFiles> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    validity(&mut params);
+    ca_validity(&mut params);
     let cert = params.self_signed(&key).context("signing the CA certificate")?;
     std::fs::write(&files.cert, cert.pem()).with_context(|| format!("writing {}", files.cert.display()))?;
     write_private(&files.key, &key.serialize_pem())?;
@@ -134,8 +157,26 @@ impl Leaf {
 }
 
 /// Issues a leaf certificate signed by the CA in `ca_dir`, written to `out_dir/<stem>.pem` and
-/// `<stem>-key.pem`. Returns both paths.
+/// `<stem>-key.pem`, valid from five minutes ago (clock skew) for a year. Returns both paths.
 pub fn issue(ca_dir: &Path, out_dir: &Path, leaf: &Leaf) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let now = time::OffsetDateTime::now_utc();
+    issue_valid(
+        ca_dir,
+        out_dir,
+        leaf,
+        now - time::Duration::minutes(5),
+        now + time::Duration::days(VALID_DAYS),
+    )
+}
+
+/// [`issue`] with the validity given.
+pub fn issue_valid(
+    ca_dir: &Path,
+    out_dir: &Path,
+    leaf: &Leaf,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     let ca = CaFiles::in_dir(ca_dir);
     let ca_cert = std::fs::read_to_string(&ca.cert).with_context(|| {
         format!(
@@ -151,7 +192,8 @@ pub fn issue(ca_dir: &Path, out_dir: &Path, leaf: &Leaf) -> anyhow::Result<(Path
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    validity(&mut params);
+    params.not_before = not_before;
+    params.not_after = not_after;
     match leaf {
         Leaf::Hub { dns_names, addresses } => {
             params.distinguished_name.push(DnType::CommonName, "tollgate-hub");
@@ -246,6 +288,13 @@ mod tests {
             peer_identity(&der_of(&spoke)),
             Some(PeerIdentity::Cluster("prod-eu-1".into()))
         );
+        let spoke_certificate = peer_certificate(&der_of(&spoke)).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        assert!(spoke_certificate.not_before_unix_millis <= now);
+        let days = (spoke_certificate.not_after_unix_millis - now) / 86_400_000;
+        assert!((364..=365).contains(&days), "{days} days");
+        let ca = peer_or_ca_validity_days(&der_of(&dir.path().join("ca.pem")), now);
+        assert!((3649..=3650).contains(&ca), "the CA lives ten years, not {ca} days");
         let (admin, _) = issue(dir.path(), dir.path(), &Leaf::Admin { name: "alice".into() }).unwrap();
         assert_eq!(
             peer_identity(&der_of(&admin)),
@@ -276,6 +325,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("invalid cluster id"), "{err}");
+    }
+
+    fn peer_or_ca_validity_days(der: &[u8], now_unix_millis: i64) -> i64 {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        (cert.validity().not_after.timestamp() * 1000 - now_unix_millis) / 86_400_000
     }
 
     #[test]

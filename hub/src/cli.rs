@@ -1,5 +1,6 @@
 //! The admin CLI: talks to a hub over mTLS with an admin certificate.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -762,9 +763,51 @@ impl VersionArgs {
     }
 }
 
-/// `tollgate-hub clusters …`: the clusters the hub serves.
+/// `tollgate-hub clusters …`: the hub's cluster registry. Only registered clusters may connect, and the labels
+/// `clusterSelector`s match are the registry's.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClustersCommand {
+    /// Register clusters: their spokes may connect from now on, and documents select them by these labels (all or
+    /// nothing: when one is registered already, none is).
+    Add {
+        /// The cluster ids (the ones their spokes' certificates name).
+        #[arg(required = true)]
+        clusters: Vec<String>,
+        /// The cluster's labels, `key=value` pairs separated by commas (`clusterSelector`s match them).
+        #[arg(long, default_value = "")]
+        labels: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Set (`key=value`) and remove (`key-`) labels of a registered cluster; its spoke is sent the documents its
+    /// new labels select at once.
+    Label {
+        /// The cluster id.
+        #[arg(add = ArgValueCandidates::new(crate::completion::cluster_ids))]
+        cluster: String,
+        /// `key=value` to set, `key-` to remove.
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Every registered cluster: its labels (and those its spoke reports), whether it is connected, its spoke's
+    /// version and when its certificate expires.
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Remove a cluster from the registry: its stream is closed, its certificates are refused from now on (also if
+    /// the id is registered again), and its rows leave `status`.
+    Remove {
+        /// The cluster id.
+        #[arg(add = ArgValueCandidates::new(crate::completion::cluster_ids))]
+        cluster: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Let one Diverged cluster take this hub's latest revision: after the hub came back on another store (a lost
     /// volume, a new database) or on an older copy of its store, a spoke keeps enforcing what it has until an
     /// admin says so.
@@ -777,9 +820,113 @@ pub enum ClustersCommand {
     },
 }
 
+/// `clusters label` arguments: labels to set and keys to remove, each checked (the hub checks them again).
+pub fn label_changes(changes: &[String]) -> anyhow::Result<(BTreeMap<String, String>, Vec<String>)> {
+    let mut set = BTreeMap::new();
+    let mut remove = Vec::new();
+    for change in changes {
+        if let Some((key, value)) = change.split_once('=') {
+            set.insert(key.to_string(), value.to_string());
+        } else if let Some(key) = change.strip_suffix('-').filter(|k| !k.is_empty()) {
+            remove.push(key.to_string());
+        } else {
+            anyhow::bail!("{change:?}: expected KEY=VALUE to set a label or KEY- to remove one");
+        }
+    }
+    Ok((set, remove))
+}
+
+/// `--labels a=b,c=d`; empty text gives no labels.
+pub fn labels_flag(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--labels: {pair:?} is not key=value");
+        };
+        labels.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    Ok(labels)
+}
+
 impl ClustersCommand {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         match self {
+            Self::Add {
+                clusters,
+                labels,
+                connection,
+            } => {
+                let labels = labels_flag(&labels)?;
+                connection
+                    .admin()
+                    .await?
+                    .add_cluster(pb::AddClusterRequest {
+                        cluster_ids: clusters.clone(),
+                        labels: labels.into_iter().collect(),
+                    })
+                    .await
+                    .map_err(call_error)?;
+                for cluster in clusters {
+                    writeln!(out, "cluster {cluster} registered")?;
+                }
+            }
+            Self::Label {
+                cluster,
+                changes,
+                connection,
+            } => {
+                let (set, remove) = label_changes(&changes)?;
+                let response = connection
+                    .admin()
+                    .await?
+                    .label_cluster(pb::LabelClusterRequest {
+                        cluster_id: cluster.clone(),
+                        set: set.into_iter().collect(),
+                        remove,
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                let labels: BTreeMap<String, String> = response.labels.into_iter().collect();
+                writeln!(out, "cluster {cluster} labelled: {}", render::label_pairs(&labels))?;
+            }
+            Self::List { output, connection } => {
+                let response = connection
+                    .admin()
+                    .await?
+                    .list_clusters(pb::ListClustersRequest {})
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                let rows = render::registry_rows(&response);
+                let text = match output {
+                    Output::Table | Output::Wide => render::registry_table(&rows, tollgate_process::unix_millis()),
+                    Output::Name => rows.iter().map(|r| format!("cluster/{}\n", r.cluster)).collect(),
+                    Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+                    Output::Yaml => serde_yaml_ng::to_string(&rows)?,
+                };
+                out.write_all(text.as_bytes())?;
+            }
+            Self::Remove { cluster, connection } => {
+                let response = connection
+                    .admin()
+                    .await?
+                    .remove_cluster(pb::RemoveClusterRequest {
+                        cluster_id: cluster.clone(),
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                writeln!(
+                    out,
+                    "cluster {cluster} removed; its certificates are refused from now on ({})",
+                    if response.disconnected {
+                        "its stream was closed"
+                    } else {
+                        "a stream on another hub replica closes within a heartbeat"
+                    }
+                )?;
+            }
             Self::Adopt { cluster, connection } => {
                 let response = connection
                     .admin()

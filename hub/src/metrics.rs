@@ -135,7 +135,9 @@ impl Metrics {
     ) -> String {
         self.unreadable.set(unreadable as i64);
         self.last_seen.clear();
-        for (cluster, millis) in last_seen {
+        // A registered cluster whose spoke never connected has no series yet: "silent since" starts with its first
+        // hello, not with its registration.
+        for (cluster, millis) in last_seen.iter().filter(|(_, millis)| *millis > 0) {
             self.last_seen
                 .get_or_create(&ClusterLabel {
                     cluster: cluster.clone(),
@@ -216,4 +218,27 @@ pub async fn serve<S: Store>(
     tracing::info!(addr = %listener.local_addr()?, "Serving /healthz, /readyz and /metrics");
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cluster registered but never connected has no last-seen series: an alert on silence starts with its
+    /// first hello.
+    #[test]
+    fn last_seen_is_exported_only_for_clusters_that_connected() {
+        let metrics = Metrics::default();
+        let text = metrics.encode(
+            1,
+            0,
+            &Sessions::default(),
+            &[("seen".to_string(), 5_000), ("never".to_string(), 0)],
+        );
+        assert!(
+            text.contains("tollgate_hub_cluster_last_seen_timestamp_seconds{cluster=\"seen\"} 5"),
+            "{text}"
+        );
+        assert!(!text.contains("cluster=\"never\""), "{text}");
+    }
 }

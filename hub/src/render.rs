@@ -19,6 +19,108 @@ pub fn ago(then_unix_millis: i64, now_unix_millis: i64) -> String {
     }
 }
 
+/// `a=b,c=d`, sorted by key; `-` for none.
+pub fn label_pairs(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_string();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One registered cluster, as `clusters list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryRow {
+    pub cluster: String,
+    /// The labels `clusterSelector`s match.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// What its spoke reports (never used for selection).
+    pub reported_labels: std::collections::BTreeMap<String, String>,
+    pub registered_unix_millis: i64,
+    pub connected: bool,
+    pub last_seen_unix_millis: i64,
+    pub spoke_version: String,
+    pub certificate_not_after_unix_millis: i64,
+}
+
+pub fn registry_rows(response: &pb::ListClustersResponse) -> Vec<RegistryRow> {
+    response
+        .clusters
+        .iter()
+        .map(|c| RegistryRow {
+            cluster: c.cluster_id.clone(),
+            labels: c.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            reported_labels: c.reported_labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            registered_unix_millis: c.registered_unix_millis,
+            connected: c.connected,
+            last_seen_unix_millis: c.last_seen_unix_millis,
+            spoke_version: c.spoke_version.clone(),
+            certificate_not_after_unix_millis: c.certificate_not_after_unix_millis,
+        })
+        .collect()
+}
+
+/// Time until `then`, for humans: `in 23h`, `in 9d`, or `expired 2h ago`; `-` when unknown.
+pub fn until(then_unix_millis: i64, now_unix_millis: i64) -> String {
+    if then_unix_millis <= 0 {
+        return "-".to_string();
+    }
+    if then_unix_millis <= now_unix_millis {
+        return format!("expired {}", ago(then_unix_millis, now_unix_millis));
+    }
+    let secs = (then_unix_millis - now_unix_millis) / 1000;
+    match secs {
+        0..60 => format!("in {secs}s"),
+        60..3600 => format!("in {}m", secs / 60),
+        3600..86_400 => format!("in {}h", secs / 3600),
+        _ => format!("in {}d", secs / 86_400),
+    }
+}
+
+/// `clusters list`: one line per registered cluster, with the labels its spoke reports where they differ.
+pub fn registry_table(rows: &[RegistryRow], now_unix_millis: i64) -> String {
+    let mut table = vec![
+        [
+            "CLUSTER",
+            "LABELS",
+            "REPORTED LABELS",
+            "REGISTERED",
+            "CONNECTED",
+            "LAST SEEN",
+            "SPOKE",
+            "CERTIFICATE",
+        ]
+        .map(String::from),
+    ];
+    for row in rows {
+        table.push([
+            row.cluster.clone(),
+            label_pairs(&row.labels),
+            if row.last_seen_unix_millis <= 0 {
+                "-".to_string()
+            } else if row.reported_labels == row.labels {
+                "(same)".to_string()
+            } else {
+                label_pairs(&row.reported_labels)
+            },
+            ago(row.registered_unix_millis, now_unix_millis),
+            if row.connected { "yes" } else { "no" }.to_string(),
+            ago(row.last_seen_unix_millis, now_unix_millis),
+            if row.spoke_version.is_empty() {
+                "-".to_string()
+            } else {
+                row.spoke_version.clone()
+            },
+            until(row.certificate_not_after_unix_millis, now_unix_millis),
+        ]);
+    }
+    render_table(&table)
+}
+
 fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
     let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     pairs.sort();
@@ -230,10 +332,10 @@ pub fn clusters_view(status: &pb::FleetStatusResponse, now_unix_millis: i64, sty
     table(rows, style, &notes)
 }
 
-/// What `status` says when no cluster has connected yet: the next step, not a bare header.
-pub const NO_CLUSTER: &str = "No cluster has connected to this hub yet. In each cluster, install the tollgate-spoke \
-chart with hub.address set to this hub and a client certificate from `tollgate-hub certs spoke --cluster-id ID` \
-(see deploy/charts/tollgate-spoke/README.md).\n";
+/// What `status` says when no cluster is registered yet: the next step, not a bare header.
+pub const NO_CLUSTER: &str = "No cluster is registered on this hub yet. Register each with `tollgate-hub clusters add \
+ID --labels KEY=VALUE`, then install the tollgate-spoke chart in it with hub.address set to this hub and a client \
+certificate from `tollgate-hub certs spoke --cluster-id ID` (see deploy/charts/tollgate-spoke/README.md).\n";
 
 /// `cluster/<id>`, one per line.
 pub fn cluster_names(status: &pb::FleetStatusResponse) -> String {
@@ -563,7 +665,7 @@ pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style
 }
 
 pub fn history_table(history: &pb::HistoryResponse, now_unix_millis: i64) -> String {
-    let mut rows = vec![["REVISION", "CREATED", "OPERATION", "DOCUMENTS", "SUMMARY"].map(String::from)];
+    let mut rows = vec![["REVISION", "CREATED", "AUTHOR", "OPERATION", "DOCUMENTS", "SUMMARY"].map(String::from)];
     let mut notes = String::new();
     for r in &history.revisions {
         let revision = if r.unreadable.is_empty() {
@@ -575,6 +677,11 @@ pub fn history_table(history: &pb::HistoryResponse, now_unix_millis: i64) -> Str
         rows.push([
             revision,
             ago(r.created_unix_millis, now_unix_millis),
+            if r.author.is_empty() {
+                "-".to_string()
+            } else {
+                r.author.clone()
+            },
             r.operation.clone(),
             r.document_count.to_string(),
             r.summary.clone(),
@@ -1145,6 +1252,36 @@ dev       -          no    5m ago   5/7   1   0   1   0   0   1   0   Diverged
     }
 
     #[test]
+    fn the_registry_table_shows_reported_labels_where_they_differ_and_certificate_expiry() {
+        let cluster = |id: &str, reported: &[(&str, &str)], last_seen, not_after| pb::RegisteredCluster {
+            cluster_id: id.into(),
+            labels: [("env".to_string(), "prod".to_string())].into(),
+            reported_labels: reported.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            registered_unix_millis: 1_000,
+            connected: last_seen > 0,
+            last_seen_unix_millis: last_seen,
+            spoke_version: if last_seen > 0 { "0.1.0".into() } else { String::new() },
+            certificate_not_after_unix_millis: not_after,
+        };
+        let response = pb::ListClustersResponse {
+            clusters: vec![
+                cluster("east", &[("env", "prod")], 3_601_000, 3_601_000 + 23 * 3_600_000),
+                cluster("new", &[], 0, 0),
+                cluster("west", &[("env", "dev")], 3_601_000, 1_000),
+            ],
+        };
+        assert_eq!(
+            registry_table(&registry_rows(&response), 3_601_000),
+            "\
+CLUSTER   LABELS     REPORTED LABELS   REGISTERED   CONNECTED   LAST SEEN   SPOKE   CERTIFICATE
+east      env=prod   (same)            1h ago       yes         0s ago      0.1.0   in 23h
+new       env=prod   -                 1h ago       no          never       -       -
+west      env=prod   env=dev           1h ago       yes         0s ago      0.1.0   expired 1h ago
+"
+        );
+    }
+
+    #[test]
     fn history_marks_unreadable_revisions_and_what_is_served() {
         let info = |revision, unreadable: &str| pb::RevisionInfo {
             revision,
@@ -1153,6 +1290,7 @@ dev       -          no    5m ago   5/7   1   0   1   0   0   1   0   Diverged
             summary: format!("apply EgressPolicy/p{revision}"),
             document_count: 1,
             unreadable: unreadable.into(),
+            author: if revision == 1 { String::new() } else { "alice".into() },
         };
         let history = pb::HistoryResponse {
             revisions: vec![info(1, ""), info(2, "revision 2 document 1: unknown field `kind2`")],
@@ -1161,9 +1299,9 @@ dev       -          no    5m ago   5/7   1   0   1   0   0   1   0   Diverged
         assert_eq!(
             history_table(&history, 61_000),
             "\
-REVISION         CREATED   OPERATION   DOCUMENTS   SUMMARY
-1                1m ago    apply       1           apply EgressPolicy/p1
-2 (unreadable)   1m ago    apply       1           apply EgressPolicy/p2
+REVISION         CREATED   AUTHOR   OPERATION   DOCUMENTS   SUMMARY
+1                1m ago    -        apply       1           apply EgressPolicy/p1
+2 (unreadable)   1m ago    alice    apply       1           apply EgressPolicy/p2
 revision 2 cannot be read: revision 2 document 1: unknown field `kind2`
 the hub serves revision 1, the newest it can read; `rollback --to 1` (or an apply) makes a new revision
 "

@@ -64,6 +64,17 @@ pub struct ServeArgs {
     /// Heartbeat period of spoke streams, in seconds.
     #[arg(long, env = "TOLLGATE_HUB_HEARTBEAT_SECONDS", default_value_t = 10)]
     heartbeat_seconds: u64,
+
+    /// An admin who may use the admin API: the NAME of its certificate (`tollgate://admin/NAME`, as `certs admin
+    /// --name NAME` makes). Repeatable; comma-separated in the environment. Required with TLS: an admin
+    /// certificate signed by the client CA whose name is not listed is refused.
+    #[arg(
+        long = "admin",
+        env = "TOLLGATE_HUB_ADMINS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    admins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -80,6 +91,7 @@ impl ServeArgs {
             insecure_dev_plaintext,
             metrics_addr,
             heartbeat_seconds,
+            admins,
         } = self;
         let tls = match (tls_cert, tls_key, client_ca, insecure_dev_plaintext) {
             (Some(cert), Some(key), Some(client_ca), false) => Some(TlsFiles { cert, key, client_ca }),
@@ -93,9 +105,21 @@ impl ServeArgs {
         if heartbeat_seconds == 0 {
             bail!("--heartbeat-seconds must be at least 1");
         }
+        let admins: std::collections::BTreeSet<String> = admins
+            .into_iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if tls.is_some() && admins.is_empty() {
+            bail!(
+                "--admin NAME (or TOLLGATE_HUB_ADMINS) is required with TLS: the names of the admin certificates \
+                 this hub accepts (`tollgate-hub certs admin --name NAME` makes one)"
+            );
+        }
         let options = ServeOptions {
             tls,
             heartbeat: std::time::Duration::from_secs(heartbeat_seconds),
+            admins: Arc::new(admins),
             ..ServeOptions::default()
         };
         let listener = grpc::bind(listen, &options).await?;
@@ -156,6 +180,9 @@ async fn run<S: Store>(
     let sessions = Arc::new(Sessions::new(replica, options.heartbeat, listen_to.is_some()));
     let mut background = tokio::task::JoinSet::new();
     background.spawn(sessions.clone().renew(hub.clone(), options.heartbeat));
+    // Removals and label changes made through another replica (or racing a hello) reach this replica's streams
+    // within a heartbeat.
+    background.spawn(sessions.clone().watch_registry(hub.clone(), options.heartbeat));
     if let Some((url, ca)) = listen_to {
         // Revisions committed by other replicas: pushed by the database, re-read, published to this replica's spokes.
         let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();

@@ -211,6 +211,7 @@ impl<S: Store> Hub<S> {
         sources: &[Source],
         dry_run: bool,
         prune: Option<&tollgate_common::LabelSelector>,
+        author: &str,
         now: i64,
     ) -> Result<ApplyOutcome, HubError> {
         let applied = DocumentSet::from_sources(sources).map_err(HubError::Invalid)?;
@@ -225,7 +226,7 @@ impl<S: Store> Hub<S> {
                 changes: changes(&latest.revision.documents, &next),
             });
         }
-        let (info, changes) = self.commit(Operation::Apply, &summary, merge, now).await?;
+        let (info, changes) = self.commit(Operation::Apply, &summary, author, merge, now).await?;
         Ok(ApplyOutcome {
             revision: info.map(|i| i.number),
             changes,
@@ -233,12 +234,13 @@ impl<S: Store> Hub<S> {
     }
 
     /// Deletes one document; not found is an error.
-    pub async fn delete(&self, kind: &str, name: &str, now: i64) -> Result<u64, HubError> {
+    pub async fn delete(&self, kind: &str, name: &str, author: &str, now: i64) -> Result<u64, HubError> {
         let summary = format!("delete {kind}/{name}");
         let (info, _) = self
             .commit(
                 Operation::Delete,
                 &summary,
+                author,
                 |current| {
                     let mut next = current.clone();
                     if next.remove(kind, name) {
@@ -254,7 +256,7 @@ impl<S: Store> Hub<S> {
     }
 
     /// Makes the documents of revision `to` the latest, as a new revision (history is never rewritten).
-    pub async fn rollback(&self, to: u64, now: i64) -> Result<ApplyOutcome, HubError> {
+    pub async fn rollback(&self, to: u64, author: &str, now: i64) -> Result<ApplyOutcome, HubError> {
         let target = match self.store.revision(to).await {
             Ok(revision) => revision,
             Err(StoreError::NoSuchRevision(n)) => {
@@ -264,7 +266,13 @@ impl<S: Store> Hub<S> {
         };
         let summary = format!("rollback to revision {to}");
         let (info, changes) = self
-            .commit(Operation::Rollback, &summary, |_| Ok(target.documents.clone()), now)
+            .commit(
+                Operation::Rollback,
+                &summary,
+                author,
+                |_| Ok(target.documents.clone()),
+                now,
+            )
             .await?;
         Ok(ApplyOutcome {
             revision: info.map(|i| i.number),
@@ -278,6 +286,7 @@ impl<S: Store> Hub<S> {
         &self,
         operation: Operation,
         summary: &str,
+        author: &str,
         next: impl Fn(&DocumentSet) -> Result<DocumentSet, HubError>,
         now: i64,
     ) -> Result<(Option<RevisionInfo>, Vec<Change>), HubError> {
@@ -296,12 +305,17 @@ impl<S: Store> Hub<S> {
             if operation != Operation::Delete {
                 self.check_bounds(&next).await?;
             }
-            match self.store.commit(latest.newest, operation, summary, &next, now).await {
+            match self
+                .store
+                .commit(latest.newest, operation, summary, author, &next, now)
+                .await
+            {
                 Ok(info) => {
                     tracing::info!(
                         revision = info.number,
                         operation = operation.as_str(),
                         summary,
+                        author,
                         "Committed"
                     );
                     self.publish(info.number, next);
@@ -318,7 +332,47 @@ impl<S: Store> Hub<S> {
     /// checked with its labels, and a cluster without labels stands for any cluster yet to join.
     async fn check_bounds(&self, next: &DocumentSet) -> Result<(), HubError> {
         let clusters = self.store.clusters().await?;
-        let documents: Vec<(Option<LabelSelector>, usize, String)> = next
+        let unlabelled = BTreeMap::new();
+        let candidates = clusters
+            .iter()
+            .map(|c| (format!("cluster {:?}", c.id), &c.labels))
+            .chain(std::iter::once(("a cluster without labels".to_string(), &unlabelled)));
+        let over = self.over_bounds(next, candidates);
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(HubError::TooLarge(format!(
+                "{}; nothing was applied: narrow the documents' clusterSelector or split the rules across fewer \
+                 clusters",
+                over.join("; ")
+            )))
+        }
+    }
+
+    /// Refuses labels under which cluster `id` would receive more of the latest intent than it can hold.
+    pub fn check_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<(), HubError> {
+        let snapshot = self.snapshot();
+        let over = self.over_bounds(
+            &snapshot.documents,
+            std::iter::once((format!("cluster {id:?}"), labels)),
+        );
+        if over.is_empty() {
+            Ok(())
+        } else {
+            Err(HubError::TooLarge(format!(
+                "{}; the labels were not changed: narrow the documents' clusterSelector first",
+                over.join("; ")
+            )))
+        }
+    }
+
+    /// What each candidate (a description and its labels) would receive of `documents` beyond the bound.
+    fn over_bounds<'l>(
+        &self,
+        documents: &DocumentSet,
+        candidates: impl Iterator<Item = (String, &'l BTreeMap<String, String>)>,
+    ) -> Vec<String> {
+        let documents: Vec<(Option<LabelSelector>, usize, String)> = documents
             .documents()
             .map(|d| {
                 (
@@ -328,11 +382,6 @@ impl<S: Store> Hub<S> {
                 )
             })
             .collect();
-        let unlabelled = BTreeMap::new();
-        let candidates = clusters
-            .iter()
-            .map(|c| (format!("cluster {:?}", c.id), &c.labels))
-            .chain(std::iter::once(("a cluster without labels".to_string(), &unlabelled)));
         let mut over = Vec::new();
         for (who, labels) in candidates {
             let selected: Vec<&(Option<LabelSelector>, usize, String)> = documents
@@ -353,15 +402,7 @@ impl<S: Store> Hub<S> {
                 ));
             }
         }
-        if over.is_empty() {
-            Ok(())
-        } else {
-            Err(HubError::TooLarge(format!(
-                "{}; nothing was applied: narrow the documents' clusterSelector or split the rules across fewer \
-                 clusters",
-                over.join("; ")
-            )))
-        }
+        over
     }
 
     /// Publishes a revision to every session, unless a newer one is already published.

@@ -14,7 +14,7 @@ const CHART: &str = "deploy/charts/tollgate-hub";
 const NS: &str = "tollgate-system";
 
 /// Every optional object: ServiceMonitor, PrometheusRule (linking runbooks), dashboard ConfigMap, OpenShift Route.
-const EVERYTHING: &str = "tlsSecretName: hub-tls
+const EVERYTHING: &str = "admins: [alice]\ntlsSecretName: hub-tls
 metrics:
   serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}
   prometheusRule: {enabled: true, labels: {role: alert-rules}, runbookBaseUrl: 'https://docs.example.com/tollgate/runbooks'}
@@ -50,7 +50,12 @@ fn args_of(statefulset: &Value) -> Vec<String> {
 
 #[test]
 fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
-    let rendered = helm::render(CHART, "tollgate-hub", NS, &["tlsSecretName: hub-tls\n"])?;
+    let rendered = helm::render(
+        CHART,
+        "tollgate-hub",
+        NS,
+        &["admins: [alice]\ntlsSecretName: hub-tls\n"],
+    )?;
     let objects = objects(&rendered)?;
     assert_eq!(
         objects.keys().collect::<Vec<_>>(),
@@ -97,6 +102,7 @@ fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
             "--client-ca=/etc/tollgate/tls/ca.crt",
             "--metrics-addr=0.0.0.0:9465",
             "--heartbeat-seconds=10",
+            "--admin=alice",
         ]
     );
     assert_eq!(
@@ -121,7 +127,7 @@ fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
 
 #[test]
 fn non_default_values_reach_the_right_fields() -> Result<()> {
-    let values = "tlsSecretName: hub-tls
+    let values = "admins: [alice]\ntlsSecretName: hub-tls
 grpcPort: 8443
 heartbeatSeconds: 5
 logLevel: tollgate_hub=debug
@@ -167,7 +173,9 @@ fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret(
         CHART,
         "tollgate-hub",
         NS,
-        &["tlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
+        &[
+            "admins: [alice]\ntlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n",
+        ],
     )?;
     let objects = objects(&rendered)?;
     let sts = &objects["StatefulSet/tollgate-hub"];
@@ -184,7 +192,9 @@ fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret(
         CHART,
         "tollgate-hub",
         NS,
-        &["tlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n"],
+        &[
+            "admins: [alice]\ntlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n",
+        ],
         &["-a", "policy/v1/PodDisruptionBudget"],
     )?;
     assert!(newer.status.success(), "{}", String::from_utf8_lossy(&newer.stderr));
@@ -226,20 +236,26 @@ fn the_fs_group_is_set_for_the_volume_except_on_openshift() -> Result<()> {
         let objects = objects(&String::from_utf8(output.stdout)?)?;
         Ok(objects["StatefulSet/tollgate-hub"]["spec"]["template"]["spec"]["securityContext"].clone())
     };
-    let default = pod_security("tlsSecretName: t\n", &[])?;
+    let default = pod_security("admins: [alice]\ntlsSecretName: t\n", &[])?;
     assert_eq!(
         (default["fsGroup"].as_i64(), default["runAsNonRoot"].as_bool()),
         (Some(65532), Some(true))
     );
     assert_eq!(
-        pod_security("tlsSecretName: t\npersistence: {fsGroup: 1001}\n", &[])?["fsGroup"],
+        pod_security("admins: [alice]\ntlsSecretName: t\npersistence: {fsGroup: 1001}\n", &[])?["fsGroup"],
         1001
     );
     for (values, flags) in [
-        ("tlsSecretName: t\n", &["-a", "security.openshift.io/v1"][..]),
-        ("tlsSecretName: t\npersistence: {fsGroup: null}\n", &[][..]),
         (
-            "tlsSecretName: t\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: db}}\n",
+            "admins: [alice]\ntlsSecretName: t\n",
+            &["-a", "security.openshift.io/v1"][..],
+        ),
+        (
+            "admins: [alice]\ntlsSecretName: t\npersistence: {fsGroup: null}\n",
+            &[][..],
+        ),
+        (
+            "admins: [alice]\ntlsSecretName: t\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: db}}\n",
             &[][..],
         ),
     ] {
@@ -319,7 +335,7 @@ fn monitoring_objects_and_the_route_point_at_the_right_things() -> Result<()> {
         CHART,
         "tollgate-hub",
         NS,
-        &["tlsSecretName: t\nmetrics: {service: {enabled: false}, serviceMonitor: {enabled: true}}\n"],
+        &["admins: [alice]\ntlsSecretName: t\nmetrics: {service: {enabled: false}, serviceMonitor: {enabled: true}}\n"],
     )?;
     assert!(
         message.contains("metrics.serviceMonitor.enabled needs metrics.service.enabled"),
@@ -331,51 +347,55 @@ fn monitoring_objects_and_the_route_point_at_the_right_things() -> Result<()> {
 #[test]
 fn bad_values_are_refused_with_a_reason() -> Result<()> {
     for (values, reason) in [
-        ("{}\n", "tlsSecretName is required"),
+        ("admins: [alice]\n", "tlsSecretName is required"),
         (
-            "tlsSecretName: t\nreplicas: 2\n",
+            "tlsSecretName: t\n",
+            "admins is required: the names of the admin certificates this hub accepts",
+        ),
+        (
+            "admins: [alice]\ntlsSecretName: t\nreplicas: 2\n",
             "replicas is 2: the embedded store serves exactly one replica; several replicas need store.type postgres",
         ),
         (
-            "tlsSecretName: t\nreplicas: 0\nstore: {type: postgres, postgres: {existingSecret: db}}\n",
+            "admins: [alice]\ntlsSecretName: t\nreplicas: 0\nstore: {type: postgres, postgres: {existingSecret: db}}\n",
             "replicas is 0: at least one hub replica is needed",
         ),
         (
-            "tlsSecretName: t\nstore: {type: postgres}\n",
+            "admins: [alice]\ntlsSecretName: t\nstore: {type: postgres}\n",
             "store.postgres.existingSecret is required with store.type postgres",
         ),
         (
-            "tlsSecretName: t\nstore: {type: mysql}\n",
+            "admins: [alice]\ntlsSecretName: t\nstore: {type: mysql}\n",
             "store.type \"mysql\" must be embedded or postgres",
         ),
         (
-            "tlsSecretName: t\nlogFormat: xml\n",
+            "admins: [alice]\ntlsSecretName: t\nlogFormat: xml\n",
             "logFormat \"xml\" must be plain or json",
         ),
         (
-            "tlsSecretName: t\nheartbeatSeconds: 0\n",
+            "admins: [alice]\ntlsSecretName: t\nheartbeatSeconds: 0\n",
             "heartbeatSeconds must be at least 1",
         ),
         // values.schema.json: wrong types, unknown keys (a typo is not silently ignored), out-of-range numbers.
         (
-            "tlsSecretName: t\nreplicas: two\n",
+            "admins: [alice]\ntlsSecretName: t\nreplicas: two\n",
             "values don't meet the specifications of the schema(s) in the following chart(s):\ntollgate-hub:\n\
              - replicas: Invalid type. Expected: integer, given: string",
         ),
         (
-            "tlsSecretName: t\nreplica: 3\n",
+            "admins: [alice]\ntlsSecretName: t\nreplica: 3\n",
             "- (root): Additional property replica is not allowed",
         ),
         (
-            "tlsSecretName: t\nmetrics: {port: 70000}\n",
+            "admins: [alice]\ntlsSecretName: t\nmetrics: {port: 70000}\n",
             "- metrics.port: Must be less than or equal to 65535",
         ),
         (
-            "tlsSecretName: t\npersistence: {fsGroup: root}\n",
+            "admins: [alice]\ntlsSecretName: t\npersistence: {fsGroup: root}\n",
             "- persistence.fsGroup: Invalid type. Expected: [integer,null], given: string",
         ),
         (
-            "tlsSecretName: t\nroute: {enabled: yes-please}\n",
+            "admins: [alice]\ntlsSecretName: t\nroute: {enabled: yes-please}\n",
             "- route.enabled: Invalid type. Expected: boolean, given: string",
         ),
     ] {
@@ -387,7 +407,12 @@ fn bad_values_are_refused_with_a_reason() -> Result<()> {
 
 #[tokio::test]
 async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() -> Result<()> {
-    let rendered = helm::render(CHART, "tollgate-hub", NS, &["tlsSecretName: hub-tls\n"])?;
+    let rendered = helm::render(
+        CHART,
+        "tollgate-hub",
+        NS,
+        &["admins: [alice]\ntlsSecretName: hub-tls\n"],
+    )?;
     let cp = ControlPlane::builder().clusters(1).start().await?;
     let cluster = &cp.clusters()[0];
     cluster.create_namespace(NS).await?;
@@ -458,7 +483,7 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
         "tollgate-hub",
         "tollgate-ha",
         &[
-            "tlsSecretName: hub-tls\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: hub-db, caSecretName: db-ca}}\n",
+            "admins: [alice]\ntlsSecretName: hub-tls\nreplicas: 2\nstore: {type: postgres, postgres: {existingSecret: hub-db, caSecretName: db-ca}}\n",
         ],
     )?;
     assert_eq!(

@@ -58,6 +58,7 @@ fn serve(dir: &Path, port: u16) -> Server {
         .arg(certs.join("hub-key.pem"))
         .arg("--client-ca")
         .arg(certs.join("ca.pem"))
+        .args(["--admin", "admin"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -178,14 +179,17 @@ fn certificates_serve_apply_get_history_rollback_and_sigkill_durability() {
     );
     let history = stdout(&cli(dir.path(), port, &["history"]));
     let lines: Vec<&str> = history.lines().collect();
-    assert!(lines[0].starts_with("REVISION   CREATED"), "{history}");
+    assert!(lines[0].starts_with("REVISION   CREATED   AUTHOR"), "{history}");
     assert!(
-        lines[3].starts_with("3") && lines[3].contains("rollback") && lines[3].contains("rollback to revision 1"),
-        "{history}"
+        lines[3].starts_with("3")
+            && lines[3].contains(" admin ")
+            && lines[3].contains("rollback")
+            && lines[3].contains("rollback to revision 1"),
+        "every revision names the admin who made it: {history}"
     );
     let status = stdout(&cli(dir.path(), port, &["status"]));
     assert!(
-        status.starts_with("No cluster has connected to this hub yet. In each cluster, install the tollgate-spoke"),
+        status.starts_with("No cluster is registered on this hub yet. Register each with `tollgate-hub clusters add"),
         "the empty state says what to do next: {status}"
     );
     let json = stdout(&cli(dir.path(), port, &["status", "-o", "json"]));
@@ -230,6 +234,83 @@ fn plaintext_is_refused_off_loopback_and_tls_files_are_required() {
     let out = hub().args(["serve", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS needs --tls-cert, --tls-key and --client-ca"));
+    // With TLS, the admin list is required: no admin certificate is accepted by default.
+    let out = hub()
+        .args([
+            "serve",
+            "--tls-cert",
+            "a",
+            "--tls-key",
+            "b",
+            "--client-ca",
+            "c",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--admin NAME (or TOLLGATE_HUB_ADMINS) is required with TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The cluster registry from the CLI: add with labels, relabel, list (table and JSON), remove; bad input names
+/// the field and changes nothing.
+#[test]
+fn clusters_are_added_labelled_listed_and_removed() {
+    let (dir, port, _server) = served();
+    let run = |args: &[&str]| cli(dir.path(), port, args);
+    assert_eq!(
+        stdout(&run(&["clusters", "add", "prod-eu", "--labels", "env=prod,region=eu"])),
+        "cluster prod-eu registered\n"
+    );
+    let twice = run(&["clusters", "add", "prod-eu"]);
+    assert!(!twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("registered already"),
+        "{twice:?}"
+    );
+    let bad = run(&["clusters", "add", "dev", "--labels", "env"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--labels: \"env\" is not key=value"),
+        "{bad:?}"
+    );
+    let bad = run(&["clusters", "label", "prod-eu", "tier"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected KEY=VALUE to set a label or KEY- to remove one"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        stdout(&run(&["clusters", "label", "prod-eu", "tier=gold", "region-"])),
+        "cluster prod-eu labelled: env=prod,tier=gold\n"
+    );
+    let table = stdout(&run(&["clusters", "list"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CLUSTER   LABELS"), "{table}");
+    assert!(
+        lines[1].starts_with("prod-eu") && lines[1].contains("env=prod,tier=gold") && lines[1].contains(" no "),
+        "registered, never connected: {table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&run(&["clusters", "list", "-o", "json"]))).unwrap();
+    assert_eq!(json[0]["cluster"], "prod-eu");
+    assert_eq!(json[0]["labels"]["tier"], "gold");
+    assert_eq!(json[0]["connected"], false);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&run(&["status", "-o", "json"]))).unwrap();
+    assert_eq!(status[0]["cluster"], "prod-eu", "a registered cluster has a status row");
+    assert_eq!(
+        stdout(&run(&["clusters", "remove", "prod-eu"])),
+        "cluster prod-eu removed; its certificates are refused from now on (a stream on another hub replica closes \
+         within a heartbeat)\n"
+    );
+    let gone = run(&["clusters", "remove", "prod-eu"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("is not registered"),
+        "{gone:?}"
+    );
+    assert_eq!(stdout(&run(&["clusters", "list", "-o", "json"])).trim(), "[]");
 }
 
 /// One hub per data folder: a second `serve` on a folder a hub serves exits at once naming the folder, and the

@@ -58,7 +58,12 @@ fn certs(dir: &Path) {
         .unwrap();
     }
     issue(dir, dir, &Leaf::Admin { name: "alice".into() }).unwrap();
+    // Signed by the hub's CA, but not on its admin list.
+    issue(dir, dir, &Leaf::Admin { name: "mallory".into() }).unwrap();
 }
+
+/// The clusters every test hub has registered, with the labels its documents are selected by.
+const REGISTERED: [(&str, &str); 2] = [("prod-eu", "prod"), ("dev", "dev")];
 
 async fn start(heartbeat: Duration) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
@@ -71,6 +76,7 @@ async fn start(heartbeat: Duration) -> TestHub {
         }),
         heartbeat,
         send_timeout: Duration::from_secs(2),
+        admins: Arc::new(["alice".to_string()].into()),
         ..ServeOptions::default()
     };
     let store = SqliteStore::open(&dir.path().join("data")).unwrap();
@@ -79,19 +85,32 @@ async fn start(heartbeat: Duration) -> TestHub {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let served = hub.clone();
+    let sessions = Arc::new(Sessions::new("hub", heartbeat, false));
+    tokio::spawn(sessions.clone().watch_registry(hub.clone(), heartbeat));
     tokio::spawn(async move {
-        grpc::serve(served, Arc::new(Sessions::default()), listener, options, async {
+        grpc::serve(served, sessions, listener, options, async {
             let _ = rx.await;
         })
         .await
         .unwrap();
     });
-    TestHub {
+    let hub = TestHub {
         dir,
         addr,
         shutdown: Some(tx),
         hub,
+    };
+    for (cluster, env) in REGISTERED {
+        hub.admin()
+            .await
+            .add_cluster(pb::AddClusterRequest {
+                cluster_ids: vec![cluster.into()],
+                labels: [("env".to_string(), env.to_string())].into(),
+            })
+            .await
+            .unwrap();
     }
+    hub
 }
 
 impl TestHub {
@@ -433,8 +452,286 @@ async fn security_matrix() {
     let err = grpc::bind("0.0.0.0:0".parse().unwrap(), &plaintext).await.unwrap_err();
     assert!(err.to_string().contains("only allowed on a loopback address"), "{err}");
 
-    // Nothing leaked: the store saw no cluster but the refused hellos never registered.
-    assert!(hub.hub.store().clusters().await.unwrap().is_empty());
+    // An admin certificate signed by the hub's CA whose name is not on the admin list.
+    let channel = hub.channel(Some("admin-mallory"), &ca).await.unwrap();
+    let refused = AdminClient::new(channel)
+        .apply(pb::ApplyRequest {
+            sources: vec![pb::Source {
+                name: "x.yaml".into(),
+                yaml: policy("sneaky", "prod", "0.0.0.0/0"),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("not on this hub's admin list"),
+        "{refused:?}"
+    );
+    assert_eq!(hub.hub.snapshot().revision, 0, "nothing applied");
+
+    // Nothing leaked: the refused hellos recorded nothing about the registered clusters.
+    let clusters = hub.hub.store().clusters().await.unwrap();
+    assert_eq!(clusters.len(), REGISTERED.len());
+    assert!(clusters.iter().all(|c| c.first_seen_unix_millis == 0), "{clusters:?}");
+}
+
+/// Only registered clusters connect; the refusal names the command that registers one.
+#[tokio::test]
+async fn an_unregistered_cluster_is_refused_with_the_command_that_registers_it() {
+    let hub = start(Duration::from_secs(10)).await;
+    issue(
+        hub.dir.path(),
+        hub.dir.path(),
+        &Leaf::Spoke {
+            cluster_id: "stranger".into(),
+        },
+    )
+    .unwrap();
+    let refused = FakeSpoke::connect(&hub, "spoke-stranger", "stranger", &[("env", "prod")], 0)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("`tollgate-hub clusters add stranger`"),
+        "{refused:?}"
+    );
+    assert!(
+        hub.hub
+            .store()
+            .clusters()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != "stranger"),
+        "nothing recorded"
+    );
+    // Registered, it connects.
+    hub.admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["stranger".into()],
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap();
+    let mut admitted = FakeSpoke::connect(&hub, "spoke-stranger", "stranger", &[], 0)
+        .await
+        .unwrap();
+    admitted.intent().await.unwrap();
+    // Registering twice is an error that changes nothing.
+    let twice = hub
+        .admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["other".into(), "stranger".into()],
+            labels: [("env".to_string(), "prod".to_string())].into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::AlreadyExists, "{twice:?}");
+    assert!(
+        hub.hub
+            .store()
+            .clusters()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.id != "other"),
+        "all or nothing"
+    );
+    // Bad ids and labels name the field.
+    let bad = hub
+        .admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["Bad_Id".into()],
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("clusterId \"Bad_Id\""), "{bad:?}");
+    let bad = hub
+        .admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["fine".into()],
+            labels: [("env".to_string(), "not valid!".to_string())].into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        bad.message().contains("labels.env") && bad.message().contains("invalid label value"),
+        "{bad:?}"
+    );
+    assert!(hub.hub.store().clusters().await.unwrap().iter().all(|c| c.id != "fine"));
+}
+
+/// The labels documents are selected by are the registry's: a spoke cannot claim `env=prod` to receive prod's
+/// documents, and an admin's relabelling reaches the connected stream at once.
+#[tokio::test]
+async fn documents_follow_the_registrys_labels_not_the_spokes_claims() {
+    let hub = start(Duration::from_secs(10)).await;
+    hub.apply(&policy("llm", "prod", "104.18.0.0/16")).await.unwrap();
+    // dev claims env=prod in its hello.
+    let mut dev = FakeSpoke::connect(&hub, "spoke-dev", "dev", &[("env", "prod")], 0)
+        .await
+        .unwrap();
+    let first = dev.intent().await.unwrap();
+    assert_eq!(
+        (first.revision, first.documents.len()),
+        (1, 0),
+        "the claim selected nothing"
+    );
+    let listed = hub
+        .admin()
+        .await
+        .list_clusters(pb::ListClustersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let row = listed.clusters.iter().find(|c| c.cluster_id == "dev").unwrap();
+    assert_eq!(row.labels.get("env").map(String::as_str), Some("dev"));
+    assert_eq!(
+        row.reported_labels.get("env").map(String::as_str),
+        Some("prod"),
+        "shown, not used"
+    );
+    assert!(row.connected);
+    assert!(
+        row.certificate_not_after_unix_millis > tollgate_process::unix_millis(),
+        "{row:?}"
+    );
+
+    // An admin moves dev to prod: its stream is sent prod's documents without reconnecting.
+    let labelled = hub
+        .admin()
+        .await
+        .label_cluster(pb::LabelClusterRequest {
+            cluster_id: "dev".into(),
+            set: [("env".to_string(), "prod".to_string())].into(),
+            remove: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(labelled.labels.get("env").map(String::as_str), Some("prod"));
+    let moved = dev.intent().await.unwrap();
+    assert_eq!((moved.revision, moved.unchanged), (1, false));
+    assert_eq!(moved.documents.len(), 1);
+    assert_eq!(moved.documents[0].name, "llm");
+    // Removing the label takes them away again.
+    hub.admin()
+        .await
+        .label_cluster(pb::LabelClusterRequest {
+            cluster_id: "dev".into(),
+            set: HashMap::new(),
+            remove: vec!["env".into()],
+        })
+        .await
+        .unwrap();
+    let emptied = dev.intent().await.unwrap();
+    assert_eq!((emptied.unchanged, emptied.documents.len()), (false, 0));
+    // Unknown clusters and bad labels are refused.
+    let unknown = hub
+        .admin()
+        .await
+        .label_cluster(pb::LabelClusterRequest {
+            cluster_id: "nowhere".into(),
+            set: [("a".to_string(), "b".to_string())].into(),
+            remove: Vec::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+}
+
+/// Removing a cluster closes its stream with PermissionDenied, drops its rows, and revokes every certificate issued
+/// before the removal, also once the id is registered again; a certificate issued after it works.
+#[tokio::test]
+async fn removing_a_cluster_closes_its_stream_and_revokes_its_certificates() {
+    let hub = start(Duration::from_secs(10)).await;
+    let mut prod = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[], 0)
+        .await
+        .unwrap();
+    prod.intent().await.unwrap();
+    let removed = hub
+        .admin()
+        .await
+        .remove_cluster(pb::RemoveClusterRequest {
+            cluster_id: "prod-eu".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(removed.disconnected);
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match prod.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream closed");
+    let status = ended.expect("closed with a status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let fleet = hub
+        .admin()
+        .await
+        .fleet_status(pb::FleetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        fleet.clusters.iter().all(|c| c.cluster_id != "prod-eu"),
+        "its rows left status"
+    );
+
+    // Registered again: the old certificate stays refused.
+    hub.admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["prod-eu".into()],
+            labels: HashMap::new(),
+        })
+        .await
+        .unwrap();
+    let refused = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[], 0)
+        .await
+        .err()
+        .expect("the certificate issued before the removal is refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("issued before the cluster was removed"),
+        "{refused:?}"
+    );
+    // A certificate valid from after the removal connects.
+    let not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let fresh = hub.dir.path().join("fresh");
+    tollgate_hub::certs::issue_valid(
+        hub.dir.path(),
+        &fresh,
+        &Leaf::Spoke {
+            cluster_id: "prod-eu".into(),
+        },
+        not_before,
+        not_before + time::Duration::hours(1),
+    )
+    .unwrap();
+    for name in ["spoke-prod-eu.pem", "spoke-prod-eu-key.pem"] {
+        std::fs::copy(fresh.join(name), hub.path(&format!("fresh-{name}"))).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let mut renewed = FakeSpoke::connect(&hub, "fresh-spoke-prod-eu", "prod-eu", &[], 0)
+        .await
+        .unwrap();
+    renewed.intent().await.unwrap();
 }
 
 #[tokio::test]
@@ -525,6 +822,7 @@ async fn a_hello_ahead_of_the_hub_is_answered_from_the_store() {
             0,
             tollgate_hub::store::Operation::Apply,
             "another replica",
+            "alice",
             &documents,
             1,
         )

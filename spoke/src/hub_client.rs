@@ -334,7 +334,10 @@ pub struct HubConnection {
     pub conditions: Conditions,
 }
 
-/// Runs the hub connection until a final refusal; reconnects otherwise.
+/// Runs the hub connection for as long as the spoke runs: reconnects with backoff after any failure. A refusal by
+/// every hub replica (an unregistered or removed cluster, a certificate for another cluster) makes the spoke not
+/// ready until a stream is accepted: it keeps enforcing the last intent and keeps trying, so that an admin's fix
+/// (`clusters add`, a new certificate) takes effect without restarting the spoke.
 pub async fn run(mut connection: HubConnection) {
     let settings = connection.settings.clone();
     let mut rotation = Rotation::new(settings.urls.len());
@@ -351,14 +354,14 @@ pub async fn run(mut connection: HubConnection) {
             status.code(),
             Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition
         );
-        let Some(delay) = rotation.after_session(refused, started.elapsed(), jitter_seed()) else {
-            tracing::error!(code = ?status.code(), message = status.message(), "The hub refused this spoke; not retrying (enforcing the last intent)");
+        let retry = rotation.after_session(refused, started.elapsed(), jitter_seed());
+        let delay = retry.delay;
+        if retry.refused_by_every_replica {
+            tracing::error!(code = ?status.code(), message = status.message(), retry_ms = delay.as_millis() as u64, "The hub refused this spoke; enforcing the last intent and retrying with backoff");
             connection
                 .metrics
                 .set_refused(&format!("{:?}: {}", status.code(), status.message()));
-            return;
-        };
-        if refused {
+        } else if refused {
             tracing::error!(hub = %url, code = ?status.code(), message = status.message(), "This hub replica refused the spoke; trying the next");
         }
         let next = &settings.urls[rotation.current()];
@@ -394,26 +397,41 @@ impl Rotation {
         self.sessions % self.replicas
     }
 
-    /// After a session that lasted `lasted` ended (`refused`: with a final status code): `None` when every replica
-    /// refused in turn (stop), else the delay before the next replica. The next replica is tried after a short
+    /// After a session that lasted `lasted` ended (`refused`: with a refusing status code): the delay before the
+    /// next replica, and whether every replica has now refused in turn. The next replica is tried after a short
     /// pause; the capped exponential backoff applies once a whole round failed, and restarts after a session that
     /// lasted longer than the cap.
-    pub fn after_session(&mut self, refused: bool, lasted: Duration, seed: u64) -> Option<Duration> {
+    pub fn after_session(&mut self, refused: bool, lasted: Duration, seed: u64) -> Retry {
         self.refused = if refused { self.refused + 1 } else { 0 };
-        if self.refused >= self.replicas {
-            return None;
+        let refused_by_every_replica = self.refused >= self.replicas;
+        if refused_by_every_replica {
+            // The next round is counted afresh.
+            self.refused = 0;
         }
         if lasted > BACKOFF_CAP {
             self.attempt = 0;
         }
         self.sessions += 1;
-        if self.current() != 0 {
-            return Some(BACKOFF_FIRST / 5);
+        let delay = if self.current() != 0 {
+            BACKOFF_FIRST / 5
+        } else {
+            let delay = backoff(self.attempt, seed);
+            self.attempt = self.attempt.saturating_add(1);
+            delay
+        };
+        Retry {
+            delay,
+            refused_by_every_replica,
         }
-        let delay = backoff(self.attempt, seed);
-        self.attempt = self.attempt.saturating_add(1);
-        Some(delay)
     }
+}
+
+/// What to do after a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retry {
+    pub delay: Duration,
+    /// Every replica refused in turn: the spoke is not ready until one accepts it.
+    pub refused_by_every_replica: bool,
 }
 
 /// Capped exponential backoff with full jitter in [delay/2, delay].
@@ -500,6 +518,7 @@ async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic:
         .await?
         .into_inner();
     metrics.hub_connected.set(1);
+    metrics.set_refused("");
     tracing::info!(hub = %url, last_applied = held.latest_revision, store = held.store_id.as_deref().unwrap_or("none"), "Connected to the hub");
     // Whatever was reported while away.
     let facts = reports.facts.borrow_and_update().clone();
@@ -756,43 +775,53 @@ mod tests {
         );
     }
 
-    #[test]
-    fn one_hub_backs_off_and_a_refusal_stops() {
-        let mut one = Rotation::new(1);
-        let short = Duration::from_secs(1);
-        assert_eq!(one.after_session(false, short, 0), Some(Duration::from_millis(125)));
-        assert_eq!(one.after_session(false, short, 0), Some(Duration::from_millis(250)));
-        assert_eq!(one.current(), 0);
-        // A session that lasted past the cap starts the backoff again.
-        assert_eq!(
-            one.after_session(false, BACKOFF_CAP * 2, 0),
-            Some(Duration::from_millis(125))
-        );
-        assert_eq!(one.after_session(true, short, 0), None);
+    fn retry(delay_millis: u64, refused_by_every_replica: bool) -> Retry {
+        Retry {
+            delay: Duration::from_millis(delay_millis),
+            refused_by_every_replica,
+        }
     }
 
     #[test]
-    fn replicas_are_tried_in_turn_and_only_a_refusal_by_every_one_stops() {
+    fn one_hub_backs_off_and_a_refusal_keeps_trying_with_backoff() {
+        let mut one = Rotation::new(1);
+        let short = Duration::from_secs(1);
+        assert_eq!(one.after_session(false, short, 0), retry(125, false));
+        assert_eq!(one.after_session(false, short, 0), retry(250, false));
+        assert_eq!(one.current(), 0);
+        // A session that lasted past the cap starts the backoff again.
+        assert_eq!(one.after_session(false, BACKOFF_CAP * 2, 0), retry(125, false));
+        assert_eq!(one.after_session(true, short, 0), retry(250, true));
+        assert_eq!(
+            one.after_session(true, short, 0),
+            retry(500, true),
+            "still refused, backing off"
+        );
+    }
+
+    #[test]
+    fn replicas_are_tried_in_turn_and_only_a_refusal_by_every_one_counts() {
         let short = Duration::from_secs(1);
         let mut three = Rotation::new(3);
         assert_eq!(three.current(), 0);
-        assert_eq!(three.after_session(false, short, 0), Some(Duration::from_millis(50)));
+        assert_eq!(three.after_session(false, short, 0), retry(50, false));
         assert_eq!(three.current(), 1);
-        assert_eq!(three.after_session(false, short, 0), Some(Duration::from_millis(50)));
+        assert_eq!(three.after_session(false, short, 0), retry(50, false));
         // A full round failed: back to the first, after the backoff.
-        assert_eq!(three.after_session(false, short, 0), Some(Duration::from_millis(125)));
+        assert_eq!(three.after_session(false, short, 0), retry(125, false));
         assert_eq!(three.current(), 0);
         // Two refusals, then a replica that is only unavailable: the count starts again.
-        assert!(three.after_session(true, short, 0).is_some());
-        assert!(three.after_session(true, short, 0).is_some());
-        assert!(three.after_session(false, short, 0).is_some());
-        assert!(three.after_session(true, short, 0).is_some());
-        assert!(three.after_session(true, short, 0).is_some());
-        assert_eq!(
-            three.after_session(true, short, 0),
-            None,
+        assert!(!three.after_session(true, short, 0).refused_by_every_replica);
+        assert!(!three.after_session(true, short, 0).refused_by_every_replica);
+        assert!(!three.after_session(false, short, 0).refused_by_every_replica);
+        assert!(!three.after_session(true, short, 0).refused_by_every_replica);
+        assert!(!three.after_session(true, short, 0).refused_by_every_replica);
+        assert!(
+            three.after_session(true, short, 0).refused_by_every_replica,
             "every replica refused in turn"
         );
+        // The next round is counted afresh.
+        assert!(!three.after_session(true, short, 0).refused_by_every_replica);
     }
 
     #[test]

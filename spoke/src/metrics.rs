@@ -75,7 +75,8 @@ pub struct Metrics {
     /// Unix seconds of the last intent received from the hub (0: none yet).
     last_hub_update: AtomicI64,
     ready: AtomicBool,
-    /// Why every hub replica refused the spoke for good (it stopped dialling); empty while it is not.
+    /// Why every hub replica refused the spoke in the last round (it keeps dialling with backoff); empty while it is
+    /// not refused.
     refused: std::sync::Mutex<String>,
 }
 
@@ -231,7 +232,8 @@ impl Metrics {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Marks the spoke refused for good by every hub replica: it is not ready from then on.
+    /// Marks the spoke refused by every hub replica (it is not ready until a stream is accepted); an empty reason
+    /// clears it.
     pub fn set_refused(&self, reason: &str) {
         *self.refused.lock().expect("metrics lock") = reason.to_string();
     }

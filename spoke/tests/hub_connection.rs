@@ -5,68 +5,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use kube::ResourceExt;
 use serde_json::json;
 use support::*;
-use tollgate_e2e::{ChildProcess, free_port, wait_until};
-
-fn hub_cmd(args: &[&str]) {
-    let out = Command::new(hub_binary()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn start_hub(dir: &Path, port: u16) -> anyhow::Result<ChildProcess> {
-    let certs = dir.join("certs");
-    let args: Vec<String> = vec![
-        "serve".into(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--data-dir".into(),
-        dir.join("hub-data").display().to_string(),
-        "--tls-cert".into(),
-        certs.join("hub.pem").display().to_string(),
-        "--tls-key".into(),
-        certs.join("hub-key.pem").display().to_string(),
-        "--client-ca".into(),
-        certs.join("ca.pem").display().to_string(),
-        "--metrics-addr".into(),
-        "127.0.0.1:0".into(),
-        "--heartbeat-seconds".into(),
-        "1".into(),
-    ];
-    ChildProcess::spawn(
-        "tollgate-hub",
-        &hub_binary(),
-        &args,
-        &dir.join(format!("hub-{}.log", free_port()?)),
-    )
-}
-
-fn admin(dir: &Path, port: u16, args: &[&str]) -> String {
-    let certs = dir.join("certs");
-    let out = Command::new(hub_binary())
-        .args(args)
-        .args(tollgate_e2e::fixtures::admin_flags(
-            &format!("https://localhost:{port}"),
-            &certs,
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use tollgate_e2e::hub::{HubServer, issue_certificates};
+use tollgate_e2e::wait_until;
 
 async fn resource_versions(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(policies(client)
@@ -86,19 +31,15 @@ async fn hub_intent_outage_restart_and_resume() -> anyhow::Result<()> {
     cluster.create_namespace("tollgate-system").await?;
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    let certs_arg = certs.to_str().unwrap();
-    hub_cmd(&["certs", "init", "--dir", certs_arg]);
-    hub_cmd(&["certs", "hub", "--dir", certs_arg]);
-    hub_cmd(&["certs", "admin", "--dir", certs_arg]);
-    hub_cmd(&["certs", "spoke", "--dir", certs_arg, "--cluster-id", cluster.name()]);
-    let port = free_port()?;
-    let hub = start_hub(dir.path(), port)?;
+    issue_certificates(&certs, &[cluster.name()])?;
+    let mut hub = HubServer::start(dir.path(), &certs).await?;
+    hub.register(cluster.name(), "env=prod")?;
 
     agent(&client, "llm", None, Some(mtls_card())).await?;
     agent(&client, "locked", None, None).await?;
     let spoke_cert = certs.join(format!("spoke-{}.pem", cluster.name()));
     let spoke_key = certs.join(format!("spoke-{}-key.pem", cluster.name()));
-    let hub_url = format!("https://localhost:{port}");
+    let hub_url = hub.url();
     let spoke_args = [
         "--hub",
         hub_url.as_str(),
@@ -133,7 +74,7 @@ spec:
 ",
     )?;
     assert_eq!(
-        admin(dir.path(), port, &["apply", "-f", intent.to_str().unwrap()]),
+        hub.cli_ok(&["apply", "-f", intent.to_str().unwrap()])?,
         "EgressPolicy/llm-apis created\nrevision 1\n"
     );
     let scoped = wait_policy(&client, "llm-signature-policy", "scoped by the hub", |p| {
@@ -152,7 +93,7 @@ spec:
 
     // The hub sees the cluster at revision 1 with its agents.
     wait_until("status shows the cluster at revision 1", WAIT, || async {
-        let status = admin(dir.path(), port, &["status", "-o", "json"]);
+        let status = hub.cli_ok(&["status", "-o", "json"]).unwrap_or_default();
         let rows: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
         rows[0]["appliedRevision"] == 1
             && rows[0]["connected"] == true
@@ -160,7 +101,7 @@ spec:
             && rows[0]["restricted"] == 1
     })
     .await?;
-    let agents = admin(dir.path(), port, &["status", "--cluster", cluster.name()]);
+    let agents = hub.cli_ok(&["status", "--cluster", cluster.name()])?;
     assert!(
         agents
             .lines()
@@ -178,7 +119,7 @@ spec:
 
     // Hub outage: every policy stays as it is.
     let before = resource_versions(&client).await?;
-    drop(hub);
+    hub.kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         resource_versions(&client).await?,
@@ -198,9 +139,9 @@ spec:
     );
 
     // The hub comes back: the spoke resumes from revision 1 and writes nothing.
-    let _hub = start_hub(dir.path(), port)?;
+    hub.restart().await?;
     wait_until("the spoke reconnects", WAIT, || async {
-        let status = admin(dir.path(), port, &["status", "-o", "json"]);
+        let status = hub.cli_ok(&["status", "-o", "json"]).unwrap_or_default();
         let rows: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
         rows[0]["connected"] == true && rows[0]["appliedRevision"] == 1
     })

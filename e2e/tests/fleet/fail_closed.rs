@@ -786,7 +786,7 @@ async fn metrics_show_versions_connections_and_when_each_cluster_was_last_heard_
     for (chart, values, metrics) in [
         (
             "tollgate-hub",
-            "tlsSecretName: t\nmetrics: {prometheusRule: {enabled: true}}\n",
+            "admins: [admin]\ntlsSecretName: t\nmetrics: {prometheusRule: {enabled: true}}\n",
             &hub,
         ),
         (

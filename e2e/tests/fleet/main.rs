@@ -9,6 +9,7 @@ mod fail_closed;
 mod failures;
 mod fqdn;
 mod intent;
+mod membership;
 mod replicas;
 mod runbooks;
 mod support;

@@ -1,5 +1,6 @@
 //! The admin service used by the CLI. Every call requires an admin certificate (or plaintext dev mode).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,11 @@ pub struct AdminService<S> {
     sessions: Arc<Sessions>,
     plaintext: bool,
     metrics: Arc<crate::metrics::Metrics>,
+    admins: Arc<BTreeSet<String>>,
 }
+
+/// The author recorded for changes made in plaintext development mode (no certificate names anyone).
+pub const PLAINTEXT_AUTHOR: &str = "(plaintext)";
 
 impl<S: Store> AdminService<S> {
     pub fn new(
@@ -32,24 +37,58 @@ impl<S: Store> AdminService<S> {
         sessions: Arc<Sessions>,
         plaintext: bool,
         metrics: Arc<crate::metrics::Metrics>,
+        admins: Arc<BTreeSet<String>>,
     ) -> Self {
         Self {
             hub,
             sessions,
             plaintext,
             metrics,
+            admins,
         }
     }
 
-    /// The admin's name (`None` in plaintext development mode); any other caller is refused.
-    fn authorize<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
-        match caller(request, self.plaintext)? {
-            None => Ok(None),
-            Some(PeerIdentity::Admin(name)) => Ok(Some(name)),
-            Some(PeerIdentity::Cluster(id)) => Err(Status::permission_denied(format!(
+    /// The admin's name ([`PLAINTEXT_AUTHOR`] in plaintext development mode): an admin certificate whose name is on
+    /// the hub's admin list. Any other caller is refused.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let Some(certificate) = caller(request, self.plaintext)? else {
+            return Ok(PLAINTEXT_AUTHOR.to_string());
+        };
+        match certificate.identity {
+            PeerIdentity::Admin(name) if self.admins.contains(&name) => Ok(name),
+            PeerIdentity::Admin(name) => {
+                tracing::warn!(admin = %name, "Refused an admin certificate that is not on the admin list");
+                Err(Status::permission_denied(format!(
+                    "admin {name:?} is not on this hub's admin list (`tollgate-hub serve --admin {name}` or \
+                     TOLLGATE_HUB_ADMINS)"
+                )))
+            }
+            PeerIdentity::Cluster(id) => Err(Status::permission_denied(format!(
                 "the certificate of cluster {id:?} cannot call the admin API: use an admin certificate"
             ))),
         }
+    }
+}
+
+/// A cluster id as the registry takes it: what a spoke certificate can name.
+fn check_cluster_id(id: &str) -> Result<(), Status> {
+    if super::spoke_sync::valid_id(id) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "clusterId {id:?}: lowercase letters, digits, '-' and '.', at most 63 characters"
+        )))
+    }
+}
+
+/// Registry labels, checked with Kubernetes' rules (they are matched by `clusterSelector`s).
+fn check_labels(labels: &BTreeMap<String, String>, path: &str) -> Result<(), Status> {
+    let errors = tollgate_common::label_selector::validate_labels(labels, path);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Err(Status::invalid_argument(lines.join("\n")))
     }
 }
 
@@ -86,7 +125,7 @@ pub async fn fleet_status<S: Store>(
     if !cluster_id.is_empty() {
         let clusters = store.clusters().await?;
         if !clusters.iter().any(|c| c.id == cluster_id) {
-            return Err(Status::not_found(format!("cluster {cluster_id:?} has never connected")));
+            return Err(Status::not_found(format!("cluster {cluster_id:?} is not registered")));
         }
         let agents = store.agents(cluster_id).await?;
         return Ok(pb::FleetStatusResponse {
@@ -138,6 +177,7 @@ pub async fn fleet_status<S: Store>(
         rows.push(pb::ClusterStatus {
             conditions,
             connected: connected.contains_key(&cluster.id) || sessions.held_elsewhere(&cluster, now),
+            spoke_version: spoke_version(&cluster),
             labels: cluster.labels.into_iter().collect(),
             last_seen_unix_millis: cluster.last_seen_unix_millis,
             applied_revision: cluster.applied_revision,
@@ -148,12 +188,6 @@ pub async fn fleet_status<S: Store>(
             agents_restricted: count("restricted"),
             errors: agents.iter().filter(|a| !a.errors.is_empty()).count() as u32,
             agents_widened: agents.iter().filter(|a| !a.widened_by.is_empty()).count() as u32,
-            spoke_version: cluster
-                .facts_json
-                .as_deref()
-                .and_then(|json| tollgate_common::wire::facts_from_json(json).ok())
-                .map(|facts| facts.spoke_version)
-                .unwrap_or_default(),
             cluster_id: cluster.id,
         });
     }
@@ -165,6 +199,16 @@ pub async fn fleet_status<S: Store>(
         hub_version: env!("CARGO_PKG_VERSION").to_string(),
         resolved_names: Vec::new(),
     })
+}
+
+/// The version the cluster's spoke reported with its facts (empty: not reported yet).
+fn spoke_version(cluster: &crate::store::ClusterRecord) -> String {
+    cluster
+        .facts_json
+        .as_deref()
+        .and_then(|json| tollgate_common::wire::facts_from_json(json).ok())
+        .map(|facts| facts.spoke_version)
+        .unwrap_or_default()
 }
 
 /// The wire condition type of a stored name ([`super::condition_name`] inverted).
@@ -198,7 +242,7 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::FleetStatusResponse, St
 #[tonic::async_trait]
 impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
-        self.authorize(&request)?;
+        let author = self.authorize(&request)?;
         let pb::ApplyRequest {
             sources: raw,
             dry_run,
@@ -208,7 +252,13 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let prune = prune_scope(prune, &prune_selector)?;
         let result = self
             .hub
-            .apply(&sources(raw), dry_run, prune.as_ref(), tollgate_process::unix_millis())
+            .apply(
+                &sources(raw),
+                dry_run,
+                prune.as_ref(),
+                &author,
+                tollgate_process::unix_millis(),
+            )
             .await;
         let label = match &result {
             Ok(_) if dry_run => "dry-run",
@@ -225,11 +275,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     }
 
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.authorize(&request)?;
+        let author = self.authorize(&request)?;
         let pb::DeleteRequest { kind, name } = request.into_inner();
         let revision = self
             .hub
-            .delete(&kind, &name, tollgate_process::unix_millis())
+            .delete(&kind, &name, &author, tollgate_process::unix_millis())
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse { revision }))
@@ -280,6 +330,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
                     summary: entry.info.summary,
                     document_count: entry.info.document_count,
                     unreadable: entry.unreadable.unwrap_or_default(),
+                    author: entry.info.author,
                 })
                 .collect(),
             serving_revision: self.hub.snapshot().revision,
@@ -287,11 +338,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
     }
 
     async fn rollback(&self, request: Request<pb::RollbackRequest>) -> Result<Response<pb::RollbackResponse>, Status> {
-        self.authorize(&request)?;
+        let author = self.authorize(&request)?;
         let to = request.into_inner().to_revision;
         let outcome = self
             .hub
-            .rollback(to, tollgate_process::unix_millis())
+            .rollback(to, &author, tollgate_process::unix_millis())
             .await
             .map_err(status)?;
         Ok(Response::new(pb::RollbackResponse {
@@ -332,12 +383,12 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let cluster = request.into_inner().cluster_id;
         let store = self.hub.store();
         if !store.request_adopt(&cluster).await.map_err(|e| status(e.into()))? {
-            return Err(Status::not_found(format!("cluster {cluster:?} has never connected")));
+            return Err(Status::not_found(format!("cluster {cluster:?} is not registered")));
         }
         let snapshot = self.hub.snapshot();
         tracing::warn!(
             cluster = %cluster,
-            admin = admin.as_deref().unwrap_or("(plaintext)"),
+            admin = %admin,
             revision = snapshot.revision,
             store = store.store_id(),
             "Adoption requested: the cluster takes this hub's intent"
@@ -348,6 +399,124 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             store_id: store.store_id().to_string(),
             connected,
         }))
+    }
+
+    async fn add_cluster(
+        &self,
+        request: Request<pb::AddClusterRequest>,
+    ) -> Result<Response<pb::AddClusterResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let pb::AddClusterRequest { cluster_ids, labels } = request.into_inner();
+        let labels: BTreeMap<String, String> = labels.into_iter().collect();
+        if cluster_ids.is_empty() {
+            return Err(Status::invalid_argument("clusterIds: at least one cluster id"));
+        }
+        let mut unique = BTreeSet::new();
+        for id in &cluster_ids {
+            check_cluster_id(id)?;
+            if !unique.insert(id) {
+                return Err(Status::invalid_argument(format!("clusterIds: {id:?} is listed twice")));
+            }
+        }
+        check_labels(&labels, "labels")?;
+        // Every id gets the same labels: one check covers them all.
+        self.hub.check_labels(&cluster_ids[0], &labels).map_err(status)?;
+        let existing = self
+            .hub
+            .store()
+            .register_clusters(&cluster_ids, &labels, tollgate_process::unix_millis())
+            .await?;
+        if !existing.is_empty() {
+            return Err(Status::already_exists(format!(
+                "{} registered already, so none was registered (`tollgate-hub clusters label` changes labels)",
+                existing
+                    .iter()
+                    .map(|id| format!("cluster {id:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        tracing::info!(clusters = ?cluster_ids, %admin, ?labels, "Clusters registered");
+        Ok(Response::new(pb::AddClusterResponse {}))
+    }
+
+    async fn label_cluster(
+        &self,
+        request: Request<pb::LabelClusterRequest>,
+    ) -> Result<Response<pb::LabelClusterResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let pb::LabelClusterRequest {
+            cluster_id,
+            set,
+            remove,
+        } = request.into_inner();
+        let set: BTreeMap<String, String> = set.into_iter().collect();
+        check_labels(&set, "set")?;
+        if let Some(key) = remove.iter().find(|key| set.contains_key(*key)) {
+            return Err(Status::invalid_argument(format!(
+                "remove: label {key:?} is also set in the same call"
+            )));
+        }
+        let store = self.hub.store();
+        let Some(current) = store.registrations().await?.into_iter().find(|c| c.id == cluster_id) else {
+            return Err(Status::not_found(format!("cluster {cluster_id:?} is not registered")));
+        };
+        let proposed = crate::store::relabelled(current.labels, &set, &remove);
+        self.hub.check_labels(&cluster_id, &proposed).map_err(status)?;
+        let Some(labels) = store.label_cluster(&cluster_id, &set, &remove).await? else {
+            return Err(Status::not_found(format!("cluster {cluster_id:?} is not registered")));
+        };
+        tracing::info!(cluster = %cluster_id, %admin, ?labels, "Cluster labels changed");
+        self.sessions.relabel(&cluster_id, &labels);
+        Ok(Response::new(pb::LabelClusterResponse {
+            labels: labels.into_iter().collect(),
+        }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        self.authorize(&request)?;
+        let connected = self.sessions.connected();
+        let now = tollgate_process::unix_millis();
+        let clusters = self
+            .hub
+            .store()
+            .clusters()
+            .await?
+            .into_iter()
+            .map(|cluster| pb::RegisteredCluster {
+                connected: connected.contains_key(&cluster.id) || self.sessions.held_elsewhere(&cluster, now),
+                spoke_version: spoke_version(&cluster),
+                labels: cluster.labels.into_iter().collect(),
+                reported_labels: cluster.reported_labels.into_iter().collect(),
+                registered_unix_millis: cluster.registered_unix_millis,
+                last_seen_unix_millis: cluster.last_seen_unix_millis,
+                certificate_not_after_unix_millis: cluster.certificate_not_after_unix_millis,
+                cluster_id: cluster.id,
+            })
+            .collect();
+        Ok(Response::new(pb::ListClustersResponse { clusters }))
+    }
+
+    async fn remove_cluster(
+        &self,
+        request: Request<pb::RemoveClusterRequest>,
+    ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
+        let admin = self.authorize(&request)?;
+        let cluster_id = request.into_inner().cluster_id;
+        if !self
+            .hub
+            .store()
+            .remove_cluster(&cluster_id, tollgate_process::unix_millis())
+            .await?
+        {
+            return Err(Status::not_found(format!("cluster {cluster_id:?} is not registered")));
+        }
+        let disconnected = self.sessions.revoke(&cluster_id);
+        tracing::warn!(cluster = %cluster_id, %admin, disconnected, "Cluster removed: its stream is closed and its certificates are refused");
+        Ok(Response::new(pb::RemoveClusterResponse { disconnected }))
     }
 
     type WatchFleetStatusStream = StatusStream;

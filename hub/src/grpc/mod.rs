@@ -17,7 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
-use crate::certs::{PeerIdentity, peer_identity};
+use crate::certs::{PeerCertificate, peer_certificate};
 use crate::state::{Hub, HubError};
 use crate::store::{Store, StoreError};
 
@@ -49,6 +49,9 @@ pub struct ServeOptions {
     pub send_timeout: Duration,
     /// Where pushes and apply results are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The admin names (`tollgate://admin/NAME`) whose certificates may call the admin API; any other admin
+    /// certificate signed by the client CA is refused.
+    pub admins: Arc<std::collections::BTreeSet<String>>,
 }
 
 impl Default for ServeOptions {
@@ -58,6 +61,7 @@ impl Default for ServeOptions {
             heartbeat: Duration::from_secs(10),
             send_timeout: Duration::from_secs(30),
             metrics: Arc::default(),
+            admins: Arc::default(),
         }
     }
 }
@@ -98,7 +102,13 @@ pub async fn serve<S: Store>(
     let reports = sessions.reports();
     let flusher = tokio::spawn(reports.clone().run(hub.clone()));
     let spoke = SpokeSyncService::new(hub.clone(), sessions, options.clone(), plaintext);
-    let admin = AdminService::new(hub.clone(), spoke.sessions(), plaintext, options.metrics.clone());
+    let admin = AdminService::new(
+        hub.clone(),
+        spoke.sessions(),
+        plaintext,
+        options.metrics.clone(),
+        options.admins.clone(),
+    );
     let served = builder
         .add_service(
             SpokeSyncServer::new(spoke)
@@ -121,8 +131,8 @@ pub async fn serve<S: Store>(
     served
 }
 
-/// The Tollgate identity of the caller's client certificate. `Ok(None)` only in plaintext mode.
-fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerIdentity>, Status> {
+/// The caller's client certificate: its Tollgate identity and validity. `Ok(None)` only in plaintext mode.
+fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerCertificate>, Status> {
     if plaintext {
         return Ok(None);
     }
@@ -132,7 +142,7 @@ fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerIdentit
     let leaf = certs
         .first()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    peer_identity(leaf.as_ref())
+    peer_certificate(leaf.as_ref())
         .map(Some)
         .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))
 }

@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use futures::Stream;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
@@ -18,17 +19,19 @@ use super::reports::ReportBuffer;
 use super::{ServeOptions, caller};
 use crate::certs::PeerIdentity;
 use crate::state::{Hub, Snapshot};
-use crate::store::{AgentRecord, Store, StoredCondition};
+use crate::store::{AgentRecord, Registration, Store, StoredCondition};
 
 /// Outbound messages buffered per stream; a spoke that falls further behind is dropped and resyncs.
 const QUEUE: usize = 8;
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The spokes connected to this hub replica.
+/// The spokes connected to this hub replica, by cluster id. Every stream task touches it (register, acknowledge,
+/// unregister) and admin calls act on one cluster's entry (remove, relabel, adopt), so it is a sharded concurrent
+/// map rather than one lock: no stream waits on another cluster's.
 #[derive(Debug)]
 pub struct Sessions {
-    inner: Mutex<HashMap<String, Session>>,
+    inner: DashMap<String, Session>,
     /// Their reports, waiting to be written.
     reports: Arc<ReportBuffer>,
     next_id: AtomicU64,
@@ -47,20 +50,31 @@ impl Default for Sessions {
     }
 }
 
+/// What an admin call (or the registry check) tells one stream's task. Dropping the sender (a newer stream of the
+/// same cluster took its place) ends the stream too.
+#[derive(Debug)]
+enum Control {
+    /// The cluster was removed from the registry: close the stream with PermissionDenied.
+    Removed,
+    /// The registry's labels changed: select the cluster's documents again.
+    Relabel(BTreeMap<String, String>),
+    /// Look for an adoption request now.
+    Adopt,
+}
+
 #[derive(Debug)]
 struct Session {
     id: u64,
     labels: BTreeMap<String, String>,
     connected_unix_millis: i64,
     applied_revision: u64,
-    cancel: Option<oneshot::Sender<()>>,
-    /// Wakes the session to look for an adoption request.
-    poke: Arc<Notify>,
+    control: mpsc::UnboundedSender<Control>,
 }
 
 /// A connected spoke, as the status commands and metrics show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connected {
+    /// The registry's labels it is served with.
     pub labels: BTreeMap<String, String>,
     pub connected_unix_millis: i64,
     /// The last revision it acknowledged on this stream (or said it had applied in its hello).
@@ -72,7 +86,7 @@ impl Sessions {
     /// replicas' streams count as connected while renewed within three periods.
     pub fn new(replica: impl Into<String>, heartbeat: Duration, shared_store: bool) -> Self {
         Self {
-            inner: Mutex::default(),
+            inner: DashMap::new(),
             reports: Arc::default(),
             next_id: AtomicU64::new(0),
             replica: replica.into(),
@@ -91,15 +105,76 @@ impl Sessions {
         self.reports.clone()
     }
 
+    fn send(&self, id: &str, control: Control) -> bool {
+        self.inner
+            .get(id)
+            .is_some_and(|session| session.control.send(control).is_ok())
+    }
+
     /// Wakes the stream of cluster `id` on this replica to take an adoption request at once; `false` when this
     /// replica holds no stream of it (the replica that does finds the request within a heartbeat).
     pub fn poke(&self, id: &str) -> bool {
-        match self.inner.lock().expect("sessions lock").get(id) {
-            Some(session) => {
-                session.poke.notify_one();
+        self.send(id, Control::Adopt)
+    }
+
+    /// Closes the stream of cluster `id` on this replica (the cluster was removed from the registry); whether this
+    /// replica held one.
+    pub fn revoke(&self, id: &str) -> bool {
+        match self.inner.remove(id) {
+            Some((_, session)) => {
+                let _ = session.control.send(Control::Removed);
                 true
             }
             None => false,
+        }
+    }
+
+    /// Serves cluster `id`'s stream on this replica with new registry labels at once; whether this replica holds
+    /// one.
+    pub fn relabel(&self, id: &str, labels: &BTreeMap<String, String>) -> bool {
+        match self.inner.get_mut(id) {
+            Some(mut session) if session.labels != *labels => {
+                session.labels = labels.clone();
+                session.control.send(Control::Relabel(labels.clone())).is_ok()
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Brings this replica's streams in line with the registry: streams of clusters no longer registered are
+    /// closed, streams whose labels changed select their documents again (changes made through another replica,
+    /// or a hello that raced a removal).
+    pub fn reconcile_registry(&self, registrations: &[Registration]) {
+        let registered: HashMap<&str, &BTreeMap<String, String>> =
+            registrations.iter().map(|r| (r.id.as_str(), &r.labels)).collect();
+        let ids: Vec<String> = self.inner.iter().map(|entry| entry.key().clone()).collect();
+        for id in ids {
+            match registered.get(id.as_str()) {
+                None => {
+                    if self.revoke(&id) {
+                        tracing::warn!(cluster = %id, "Closed the stream of a cluster that is no longer registered");
+                    }
+                }
+                Some(labels) => {
+                    self.relabel(&id, labels);
+                }
+            }
+        }
+    }
+
+    /// Compares this replica's streams with the registry once per `period`, until the task is dropped.
+    pub async fn watch_registry<S: Store>(self: Arc<Self>, hub: Arc<Hub<S>>, period: Duration) {
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            if self.inner.is_empty() {
+                continue;
+            }
+            match hub.store().registrations().await {
+                Ok(registrations) => self.reconcile_registry(&registrations),
+                Err(error) => tracing::warn!(%error, "Could not read the cluster registry"),
+            }
         }
     }
 
@@ -122,7 +197,7 @@ impl Sessions {
         let mut ticker = tokio::time::interval(period);
         loop {
             ticker.tick().await;
-            let ids: Vec<String> = self.inner.lock().expect("sessions lock").keys().cloned().collect();
+            let ids: Vec<String> = self.inner.iter().map(|entry| entry.key().clone()).collect();
             if let Err(error) = hub
                 .store()
                 .record_connections(&self.replica, &ids, tollgate_process::unix_millis())
@@ -133,38 +208,32 @@ impl Sessions {
         }
     }
 
-    /// Registers a stream for a cluster; an older stream of the same cluster is cancelled.
+    /// Registers a stream for a cluster; an older stream of the same cluster ends (its control channel closes).
     fn register(
         &self,
         cluster: &str,
         labels: BTreeMap<String, String>,
         applied_revision: u64,
         now: i64,
-    ) -> (u64, oneshot::Receiver<()>, Arc<Notify>) {
+    ) -> (u64, mpsc::UnboundedReceiver<Control>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (cancel, cancelled) = oneshot::channel();
-        let poke = Arc::new(Notify::new());
-        let previous = self.inner.lock().expect("sessions lock").insert(
+        let (control, controlled) = mpsc::unbounded_channel();
+        // The replaced session is dropped here, outside the map's shard lock.
+        let _replaced = self.inner.insert(
             cluster.to_string(),
             Session {
                 id,
                 labels,
                 connected_unix_millis: now,
                 applied_revision,
-                cancel: Some(cancel),
-                poke: poke.clone(),
+                control,
             },
         );
-        if let Some(mut previous) = previous
-            && let Some(cancel) = previous.cancel.take()
-        {
-            let _ = cancel.send(());
-        }
-        (id, cancelled, poke)
+        (id, controlled)
     }
 
     fn acknowledged(&self, cluster: &str, id: u64, revision: u64) {
-        if let Some(session) = self.inner.lock().expect("sessions lock").get_mut(cluster)
+        if let Some(mut session) = self.inner.get_mut(cluster)
             && session.id == id
         {
             session.applied_revision = revision;
@@ -173,21 +242,15 @@ impl Sessions {
 
     /// Removes the session if it is still the cluster's current one; whether it was.
     fn unregister(&self, cluster: &str, id: u64) -> bool {
-        let mut inner = self.inner.lock().expect("sessions lock");
-        let current = inner.get(cluster).is_some_and(|s| s.id == id);
-        if current {
-            inner.remove(cluster);
-        }
-        current
+        self.inner.remove_if(cluster, |_, session| session.id == id).is_some()
     }
 
     /// Connected clusters by id.
     pub fn connected(&self) -> BTreeMap<String, Connected> {
         self.inner
-            .lock()
-            .expect("sessions lock")
             .iter()
-            .map(|(id, s)| {
+            .map(|entry| {
+                let (id, s) = entry.pair();
                 (
                     id.clone(),
                     Connected {
@@ -232,8 +295,8 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
     type SyncStream = HubStream;
 
     async fn sync(&self, request: Request<Streaming<pb::SpokeMessage>>) -> Result<Response<HubStream>, Status> {
-        let identity = caller(&request, self.plaintext)?;
-        if let Some(PeerIdentity::Admin(name)) = &identity {
+        let certificate = caller(&request, self.plaintext)?;
+        if let Some(PeerIdentity::Admin(name)) = certificate.as_ref().map(|c| &c.identity) {
             return Err(Status::permission_denied(format!(
                 "admin certificate {name:?} cannot open a spoke stream: use a spoke certificate"
             )));
@@ -253,7 +316,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
                 "hello.clusterId {cluster:?}: lowercase letters, digits, '-' and '.', at most 63 characters"
             )));
         }
-        if let Some(PeerIdentity::Cluster(certified)) = &identity
+        if let Some(PeerIdentity::Cluster(certified)) = certificate.as_ref().map(|c| &c.identity)
             && *certified != cluster
         {
             tracing::warn!(certified = %certified, claimed = %cluster, "Refused a hello for another cluster");
@@ -261,10 +324,29 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
                 "the client certificate is for cluster {certified:?}, not {cluster:?}"
             )));
         }
-        let labels: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
+        let reported: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
         let now = tollgate_process::unix_millis();
         let store = self.hub.store();
-        store.upsert_cluster(&cluster, &labels, now).await?;
+        let not_after = certificate.as_ref().map_or(0, |c| c.not_after_unix_millis);
+        let Some(registration) = store.hello(&cluster, &reported, not_after, now).await? else {
+            tracing::warn!(cluster = %cluster, "Refused a hello of a cluster that is not registered");
+            return Err(Status::permission_denied(format!(
+                "cluster {cluster:?} is not registered on this hub: an admin registers it with `tollgate-hub clusters \
+                 add {cluster}`, then restarts this spoke"
+            )));
+        };
+        if let Some(certificate) = &certificate
+            && certificate.not_before_unix_millis <= registration.refuse_certificates_before_unix_millis
+        {
+            tracing::warn!(cluster = %cluster, "Refused a certificate issued before the cluster was removed");
+            return Err(Status::permission_denied(format!(
+                "this client certificate of cluster {cluster:?} was issued before the cluster was removed from the \
+                 hub, which revoked it: issue a new one (`tollgate-hub certs spoke` dates certificates five minutes \
+                 back: issue it at least five minutes after the removal)"
+            )));
+        }
+        // Documents are selected by the registry's labels; the reported ones are only shown.
+        let labels = registration.labels;
         let adopt = store.adopt_requested(&cluster).await?;
         let conditions = stored_conditions(&hello.conditions);
         let diverged = is_diverged(&conditions);
@@ -303,7 +385,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         {
             tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
         }
-        let (id, cancelled, poke) = self
+        let (id, control) = self
             .sessions
             .register(&cluster, labels.clone(), hello.last_applied_revision, now);
         tracing::info!(
@@ -327,7 +409,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             diverged,
             sent: (snapshot, selected),
         };
-        tokio::spawn(session.run(inbound, tx, snapshots, cancelled, poke));
+        tokio::spawn(session.run(inbound, tx, snapshots, control));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -419,7 +501,7 @@ fn heartbeat() -> pb::HubMessage {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub(super) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 63
         && id
@@ -449,8 +531,7 @@ impl<S: Store> SessionTask<S> {
         mut inbound: Streaming<pb::SpokeMessage>,
         tx: mpsc::Sender<Result<pb::HubMessage, Status>>,
         mut snapshots: watch::Receiver<Arc<Snapshot>>,
-        mut cancelled: oneshot::Receiver<()>,
-        poke: Arc<Notify>,
+        mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         let mut ticker = tokio::time::interval(self.options.heartbeat);
         ticker.tick().await;
@@ -491,11 +572,29 @@ impl<S: Store> SessionTask<S> {
                         break "inbound stream failed";
                     }
                 },
-                () = poke.notified() => {
-                    if let Err(reason) = self.adopt_if_requested(&tx).await {
-                        break reason;
+                control = control.recv() => match control {
+                    // The session's entry was replaced (and its sender dropped) by a newer stream of the cluster.
+                    None => break "replaced by a newer stream of the same cluster",
+                    Some(Control::Removed) => {
+                        let _ = tx.try_send(Err(Status::permission_denied(format!(
+                            "cluster {:?} was removed from the hub's registry", self.cluster
+                        ))));
+                        break "removed from the registry";
                     }
-                }
+                    Some(Control::Relabel(labels)) => {
+                        tracing::info!(cluster = %self.cluster, ?labels, "Cluster labels changed; selecting its documents again");
+                        self.labels = labels;
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        if let Err(reason) = self.offer(&tx, snapshot).await {
+                            break reason;
+                        }
+                    }
+                    Some(Control::Adopt) => {
+                        if let Err(reason) = self.adopt_if_requested(&tx).await {
+                            break reason;
+                        }
+                    }
+                },
                 _ = ticker.tick() => {
                     if last_heard.elapsed() > self.options.heartbeat * 3 {
                         let _ = tx.try_send(Err(Status::unavailable("heartbeat timeout: nothing heard from the spoke")));
@@ -509,7 +608,6 @@ impl<S: Store> SessionTask<S> {
                         break reason;
                     }
                 }
-                _ = &mut cancelled => break "replaced by a newer stream of the same cluster",
             }
         };
         // A newer stream of the same cluster on this replica replaced this one: the store's record is its.

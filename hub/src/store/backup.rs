@@ -183,6 +183,7 @@ mod tests {
                     number - 1,
                     Operation::Apply,
                     &format!("r{number}"),
+                    "alice",
                     &set_of([policy(&format!("p{number}"))]),
                     1,
                 )
@@ -203,7 +204,7 @@ mod tests {
         assert_eq!(summary.store_id, store.store_id());
         // Later changes are not in the backup.
         store
-            .commit(2, Operation::Apply, "r3", &set_of([policy("p3")]), 1)
+            .commit(2, Operation::Apply, "r3", "alice", &set_of([policy("p3")]), 1)
             .await
             .unwrap();
         let again = backup(source.path(), &file).unwrap_err().to_string();

@@ -88,6 +88,9 @@ pub struct RevisionInfo {
     pub summary: String,
     /// How many documents the revision's set holds.
     pub document_count: u32,
+    /// Who committed it: the admin's certificate name, `(plaintext)` in development mode, empty for revisions
+    /// committed before authors were recorded.
+    pub author: String,
 }
 
 impl RevisionInfo {
@@ -99,6 +102,7 @@ impl RevisionInfo {
             operation: Operation::Apply,
             summary: String::new(),
             document_count: 0,
+            author: String::new(),
         }
     }
 }
@@ -120,14 +124,33 @@ impl Revision {
     }
 }
 
-/// What the hub knows about one cluster (one spoke).
+/// One cluster of the hub's registry: what an admin set (`clusters add`, `clusters label`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registration {
+    pub id: String,
+    /// The labels `clusterSelector`s match, set by admins (never by the spoke).
+    pub labels: BTreeMap<String, String>,
+    /// Certificates of this cluster valid from this time or earlier (milliseconds since the Unix epoch) are
+    /// refused: the id was removed then, and those certificates were issued before the removal. 0: none refused.
+    pub refuse_certificates_before_unix_millis: i64,
+}
+
+/// What the hub knows about one registered cluster (one spoke).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterRecord {
     /// The cluster id, as in the spoke's certificate.
     pub id: String,
-    /// The labels the spoke said hello with (matched by `clusterSelector`).
+    /// The labels `clusterSelector`s match: the registry's, set by admins.
     pub labels: BTreeMap<String, String>,
-    /// The first hello, in milliseconds since the Unix epoch; never changes.
+    /// The labels the spoke said hello with last: shown, never used for selection.
+    pub reported_labels: BTreeMap<String, String>,
+    /// When an admin registered the cluster, in milliseconds since the Unix epoch.
+    pub registered_unix_millis: i64,
+    /// See [`Registration::refuse_certificates_before_unix_millis`].
+    pub refuse_certificates_before_unix_millis: i64,
+    /// The expiry of the client certificate of the spoke's last hello; 0: unknown.
+    pub certificate_not_after_unix_millis: i64,
+    /// The first hello, in milliseconds since the Unix epoch (0: never connected); never changes once set.
     pub first_seen_unix_millis: i64,
     /// The latest message of any kind from the spoke.
     pub last_seen_unix_millis: i64,
@@ -224,9 +247,9 @@ pub struct AgentRecord {
 
 /// Why a store operation failed.
 ///
-/// Calls about a cluster that was never registered with [`Store::upsert_cluster`] fail with
-/// [`StoreError::Backend`] naming the cluster (the hub always registers a cluster on hello, so this is a bug of the
-/// caller, not a condition to handle; a separate variant would only widen every `match`).
+/// Reports about a cluster that is not registered fail with [`StoreError::Backend`] naming the cluster (the hub
+/// refuses a hello of an unregistered cluster, so this is a cluster removed while its reports waited, or a bug of
+/// the caller).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Optimistic concurrency: the commit was computed from `expected`, but `actual` is the latest now.
@@ -303,17 +326,64 @@ pub trait Store: Send + Sync + 'static {
         parent: u64,
         operation: Operation,
         summary: &str,
+        author: &str,
         documents: &DocumentSet,
         now_unix_millis: i64,
     ) -> impl Future<Output = Result<RevisionInfo, StoreError>> + Send;
 
-    /// Registers a cluster or updates its labels: sets `first_seen` once, `last_seen` always.
-    fn upsert_cluster(
+    /// Registers clusters `ids` with the labels `clusterSelector`s match, in one transaction, all or nothing:
+    /// returns the ids registered already (and then registers none). A cluster removed earlier keeps refusing the
+    /// certificates issued before its removal.
+    fn register_clusters(
+        &self,
+        ids: &[String],
+        labels: &BTreeMap<String, String>,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
+    /// Registers one cluster ([`Store::register_clusters`]); `false` (and nothing changes) when it is registered
+    /// already.
+    fn register_cluster(
         &self,
         id: &str,
         labels: &BTreeMap<String, String>,
         now_unix_millis: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move {
+            let existing = self
+                .register_clusters(&[id.to_string()], labels, now_unix_millis)
+                .await?;
+            Ok(existing.is_empty())
+        }
+    }
+
+    /// Sets and removes labels of a registered cluster in one transaction; the labels it has now, or `None` when
+    /// it is not registered (nothing changes).
+    fn label_cluster(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, StoreError>> + Send;
+
+    /// Removes cluster `id` from the registry with everything recorded about it (inventory, facts); from now on
+    /// its certificates issued until `now_unix_millis` are refused, even if the id is registered again. `false`
+    /// when it was not registered.
+    fn remove_cluster(&self, id: &str, now_unix_millis: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Every registered cluster's registration, sorted by id (what a replica compares its streams with).
+    fn registrations(&self) -> impl Future<Output = Result<Vec<Registration>, StoreError>> + Send;
+
+    /// A spoke of cluster `id` said hello with `reported` labels and a client certificate valid until
+    /// `certificate_not_after_unix_millis` (0: plaintext): records them and `last_seen` (and `first_seen` the first
+    /// time) and returns its registration, or `None` (nothing written) when `id` is not registered.
+    fn hello(
+        &self,
+        id: &str,
+        reported: &BTreeMap<String, String>,
+        certificate_not_after_unix_millis: i64,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<Option<Registration>, StoreError>> + Send;
 
     /// Writes the reports of many clusters in one transaction: for each, the fields it holds, and `last_seen`.
     /// Returns the ids that are not registered (nothing is written for them). A report whose inventory names one
@@ -422,9 +492,22 @@ pub trait Store: Send + Sync + 'static {
     fn agents(&self, cluster_id: &str) -> impl Future<Output = Result<Vec<AgentRecord>, StoreError>> + Send;
 }
 
-/// The error for a call about a cluster that never said hello.
+/// The error for a report about a cluster that is not registered.
 pub(crate) fn unknown_cluster(id: &str) -> StoreError {
-    StoreError::Backend(format!("cluster {id:?} is not registered (no hello recorded)"))
+    StoreError::Backend(format!("cluster {id:?} is not registered"))
+}
+
+/// `labels` with `set` applied and the keys in `remove` removed: what `clusters label` stores.
+pub(crate) fn relabelled(
+    mut labels: BTreeMap<String, String>,
+    set: &BTreeMap<String, String>,
+    remove: &[String],
+) -> BTreeMap<String, String> {
+    for key in remove {
+        labels.remove(key);
+    }
+    labels.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
 }
 
 /// Parses and validates a stored revision's YAML against its record, as both backends store it.
@@ -596,7 +679,54 @@ pub(crate) fn check_inventory(id: &str, agents: &[AgentRecord]) -> Result<(), St
 }
 
 /// The columns of a revision record, in the order both backends read them.
-pub(crate) const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count";
+pub(crate) const REVISION_COLUMNS: &str = "number, created_unix_millis, operation, summary, document_count, author";
+
+/// The columns of a cluster record, in the order both backends read them.
+pub(crate) const CLUSTER_COLUMNS: &str = "id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, \
+     applied_revision, connected_replica, conditions_json, adopt_requested, reported_labels_json, \
+     registered_unix_millis, refuse_certificates_before_unix_millis, certificate_not_after_unix_millis";
+
+/// A cluster row as both backends read it ([`CLUSTER_COLUMNS`]).
+pub(crate) struct ClusterRow {
+    pub id: String,
+    pub labels_json: String,
+    pub first_seen_unix_millis: i64,
+    pub last_seen_unix_millis: i64,
+    pub facts_json: Option<String>,
+    pub applied_revision: i64,
+    pub connected_replica: Option<String>,
+    pub conditions_json: String,
+    pub adopt_requested: bool,
+    pub reported_labels_json: String,
+    pub registered_unix_millis: i64,
+    pub refuse_certificates_before_unix_millis: i64,
+    pub certificate_not_after_unix_millis: i64,
+}
+
+impl ClusterRow {
+    pub fn decode(self) -> Result<ClusterRecord, StoreError> {
+        let id = self.id;
+        Ok(ClusterRecord {
+            labels: from_json(&self.labels_json, &format!("labels of cluster {id:?}"))?,
+            reported_labels: from_json(
+                &self.reported_labels_json,
+                &format!("reported labels of cluster {id:?}"),
+            )?,
+            conditions: from_json(&self.conditions_json, &format!("conditions of cluster {id:?}"))?,
+            applied_revision: u64::try_from(self.applied_revision)
+                .map_err(|_| StoreError::Backend(format!("negative applied revision of cluster {id:?}")))?,
+            adopt_requested: self.adopt_requested,
+            registered_unix_millis: self.registered_unix_millis,
+            refuse_certificates_before_unix_millis: self.refuse_certificates_before_unix_millis,
+            certificate_not_after_unix_millis: self.certificate_not_after_unix_millis,
+            first_seen_unix_millis: self.first_seen_unix_millis,
+            last_seen_unix_millis: self.last_seen_unix_millis,
+            facts_json: self.facts_json,
+            connected_replica: self.connected_replica,
+            id,
+        })
+    }
+}
 
 /// What a commit writes, computed the same way by both backends.
 pub(crate) struct NewRevision {

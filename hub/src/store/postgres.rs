@@ -18,6 +18,7 @@
 //!   CA for the URL's host (rustls); without it the URL must not ask for TLS (`sslmode=require`), and connections
 //!   are plaintext.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -33,8 +34,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AgentRecord, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation, REVISION_COLUMNS,
-    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64,
+    AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation,
+    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json,
+    to_sql_u64,
 };
 
 /// The channel commits notify on.
@@ -105,6 +107,17 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (
         6,
         "ALTER TABLE agents ADD COLUMN widened_by_json TEXT NOT NULL DEFAULT '[]';",
+    ),
+    // As the embedded store's step 7: the cluster registry, removed ids, revision authors.
+    (
+        7,
+        "ALTER TABLE clusters ADD COLUMN reported_labels_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE clusters ADD COLUMN registered_unix_millis BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN refuse_certificates_before_unix_millis BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN certificate_not_after_unix_millis BIGINT NOT NULL DEFAULT 0;
+    UPDATE clusters SET reported_labels_json = labels_json, registered_unix_millis = first_seen_unix_millis;
+    CREATE TABLE removed_clusters (id TEXT PRIMARY KEY, removed_unix_millis BIGINT NOT NULL);
+    ALTER TABLE revisions ADD COLUMN author TEXT NOT NULL DEFAULT '';",
     ),
 ];
 
@@ -380,6 +393,7 @@ fn revision_info(row: &Row) -> Result<RevisionInfo, StoreError> {
         operation: Operation::parse(&operation).ok_or_else(|| corrupt(format!("unknown operation {operation:?}")))?,
         summary: row.get(3),
         document_count: u32::try_from(count).map_err(|_| corrupt(format!("bad document count {count}")))?,
+        author: row.get(5),
     })
 }
 
@@ -397,7 +411,7 @@ async fn read_revision(client: &impl deadpool_postgres::GenericClient, number: u
         .map_err(pg)?
         .ok_or(StoreError::NoSuchRevision(number))?;
     let info = revision_info(&row)?;
-    let yaml: String = row.get(5);
+    let yaml: String = row.get(6);
     super::decode_revision(info, &yaml)
 }
 
@@ -448,7 +462,7 @@ impl Store for PgStore {
             .iter()
             .map(|row| {
                 let number = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-                super::history_entry(revision_info(row), number, row.get(5))
+                super::history_entry(revision_info(row), number, row.get(6))
             })
             .collect())
     }
@@ -467,6 +481,7 @@ impl Store for PgStore {
         parent: u64,
         operation: Operation,
         summary: &str,
+        author: &str,
         documents: &DocumentSet,
         now_unix_millis: i64,
     ) -> Result<RevisionInfo, StoreError> {
@@ -489,8 +504,9 @@ impl Store for PgStore {
             });
         }
         tx.execute(
-            "INSERT INTO revisions (number, created_unix_millis, operation, summary, document_count, documents_yaml)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO revisions (number, created_unix_millis, operation, summary, document_count, documents_yaml,
+                                    author)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
                 &key,
                 &now_unix_millis,
@@ -498,6 +514,7 @@ impl Store for PgStore {
                 &summary,
                 &i64::from(document_count),
                 &yaml,
+                &author,
             ],
         )
         .await
@@ -512,29 +529,149 @@ impl Store for PgStore {
             operation,
             summary: summary.to_string(),
             document_count,
+            author: author.to_string(),
         })
     }
 
-    async fn upsert_cluster(
+    async fn register_clusters(
+        &self,
+        ids: &[String],
+        labels: &BTreeMap<String, String>,
+        now_unix_millis: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let labels = to_json(labels)?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let existing: Vec<String> = tx
+            .query("SELECT id FROM clusters WHERE id = ANY($1) ORDER BY id", &[&ids])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+        // One statement for the whole batch; a concurrent registration of one of the ids fails it on the key.
+        tx.execute(
+            "INSERT INTO clusters (id, labels_json, first_seen_unix_millis, last_seen_unix_millis,
+                                   registered_unix_millis, refuse_certificates_before_unix_millis)
+             SELECT new.id, $2, 0, 0, $3, COALESCE(removed.removed_unix_millis, 0)
+             FROM UNNEST($1::TEXT[]) AS new (id)
+             LEFT JOIN removed_clusters AS removed ON removed.id = new.id",
+            &[&ids, &labels, &now_unix_millis],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(existing)
+    }
+
+    async fn label_cluster(
         &self,
         id: &str,
-        labels: &std::collections::BTreeMap<String, String>,
-        now_unix_millis: i64,
-    ) -> Result<(), StoreError> {
-        let labels = to_json(labels)?;
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO clusters (id, labels_json, first_seen_unix_millis, last_seen_unix_millis)
-                 VALUES ($1, $2, $3, $3)
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let Some(row) = tx
+            .query_opt("SELECT labels_json FROM clusters WHERE id = $1 FOR UPDATE", &[&id])
+            .await
+            .map_err(pg)?
+        else {
+            return Ok(None);
+        };
+        let current: String = row.get(0);
+        let labels = super::relabelled(from_json(&current, &format!("labels of cluster {id:?}"))?, set, remove);
+        tx.execute(
+            "UPDATE clusters SET labels_json = $2 WHERE id = $1",
+            &[&id, &to_json(&labels)?],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Some(labels))
+    }
+
+    async fn remove_cluster(&self, id: &str, now_unix_millis: i64) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let removed = tx
+            .execute("DELETE FROM clusters WHERE id = $1", &[&id])
+            .await
+            .map_err(pg)?
+            > 0;
+        if removed {
+            tx.execute(
+                "INSERT INTO removed_clusters (id, removed_unix_millis) VALUES ($1, $2)
                  ON CONFLICT (id) DO UPDATE SET
-                     labels_json = excluded.labels_json,
-                     last_seen_unix_millis = GREATEST(clusters.last_seen_unix_millis, excluded.last_seen_unix_millis)",
-                &[&id, &labels, &now_unix_millis],
+                     removed_unix_millis = GREATEST(removed_clusters.removed_unix_millis, excluded.removed_unix_millis)",
+                &[&id, &now_unix_millis],
             )
             .await
             .map_err(pg)?;
-        Ok(())
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(removed)
+    }
+
+    async fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, labels_json, refuse_certificates_before_unix_millis FROM clusters ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.get(0);
+                let labels: String = row.get(1);
+                Ok(Registration {
+                    labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                    refuse_certificates_before_unix_millis: row.get(2),
+                    id,
+                })
+            })
+            .collect()
+    }
+
+    async fn hello(
+        &self,
+        id: &str,
+        reported: &BTreeMap<String, String>,
+        certificate_not_after_unix_millis: i64,
+        now_unix_millis: i64,
+    ) -> Result<Option<Registration>, StoreError> {
+        let reported = to_json(reported)?;
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE clusters SET
+                     reported_labels_json = $2,
+                     certificate_not_after_unix_millis = $4,
+                     first_seen_unix_millis = CASE WHEN first_seen_unix_millis = 0 THEN $3
+                                                   ELSE first_seen_unix_millis END,
+                     last_seen_unix_millis = GREATEST(last_seen_unix_millis, $3)
+                 WHERE id = $1
+                 RETURNING labels_json, refuse_certificates_before_unix_millis",
+                &[&id, &reported, &now_unix_millis, &certificate_not_after_unix_millis],
+            )
+            .await
+            .map_err(pg)?;
+        row.map(|row| {
+            let labels: String = row.get(0);
+            Ok(Registration {
+                id: id.to_string(),
+                labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                refuse_certificates_before_unix_millis: row.get(1),
+            })
+        })
+        .transpose()
     }
 
     async fn record_reports(&self, reports: &[ClusterReport]) -> Result<Vec<String>, StoreError> {
@@ -666,30 +803,27 @@ impl Store for PgStore {
     async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         let client = self.client().await?;
         let rows = client
-            .query(
-                "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision,
-                        connected_replica, conditions_json, adopt_requested
-                 FROM clusters ORDER BY id",
-                &[],
-            )
+            .query(&format!("SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY id"), &[])
             .await
             .map_err(pg)?;
         rows.iter()
             .map(|row| {
-                let id: String = row.get(0);
-                let labels: String = row.get(1);
-                let conditions: String = row.get(7);
-                Ok(ClusterRecord {
-                    labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
-                    conditions: from_json(&conditions, &format!("conditions of cluster {id:?}"))?,
-                    adopt_requested: row.get(8),
+                super::ClusterRow {
+                    id: row.get(0),
+                    labels_json: row.get(1),
                     first_seen_unix_millis: row.get(2),
                     last_seen_unix_millis: row.get(3),
                     facts_json: row.get(4),
-                    applied_revision: from_sql_u64(row.get(5), "applied revision")?,
+                    applied_revision: row.get(5),
                     connected_replica: row.get(6),
-                    id,
-                })
+                    conditions_json: row.get(7),
+                    adopt_requested: row.get(8),
+                    reported_labels_json: row.get(9),
+                    registered_unix_millis: row.get(10),
+                    refuse_certificates_before_unix_millis: row.get(11),
+                    certificate_not_after_unix_millis: row.get(12),
+                }
+                .decode()
             })
             .collect()
     }

@@ -21,8 +21,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AgentRecord, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation, REVISION_COLUMNS,
-    Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json, to_sql_u64,
+    AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation,
+    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json,
+    to_sql_u64,
 };
 
 /// The database file's name within the data folder.
@@ -90,6 +91,18 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (
         6,
         "ALTER TABLE agents ADD COLUMN widened_by_json TEXT NOT NULL DEFAULT '[]';",
+    ),
+    // The cluster registry: admins own the labels selectors match; clusters known before keep the labels they last
+    // reported, once. Removed ids remember when, to refuse their older certificates. Revisions name their author.
+    (
+        7,
+        "ALTER TABLE clusters ADD COLUMN reported_labels_json TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE clusters ADD COLUMN registered_unix_millis INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN refuse_certificates_before_unix_millis INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE clusters ADD COLUMN certificate_not_after_unix_millis INTEGER NOT NULL DEFAULT 0;
+    UPDATE clusters SET reported_labels_json = labels_json, registered_unix_millis = first_seen_unix_millis;
+    CREATE TABLE removed_clusters (id TEXT PRIMARY KEY, removed_unix_millis INTEGER NOT NULL);
+    ALTER TABLE revisions ADD COLUMN author TEXT NOT NULL DEFAULT '';",
     ),
 ];
 
@@ -266,6 +279,7 @@ struct RevisionRow {
     operation: String,
     summary: String,
     document_count: i64,
+    author: String,
 }
 
 fn revision_row(row: &Row<'_>) -> Result<RevisionRow, rusqlite::Error> {
@@ -275,6 +289,7 @@ fn revision_row(row: &Row<'_>) -> Result<RevisionRow, rusqlite::Error> {
         operation: row.get(2)?,
         summary: row.get(3)?,
         document_count: row.get(4)?,
+        author: row.get(5)?,
     })
 }
 
@@ -294,6 +309,7 @@ impl RevisionRow {
             summary: self.summary,
             document_count: u32::try_from(self.document_count)
                 .map_err(|_| corrupt(format!("bad document count {}", self.document_count)))?,
+            author: self.author,
         })
     }
 }
@@ -308,7 +324,7 @@ fn read_revision(connection: &Connection, number: u64) -> Result<Revision, Store
         .query_row(
             &format!("SELECT {REVISION_COLUMNS}, documents_yaml FROM revisions WHERE number = ?1"),
             [key],
-            |row| Ok((revision_row(row)?, row.get::<_, String>(5)?)),
+            |row| Ok((revision_row(row)?, row.get::<_, String>(6)?)),
         )
         .optional()?;
     let Some((row, yaml)) = row else {
@@ -342,7 +358,7 @@ impl Store for SqliteStore {
                 "SELECT {REVISION_COLUMNS}, documents_yaml FROM revisions ORDER BY number"
             ))?;
             let rows = statement
-                .query_map([], |row| Ok((revision_row(row)?, row.get::<_, String>(5)?)))?
+                .query_map([], |row| Ok((revision_row(row)?, row.get::<_, String>(6)?)))?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows
                 .into_iter()
@@ -373,6 +389,7 @@ impl Store for SqliteStore {
         parent: u64,
         operation: Operation,
         summary: &str,
+        author: &str,
         documents: &DocumentSet,
         now_unix_millis: i64,
     ) -> Result<RevisionInfo, StoreError> {
@@ -383,6 +400,7 @@ impl Store for SqliteStore {
             key,
         } = NewRevision::of(parent, documents)?;
         let summary = summary.to_string();
+        let author = author.to_string();
         self.run(move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let actual = latest_number(&tx)?;
@@ -393,9 +411,10 @@ impl Store for SqliteStore {
                 });
             }
             tx.execute(
-                "INSERT INTO revisions (number, created_unix_millis, operation, summary, document_count, documents_yaml)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key, now_unix_millis, operation.as_str(), summary, document_count, yaml],
+                "INSERT INTO revisions (number, created_unix_millis, operation, summary, document_count, documents_yaml,
+                                        author)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![key, now_unix_millis, operation.as_str(), summary, document_count, yaml, author],
             )?;
             tx.commit()?;
             Ok(RevisionInfo {
@@ -404,29 +423,160 @@ impl Store for SqliteStore {
                 operation,
                 summary,
                 document_count,
+                author,
             })
         })
         .await
     }
 
-    async fn upsert_cluster(
+    async fn register_clusters(
         &self,
-        id: &str,
+        ids: &[String],
         labels: &BTreeMap<String, String>,
         now_unix_millis: i64,
-    ) -> Result<(), StoreError> {
-        let id = id.to_string();
+    ) -> Result<Vec<String>, StoreError> {
+        let ids = ids.to_vec();
         let labels = to_json(labels)?;
         self.run(move |connection| {
-            connection.execute(
-                "INSERT INTO clusters (id, labels_json, first_seen_unix_millis, last_seen_unix_millis)
-                 VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (id) DO UPDATE SET
-                     labels_json = excluded.labels_json,
-                     last_seen_unix_millis = MAX(last_seen_unix_millis, excluded.last_seen_unix_millis)",
-                params![id, labels, now_unix_millis],
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut existing = Vec::new();
+            {
+                let mut exists = tx.prepare("SELECT 1 FROM clusters WHERE id = ?1")?;
+                for id in &ids {
+                    if exists.exists([id])? {
+                        existing.push(id.clone());
+                    }
+                }
+            }
+            if !existing.is_empty() {
+                return Ok(existing);
+            }
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO clusters (id, labels_json, first_seen_unix_millis, last_seen_unix_millis,
+                                           registered_unix_millis, refuse_certificates_before_unix_millis)
+                     VALUES (?1, ?2, 0, 0, ?3,
+                             COALESCE((SELECT removed_unix_millis FROM removed_clusters WHERE id = ?1), 0))",
+                )?;
+                for id in &ids {
+                    insert.execute(params![id, labels, now_unix_millis])?;
+                }
+            }
+            tx.commit()?;
+            Ok(existing)
+        })
+        .await
+    }
+
+    async fn label_cluster(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        let id = id.to_string();
+        let (set, remove) = (set.clone(), remove.to_vec());
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(current) = tx
+                .query_row("SELECT labels_json FROM clusters WHERE id = ?1", [&id], |row| {
+                    row.get::<_, String>(0)
+                })
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let labels = super::relabelled(
+                from_json(&current, &format!("labels of cluster {id:?}"))?,
+                &set,
+                &remove,
+            );
+            tx.execute(
+                "UPDATE clusters SET labels_json = ?2 WHERE id = ?1",
+                params![id, to_json(&labels)?],
             )?;
-            Ok(())
+            tx.commit()?;
+            Ok(Some(labels))
+        })
+        .await
+    }
+
+    async fn remove_cluster(&self, id: &str, now_unix_millis: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let removed = tx.execute("DELETE FROM clusters WHERE id = ?1", [&id])? > 0;
+            if removed {
+                tx.execute(
+                    "INSERT INTO removed_clusters (id, removed_unix_millis) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET removed_unix_millis = MAX(removed_unix_millis, excluded.removed_unix_millis)",
+                    params![id, now_unix_millis],
+                )?;
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
+        self.run(|connection| {
+            let mut statement = connection
+                .prepare("SELECT id, labels_json, refuse_certificates_before_unix_millis FROM clusters ORDER BY id")?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, labels, refuse)| {
+                    Ok(Registration {
+                        labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                        id,
+                        refuse_certificates_before_unix_millis: refuse,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn hello(
+        &self,
+        id: &str,
+        reported: &BTreeMap<String, String>,
+        certificate_not_after_unix_millis: i64,
+        now_unix_millis: i64,
+    ) -> Result<Option<Registration>, StoreError> {
+        let id = id.to_string();
+        let reported = to_json(reported)?;
+        self.run(move |connection| {
+            let row = connection
+                .query_row(
+                    "UPDATE clusters SET
+                         reported_labels_json = ?2,
+                         certificate_not_after_unix_millis = ?4,
+                         first_seen_unix_millis = CASE WHEN first_seen_unix_millis = 0 THEN ?3
+                                                       ELSE first_seen_unix_millis END,
+                         last_seen_unix_millis = MAX(last_seen_unix_millis, ?3)
+                     WHERE id = ?1
+                     RETURNING labels_json, refuse_certificates_before_unix_millis",
+                    params![id, reported, now_unix_millis, certificate_not_after_unix_millis],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )
+                .optional()?;
+            row.map(|(labels, refuse)| {
+                Ok(Registration {
+                    labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                    refuse_certificates_before_unix_millis: refuse,
+                    id: id.clone(),
+                })
+            })
+            .transpose()
         })
         .await
     }
@@ -564,45 +714,27 @@ impl Store for SqliteStore {
 
     async fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
         self.run(|connection| {
-            let mut statement = connection.prepare(
-                "SELECT id, labels_json, first_seen_unix_millis, last_seen_unix_millis, facts_json, applied_revision,
-                        connected_replica, conditions_json, adopt_requested
-                 FROM clusters ORDER BY id",
-            )?;
+            let mut statement = connection.prepare(&format!("SELECT {CLUSTER_COLUMNS} FROM clusters ORDER BY id"))?;
             let rows = statement
                 .query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, i64>(5)?,
-                        row.get::<_, Option<String>>(6)?,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, bool>(8)?,
-                    ))
+                    Ok(super::ClusterRow {
+                        id: row.get(0)?,
+                        labels_json: row.get(1)?,
+                        first_seen_unix_millis: row.get(2)?,
+                        last_seen_unix_millis: row.get(3)?,
+                        facts_json: row.get(4)?,
+                        applied_revision: row.get(5)?,
+                        connected_replica: row.get(6)?,
+                        conditions_json: row.get(7)?,
+                        adopt_requested: row.get(8)?,
+                        reported_labels_json: row.get(9)?,
+                        registered_unix_millis: row.get(10)?,
+                        refuse_certificates_before_unix_millis: row.get(11)?,
+                        certificate_not_after_unix_millis: row.get(12)?,
+                    })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(
-                    |(id, labels, first_seen, last_seen, facts_json, applied, connected_replica, conditions, adopt)| {
-                        Ok(ClusterRecord {
-                            labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
-                            conditions: from_json(&conditions, &format!("conditions of cluster {id:?}"))?,
-                            adopt_requested: adopt,
-                            applied_revision: u64::try_from(applied).map_err(|_| {
-                                StoreError::Backend(format!("negative applied revision of cluster {id:?}"))
-                            })?,
-                            id,
-                            first_seen_unix_millis: first_seen,
-                            last_seen_unix_millis: last_seen,
-                            facts_json,
-                            connected_replica,
-                        })
-                    },
-                )
-                .collect()
+            rows.into_iter().map(super::ClusterRow::decode).collect()
         })
         .await
     }

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -14,7 +14,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tollgate_e2e::{Cluster, free_port, wait_until};
+use tollgate_e2e::hub::{HubServer, issue_certificates};
+use tollgate_e2e::{Cluster, free_port};
 
 use crate::support::*;
 
@@ -484,82 +485,19 @@ pub(crate) async fn lose_the_api_server_twice(cluster: &Cluster, restricted_poli
     Ok(())
 }
 
-/// The real hub (`tollgate-hub serve`, mTLS) with certificates from `tollgate-hub certs`, killed on drop.
-pub(crate) struct Hub {
-    pub(crate) _process: tollgate_e2e::ChildProcess,
-    pub(crate) port: u16,
-    pub(crate) certs: PathBuf,
-}
-
-impl Hub {
-    /// Issues a CA and the hub, admin and spoke (for `cluster_id`) certificates, starts the hub, and puts the
-    /// spoke's files in `dir/hub-tls` under the keys of the chart's TLS Secret (`ca.crt`, `tls.crt`, `tls.key`).
-    pub(crate) async fn start(dir: &Path, cluster_id: &str) -> Result<Self> {
-        let certs = dir.join("certs");
-        let certs_arg = certs.display().to_string();
-        for args in [
-            vec!["certs", "init"],
-            vec!["certs", "hub"],
-            vec!["certs", "admin"],
-            vec!["certs", "spoke", "--cluster-id", cluster_id],
-        ] {
-            let output = Command::new(hub_binary())
-                .args(&args)
-                .args(["--dir", &certs_arg])
-                .output()?;
-            ensure!(
-                output.status.success(),
-                "tollgate-hub {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let tls = dir.join("hub-tls");
-        std::fs::create_dir_all(&tls)?;
-        std::fs::copy(certs.join("ca.pem"), tls.join("ca.crt"))?;
-        std::fs::copy(certs.join(format!("spoke-{cluster_id}.pem")), tls.join("tls.crt"))?;
-        std::fs::copy(certs.join(format!("spoke-{cluster_id}-key.pem")), tls.join("tls.key"))?;
-        let port = free_port()?;
-        let path = |name: &str| certs.join(name).display().to_string();
-        let args: Vec<String> = vec![
-            "serve".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            dir.join("hub-data").display().to_string(),
-            "--tls-cert".into(),
-            path("hub.pem"),
-            "--tls-key".into(),
-            path("hub-key.pem"),
-            "--client-ca".into(),
-            path("ca.pem"),
-        ];
-        let process = tollgate_e2e::ChildProcess::spawn("tollgate-hub", &hub_binary(), &args, &dir.join("hub.log"))?;
-        let hub = Self {
-            _process: process,
-            port,
-            certs,
-        };
-        wait_until("the hub to answer", WAIT, || async { hub.admin(&["status"]).is_ok() }).await?;
-        Ok(hub)
-    }
-
-    pub(crate) fn address(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-
-    /// The admin CLI against this hub.
-    pub(crate) fn admin(&self, args: &[&str]) -> Result<String> {
-        let output = Command::new(hub_binary())
-            .args(args)
-            .args(tollgate_e2e::fixtures::admin_flags(&self.address(), &self.certs))
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "tollgate-hub {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(String::from_utf8(output.stdout)?)
-    }
+/// The real hub ([`HubServer`]) with the cluster registered, and the spoke's certificate files in `dir/hub-tls`
+/// under the keys of the chart's TLS Secret (`ca.crt`, `tls.crt`, `tls.key`).
+pub(crate) async fn start_hub(dir: &Path, cluster_id: &str) -> Result<HubServer> {
+    let certs = dir.join("certs");
+    issue_certificates(&certs, &[cluster_id])?;
+    let tls = dir.join("hub-tls");
+    std::fs::create_dir_all(&tls)?;
+    std::fs::copy(certs.join("ca.pem"), tls.join("ca.crt"))?;
+    std::fs::copy(certs.join(format!("spoke-{cluster_id}.pem")), tls.join("tls.crt"))?;
+    std::fs::copy(certs.join(format!("spoke-{cluster_id}-key.pem")), tls.join("tls.key"))?;
+    let hub = HubServer::start(dir, &certs).await?;
+    hub.register(cluster_id, "")?;
+    Ok(hub)
 }
 
 /// One verb on one resource, granted by one rule of one (Cluster)Role of the chart.

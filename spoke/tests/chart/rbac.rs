@@ -24,17 +24,17 @@ async fn every_rbac_grant_is_needed() -> Result<()> {
     // Connected to a real hub holding one revision of intent, so the spoke also reads and writes its intent
     // ConfigMap (the EgressPolicy selects no agent here).
     let dir = tempfile::tempdir()?;
-    let hub = Hub::start(dir.path(), cluster.name()).await?;
+    let hub = start_hub(dir.path(), cluster.name()).await?;
     let intent = dir.path().join("intent.yaml");
     std::fs::write(
         &intent,
         "apiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {name: nobody}\nspec:\n  \
          agentSelector: {matchLabels: {tier: nobody}}\n  egress: [{to: [{ipBlock: {cidr: 198.51.100.0/24}}]}]\n",
     )?;
-    hub.admin(&["apply", "-f", &intent.display().to_string()])?;
+    hub.cli_ok(&["apply", "-f", &intent.display().to_string()])?;
     let hub_values = format!(
         "standalone: false\nenforcement: adminnetworkpolicy\nhub: {{address: \"{}\", tls: {{secretName: tollgate-spoke-hub-tls}}}}\ncluster: {{id: {}}}",
-        hub.address(),
+        hub.url(),
         cluster.name()
     );
     let chart = install(cluster, &[DEBUG_LOGS, &hub_values]).await?;

@@ -50,6 +50,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if not (has .Values.logFormat (list "plain" "json")) }}
 {{- fail (printf "logFormat %q must be plain or json" .Values.logFormat) }}
 {{- end }}
+{{- if not .Values.admins }}
+{{- fail "admins is required: the names of the admin certificates this hub accepts (tollgate-hub certs admin --name NAME)" }}
+{{- end }}
 {{- if lt (int .Values.heartbeatSeconds) 1 }}
 {{- fail "heartbeatSeconds must be at least 1" }}
 {{- end }}
@@ -69,6 +72,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - "--client-ca=/etc/tollgate/tls/ca.crt"
 - {{ printf "--metrics-addr=%s" $metrics | quote }}
 - {{ printf "--heartbeat-seconds=%v" .Values.heartbeatSeconds | quote }}
+{{- range .Values.admins }}
+- {{ printf "--admin=%s" . | quote }}
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ toString . | quote }}
 {{- end }}
