@@ -9,6 +9,7 @@ pub mod egress_rule;
 pub mod field_error;
 pub mod fqdn;
 pub mod intent;
+pub mod join;
 pub mod label_selector;
 pub mod planner;
 mod serde_paths;

@@ -59,6 +59,8 @@ pub struct HubServer {
     process: Option<ChildProcess>,
     dir: PathBuf,
     certs: PathBuf,
+    /// More `serve` flags.
+    extra: Vec<String>,
     port: u16,
     metrics_port: u16,
     starts: u32,
@@ -68,10 +70,16 @@ impl HubServer {
     /// Starts a hub whose data and log live in `dir`, with the certificates of [`issue_certificates`] in `certs`,
     /// and waits until it is ready.
     pub async fn start(dir: &Path, certs: &Path) -> Result<Self> {
+        Self::start_with(dir, certs, &[]).await
+    }
+
+    /// [`Self::start`] with more `serve` flags.
+    pub async fn start_with(dir: &Path, certs: &Path, extra: &[&str]) -> Result<Self> {
         let mut hub = Self {
             process: None,
             dir: dir.to_path_buf(),
             certs: certs.to_path_buf(),
+            extra: extra.iter().map(ToString::to_string).collect(),
             port: free_port()?,
             metrics_port: free_port()?,
             starts: 0,
@@ -84,7 +92,7 @@ impl HubServer {
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
         let path = |name: &str| self.certs.join(name).display().to_string();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "serve".into(),
             "--listen".into(),
             format!("127.0.0.1:{}", self.port),
@@ -103,6 +111,7 @@ impl HubServer {
             "--admin".into(),
             ADMIN.into(),
         ];
+        args.extend(self.extra.iter().cloned());
         self.starts += 1;
         let log = self.dir.join(format!("hub.{}.log", self.starts));
         let process = ChildProcess::spawn("tollgate-hub", &binary("tollgate-hub")?, &args, &log)?;
@@ -115,6 +124,19 @@ impl HubServer {
         .await?;
         self.process = Some(process);
         Ok(())
+    }
+
+    /// The hub's log (its latest start).
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p.log_path()).unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// The folder of its embedded store.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("hub-data")
     }
 
     /// SIGKILLs the hub (a crash, or an outage).

@@ -529,6 +529,7 @@ mod bench {
         runtime.block_on(admin.add_cluster(pb::AddClusterRequest {
             cluster_ids: (0..n).map(spoke_id).collect(),
             labels: [("env".to_string(), "prod".to_string())].into_iter().collect(),
+            ..Default::default()
         }))?;
         let mut revision = 0;
         let ticks = hubs_cpu_ticks(&hubs)?;

@@ -282,6 +282,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: clusters.clone(),
             labels: [("env".to_string(), "prod".to_string())].into_iter().collect(),
+            ..Default::default()
         })
         .await?;
 

@@ -13,7 +13,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-const CLUSTER_PREFIX: &str = "tollgate://cluster/";
+pub const CLUSTER_PREFIX: &str = "tollgate://cluster/";
 const ADMIN_PREFIX: &str = "tollgate://admin/";
 /// Leaf certificates issued by `certs hub|spoke|admin`.
 const VALID_DAYS: i64 = 365;
@@ -242,7 +242,7 @@ pub fn issue_valid(
 }
 
 /// Cluster ids and admin names: lowercase letters, digits, '-', '.', at most 63 characters.
-fn check_id(id: &str, what: &str) -> anyhow::Result<()> {
+pub fn check_id(id: &str, what: &str) -> anyhow::Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 63
         && id

@@ -776,6 +776,21 @@ pub enum ClustersCommand {
         /// The cluster's labels, `key=value` pairs separated by commas (`clusterSelector`s match them).
         #[arg(long, default_value = "")]
         labels: String,
+        /// How long each printed join token works (once).
+        #[arg(long, value_parser = tollgate_process::parse_duration, default_value = "1h")]
+        token_ttl: std::time::Duration,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// A new one-time join token for a registered cluster (the earlier one stops working): for a spoke installed
+    /// after its token expired.
+    Token {
+        /// The cluster id.
+        #[arg(add = ArgValueCandidates::new(crate::completion::cluster_ids))]
+        cluster: String,
+        /// How long the token works (once).
+        #[arg(long, value_parser = tollgate_process::parse_duration, default_value = "1h")]
+        token_ttl: std::time::Duration,
         #[command(flatten)]
         connection: Connection,
     },
@@ -820,6 +835,25 @@ pub enum ClustersCommand {
     },
 }
 
+fn ttl_seconds(ttl: std::time::Duration) -> anyhow::Result<i64> {
+    match i64::try_from(ttl.as_secs()) {
+        Ok(secs) if secs > 0 => Ok(secs),
+        _ => bail!("--token-ttl: at least one second"),
+    }
+}
+
+/// A join token and how to use it.
+fn write_token(out: &mut impl Write, token: &pb::JoinToken) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "join token for {} (works once, expires in {}):\n{}",
+        token.cluster_id,
+        render::until(token.expires_unix_millis, tollgate_process::unix_millis()).trim_start_matches("in "),
+        token.token
+    )?;
+    Ok(())
+}
+
 /// `clusters label` arguments: labels to set and keys to remove, each checked (the hub checks them again).
 pub fn label_changes(changes: &[String]) -> anyhow::Result<(BTreeMap<String, String>, Vec<String>)> {
     let mut set = BTreeMap::new();
@@ -854,21 +888,44 @@ impl ClustersCommand {
             Self::Add {
                 clusters,
                 labels,
+                token_ttl,
                 connection,
             } => {
                 let labels = labels_flag(&labels)?;
-                connection
+                let response = connection
                     .admin()
                     .await?
                     .add_cluster(pb::AddClusterRequest {
                         cluster_ids: clusters.clone(),
                         labels: labels.into_iter().collect(),
+                        token_ttl_seconds: ttl_seconds(token_ttl)?,
                     })
                     .await
-                    .map_err(call_error)?;
+                    .map_err(call_error)?
+                    .into_inner();
                 for cluster in clusters {
                     writeln!(out, "cluster {cluster} registered")?;
                 }
+                for token in &response.tokens {
+                    write_token(out, token)?;
+                }
+            }
+            Self::Token {
+                cluster,
+                token_ttl,
+                connection,
+            } => {
+                let token = connection
+                    .admin()
+                    .await?
+                    .create_join_token(pb::CreateJoinTokenRequest {
+                        cluster_id: cluster,
+                        ttl_seconds: ttl_seconds(token_ttl)?,
+                    })
+                    .await
+                    .map_err(call_error)?
+                    .into_inner();
+                write_token(out, &token)?;
             }
             Self::Label {
                 cluster,

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod completion;
 pub mod config;
 pub mod grpc;
+pub mod membership;
 pub mod metrics;
 pub mod plan;
 pub mod render;

@@ -53,6 +53,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_HUB_CLIENT_CA")]
     client_ca: Option<PathBuf>,
 
+    /// The private key of --client-ca (PEM): the hub then signs spoke certificates itself, from join tokens
+    /// (`clusters add` prints one per cluster) and renewals. Without it, spokes need certificates made out of band.
+    #[arg(long, env = "TOLLGATE_HUB_CLIENT_CA_KEY", requires = "client_ca")]
+    client_ca_key: Option<PathBuf>,
+
+    /// How long a spoke certificate the hub signs is valid; spokes renew at two thirds of it.
+    #[arg(long, env = "TOLLGATE_HUB_SPOKE_CERT_TTL", value_parser = tollgate_process::parse_duration, default_value = "24h")]
+    spoke_cert_ttl: std::time::Duration,
+
     /// Serve without TLS (development only; refused on a non-loopback address).
     #[arg(long, env = "TOLLGATE_HUB_INSECURE_DEV_PLAINTEXT")]
     insecure_dev_plaintext: bool,
@@ -88,6 +97,8 @@ impl ServeArgs {
             tls_cert,
             tls_key,
             client_ca,
+            client_ca_key,
+            spoke_cert_ttl,
             insecure_dev_plaintext,
             metrics_addr,
             heartbeat_seconds,
@@ -116,10 +127,21 @@ impl ServeArgs {
                  this hub accepts (`tollgate-hub certs admin --name NAME` makes one)"
             );
         }
+        let signer = match (&tls, client_ca_key) {
+            (Some(tls), Some(key)) => {
+                let chain =
+                    std::fs::read_to_string(&tls.cert).with_context(|| format!("reading {}", tls.cert.display()))?;
+                let signer = crate::membership::Signer::load(&tls.client_ca, &key, &chain, spoke_cert_ttl)?;
+                Some(Arc::new(signer))
+            }
+            (None, Some(_)) => bail!("--client-ca-key needs TLS: a plaintext hub signs no certificates"),
+            (_, None) => None,
+        };
         let options = ServeOptions {
             tls,
             heartbeat: std::time::Duration::from_secs(heartbeat_seconds),
             admins: Arc::new(admins),
+            signer,
             ..ServeOptions::default()
         };
         let listener = grpc::bind(listen, &options).await?;

@@ -136,6 +136,8 @@ service: {type: LoadBalancer, annotations: {example.com/lb: internal}}
 podDisruptionBudget: {maxUnavailable: 2}
 persistence: {size: 5Gi, storageClassName: fast}
 metrics: {bindAddress: '::', port: 9999, service: {annotations: {prometheus.io/scrape: 'true'}}}
+admins: [alice, bob]
+signing: {caKeySecretName: hub-ca-key, spokeCertTtl: 12h}
 ";
     let objects = objects(&helm::render(CHART, "fleet", NS, &[values])?)?;
     let sts = &objects["StatefulSet/fleet-tollgate-hub"];
@@ -146,9 +148,27 @@ metrics: {bindAddress: '::', port: 9999, service: {annotations: {prometheus.io/s
         "--listen=0.0.0.0:8443",
         "--metrics-addr=[::]:9999",
         "--heartbeat-seconds=5",
+        "--admin=alice",
+        "--admin=bob",
+        "--client-ca-key=/etc/tollgate/client-ca-key/tls.key",
+        "--spoke-cert-ttl=12h",
     ] {
         assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
     }
+    let pod = &sts["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": "client-ca-key", "secret": {"secretName": "hub-ca-key"}})),
+        "{pod:#}"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"].as_array().unwrap().contains(
+            &serde_json::json!({"name": "client-ca-key", "mountPath": "/etc/tollgate/client-ca-key", "readOnly": true})
+        ),
+        "{pod:#}"
+    );
     let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
     assert_eq!(
         (

@@ -66,9 +66,27 @@ fn certs(dir: &Path) {
 const REGISTERED: [(&str, &str); 2] = [("prod-eu", "prod"), ("dev", "dev")];
 
 async fn start(heartbeat: Duration) -> TestHub {
+    start_signing(heartbeat, None).await
+}
+
+/// A test hub; with `spoke_cert_ttl`, it signs spoke certificates (joins and renewals) with its CA's key.
+async fn start_signing(heartbeat: Duration, spoke_cert_ttl: Option<Duration>) -> TestHub {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path());
+    let signer = spoke_cert_ttl.map(|ttl| {
+        let chain = std::fs::read_to_string(dir.path().join("hub.pem")).unwrap();
+        Arc::new(
+            tollgate_hub::membership::Signer::load(
+                &dir.path().join("ca.pem"),
+                &dir.path().join("ca-key.pem"),
+                &chain,
+                ttl,
+            )
+            .unwrap(),
+        )
+    });
     let options = ServeOptions {
+        signer,
         tls: Some(TlsFiles {
             cert: dir.path().join("hub.pem"),
             key: dir.path().join("hub-key.pem"),
@@ -106,6 +124,7 @@ async fn start(heartbeat: Duration) -> TestHub {
             .add_cluster(pb::AddClusterRequest {
                 cluster_ids: vec![cluster.into()],
                 labels: [("env".to_string(), env.to_string())].into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -120,9 +139,19 @@ impl TestHub {
 
     /// A channel presenting `identity` (`spoke-<id>` or `admin-<name>`), trusting `ca`.
     async fn channel(&self, identity: Option<&str>, ca: &Path) -> Result<Channel, tonic::transport::Error> {
+        self.channel_to("localhost", identity, ca).await
+    }
+
+    /// [`Self::channel`] verifying the hub's certificate for `name`.
+    async fn channel_to(
+        &self,
+        name: &str,
+        identity: Option<&str>,
+        ca: &Path,
+    ) -> Result<Channel, tonic::transport::Error> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
-            .domain_name("localhost");
+            .domain_name(name);
         if let Some(id) = identity {
             tls = tls.identity(Identity::from_pem(
                 std::fs::read(self.path(&format!("{id}.pem"))).unwrap(),
@@ -477,6 +506,200 @@ async fn security_matrix() {
     assert!(clusters.iter().all(|c| c.first_seen_unix_millis == 0), "{clusters:?}");
 }
 
+/// Joining: a token works once for a certificate of its cluster, made from the spoke's CSR; the certificate opens
+/// the cluster's stream and renews itself; a removal revokes it for renewals too. With client certificates optional
+/// for joins, nothing else can be called without one.
+#[tokio::test]
+async fn a_join_token_works_once_and_only_join_is_served_without_a_certificate() {
+    let hub = start_signing(Duration::from_secs(10), Some(Duration::from_secs(3600))).await;
+    let added = hub
+        .admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["joiner".into()],
+            token_ttl_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.tokens.len(), 1);
+    let token = tollgate_common::join::JoinToken::parse(&added.tokens[0].token).unwrap();
+    assert_eq!(token.cluster_id, "joiner");
+
+    // Without a client certificate: only Join answers.
+    let anonymous = hub.channel(None, &hub.path("ca.pem")).await.unwrap();
+    let refused = AdminClient::new(anonymous.clone())
+        .history(pb::HistoryRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let (_, rx) = mpsc::channel::<pb::SpokeMessage>(1);
+    let refused = SpokeSyncClient::new(anonymous.clone())
+        .sync(ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let renew = tollgate_proto::v1::membership_client::MembershipClient::new(anonymous.clone())
+        .renew(pb::RenewRequest { csr_pem: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(renew.code(), Code::Unauthenticated, "{renew:?}");
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI("tollgate://cluster/joiner".try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let join = |secret: &str, cluster: &str| pb::JoinRequest {
+        cluster_id: cluster.into(),
+        token_secret: secret.into(),
+        csr_pem: csr.clone(),
+    };
+    let mut membership = tollgate_proto::v1::membership_client::MembershipClient::new(anonymous);
+    // Another cluster's name with this token, or a wrong secret: refused, and the token still works after.
+    let wrong = membership.join(join(&token.secret, "prod-eu")).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    let wrong = membership.join(join(&"0".repeat(64), "joiner")).await.unwrap_err();
+    assert_eq!(wrong.code(), Code::PermissionDenied, "{wrong:?}");
+    let issued = membership
+        .join(join(&token.secret, "joiner"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(issued.ca_pem.contains("BEGIN CERTIFICATE"));
+    let again = membership.join(join(&token.secret, "joiner")).await.unwrap_err();
+    assert_eq!(again.code(), Code::PermissionDenied);
+    assert!(again.message().contains("unknown or was used already"), "{again:?}");
+
+    // The certificate opens the cluster's stream.
+    std::fs::write(hub.path("spoke-joiner.pem"), &issued.certificate_pem).unwrap();
+    std::fs::write(hub.path("spoke-joiner-key.pem"), key.serialize_pem()).unwrap();
+    let mut spoke = FakeSpoke::connect(&hub, "spoke-joiner", "joiner", &[], 0)
+        .await
+        .unwrap();
+    spoke.intent().await.unwrap();
+    // And renews itself.
+    let channel = hub.channel(Some("spoke-joiner"), &hub.path("ca.pem")).await.unwrap();
+    let mut renewing = tollgate_proto::v1::membership_client::MembershipClient::new(channel.clone());
+    let renewed = renewing
+        .renew(pb::RenewRequest { csr_pem: csr.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(renewed.not_after_unix_millis >= issued.not_after_unix_millis);
+    // An admin certificate cannot be renewed as a cluster's.
+    let admin = hub.channel(Some("admin-alice"), &hub.path("ca.pem")).await.unwrap();
+    let refused = tollgate_proto::v1::membership_client::MembershipClient::new(admin)
+        .renew(pb::RenewRequest { csr_pem: csr.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    // Removed: the certificate renews no more.
+    hub.admin()
+        .await
+        .remove_cluster(pb::RemoveClusterRequest {
+            cluster_id: "joiner".into(),
+        })
+        .await
+        .unwrap();
+    let refused = renewing.renew(pb::RenewRequest { csr_pem: csr }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+}
+
+/// A renewed hub certificate on disk is served to new handshakes without a restart; connections already open keep
+/// working. A new client CA likewise: certificates of the old one are refused from then on.
+#[tokio::test]
+async fn the_hubs_certificate_and_client_ca_are_reloaded_without_a_restart() {
+    let hub = start(Duration::from_secs(10)).await;
+    let mut open = hub.admin().await;
+    open.history(pb::HistoryRequest {}).await.unwrap();
+
+    let renewed = tempfile::tempdir().unwrap();
+    issue(
+        hub.dir.path(),
+        renewed.path(),
+        &Leaf::Hub {
+            dns_names: vec!["renewed.example".into()],
+            addresses: vec![],
+        },
+    )
+    .unwrap();
+    for name in ["hub.pem", "hub-key.pem"] {
+        std::fs::copy(renewed.path().join(name), hub.path(name)).unwrap();
+    }
+    let ca = hub.path("ca.pem");
+    let served = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(channel) = hub.channel_to("renewed.example", Some("admin-alice"), &ca).await
+                && AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the renewed certificate was never served");
+    let old_name = match hub.channel(Some("admin-alice"), &ca).await {
+        Err(_) => true,
+        Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
+    };
+    assert!(old_name, "new handshakes still got the old certificate");
+    open.history(pb::HistoryRequest {})
+        .await
+        .expect("an open connection keeps working");
+
+    // A new client CA: admin certificates of the old CA are refused on new connections (the clients still trust
+    // the old CA for the hub's own certificate, which it signed).
+    let server_ca = hub.path("server-ca.pem");
+    std::fs::copy(&ca, &server_ca).unwrap();
+    let rotated = tempfile::tempdir().unwrap();
+    init_ca(rotated.path()).unwrap();
+    std::fs::copy(rotated.path().join("ca.pem"), hub.path("ca.pem")).unwrap();
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            let refused = match hub.channel_to("renewed.example", Some("admin-alice"), &server_ca).await {
+                Err(_) => true,
+                Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
+            };
+            if refused {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "a certificate of the old client CA was still accepted");
+}
+
+/// A hub without its CA's key prints no token and refuses joins with the reason.
+#[tokio::test]
+async fn a_hub_without_the_ca_key_has_no_tokens() {
+    let hub = start(Duration::from_secs(10)).await;
+    let added = hub
+        .admin()
+        .await
+        .add_cluster(pb::AddClusterRequest {
+            cluster_ids: vec!["plain".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.tokens.is_empty());
+    let refused = hub
+        .admin()
+        .await
+        .create_join_token(pb::CreateJoinTokenRequest {
+            cluster_id: "plain".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("--client-ca-key"), "{refused:?}");
+}
+
 /// Only registered clusters connect; the refusal names the command that registers one.
 #[tokio::test]
 async fn an_unregistered_cluster_is_refused_with_the_command_that_registers_it() {
@@ -514,6 +737,7 @@ async fn an_unregistered_cluster_is_refused_with_the_command_that_registers_it()
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: vec!["stranger".into()],
             labels: HashMap::new(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -528,6 +752,7 @@ async fn an_unregistered_cluster_is_refused_with_the_command_that_registers_it()
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: vec!["other".into(), "stranger".into()],
             labels: [("env".to_string(), "prod".to_string())].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -549,6 +774,7 @@ async fn an_unregistered_cluster_is_refused_with_the_command_that_registers_it()
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: vec!["Bad_Id".into()],
             labels: HashMap::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -560,6 +786,7 @@ async fn an_unregistered_cluster_is_refused_with_the_command_that_registers_it()
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: vec!["fine".into()],
             labels: [("env".to_string(), "not valid!".to_string())].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -699,6 +926,7 @@ async fn removing_a_cluster_closes_its_stream_and_revokes_its_certificates() {
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: vec!["prod-eu".into()],
             labels: HashMap::new(),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -71,6 +71,21 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_SPOKE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
+    /// A file holding a join token from `tollgate-hub clusters add` (a mounted Secret): the spoke makes its own key,
+    /// gets its certificate from the hub and keeps both in --identity-secret; instead of --hub-ca, --tls-cert and
+    /// --tls-key. Once joined it needs the token no more.
+    #[arg(long, env = "TOLLGATE_SPOKE_JOIN_TOKEN_FILE", conflicts_with_all = ["hub_ca", "tls_cert", "tls_key"])]
+    pub join_token_file: Option<PathBuf>,
+
+    /// With --join-token-file: the Secret in --spoke-namespace that keeps this spoke's key, certificate and the
+    /// hub's CA.
+    #[arg(
+        long,
+        env = "TOLLGATE_SPOKE_IDENTITY_SECRET",
+        default_value = "tollgate-spoke-identity"
+    )]
+    pub identity_secret: String,
+
     /// Name to verify in the hub's certificate (default: the host of --hub).
     #[arg(long, env = "TOLLGATE_SPOKE_HUB_TLS_SERVER_NAME")]
     pub hub_tls_server_name: Option<String>,
@@ -177,25 +192,7 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
-/// Parses `90s`, `15m`, `2h`, `1d` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number with s, m, h or d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("invalid duration {text:?}: unit must be s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
-}
+pub use tollgate_process::parse_duration;
 
 /// Parses `a=b,c=d` into labels; empty text gives no labels.
 pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {

@@ -153,8 +153,17 @@ pub struct HubSettings {
     pub labels: BTreeMap<String, String>,
 }
 
+/// The spoke's TLS identity towards the hub.
 #[derive(Clone, Debug)]
-pub struct HubTls {
+pub enum HubTls {
+    /// Certificate, key and the hub's CA in files, read at every connection (a mounted Secret, cert-manager).
+    Files(TlsFiles),
+    /// Made here and signed by the hub from a join token, kept in a Secret and renewed (`--join-token-file`).
+    Joined(Arc<crate::membership::Membership>),
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -459,7 +468,13 @@ async fn connect(
         .map_err(|e| tonic::Status::invalid_argument(format!("--hub {url:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(HEARTBEAT);
-    if let Some(tls) = &settings.tls {
+    if let Some(HubTls::Joined(membership)) = &settings.tls {
+        let identity = membership.ensure(url).await?;
+        endpoint = endpoint
+            .tls_config(identity.tls(membership.server_name()))
+            .map_err(|e| unavailable(&e))?;
+    }
+    if let Some(HubTls::Files(tls)) = &settings.tls {
         // A missing or unreadable file is not final: a Secret mounted late, or a certificate being renewed, is
         // read again at the next attempt.
         let read = |p: &PathBuf| {

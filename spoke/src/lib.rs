@@ -14,6 +14,7 @@ pub mod facts;
 pub mod fqdn;
 pub mod hub_client;
 pub mod local_rules;
+pub mod membership;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

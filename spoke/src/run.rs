@@ -21,7 +21,7 @@ use crate::args::Enforcement;
 use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_list, parse_namespaced};
 use crate::conditions::{Conditions, Kind};
 use crate::fqdn::{Resolver, ResolverSettings};
-use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports};
+use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports, TlsFiles};
 use crate::metrics::Metrics;
 use crate::reconcile::{AdminSettings, Backoff, PassReport, Reconciler, Settings};
 use crate::world::{Scope, World};
@@ -34,6 +34,76 @@ const CACHE_RETRY: Duration = Duration::from_secs(10);
 /// Default DNS Services, in order of preference: vanilla Kubernetes, then OpenShift.
 const DNS_CANDIDATES: [(&str, &str); 2] = [("kube-system", "kube-dns"), ("openshift-dns", "dns-default")];
 
+/// How the spoke authenticates to the hub, as the flags say.
+enum Joining {
+    Files(TlsFiles),
+    Token {
+        token_file: std::path::PathBuf,
+        secret: String,
+        server_name: Option<String>,
+    },
+}
+
+/// The hub connection as the flags describe it, before the cluster client exists.
+struct HubPlan {
+    urls: Vec<String>,
+    tls: Option<Joining>,
+    cluster_id: String,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+impl HubPlan {
+    /// The settings of the hub connection; with a join token, the spoke's identity (kept in a Secret of
+    /// `namespace`) and its renewal task.
+    fn settings(
+        self,
+        client: &Client,
+        namespace: &str,
+        metrics: &Arc<Metrics>,
+        tasks: &mut JoinSet<()>,
+    ) -> HubSettings {
+        let tls = self.tls.map(|tls| match tls {
+            Joining::Files(files) => {
+                // The certificate file is read at every connection; its expiry is exported as it is on disk, so a
+                // renewal (cert-manager) shows before the next reconnect.
+                let (cert, metrics) = (files.cert.clone(), metrics.clone());
+                tasks.spawn(async move {
+                    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        ticker.tick().await;
+                        if let Ok(pem) = std::fs::read(&cert) {
+                            metrics.record_certificate("client", &pem);
+                        }
+                    }
+                });
+                HubTls::Files(files)
+            }
+            Joining::Token {
+                token_file,
+                secret,
+                server_name,
+            } => {
+                let membership = Arc::new(crate::membership::Membership::new(
+                    self.cluster_id.clone(),
+                    kube::Api::namespaced(client.clone(), namespace),
+                    secret,
+                    token_file,
+                    server_name,
+                    metrics.clone(),
+                ));
+                tasks.spawn(membership.clone().renew_forever(self.urls.clone()));
+                HubTls::Joined(membership)
+            }
+        });
+        HubSettings {
+            urls: self.urls,
+            tls,
+            cluster_id: self.cluster_id,
+            labels: self.labels,
+        }
+    }
+}
+
 /// Parses every flag into typed settings, then runs the controller until SIGTERM or Ctrl-C.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
@@ -44,6 +114,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         hub_ca,
         tls_cert,
         tls_key,
+        join_token_file,
+        identity_secret,
         hub_tls_server_name,
         insecure_dev_plaintext,
         spoke_namespace,
@@ -75,18 +147,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (true, None) => None,
         (false, Some(addresses)) => {
             let urls = parse_hub_addresses(&addresses, insecure_dev_plaintext)?;
-            let tls = match (hub_ca, tls_cert, tls_key, insecure_dev_plaintext) {
-                (Some(ca), Some(cert), Some(key), false) => Some(HubTls {
+            let tls = match (hub_ca, tls_cert, tls_key, join_token_file, insecure_dev_plaintext) {
+                (Some(ca), Some(cert), Some(key), None, false) => Some(Joining::Files(TlsFiles {
                     ca,
                     cert,
                     key,
                     server_name: hub_tls_server_name,
+                })),
+                (None, None, None, Some(token_file), false) => Some(Joining::Token {
+                    token_file,
+                    secret: identity_secret,
+                    server_name: hub_tls_server_name,
                 }),
-                (None, None, None, true) => None,
-                (_, _, _, true) => bail!("--insecure-dev-plaintext cannot be combined with TLS files"),
-                _ => bail!("--hub needs --hub-ca, --tls-cert and --tls-key (or --insecure-dev-plaintext on loopback)"),
+                (None, None, None, None, true) => None,
+                (_, _, _, _, true) => {
+                    bail!("--insecure-dev-plaintext cannot be combined with TLS files or a join token")
+                }
+                _ => bail!(
+                    "--hub needs --join-token-file, or --hub-ca, --tls-cert and --tls-key (or --insecure-dev-plaintext \
+                     on loopback)"
+                ),
             };
-            Some(HubSettings {
+            Some(HubPlan {
                 urls,
                 tls,
                 cluster_id: cluster_id.clone(),
@@ -260,6 +342,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if held {
             tasks.spawn(retry_cache(persisted.clone(), intent_tx.clone(), conditions.clone()));
         }
+        let hub = hub.settings(&client, &spoke_namespace, &metrics, &mut tasks);
         let reports = Reports {
             facts: facts_rx,
             inventory: inventory_rx,

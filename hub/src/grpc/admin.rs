@@ -26,6 +26,7 @@ pub struct AdminService<S> {
     plaintext: bool,
     metrics: Arc<crate::metrics::Metrics>,
     admins: Arc<BTreeSet<String>>,
+    signer: Option<Arc<crate::membership::Signer>>,
 }
 
 /// The author recorded for changes made in plaintext development mode (no certificate names anyone).
@@ -38,6 +39,7 @@ impl<S: Store> AdminService<S> {
         plaintext: bool,
         metrics: Arc<crate::metrics::Metrics>,
         admins: Arc<BTreeSet<String>>,
+        signer: Option<Arc<crate::membership::Signer>>,
     ) -> Self {
         Self {
             hub,
@@ -45,7 +47,41 @@ impl<S: Store> AdminService<S> {
             plaintext,
             metrics,
             admins,
+            signer,
         }
+    }
+
+    /// A new join token for registered cluster `id`, valid for `ttl_seconds` (0: the default); `None` when the hub
+    /// signs no certificates.
+    async fn join_token(&self, id: &str, ttl_seconds: i64) -> Result<Option<pb::JoinToken>, Status> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let ttl = match ttl_seconds {
+            0 => crate::membership::DEFAULT_TOKEN_TTL,
+            ttl if ttl > 0 => std::time::Duration::from_secs(ttl.unsigned_abs()),
+            ttl => {
+                return Err(Status::invalid_argument(format!(
+                    "tokenTtlSeconds {ttl}: must be positive"
+                )));
+            }
+        };
+        let token = signer.token(id).map_err(|e| Status::internal(e.to_string()))?;
+        let expires =
+            tollgate_process::unix_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        if !self
+            .hub
+            .store()
+            .put_join_token(id, &token.secret_digest(), expires)
+            .await?
+        {
+            return Err(Status::not_found(format!("cluster {id:?} is not registered")));
+        }
+        Ok(Some(pb::JoinToken {
+            cluster_id: id.to_string(),
+            token: token.to_string(),
+            expires_unix_millis: expires,
+        }))
     }
 
     /// The admin's name ([`PLAINTEXT_AUTHOR`] in plaintext development mode): an admin certificate whose name is on
@@ -406,7 +442,16 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         request: Request<pb::AddClusterRequest>,
     ) -> Result<Response<pb::AddClusterResponse>, Status> {
         let admin = self.authorize(&request)?;
-        let pb::AddClusterRequest { cluster_ids, labels } = request.into_inner();
+        let pb::AddClusterRequest {
+            cluster_ids,
+            labels,
+            token_ttl_seconds,
+        } = request.into_inner();
+        if token_ttl_seconds < 0 {
+            return Err(Status::invalid_argument(format!(
+                "tokenTtlSeconds {token_ttl_seconds}: must be positive"
+            )));
+        }
         let labels: BTreeMap<String, String> = labels.into_iter().collect();
         if cluster_ids.is_empty() {
             return Err(Status::invalid_argument("clusterIds: at least one cluster id"));
@@ -437,7 +482,11 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             )));
         }
         tracing::info!(clusters = ?cluster_ids, %admin, ?labels, "Clusters registered");
-        Ok(Response::new(pb::AddClusterResponse {}))
+        let mut tokens = Vec::new();
+        for id in &cluster_ids {
+            tokens.extend(self.join_token(id, token_ttl_seconds).await?);
+        }
+        Ok(Response::new(pb::AddClusterResponse { tokens }))
     }
 
     async fn label_cluster(
@@ -517,6 +566,25 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let disconnected = self.sessions.revoke(&cluster_id);
         tracing::warn!(cluster = %cluster_id, %admin, disconnected, "Cluster removed: its stream is closed and its certificates are refused");
         Ok(Response::new(pb::RemoveClusterResponse { disconnected }))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::JoinToken>, Status> {
+        let admin = self.authorize(&request)?;
+        let pb::CreateJoinTokenRequest {
+            cluster_id,
+            ttl_seconds,
+        } = request.into_inner();
+        let token = self.join_token(&cluster_id, ttl_seconds).await?.ok_or_else(|| {
+            Status::failed_precondition(
+                "this hub signs no spoke certificates (it runs without --client-ca-key), so it has no join tokens: \
+                 give the spoke a certificate from `tollgate-hub certs spoke`",
+            )
+        })?;
+        tracing::info!(cluster = %cluster_id, %admin, "Join token created");
+        Ok(Response::new(token))
     }
 
     type WatchFleetStatusStream = StatusStream;

@@ -1,8 +1,10 @@
 //! The gRPC server: the spoke `Sync` stream and the admin service on one listener, mTLS by default.
 
 mod admin;
+mod membership;
 pub mod reports;
 mod spoke_sync;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,9 +14,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tollgate_proto::v1::admin_server::AdminServer;
+use tollgate_proto::v1::membership_server::MembershipServer;
 use tollgate_proto::v1::spoke_sync_server::SpokeSyncServer;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
 use crate::certs::{PeerCertificate, peer_certificate};
@@ -22,6 +25,7 @@ use crate::state::{Hub, HubError};
 use crate::store::{Store, StoreError};
 
 pub use admin::AdminService;
+pub use membership::MembershipService;
 pub use spoke_sync::{Held, Sessions, SpokeSyncService, condition_name};
 
 /// How long a client may take to complete the TLS handshake before its connection is closed.
@@ -52,6 +56,8 @@ pub struct ServeOptions {
     /// The admin names (`tollgate://admin/NAME`) whose certificates may call the admin API; any other admin
     /// certificate signed by the client CA is refused.
     pub admins: Arc<std::collections::BTreeSet<String>>,
+    /// Signs spoke certificates (joins, renewals) and makes join tokens; `None` without `--client-ca-key`.
+    pub signer: Option<Arc<crate::membership::Signer>>,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +68,7 @@ impl Default for ServeOptions {
             send_timeout: Duration::from_secs(30),
             metrics: Arc::default(),
             admins: Arc::default(),
+            signer: None,
         }
     }
 }
@@ -86,18 +93,14 @@ pub async fn serve<S: Store>(
         .http2_keepalive_interval(Some(options.heartbeat))
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let plaintext = options.tls.is_none();
-    if let Some(tls) = &options.tls {
-        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-        let (cert, client_ca) = (read(&tls.cert)?, read(&tls.client_ca)?);
-        options.metrics.record_certificate("serving", &cert);
-        options.metrics.record_certificate("client-ca", &client_ca);
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert, read(&tls.key)?))
-            .client_ca_root(Certificate::from_pem(client_ca))
-            .client_auth_optional(false)
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
-        builder = builder.tls_config(config).context("configuring TLS")?;
-    }
+    // With a signer the hub presents its CA (join tokens pin it) and lets a handshake without a client certificate
+    // through, for `Membership.Join` only.
+    let signing = options.signer.is_some();
+    let tls = options
+        .tls
+        .clone()
+        .map(|files| tls::ReloadingTls::load(files, signing, signing, options.metrics.clone()))
+        .transpose()?;
     // Spoke reports are written for every spoke at once, one transaction per tick.
     let reports = sessions.reports();
     let flusher = tokio::spawn(reports.clone().run(hub.clone()));
@@ -108,22 +111,43 @@ pub async fn serve<S: Store>(
         plaintext,
         options.metrics.clone(),
         options.admins.clone(),
+        options.signer.clone(),
     );
-    let served = builder
+    let membership = MembershipService::new(hub.clone(), options.signer.clone(), plaintext);
+    let router = builder
         .add_service(
             SpokeSyncServer::new(spoke)
                 .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
                 .max_encoding_message_size(tollgate_proto::MAX_INTENT_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServer::new(admin)
+            MembershipServer::new(membership)
                 .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
                 .max_encoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES),
         )
+        .add_service(
+            AdminServer::new(admin)
+                .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
+                .max_encoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES),
+        );
+    let served = match tls {
+        Some(tls) => {
+            let config = tls.server_config()?;
+            let watcher = tokio::spawn(tls.watch());
+            let served = router
+                .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
+                .await;
+            watcher.abort();
+            served
+        }
         // Small responses must not wait for Nagle's algorithm and a delayed ACK (~40 ms per apply otherwise).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
-        .await
-        .context("serving gRPC");
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
+                .await
+        }
+    }
+    .context("serving gRPC");
     flusher.abort();
     if let Err(error) = reports.flush(hub.store()).await {
         tracing::warn!(%error, "Could not record the last spoke reports");
@@ -136,11 +160,11 @@ fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerCertifi
     if plaintext {
         return Ok(None);
     }
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
+    let leaf = request
+        .extensions()
+        .get::<tls::PeerCertificates>()
+        .and_then(|certs| certs.0.as_ref())
+        .and_then(|certs| certs.first())
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
     peer_certificate(leaf.as_ref())
         .map(Some)

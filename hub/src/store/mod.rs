@@ -124,6 +124,17 @@ impl Revision {
     }
 }
 
+/// What became of a join token presented by a spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenUse {
+    /// It matched and was valid; it is used up now.
+    Accepted,
+    /// No token of this cluster has this secret (never made, used already, or replaced by a newer one).
+    Unknown,
+    /// It matched but had expired.
+    Expired,
+}
+
 /// One cluster of the hub's registry: what an admin set (`clusters add`, `clusters label`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registration {
@@ -370,6 +381,24 @@ pub trait Store: Send + Sync + 'static {
     /// its certificates issued until `now_unix_millis` are refused, even if the id is registered again. `false`
     /// when it was not registered.
     fn remove_cluster(&self, id: &str, now_unix_millis: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores the join token of registered cluster `id` (the SHA-256 of its secret, hex) until `expires_unix_millis`,
+    /// replacing an earlier one; `false` when the cluster is not registered.
+    fn put_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        expires_unix_millis: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Uses cluster `id`'s join token, once: [`TokenUse::Accepted`] (and the token is gone) when the secret's digest
+    /// matches and it has not expired. A wrong secret leaves the token as it is; an expired one is removed.
+    fn take_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<TokenUse, StoreError>> + Send;
 
     /// Every registered cluster's registration, sorted by id (what a replica compares its streams with).
     fn registrations(&self) -> impl Future<Output = Result<Vec<Registration>, StoreError>> + Send;

@@ -35,8 +35,8 @@ use tollgate_common::document::DocumentSet;
 
 use super::{
     AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation,
-    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json,
-    to_sql_u64,
+    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, TokenUse, from_json, report_sql,
+    to_json, to_sql_u64,
 };
 
 /// The channel commits notify on.
@@ -118,6 +118,15 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     UPDATE clusters SET reported_labels_json = labels_json, registered_unix_millis = first_seen_unix_millis;
     CREATE TABLE removed_clusters (id TEXT PRIMARY KEY, removed_unix_millis BIGINT NOT NULL);
     ALTER TABLE revisions ADD COLUMN author TEXT NOT NULL DEFAULT '';",
+    ),
+    // Join tokens: the SHA-256 of each secret, one per registered cluster, gone with the cluster.
+    (
+        8,
+        "CREATE TABLE join_tokens (
+        cluster_id TEXT PRIMARY KEY REFERENCES clusters (id) ON DELETE CASCADE,
+        secret_sha256 TEXT NOT NULL,
+        expires_unix_millis BIGINT NOT NULL
+    );",
     ),
 ];
 
@@ -614,6 +623,51 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(pg)?;
         Ok(removed)
+    }
+
+    async fn put_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        expires_unix_millis: i64,
+    ) -> Result<bool, StoreError> {
+        // The foreign key refuses a token of an unregistered cluster; one statement, so no race with a removal.
+        let stored = self
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO join_tokens (cluster_id, secret_sha256, expires_unix_millis)
+                 SELECT id, $2, $3 FROM clusters WHERE id = $1
+                 ON CONFLICT (cluster_id) DO UPDATE SET
+                     secret_sha256 = excluded.secret_sha256, expires_unix_millis = excluded.expires_unix_millis",
+                &[&id, &secret_sha256, &expires_unix_millis],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(stored > 0)
+    }
+
+    async fn take_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now_unix_millis: i64,
+    ) -> Result<TokenUse, StoreError> {
+        // Deleted and returned in one statement: two spokes presenting one token cannot both get it.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM join_tokens WHERE cluster_id = $1 AND secret_sha256 = $2 RETURNING expires_unix_millis",
+                &[&id, &secret_sha256],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(match row {
+            None => TokenUse::Unknown,
+            Some(row) if row.get::<_, i64>(0) > now_unix_millis => TokenUse::Accepted,
+            Some(_) => TokenUse::Expired,
+        })
     }
 
     async fn registrations(&self) -> Result<Vec<Registration>, StoreError> {

@@ -22,8 +22,8 @@ use tollgate_common::document::DocumentSet;
 
 use super::{
     AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation,
-    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, from_json, report_sql, to_json,
-    to_sql_u64,
+    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, TokenUse, from_json, report_sql,
+    to_json, to_sql_u64,
 };
 
 /// The database file's name within the data folder.
@@ -103,6 +103,15 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     UPDATE clusters SET reported_labels_json = labels_json, registered_unix_millis = first_seen_unix_millis;
     CREATE TABLE removed_clusters (id TEXT PRIMARY KEY, removed_unix_millis INTEGER NOT NULL);
     ALTER TABLE revisions ADD COLUMN author TEXT NOT NULL DEFAULT '';",
+    ),
+    // Join tokens: the SHA-256 of each secret, one per registered cluster, gone with the cluster.
+    (
+        8,
+        "CREATE TABLE join_tokens (
+        cluster_id TEXT PRIMARY KEY REFERENCES clusters (id) ON DELETE CASCADE,
+        secret_sha256 TEXT NOT NULL,
+        expires_unix_millis INTEGER NOT NULL
+    );",
     ),
 ];
 
@@ -515,6 +524,60 @@ impl Store for SqliteStore {
             }
             tx.commit()?;
             Ok(removed)
+        })
+        .await
+    }
+
+    async fn put_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        expires_unix_millis: i64,
+    ) -> Result<bool, StoreError> {
+        let (id, digest) = (id.to_string(), secret_sha256.to_string());
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if !tx.prepare("SELECT 1 FROM clusters WHERE id = ?1")?.exists([&id])? {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO join_tokens (cluster_id, secret_sha256, expires_unix_millis) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (cluster_id) DO UPDATE SET
+                     secret_sha256 = excluded.secret_sha256, expires_unix_millis = excluded.expires_unix_millis",
+                params![id, digest, expires_unix_millis],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn take_join_token(
+        &self,
+        id: &str,
+        secret_sha256: &str,
+        now_unix_millis: i64,
+    ) -> Result<TokenUse, StoreError> {
+        let (id, digest) = (id.to_string(), secret_sha256.to_string());
+        self.run(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let expires: Option<i64> = tx
+                .query_row(
+                    "SELECT expires_unix_millis FROM join_tokens WHERE cluster_id = ?1 AND secret_sha256 = ?2",
+                    params![id, digest],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(expires) = expires else {
+                return Ok(TokenUse::Unknown);
+            };
+            tx.execute("DELETE FROM join_tokens WHERE cluster_id = ?1", [&id])?;
+            tx.commit()?;
+            Ok(if expires > now_unix_millis {
+                TokenUse::Accepted
+            } else {
+                TokenUse::Expired
+            })
         })
         .await
     }

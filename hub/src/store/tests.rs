@@ -40,6 +40,7 @@ on_both_backends!(
     clusters_inventory_and_applied_revision_round_trip_and_persist_across_reopen,
     the_registry_adds_labels_and_removes_clusters_and_remembers_removals,
     revisions_record_their_author,
+    join_tokens_work_once_expire_and_go_with_their_cluster,
     inventory_replacement_removes_agents_not_listed,
     a_duplicate_agent_in_an_inventory_is_refused_and_changes_nothing,
     updates_of_an_unregistered_cluster_fail_and_create_nothing,
@@ -223,6 +224,12 @@ impl Store for AnyStore {
     }
     async fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
         delegate!(self, s => s.registrations())
+    }
+    async fn put_join_token(&self, id: &str, digest: &str, expires: i64) -> Result<bool, StoreError> {
+        delegate!(self, s => s.put_join_token(id, digest, expires))
+    }
+    async fn take_join_token(&self, id: &str, digest: &str, now: i64) -> Result<TokenUse, StoreError> {
+        delegate!(self, s => s.take_join_token(id, digest, now))
     }
     async fn hello(
         &self,
@@ -783,6 +790,41 @@ async fn the_registry_adds_labels_and_removes_clusters_and_remembers_removals(ba
             },
         ]
     );
+}
+
+async fn join_tokens_work_once_expire_and_go_with_their_cluster(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
+    assert!(
+        !store.put_join_token("ghost", "d1", 100).await.unwrap(),
+        "not registered"
+    );
+    store.register_cluster("c1", &BTreeMap::new(), 1).await.unwrap();
+    assert!(store.put_join_token("c1", "d1", 100).await.unwrap());
+    assert_eq!(
+        store.take_join_token("c1", "wrong", 10).await.unwrap(),
+        TokenUse::Unknown
+    );
+    assert_eq!(store.take_join_token("c1", "d1", 10).await.unwrap(), TokenUse::Accepted);
+    assert_eq!(
+        store.take_join_token("c1", "d1", 10).await.unwrap(),
+        TokenUse::Unknown,
+        "works once"
+    );
+    // A newer token replaces the older one.
+    store.put_join_token("c1", "d2", 100).await.unwrap();
+    store.put_join_token("c1", "d3", 100).await.unwrap();
+    assert_eq!(store.take_join_token("c1", "d2", 10).await.unwrap(), TokenUse::Unknown);
+    assert_eq!(store.take_join_token("c1", "d3", 100).await.unwrap(), TokenUse::Expired);
+    assert_eq!(
+        store.take_join_token("c1", "d3", 10).await.unwrap(),
+        TokenUse::Unknown,
+        "an expired one is gone"
+    );
+    // Removing the cluster removes its token.
+    store.put_join_token("c1", "d4", 100).await.unwrap();
+    store.remove_cluster("c1", 20).await.unwrap();
+    store.register_cluster("c1", &BTreeMap::new(), 30).await.unwrap();
+    assert_eq!(store.take_join_token("c1", "d4", 40).await.unwrap(), TokenUse::Unknown);
 }
 
 async fn revisions_record_their_author(backend: Backend) {

@@ -89,6 +89,13 @@ standalone: false
 hub: {address: "http://127.0.0.1:8443", insecureDevPlaintext: true}
 "#;
 
+/// Connected to a hub by a join token: nothing but the token's Secret installed by hand.
+pub(crate) const JOINED_HUB: &str = r#"
+standalone: false
+hub: {address: "https://hub.example.com:8443", joinTokenSecret: prod-eu-1-join, identitySecret: spoke-identity}
+cluster: {id: prod-eu-1}
+"#;
+
 /// A platform that brings its own identity and RBAC.
 pub(crate) const EXISTING_IDENTITY: &str = r#"
 rbac: {create: false}
@@ -306,9 +313,22 @@ pub(crate) fn assert_least_privilege(chart: &Rendered) {
             let verbs = strings(&rule["verbs"]);
             let resources = strings(&rule["resources"]);
             assert!(
-                !resources.iter().any(|r| r == "secrets" || r.contains('/')),
-                "{name}: no secrets, no subresources: {rule}"
+                !resources.iter().any(|r| r.contains('/')),
+                "{name}: no subresources: {rule}"
             );
+            if resources.iter().any(|r| r == "secrets") {
+                // A joined spoke's own identity Secret, by name, in its namespace: nothing else of Secrets.
+                assert_eq!(resources, ["secrets"], "{name}: {rule}");
+                assert_eq!(
+                    strings(&rule["resourceNames"]).len(),
+                    1,
+                    "{name}: one Secret by name: {rule}"
+                );
+                assert_eq!(
+                    role["kind"], "Role",
+                    "{name}: Secrets only in the spoke's namespace: {rule}"
+                );
+            }
             if verbs.iter().any(|v| writes.contains(&v.as_str())) {
                 assert!(
                     resources.iter().all(|r| [
@@ -316,11 +336,12 @@ pub(crate) fn assert_least_privilege(chart: &Rendered) {
                         "adminnetworkpolicies",
                         "events",
                         "configmaps",
-                        "agentruntimes"
+                        "agentruntimes",
+                        "secrets"
                     ]
                     .contains(&r.as_str())),
-                    "{name}: writes beyond (Admin)NetworkPolicies, Events, the intent ConfigMap and AgentRuntime \
-                     annotations: {rule}"
+                    "{name}: writes beyond (Admin)NetworkPolicies, Events, the intent ConfigMap, AgentRuntime \
+                     annotations and a joined spoke's identity Secret: {rule}"
                 );
                 if resources.contains(&"configmaps".to_string()) {
                     assert_eq!(
@@ -332,8 +353,10 @@ pub(crate) fn assert_least_privilege(chart: &Rendered) {
             }
             if verbs.contains(&"get".to_string()) {
                 assert!(
-                    resources == ["configmaps"] || resources == ["customresourcedefinitions"],
-                    "{name}: the spoke never GETs but its intent and the AgentRuntime CRD: {rule}"
+                    resources == ["configmaps"]
+                        || resources == ["customresourcedefinitions"]
+                        || resources == ["secrets"],
+                    "{name}: the spoke never GETs but its intent, its identity Secret and the AgentRuntime CRD: {rule}"
                 );
                 assert_eq!(
                     strings(&rule["resourceNames"]).len(),
@@ -374,10 +397,12 @@ pub(crate) fn service_account_user() -> String {
 
 /// Where the Deployment mounts the hub TLS Secret.
 pub(crate) const HUB_TLS_MOUNT: &str = "/etc/tollgate/hub-tls";
+/// Where the Deployment mounts the join token Secret.
+pub(crate) const JOIN_MOUNT: &str = "/etc/tollgate/join";
 
 /// The real spoke with the chart's Deployment arguments (health on a free loopback port instead of 0.0.0.0:9464,
-/// the hub TLS Secret's files from `dir/hub-tls` instead of its mount) and a kubeconfig holding the ServiceAccount
-/// token: what the pod runs, minus the pod.
+/// the hub TLS and join token Secrets' files from `dir/hub-tls` and `dir/join` instead of their mounts) and a
+/// kubeconfig holding the ServiceAccount token: what the pod runs, minus the pod.
 pub(crate) fn spawn_as_chart(cluster: &Cluster, chart: &Rendered, token: &str, dir: &Path) -> Result<Spoke> {
     let kubeconfig = dir.join("spoke.kubeconfig");
     std::fs::write(
@@ -386,10 +411,11 @@ pub(crate) fn spawn_as_chart(cluster: &Cluster, chart: &Rendered, token: &str, d
     )?;
     let port = free_port()?;
     let hub_tls = dir.join("hub-tls").display().to_string();
+    let join = dir.join("join").display().to_string();
     let mut args: Vec<String> = chart
         .args()
         .iter()
-        .map(|a| a.replace(HUB_TLS_MOUNT, &hub_tls))
+        .map(|a| a.replace(HUB_TLS_MOUNT, &hub_tls).replace(JOIN_MOUNT, &join))
         .collect();
     let metrics = args
         .iter_mut()

@@ -169,3 +169,60 @@ spec:
     assert!(!log.contains("forbidden"), "a permission is missing:\n{log}");
     Ok(())
 }
+
+/// Installed with a join token Secret and nothing else by hand: the chart's ServiceAccount joins, keeps its identity
+/// in its one Secret, and may read no other Secret (the token comes from the mounted file).
+#[tokio::test]
+async fn a_spoke_installed_with_a_join_token_joins_with_the_charts_identity() -> Result<()> {
+    let cp = rbac_cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    tollgate_e2e::hub::issue_certificates(&certs, &[])?;
+    let key = certs.join("ca-key.pem").display().to_string();
+    let hub = tollgate_e2e::hub::HubServer::start_with(dir.path(), &certs, &["--client-ca-key", &key]).await?;
+    let printed = hub.cli_ok(&["clusters", "add", cluster.name(), "--labels", "env=prod"])?;
+    let token = printed.lines().last().unwrap_or_default().to_string();
+    let values = format!(
+        "standalone: false\nhub: {{address: \"{}\", joinTokenSecret: join}}\ncluster: {{id: {}}}",
+        hub.url(),
+        cluster.name()
+    );
+    let chart = install(cluster, &[DEBUG_LOGS, &values]).await?;
+    assert!(!chart.flags().contains_key("tls-cert"), "{:?}", chart.flags());
+    // The token Secret as an admin creates it; the pod would mount it.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(cluster.client(), RELEASE_NS);
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "join"}, "stringData": {"token": token}}))?,
+        )
+        .await?;
+    std::fs::create_dir_all(dir.path().join("join"))?;
+    std::fs::write(dir.path().join("join/token"), &token)?;
+
+    let service_account = service_account_token(cluster).await?;
+    let as_spoke = cluster.client_for_token(&service_account).await?;
+    let own: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(as_spoke, RELEASE_NS);
+    let refused = own.get("join").await.unwrap_err();
+    assert!(refused.to_string().contains("forbidden"), "{refused}");
+
+    let spoke = spawn_as_chart(cluster, &chart, &service_account, dir.path())?;
+    spoke.wait_ready().await?;
+    wait_until("the hub shows the cluster connected", WAIT, || async {
+        let rows: serde_json::Value =
+            serde_json::from_str(&hub.cli_ok(&["clusters", "list", "-o", "json"]).unwrap_or_default())
+                .unwrap_or_default();
+        rows[0]["connected"] == true
+    })
+    .await
+    .map_err(|e| e.context(spoke.log()))?;
+    let kept = own.get("tollgate-spoke-identity").await?;
+    let data = kept.data.unwrap_or_default();
+    assert!(
+        ["ca.crt", "tls.crt", "tls.key"].iter().all(|k| data.contains_key(*k)),
+        "{:?}",
+        data.keys()
+    );
+    Ok(())
+}

@@ -351,6 +351,34 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
     }
     assert!(dev.pod().get("volumes").is_none());
 
+    // Joined with a token: the token Secret mounted optionally, the identity Secret the only one it may touch.
+    let joined = Rendered::new(RELEASE, RELEASE_NS, &[JOINED_HUB])?;
+    let flags = joined.flags();
+    assert_eq!(flags["join-token-file"], "/etc/tollgate/join/token");
+    assert_eq!(flags["identity-secret"], "spoke-identity");
+    for absent in ["standalone", "hub-ca", "tls-cert", "tls-key"] {
+        assert!(!flags.contains_key(absent), "--{absent} in {flags:?}");
+    }
+    assert_eq!(
+        joined.pod()["volumes"],
+        json!([{"name": "join-token", "secret": {"secretName": "prod-eu-1-join", "optional": true}}])
+    );
+    assert_eq!(
+        joined.container()["volumeMounts"],
+        json!([{"name": "join-token", "mountPath": "/etc/tollgate/join", "readOnly": true}])
+    );
+    let role = joined.get("Role", RELEASE_NS, &format!("{RELEASE}-intent"));
+    assert!(
+        role["rules"].as_array().unwrap().contains(&json!({
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["spoke-identity"],
+            "verbs": ["get", "create", "patch"],
+        })),
+        "{role:#}"
+    );
+    assert_least_privilege(&joined);
+
     // Own identity and RBAC: only the Deployment.
     let existing = Rendered::new("existing", "platform", &[EXISTING_IDENTITY])?;
     assert_eq!(
@@ -395,7 +423,7 @@ fn value_sets_reach_the_right_flags_and_objects() -> Result<()> {
         .filter(|f| !f.is_empty() && !["help", "version", "kubeconfig"].contains(&f.as_str()))
         .collect();
     assert!(spoke_flags.len() >= 15, "{spoke_flags:?} parsed from:\n{help}");
-    let rendered: BTreeSet<String> = [&ocp, &custom, &dev, &Rendered::new(RELEASE, RELEASE_NS, &[])?]
+    let rendered: BTreeSet<String> = [&ocp, &custom, &dev, &joined, &Rendered::new(RELEASE, RELEASE_NS, &[])?]
         .iter()
         .flat_map(|c| c.flags().into_keys())
         .collect();
@@ -417,7 +445,11 @@ fn invalid_values_are_refused_with_a_reason() -> Result<()> {
         ),
         (
             "standalone: false\nhub: {address: https://hub:8443}",
-            "hub.address needs hub.tls.secretName",
+            "hub.address needs hub.joinTokenSecret or hub.tls.secretName",
+        ),
+        (
+            "standalone: false\nhub: {address: https://hub:8443, joinTokenSecret: j, tls: {secretName: s}}",
+            "hub.joinTokenSecret excludes hub.tls.secretName",
         ),
         (
             "standalone: false\nhub: {address: http://127.0.0.1:1, insecureDevPlaintext: true, tls: {secretName: s}}",

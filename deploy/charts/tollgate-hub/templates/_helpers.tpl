@@ -75,6 +75,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.admins }}
 - {{ printf "--admin=%s" . | quote }}
 {{- end }}
+{{- if .Values.signing.caKeySecretName }}
+- "--client-ca-key=/etc/tollgate/client-ca-key/tls.key"
+- {{ printf "--spoke-cert-ttl=%s" (toString .Values.signing.spokeCertTtl) | quote }}
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ toString . | quote }}
 {{- end }}

@@ -87,11 +87,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (not .Values.standalone) (not .Values.hub.address) }}
 {{- fail "set hub.address (https://host:port) or standalone: true" }}
 {{- end }}
-{{- if and .Values.hub.address (not .Values.hub.tls.secretName) (not .Values.hub.insecureDevPlaintext) }}
-{{- fail "hub.address needs hub.tls.secretName: the hub accepts spokes over mTLS only" }}
+{{- if and .Values.hub.address (not .Values.hub.tls.secretName) (not .Values.hub.joinTokenSecret) (not .Values.hub.insecureDevPlaintext) }}
+{{- fail "hub.address needs hub.joinTokenSecret or hub.tls.secretName: the hub accepts spokes over mTLS only" }}
 {{- end }}
-{{- if and .Values.hub.insecureDevPlaintext .Values.hub.tls.secretName }}
-{{- fail "hub.insecureDevPlaintext excludes hub.tls.secretName" }}
+{{- if and .Values.hub.joinTokenSecret .Values.hub.tls.secretName }}
+{{- fail "hub.joinTokenSecret excludes hub.tls.secretName: a joined spoke's certificate comes from the hub" }}
+{{- end }}
+{{- if and .Values.hub.insecureDevPlaintext (or .Values.hub.tls.secretName .Values.hub.joinTokenSecret) }}
+{{- fail "hub.insecureDevPlaintext excludes hub.tls.secretName and hub.joinTokenSecret" }}
 {{- end }}
 {{- if and .Values.hub.insecureDevPlaintext (not .Values.hub.address) }}
 {{- fail "hub.insecureDevPlaintext needs hub.address" }}
@@ -117,6 +120,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - "--hub-ca=/etc/tollgate/hub-tls/ca.crt"
 - "--tls-cert=/etc/tollgate/hub-tls/tls.crt"
 - "--tls-key=/etc/tollgate/hub-tls/tls.key"
+{{- end }}
+{{- if and .Values.hub.address .Values.hub.joinTokenSecret }}
+- "--join-token-file=/etc/tollgate/join/token"
+- {{ printf "--identity-secret=%s" (required "hub.identitySecret is required with hub.joinTokenSecret" .Values.hub.identitySecret) | quote }}
 {{- end }}
 {{- with .Values.hub.tls.serverName }}
 - {{ printf "--hub-tls-server-name=%s" . | quote }}
