@@ -606,6 +606,41 @@ async fn a_join_token_works_once_and_only_join_is_served_without_a_certificate()
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
 }
 
+/// A removal made through another replica, followed at once by a new registration of the same id, still closes
+/// this replica's stream of the revoked certificate within a heartbeat: the registry check compares the stream's
+/// certificate with the removal time, not only whether the id is registered.
+#[tokio::test]
+async fn a_stream_of_a_revoked_certificate_closes_even_if_the_id_is_registered_again_elsewhere() {
+    let hub = start(Duration::from_secs(1)).await;
+    let mut prod = FakeSpoke::connect(&hub, "spoke-prod-eu", "prod-eu", &[], 0)
+        .await
+        .unwrap();
+    prod.intent().await.unwrap();
+    // What another replica does: remove and re-register in the shared store, without this replica's sessions.
+    let store = hub.hub.store();
+    let now = tollgate_process::unix_millis();
+    assert!(store.remove_cluster("prod-eu", now).await.unwrap());
+    assert!(
+        store
+            .register_cluster("prod-eu", &Default::default(), now + 1)
+            .await
+            .unwrap()
+    );
+    let ended = tokio::time::timeout(Duration::from_millis(2_500), async {
+        loop {
+            match prod.inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("closed within a heartbeat (before the heartbeat timeout)");
+    let status = ended.expect("closed with a status");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
 /// A renewed hub certificate on disk is served to new handshakes without a restart; connections already open keep
 /// working. A new client CA likewise: certificates of the old one are refused from then on.
 #[tokio::test]

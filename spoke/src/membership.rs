@@ -140,7 +140,7 @@ impl ServerCertVerifier for PinnedCa {
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?
-            .verify_server_cert(end_entity, &[], server_name, ocsp, now)
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
     }
 
     fn verify_tls12_signature(
@@ -457,6 +457,73 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(sans, ["URI(tollgate://cluster/prod-eu)"]);
+    }
+
+    /// The pin may name the root of a longer chain: the hub's certificate is verified through the intermediates it
+    /// presents, up to the pinned CA alone.
+    #[test]
+    fn the_pinned_ca_anchors_a_chain_through_intermediates_and_nothing_else() {
+        use rcgen::{BasicConstraints, IsCa, Issuer};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root = ca("root").self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(ca("root"), root_key);
+        let middle_key = KeyPair::generate().unwrap();
+        let middle = ca("middle").signed_by(&middle_key, &root_issuer).unwrap();
+        let middle_issuer = Issuer::new(ca("middle"), middle_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &middle_issuer)
+            .unwrap();
+        let verify = |pin: &str, intermediates: &[CertificateDer<'_>]| {
+            PinnedCa {
+                pin: pin.to_string(),
+                provider: Arc::new(rustls::crypto::ring::default_provider()),
+            }
+            .verify_server_cert(
+                leaf.der(),
+                intermediates,
+                &ServerName::try_from("localhost").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+        };
+        let chain = [middle.der().clone(), root.der().clone()];
+        assert!(verify(&sha256_hex(root.der()), &chain).is_ok());
+        assert!(
+            verify(&sha256_hex(middle.der()), &chain).is_ok(),
+            "an intermediate may be pinned too"
+        );
+        let refused = verify(&"0".repeat(64), &chain).unwrap_err();
+        assert!(
+            refused.to_string().contains("presents no CA with the join token's pin"),
+            "{refused}"
+        );
+        // The pinned root without the intermediate that links it to the leaf is no path.
+        assert!(verify(&sha256_hex(root.der()), &[root.der().clone()]).is_err());
+        // A leaf for another name, under the pinned CA, is refused by name.
+        let other = CertificateParams::new(vec!["elsewhere.example".to_string()])
+            .unwrap()
+            .signed_by(&KeyPair::generate().unwrap(), &middle_issuer)
+            .unwrap();
+        let wrong_name = PinnedCa {
+            pin: sha256_hex(root.der()),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+        .verify_server_cert(
+            other.der(),
+            &chain,
+            &ServerName::try_from("localhost").unwrap(),
+            &[],
+            UnixTime::now(),
+        );
+        assert!(wrong_name.is_err());
     }
 
     #[test]

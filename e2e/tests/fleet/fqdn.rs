@@ -72,22 +72,38 @@ async fn one_name_becomes_each_clusters_own_addresses() -> anyhow::Result<()> {
     assert!(header.contains("NAMES"), "{shown}");
     let search = shown.lines().find(|l| l.contains("search")).unwrap_or_default();
     assert!(search.contains(NAME), "{shown}");
-    let one = fleet
-        .cli_ok(&["status", "--cluster", "prod-west", "--agent", "team-a/search"])
-        .await?;
+    // The addresses come with the cluster's facts, which may reach the hub after its inventory.
+    let mut one = String::new();
+    for _ in 0..50 {
+        one = fleet
+            .cli_ok(&["status", "--cluster", "prod-west", "--agent", "team-a/search"])
+            .await?;
+        if one.contains("203.0.113.2") && one.contains("2001:db8::2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(one.contains("203.0.113.2") && one.contains("2001:db8::2"), "{one}");
     assert!(one.contains("answered"), "{one}");
-    let yaml = fleet
-        .cli_ok(&[
-            "status",
-            "--cluster",
-            "prod-east",
-            "--agent",
-            "team-a/search",
-            "-o",
-            "yaml",
-        ])
-        .await?;
+    // prod-east's inventory reaches the hub on its own schedule: wait for it as for prod-west's above.
+    let mut yaml = String::new();
+    for _ in 0..50 {
+        yaml = fleet
+            .cli_ok(&[
+                "status",
+                "--cluster",
+                "prod-east",
+                "--agent",
+                "team-a/search",
+                "-o",
+                "yaml",
+            ])
+            .await?;
+        if yaml.contains("address: 203.0.113.1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(yaml.contains("address: 203.0.113.1"), "{yaml}");
     assert!(!yaml.contains("203.0.113.2"), "{yaml}");
     let missing = fleet

@@ -12,17 +12,26 @@ use crate::membership::Signer;
 use crate::state::Hub;
 use crate::store::{Store, TokenUse};
 
+/// Joins served at once; more are told to come back (anyone may call `Join`, and each one is a store write).
+const CONCURRENT_JOINS: usize = 8;
+
 #[derive(Debug)]
 pub struct MembershipService<S> {
     hub: Arc<Hub<S>>,
     /// `None`: the hub signs no certificate (no `--client-ca-key`).
     signer: Option<Arc<Signer>>,
     plaintext: bool,
+    joins: tokio::sync::Semaphore,
 }
 
 impl<S: Store> MembershipService<S> {
     pub fn new(hub: Arc<Hub<S>>, signer: Option<Arc<Signer>>, plaintext: bool) -> Self {
-        Self { hub, signer, plaintext }
+        Self {
+            hub,
+            signer,
+            plaintext,
+            joins: tokio::sync::Semaphore::new(CONCURRENT_JOINS),
+        }
     }
 
     fn signer(&self) -> Result<&Signer, Status> {
@@ -39,6 +48,10 @@ impl<S: Store> MembershipService<S> {
 impl<S: Store> pb::membership_server::Membership for MembershipService<S> {
     async fn join(&self, request: Request<pb::JoinRequest>) -> Result<Response<pb::IssuedCertificate>, Status> {
         let signer = self.signer()?;
+        let _permit = self
+            .joins
+            .try_acquire()
+            .map_err(|_| Status::resource_exhausted("too many joins at once: retry shortly"))?;
         let pb::JoinRequest {
             cluster_id,
             token_secret,
@@ -78,6 +91,9 @@ impl<S: Store> pb::membership_server::Membership for MembershipService<S> {
         let PeerIdentity::Cluster(cluster_id) = certificate.identity else {
             return Err(Status::permission_denied("only a cluster's certificate can be renewed"));
         };
+        // Read before the registration: a removal committed after the check revokes what is signed below, whose
+        // validity starts at this time.
+        let now = tollgate_process::unix_millis();
         let registration = self
             .hub
             .store()
@@ -93,7 +109,6 @@ impl<S: Store> pb::membership_server::Membership for MembershipService<S> {
                 "this certificate of cluster {cluster_id:?} was revoked when the cluster was removed"
             )));
         }
-        let now = tollgate_process::unix_millis();
         let issued = signer
             .issue(&cluster_id, &request.into_inner().csr_pem, now)
             .map_err(Status::invalid_argument)?;

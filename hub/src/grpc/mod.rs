@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tollgate_proto::v1::admin_server::AdminServer;
 use tollgate_proto::v1::membership_server::MembershipServer;
 use tollgate_proto::v1::spoke_sync_server::SpokeSyncServer;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
@@ -115,21 +116,25 @@ pub async fn serve<S: Store>(
     );
     let membership = MembershipService::new(hub.clone(), options.signer.clone(), plaintext);
     let router = builder
-        .add_service(
+        // Spokes and admins must present a certificate: refused from the request's headers, before its body is read
+        // (a hub that signs lets handshakes without one through, for `Membership.Join`).
+        .add_service(InterceptedService::new(
             SpokeSyncServer::new(spoke)
                 .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
                 .max_encoding_message_size(tollgate_proto::MAX_INTENT_MESSAGE_BYTES),
-        )
+            move |request| require_certificate(request, plaintext),
+        ))
         .add_service(
             MembershipServer::new(membership)
-                .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
-                .max_encoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES),
+                .max_decoding_message_size(MAX_MEMBERSHIP_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MEMBERSHIP_MESSAGE_BYTES),
         )
-        .add_service(
+        .add_service(InterceptedService::new(
             AdminServer::new(admin)
                 .max_decoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES)
                 .max_encoding_message_size(tollgate_proto::MAX_HUB_INBOUND_MESSAGE_BYTES),
-        );
+            move |request| require_certificate(request, plaintext),
+        ));
     let served = match tls {
         Some(tls) => {
             let config = tls.server_config()?;
@@ -153,6 +158,26 @@ pub async fn serve<S: Store>(
         tracing::warn!(%error, "Could not record the last spoke reports");
     }
     served
+}
+
+/// The largest `Membership` message either way: a join or renewal request (a token secret and a CSR of well under
+/// 2 KiB) and its answer (two certificates). Anyone may call `Join` without a certificate, so it reads little.
+pub const MAX_MEMBERSHIP_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Lets a request through only with a client certificate (or in plaintext mode): decided on its headers, before
+/// tonic reads and decodes its body.
+#[allow(clippy::result_large_err)]
+fn require_certificate(request: Request<()>, plaintext: bool) -> Result<Request<()>, Status> {
+    let presented = request
+        .extensions()
+        .get::<tls::PeerCertificates>()
+        .and_then(|certs| certs.0.as_ref())
+        .is_some_and(|certs| !certs.is_empty());
+    if plaintext || presented {
+        Ok(request)
+    } else {
+        Err(Status::unauthenticated("a client certificate is required"))
+    }
 }
 
 /// The caller's client certificate: its Tollgate identity and validity. `Ok(None)` only in plaintext mode.
@@ -204,6 +229,32 @@ mod tests {
     use tonic::Code;
 
     use super::*;
+
+    /// Spokes' and admins' requests without a client certificate are refused on their headers (a signing hub lets
+    /// certificate-less handshakes through for joins); plaintext development mode has no certificates at all.
+    #[test]
+    fn requests_without_a_certificate_are_refused_before_their_body() {
+        let with = |certs: Option<Vec<rustls::pki_types::CertificateDer<'static>>>| {
+            let mut request = Request::new(());
+            request
+                .extensions_mut()
+                .insert(tls::PeerCertificates(certs.map(Arc::new)));
+            request
+        };
+        let refused = require_certificate(with(None), false).unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        assert!(
+            require_certificate(with(Some(Vec::new())), false).is_err(),
+            "an empty chain"
+        );
+        assert!(
+            require_certificate(Request::new(()), false).is_err(),
+            "no connection info at all"
+        );
+        let der = rustls::pki_types::CertificateDer::from(vec![1, 2, 3]);
+        assert!(require_certificate(with(Some(vec![der])), false).is_ok());
+        assert!(require_certificate(Request::new(()), true).is_ok(), "plaintext");
+    }
 
     #[test]
     fn store_errors_map_to_one_status_code_each() {

@@ -66,6 +66,8 @@ enum Control {
 struct Session {
     id: u64,
     labels: BTreeMap<String, String>,
+    /// When the client certificate of the stream became valid (`None`: plaintext): a removal revokes it.
+    certificate_not_before_unix_millis: Option<i64>,
     connected_unix_millis: i64,
     applied_revision: u64,
     control: mpsc::UnboundedSender<Control>,
@@ -142,22 +144,32 @@ impl Sessions {
         }
     }
 
-    /// Brings this replica's streams in line with the registry: streams of clusters no longer registered are
-    /// closed, streams whose labels changed select their documents again (changes made through another replica,
-    /// or a hello that raced a removal).
+    /// Brings this replica's streams in line with the registry: streams of clusters no longer registered, or whose
+    /// certificate a removal revoked (the cluster since registered again), are closed; streams whose labels changed
+    /// select their documents again (changes made through another replica, or a hello that raced a removal).
     pub fn reconcile_registry(&self, registrations: &[Registration]) {
-        let registered: HashMap<&str, &BTreeMap<String, String>> =
-            registrations.iter().map(|r| (r.id.as_str(), &r.labels)).collect();
-        let ids: Vec<String> = self.inner.iter().map(|entry| entry.key().clone()).collect();
-        for id in ids {
+        let registered: HashMap<&str, &Registration> = registrations.iter().map(|r| (r.id.as_str(), r)).collect();
+        let streams: Vec<(String, Option<i64>)> = self
+            .inner
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.certificate_not_before_unix_millis))
+            .collect();
+        for (id, not_before) in streams {
             match registered.get(id.as_str()) {
                 None => {
                     if self.revoke(&id) {
                         tracing::warn!(cluster = %id, "Closed the stream of a cluster that is no longer registered");
                     }
                 }
-                Some(labels) => {
-                    self.relabel(&id, labels);
+                Some(registration)
+                    if not_before.is_some_and(|t| t <= registration.refuse_certificates_before_unix_millis) =>
+                {
+                    if self.revoke(&id) {
+                        tracing::warn!(cluster = %id, "Closed a stream whose certificate a removal revoked");
+                    }
+                }
+                Some(registration) => {
+                    self.relabel(&id, &registration.labels);
                 }
             }
         }
@@ -213,6 +225,7 @@ impl Sessions {
         &self,
         cluster: &str,
         labels: BTreeMap<String, String>,
+        certificate_not_before_unix_millis: Option<i64>,
         applied_revision: u64,
         now: i64,
     ) -> (u64, mpsc::UnboundedReceiver<Control>) {
@@ -224,6 +237,7 @@ impl Sessions {
             Session {
                 id,
                 labels,
+                certificate_not_before_unix_millis,
                 connected_unix_millis: now,
                 applied_revision,
                 control,
@@ -385,9 +399,13 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         {
             tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
         }
-        let (id, control) = self
-            .sessions
-            .register(&cluster, labels.clone(), hello.last_applied_revision, now);
+        let (id, control) = self.sessions.register(
+            &cluster,
+            labels.clone(),
+            certificate.as_ref().map(|c| c.not_before_unix_millis),
+            hello.last_applied_revision,
+            now,
+        );
         tracing::info!(
             cluster = %cluster,
             revision = snapshot.revision,

@@ -560,6 +560,13 @@ impl Store for SqliteStore {
     ) -> Result<TokenUse, StoreError> {
         let (id, digest) = (id.to_string(), secret_sha256.to_string());
         self.run(move |connection| {
+            // A wrong secret (anyone may try one) reads without taking the write lock.
+            let known = connection
+                .prepare_cached("SELECT 1 FROM join_tokens WHERE cluster_id = ?1 AND secret_sha256 = ?2")?
+                .exists(params![id, digest])?;
+            if !known {
+                return Ok(TokenUse::Unknown);
+            }
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let expires: Option<i64> = tx
                 .query_row(
