@@ -324,27 +324,7 @@ impl Fleet {
             hub.kill();
         }
         let (port, metrics_port) = self.hub_ports[replica];
-        let certs = self.certs_dir();
-        let path = |name: &str| certs.join(name).display().to_string();
-        let mut args = vec![
-            "serve".to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--data-dir".into(),
-            self.dir.path().join("hub-data").display().to_string(),
-            "--tls-cert".into(),
-            path("hub.pem"),
-            "--tls-key".into(),
-            path("hub-key.pem"),
-            "--client-ca".into(),
-            path("ca.pem"),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{metrics_port}"),
-            "--heartbeat-seconds".into(),
-            "1".into(),
-            "--admin".into(),
-            crate::fixtures::ADMIN.into(),
-        ];
+        let mut args = crate::hub::serve_args(port, metrics_port, &self.hub_data_dir(), &self.certs_dir());
         if let Some(url) = &self.store_url {
             args.extend([
                 "--store".into(),
@@ -577,11 +557,7 @@ impl Fleet {
             .output()
             .await
             .with_context(|| format!("running tollgate-hub {args:?}"))?;
-        Ok(CliOutput {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+        Ok(output.into())
     }
 
     /// [`Self::cli`] that must succeed: its standard output.

@@ -21,17 +21,48 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for CliOutput {
+    fn from(output: std::process::Output) -> Self {
+        Self {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs `tollgate-hub ARGS` (any command; no connection flags added).
 pub fn hub_command(args: &[&str]) -> Result<CliOutput> {
     let output = Command::new(binary("tollgate-hub")?)
         .args(args)
         .output()
         .with_context(|| format!("running tollgate-hub {args:?}"))?;
-    Ok(CliOutput {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    Ok(output.into())
+}
+
+/// The arguments of `tollgate-hub serve` as the tests run it: mTLS with the certificates of [`issue_certificates`]
+/// in `certs`, the embedded store in `data_dir`, 1 s heartbeats and the default admin on the admin list.
+pub fn serve_args(port: u16, metrics_port: u16, data_dir: &Path, certs: &Path) -> Vec<String> {
+    let path = |name: &str| certs.join(name).display().to_string();
+    vec![
+        "serve".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--tls-cert".into(),
+        path("hub.pem"),
+        "--tls-key".into(),
+        path("hub-key.pem"),
+        "--client-ca".into(),
+        path("ca.pem"),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{metrics_port}"),
+        "--heartbeat-seconds".into(),
+        "1".into(),
+        "--admin".into(),
+        ADMIN.into(),
+    ]
 }
 
 /// A CA with the hub's (for `localhost` and 127.0.0.1), the default admin's and these clusters' certificates, made by
@@ -91,26 +122,7 @@ impl HubServer {
     /// Starts the hub again (killing it first if it runs) on the same ports and store.
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        let path = |name: &str| self.certs.join(name).display().to_string();
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", self.port),
-            "--data-dir".into(),
-            self.dir.join("hub-data").display().to_string(),
-            "--tls-cert".into(),
-            path("hub.pem"),
-            "--tls-key".into(),
-            path("hub-key.pem"),
-            "--client-ca".into(),
-            path("ca.pem"),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{}", self.metrics_port),
-            "--heartbeat-seconds".into(),
-            "1".into(),
-            "--admin".into(),
-            ADMIN.into(),
-        ];
+        let mut args = serve_args(self.port, self.metrics_port, &self.data_dir(), &self.certs);
         args.extend(self.extra.iter().cloned());
         self.starts += 1;
         let log = self.dir.join(format!("hub.{}.log", self.starts));
@@ -163,11 +175,26 @@ impl HubServer {
             .args(admin_flags(&self.url(), &self.certs))
             .output()
             .with_context(|| format!("running tollgate-hub {args:?}"))?;
-        Ok(CliOutput {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+        Ok(output.into())
+    }
+
+    /// Waits until `clusters list` shows cluster `id` connected.
+    pub async fn wait_connected(&self, id: &str) -> Result<()> {
+        wait_until(
+            format!("the hub shows cluster {id} connected"),
+            START_TIMEOUT,
+            || async {
+                let listed: serde_json::Value = self
+                    .cli_ok(&["clusters", "list", "-o", "json"])
+                    .ok()
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default();
+                listed
+                    .as_array()
+                    .is_some_and(|rows| rows.iter().any(|r| r["cluster"] == id && r["connected"] == true))
+            },
+        )
+        .await
     }
 
     /// [`Self::cli`] that must succeed: its standard output.

@@ -241,6 +241,21 @@ impl FakeSpoke {
         Ok(Self { tx, inbound })
     }
 
+    /// How the stream ended, if it ends within `within` (`Some(None)`: closed without a status).
+    async fn end(&mut self, within: Duration) -> Option<Option<tonic::Status>> {
+        tokio::time::timeout(within, async {
+            loop {
+                match self.inbound.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(status) => return Some(status),
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
     /// The next intent revision, skipping heartbeats.
     async fn intent(&mut self) -> Result<pb::IntentRevision, tonic::Status> {
         loop {
@@ -626,17 +641,10 @@ async fn a_stream_of_a_revoked_certificate_closes_even_if_the_id_is_registered_a
             .await
             .unwrap()
     );
-    let ended = tokio::time::timeout(Duration::from_millis(2_500), async {
-        loop {
-            match prod.inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status),
-            }
-        }
-    })
-    .await
-    .expect("closed within a heartbeat (before the heartbeat timeout)");
+    let ended = prod
+        .end(Duration::from_millis(2_500))
+        .await
+        .expect("closed within a heartbeat (before the heartbeat timeout)");
     let status = ended.expect("closed with a status");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 }
@@ -930,17 +938,7 @@ async fn removing_a_cluster_closes_its_stream_and_revokes_its_certificates() {
         .unwrap()
         .into_inner();
     assert!(removed.disconnected);
-    let ended = tokio::time::timeout(WAIT, async {
-        loop {
-            match prod.inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status),
-            }
-        }
-    })
-    .await
-    .expect("the stream closed");
+    let ended = prod.end(WAIT).await.expect("the stream closed");
     let status = ended.expect("closed with a status");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let fleet = hub
@@ -1158,16 +1156,7 @@ async fn a_second_stream_of_a_cluster_replaces_the_first() {
         .await
         .unwrap();
     second.intent().await.unwrap();
-    let ended = tokio::time::timeout(WAIT, async {
-        loop {
-            match first.inbound.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return,
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the first stream is still open");
+    assert!(first.end(WAIT).await.is_some(), "the first stream is still open");
     hub.apply(&policy("llm", "prod", "104.18.0.0/16")).await.unwrap();
     assert_eq!(
         second.intent().await.unwrap().revision,

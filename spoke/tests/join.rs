@@ -93,14 +93,9 @@ async fn a_spoke_joins_with_a_token_keeps_its_key_and_restarts_without_the_token
     // The real token (which the refusal above did not use up): the spoke joins.
     std::fs::write(&token_file, token.to_string())?;
     let spoke = spawn_joining(cluster, &hub, &token_file, dir.path())?;
-    wait_until("the hub shows the cluster connected", WAIT, || async {
-        let rows: serde_json::Value =
-            serde_json::from_str(&hub.cli_ok(&["clusters", "list", "-o", "json"]).unwrap_or_default())
-                .unwrap_or_default();
-        rows[0]["connected"] == true
-    })
-    .await
-    .map_err(|e| e.context(spoke.log()))?;
+    hub.wait_connected(cluster.name())
+        .await
+        .map_err(|e| e.context(spoke.log()))?;
     spoke.wait_ready().await?;
     assert!(spoke.log().contains("Joined the hub"), "{}", spoke.log());
     let secret = identity(&client).await?.expect("the identity Secret");

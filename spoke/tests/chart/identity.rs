@@ -209,14 +209,9 @@ async fn a_spoke_installed_with_a_join_token_joins_with_the_charts_identity() ->
 
     let spoke = spawn_as_chart(cluster, &chart, &service_account, dir.path())?;
     spoke.wait_ready().await?;
-    wait_until("the hub shows the cluster connected", WAIT, || async {
-        let rows: serde_json::Value =
-            serde_json::from_str(&hub.cli_ok(&["clusters", "list", "-o", "json"]).unwrap_or_default())
-                .unwrap_or_default();
-        rows[0]["connected"] == true
-    })
-    .await
-    .map_err(|e| e.context(spoke.log()))?;
+    hub.wait_connected(cluster.name())
+        .await
+        .map_err(|e| e.context(spoke.log()))?;
     let kept = own.get("tollgate-spoke-identity").await?;
     let data = kept.data.unwrap_or_default();
     assert!(
