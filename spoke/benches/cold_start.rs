@@ -3,8 +3,10 @@
 //! (target: RSS ≤ 50 MiB, CPU ≤ 1% of one core).
 //!
 //! Run with `cargo bench -p tollgate-spoke --bench cold_start` (options after `--`: `--agents N`, `--runs N`,
-//! `--idle-secs N`). The AgentRuntimes are created before the spoke starts and their creation is timed
-//! separately; each run kills the spoke, deletes every managed NetworkPolicy and starts the spoke again.
+//! `--idle-secs N`, and `--churn-per-minute N --churn-secs S` for a card-refresh churn). The AgentRuntimes are
+//! created before the spoke starts and their creation is timed separately; each run kills the spoke, deletes every
+//! managed NetworkPolicy and starts the spoke again. The churn then refreshes verified agents' cards (only
+//! `lastCardFetchTime` moves) with the spoke as it runs by default and, side by side, with `--max-card-age`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,6 +48,10 @@ struct Options {
     agents: usize,
     runs: usize,
     idle_secs: u64,
+    /// `status.card` refreshes per minute (only `lastCardFetchTime` moves, as the agent operator's periodic fetch
+    /// does); 0: no churn measured.
+    churn_per_minute: u64,
+    churn_secs: u64,
 }
 
 impl Options {
@@ -55,6 +61,8 @@ impl Options {
             agents: 1000,
             runs: 3,
             idle_secs: 30,
+            churn_per_minute: 0,
+            churn_secs: 60,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -66,6 +74,8 @@ impl Options {
                 "--agents" => options.agents = value()? as usize,
                 "--runs" => options.runs = value()?.max(1) as usize,
                 "--idle-secs" => options.idle_secs = value()?.max(1),
+                "--churn-per-minute" => options.churn_per_minute = value()?,
+                "--churn-secs" => options.churn_secs = value()?.max(1),
                 _ => {}
             }
         }
@@ -204,7 +214,111 @@ async fn main() -> Result<()> {
     let resync = noop_pass(cluster, &spoke).await?;
     tracker.abort();
     report(&options, setup, &runs, &idle, &resync, &spoke);
+    if options.churn_per_minute > 0 {
+        // Side by side in one run: the spoke as it runs by default (a refresh that only moves the fetch time costs no
+        // pass), then with a maximum card age (the fetch time decides verification, so every refresh is a pass).
+        let window = Duration::from_secs(options.churn_secs);
+        let quiet = churn(&client, &spoke, options.agents, options.churn_per_minute, window, 0).await?;
+        drop(spoke);
+        let aged = Spoke::start_with(cluster, &logs, &["--max-card-age", "3650d"])?;
+        aged.wait_ready().await?;
+        tokio::time::sleep(SETTLE).await;
+        let every = churn(
+            &client,
+            &aged,
+            options.agents,
+            options.churn_per_minute,
+            window,
+            100_000,
+        )
+        .await?;
+        println!();
+        println!(
+            "## Card-refresh churn: {} `lastCardFetchTime` updates per minute for {} s, {} agents",
+            options.churn_per_minute, options.churn_secs, options.agents
+        );
+        println!();
+        println!("| spoke | updates | passes | spoke CPU | % of one core |");
+        println!("|---|---|---|---|---|");
+        for (name, churn) in [
+            ("default (refreshes cost no pass)", &quiet),
+            ("`--max-card-age 3650d`", &every),
+        ] {
+            println!(
+                "| {name} | {} | {} | {:.2} s | {:.2} % |",
+                churn.updates,
+                churn.passes,
+                churn.cpu_seconds,
+                churn.cpu_seconds / churn.window.as_secs_f64() * 100.0
+            );
+        }
+        println!();
+        println!(
+            "reproduce: cargo bench -p tollgate-spoke --bench cold_start -- --agents {} --runs {} --idle-secs {} \
+             --churn-per-minute {} --churn-secs {}",
+            options.agents, options.runs, options.idle_secs, options.churn_per_minute, options.churn_secs
+        );
+    }
     Ok(())
+}
+
+/// What a card-refresh churn cost the spoke.
+#[derive(Debug)]
+struct Churn {
+    window: Duration,
+    updates: u64,
+    passes: u64,
+    cpu_seconds: f64,
+}
+
+/// Refreshes verified agents' cards at `per_minute` (only `lastCardFetchTime` moves) for `window`, and measures the
+/// spoke's passes and CPU meanwhile. `offset` keeps the fetch times of successive calls distinct.
+async fn churn(
+    client: &Client,
+    spoke: &Spoke,
+    agents: usize,
+    per_minute: u64,
+    window: Duration,
+    offset: u64,
+) -> Result<Churn> {
+    let verified: Vec<usize> = (0..agents)
+        .filter(|i| AgentKind::of(*i) != AgentKind::Restricted)
+        .collect();
+    anyhow::ensure!(!verified.is_empty(), "no verified agent to refresh");
+    let metrics_before = spoke.metrics().await?;
+    let cpu_before = cpu_seconds(spoke.pid())?;
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(60) / u32::try_from(per_minute.max(1)).unwrap_or(1));
+    let mut updates = 0u64;
+    while started.elapsed() < window {
+        ticker.tick().await;
+        let index = verified[(updates as usize * 7919) % verified.len()];
+        // Any time of today is fresh under the 10-year maximum age; each update moves it by a second.
+        let second = (offset + updates) % 86_400;
+        let fetched = format!(
+            "2026-12-06T{:02}:{:02}:{:02}Z",
+            second / 3600,
+            second / 60 % 60,
+            second % 60
+        );
+        let api: Api<AgentRuntime> = Api::namespaced(client.clone(), &namespace(index));
+        let status = json!({"status": {"card": {"lastCardFetchTime": fetched}}});
+        api.patch_status(&agent_name(index), &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .with_context(|| format!("refreshing the card of {}", agent_name(index)))?;
+        updates += 1;
+    }
+    let window = started.elapsed();
+    let cpu = cpu_seconds(spoke.pid())? - cpu_before;
+    let metrics_after = spoke.metrics().await?;
+    let passes = (metric(&metrics_after, "tollgate_spoke_reconciles_total").unwrap_or(0.0)
+        - metric(&metrics_before, "tollgate_spoke_reconciles_total").unwrap_or(0.0)) as u64;
+    Ok(Churn {
+        window,
+        updates,
+        passes,
+        cpu_seconds: cpu,
+    })
 }
 
 /// One cluster whose `default/kubernetes` Endpoints the bench owns, with kube-dns, the CRD and the namespaces (as
@@ -378,8 +492,12 @@ struct Spoke {
 
 impl Spoke {
     fn start(cluster: &Cluster, log_dir: &Path) -> Result<Self> {
+        Self::start_with(cluster, log_dir, &[])
+    }
+
+    fn start_with(cluster: &Cluster, log_dir: &Path, extra: &[&str]) -> Result<Self> {
         let metrics_port = free_port()?;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "run".into(),
             "--standalone".into(),
             "--cluster-id".into(),
@@ -391,6 +509,7 @@ impl Spoke {
             "--log-level".into(),
             "info".into(),
         ];
+        args.extend(extra.iter().map(ToString::to_string));
         let log = log_dir.join(format!("spoke-{metrics_port}.log"));
         let process = ChildProcess::spawn(
             "tollgate-spoke",
@@ -399,6 +518,18 @@ impl Spoke {
             &log,
         )?;
         Ok(Self { process, metrics_port })
+    }
+
+    /// Waits until `/readyz` answers 200.
+    async fn wait_ready(&self) -> Result<()> {
+        let started = Instant::now();
+        while !matches!(self.get("/readyz").await, Ok((200, _))) {
+            if started.elapsed() > CONVERGE_TIMEOUT {
+                bail!("the spoke never became ready: {}", log_tail(&self.log_path(), 20));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
     }
 
     /// A plain HTTP GET on the metrics listener: (status, body).

@@ -286,6 +286,32 @@ pub enum ObservedRuntime {
     Malformed(Box<MalformedRuntime>),
 }
 
+impl ObservedRuntime {
+    /// Whether `newer` says nothing new but a later `status.card.lastCardFetchTime`: the agent operator refreshes
+    /// each card periodically, and without a maximum card age the fetch time decides nothing, so such an update
+    /// need not cost a pass. Anything else (spec, labels, annotations, owners, deletion, the rest of the status, a
+    /// malformed object) counts as a change.
+    pub fn differs_only_in_card_fetch_time(&self, newer: &Self) -> bool {
+        let (Self::Valid(old), Self::Valid(new)) = (self, newer) else {
+            return false;
+        };
+        let meta = |runtime: &AgentRuntime| {
+            let mut meta = runtime.metadata.clone();
+            meta.resource_version = None;
+            meta.managed_fields = None;
+            meta
+        };
+        let status = |runtime: &AgentRuntime| {
+            let mut status = runtime.status.clone();
+            if let Some(card) = status.as_mut().and_then(|s| s.card.as_mut()) {
+                card.last_card_fetch_time = None;
+            }
+            status
+        };
+        old.spec == new.spec && meta(old) == meta(new) && status(old) == status(new)
+    }
+}
+
 /// What is known of an `AgentRuntime` that does not parse.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MalformedRuntime {
@@ -390,6 +416,36 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A card refresh (a later fetch time, a new resourceVersion) is no change; anything else is.
+    #[test]
+    fn only_a_later_card_fetch_time_counts_as_no_change() {
+        let runtime = |rv: &str, fetched: &str, transport: &str, label: &str| {
+            serde_json::from_value::<ObservedRuntime>(json!({
+                "apiVersion": "agent.kagenti.dev/v1alpha1",
+                "kind": "AgentRuntime",
+                "metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv, "labels": {"tier": label}},
+                "spec": {"type": "agent", "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "a"}},
+                "status": {"card": {"transportSecurity": transport, "lastCardFetchTime": fetched}},
+            }))
+            .unwrap()
+        };
+        let old = runtime("1", "2026-11-28T12:00:00Z", "mtls", "llm");
+        assert!(old.differs_only_in_card_fetch_time(&runtime("2", "2026-11-28T12:05:00Z", "mtls", "llm")));
+        assert!(!old.differs_only_in_card_fetch_time(&runtime("2", "2026-11-28T12:05:00Z", "http", "llm")));
+        assert!(!old.differs_only_in_card_fetch_time(&runtime("2", "2026-11-28T12:00:00Z", "mtls", "tools")));
+        let malformed = serde_json::from_value::<ObservedRuntime>(json!({
+            "apiVersion": "agent.kagenti.dev/v1alpha1",
+            "kind": "AgentRuntime",
+            "metadata": {"name": "a", "namespace": "ns", "resourceVersion": "3"},
+            "spec": {"type": "agent", "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "a"}},
+            "status": {"card": {"lastCardFetchTime": 12}},
+        }))
+        .unwrap();
+        assert!(matches!(malformed, ObservedRuntime::Malformed(_)));
+        assert!(!old.differs_only_in_card_fetch_time(&malformed));
+        assert!(!malformed.differs_only_in_card_fetch_time(&malformed.clone()));
+    }
 
     #[test]
     fn reads_an_operator_written_object_with_unknown_fields() {

@@ -304,6 +304,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_card,
         endpoint_slices,
         admin_policies: anp_listable,
+        quiet_card_refreshes: max_card_age.is_none(),
     };
 
     let world = World::start(&client, &scope, &trigger, &mut tasks);

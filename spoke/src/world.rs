@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -10,7 +11,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -73,6 +74,9 @@ pub struct Scope {
     pub endpoint_slices: bool,
     /// Whether to watch the AdminNetworkPolicies the spoke manages (the API is served and the spoke may list them).
     pub admin_policies: bool,
+    /// Whether an AgentRuntime update that only moves `status.card.lastCardFetchTime` may pass without a
+    /// reconcile pass (true unless a maximum card age makes the fetch time part of the verification).
+    pub quiet_card_refreshes: bool,
 }
 
 impl World {
@@ -94,7 +98,12 @@ impl World {
         let mut others = Vec::new();
         let mut agent_cards = Vec::new();
         per_namespace(&mut |ns| {
-            runtimes.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
+            runtimes.push(watch_runtimes(
+                api(client, ns),
+                scope.quiet_card_refreshes,
+                trigger,
+                tasks,
+            ));
             deployments.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
@@ -220,6 +229,35 @@ where
     reader
 }
 
+/// A reflector of AgentRuntimes; with `quiet_card_refreshes`, an update that only moves a card's fetch time is stored
+/// but does not notify `trigger` (the agent operator refreshes every card periodically: at 10,000 agents that would
+/// be a steady stream of whole-cluster passes that change nothing).
+fn watch_runtimes(
+    api: Api<ObservedRuntime>,
+    quiet_card_refreshes: bool,
+    trigger: &Arc<Notify>,
+    tasks: &mut JoinSet<()>,
+) -> Store<ObservedRuntime> {
+    let (reader, writer) = reflector::store();
+    let quiet = Arc::new(AtomicBool::new(false));
+    let events = watcher(api, watcher::Config::default()).map_ok(lean).map_ok({
+        let (reader, quiet) = (reader.clone(), quiet.clone());
+        move |event| {
+            // Decided against the stored object before the reflector replaces it; the events pass one at a time.
+            if quiet_card_refreshes
+                && let watcher::Event::Apply(new) = &event
+                && let Some(old) = reader.get(&ObjectRef::from_obj(new))
+                && old.differs_only_in_card_fetch_time(new)
+            {
+                quiet.store(true, Ordering::Relaxed);
+            }
+            event
+        }
+    });
+    spawn_reflector_quiet("AgentRuntime".to_string(), events, writer, trigger, tasks, Some(quiet));
+    reader
+}
+
 /// A reflector of managed NetworkPolicies that stores each in its compact form.
 fn watch_policies(
     api: Api<NetworkPolicy>,
@@ -280,12 +318,31 @@ fn spawn_reflector<K, S>(
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
+    spawn_reflector_quiet(kind, stream, writer, trigger, tasks, None);
+}
+
+/// [`spawn_reflector`]; an event for which the stream set `quiet` is stored without notifying `trigger`.
+fn spawn_reflector_quiet<K, S>(
+    kind: String,
+    stream: S,
+    writer: reflector::store::Writer<K>,
+    trigger: &Arc<Notify>,
+    tasks: &mut JoinSet<()>,
+    quiet: Option<Arc<AtomicBool>>,
+) where
+    K: Resource + Clone + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
     let trigger = trigger.clone();
     tasks.spawn(async move {
         let events = stream.default_backoff().reflect(writer);
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             match event {
+                Ok(_) if quiet.as_ref().is_some_and(|q| q.swap(false, Ordering::Relaxed)) => {
+                    tracing::trace!(%kind, "Stored an update that changes nothing the passes read");
+                }
                 Ok(_) => trigger.notify_one(),
                 Err(error) => tracing::warn!(%kind, %error, "Watch failed; retrying with backoff"),
             }

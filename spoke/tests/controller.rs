@@ -526,3 +526,76 @@ async fn kubectl_shows_each_agents_egress_and_status_writes_keep_it() -> anyhow:
     );
     Ok(())
 }
+
+/// The agent operator refreshes each card periodically: an update that only moves `lastCardFetchTime` is stored
+/// without a reconcile pass (nothing the pass reads changed), while any other change still makes one. With a maximum
+/// card age the fetch time decides verification, so every refresh counts again.
+#[tokio::test]
+async fn card_refreshes_cost_no_pass_unless_the_card_age_matters() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    let card = |fetched: &str, transport: &str| {
+        let mut card = mtls_card();
+        card["lastCardFetchTime"] = json!(fetched);
+        card["transportSecurity"] = json!(transport);
+        card
+    };
+    agent(&client, "chat", None, Some(card("2026-12-06T10:00:00Z", "mtls"))).await?;
+    let dir = tempfile::tempdir()?;
+    let spoke = Spoke::start(cluster, dir.path(), &[]).await?;
+    wait_policy(&client, "chat-signature-policy", "allow-all", |p| {
+        mode(p) == "allow-all"
+    })
+    .await?;
+    let passes = || async {
+        let (_, metrics) = spoke.get("/metrics").await.unwrap_or_default();
+        tollgate_e2e::procfs::metric(&metrics, "tollgate_spoke_reconciles_total").unwrap_or(-1.0)
+    };
+    // Settled: a pass in flight after start-up does not count below.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let before = passes().await;
+    for minute in 1..=5 {
+        set_card(
+            &client,
+            "chat",
+            Some(card(&format!("2026-12-06T10:0{minute}:00Z"), "mtls")),
+        )
+        .await?;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        passes().await,
+        before,
+        "five card refreshes made passes:\n{}",
+        spoke.log()
+    );
+    // The refreshed object is what the next pass reads.
+    set_card(&client, "chat", Some(card("2026-12-06T10:06:00Z", "http"))).await?;
+    wait_policy(
+        &client,
+        "chat-signature-policy",
+        "restricted: the card is no longer attested",
+        |p| mode(p) == "restricted",
+    )
+    .await?;
+    assert!(passes().await > before);
+    drop(spoke);
+
+    // With --max-card-age, a refresh can make a stale card fresh again: it costs a pass.
+    set_card(&client, "chat", Some(card("2026-12-06T10:07:00Z", "mtls"))).await?;
+    let aged = Spoke::start(cluster, dir.path(), &["--max-card-age", "3650d"]).await?;
+    wait_policy(&client, "chat-signature-policy", "allow-all again", |p| {
+        mode(p) == "allow-all"
+    })
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let count = || async {
+        let (_, metrics) = aged.get("/metrics").await.unwrap_or_default();
+        tollgate_e2e::procfs::metric(&metrics, "tollgate_spoke_reconciles_total").unwrap_or(-1.0)
+    };
+    let before = count().await;
+    set_card(&client, "chat", Some(card("2026-12-06T10:08:00Z", "mtls"))).await?;
+    wait_until("a pass for the refresh", WAIT, || async { count().await > before }).await?;
+    Ok(())
+}
