@@ -215,8 +215,8 @@ async fn main() -> Result<()> {
     tracker.abort();
     report(&options, setup, &runs, &idle, &resync, &spoke);
     if options.churn_per_minute > 0 {
-        // Side by side in one run: the spoke as it runs by default (a refresh that only moves the fetch time costs no
-        // pass), then with a maximum card age (the fetch time decides verification, so every refresh is a pass).
+        // Side by side in one run: the spoke as it runs by default, then with a maximum card age (where a refresh of a
+        // fresh card costs no pass either, and a staleness timer wakes the spoke instead).
         let window = Duration::from_secs(options.churn_secs);
         let quiet = churn(&client, &spoke, options.agents, options.churn_per_minute, window, 0).await?;
         drop(spoke);

@@ -287,10 +287,37 @@ pub enum ObservedRuntime {
 }
 
 impl ObservedRuntime {
-    /// Whether `newer` says nothing new but a later `status.card.lastCardFetchTime`: the agent operator refreshes
-    /// each card periodically, and without a maximum card age the fetch time decides nothing, so such an update
-    /// need not cost a pass. Anything else (spec, labels, annotations, owners, deletion, the rest of the status, a
-    /// malformed object) counts as a change.
+    /// The card's `lastCardFetchTime`, in seconds since the Unix epoch (`None`: none, or not a timestamp).
+    pub fn card_fetched_unix(&self) -> Option<i64> {
+        let Self::Valid(runtime) = self else { return None };
+        runtime
+            .status
+            .as_ref()?
+            .card
+            .as_ref()?
+            .last_card_fetch_time
+            .as_deref()?
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_second())
+    }
+
+    /// Whether the update from `self` to `newer` can be stored without a reconcile pass: it moves nothing but
+    /// `status.card.lastCardFetchTime` (the agent operator refreshes each card periodically), and, with a maximum
+    /// card age, the card is fresh at `now_unix` before and after, so no verification decision changes now (when
+    /// it would turn stale is the pass's staleness timer's business).
+    pub fn refresh_changes_nothing(&self, newer: &Self, max_card_age_secs: Option<u64>, now_unix: i64) -> bool {
+        let fresh = |runtime: &Self| match max_card_age_secs {
+            None => true,
+            Some(max) => runtime
+                .card_fetched_unix()
+                .is_some_and(|fetched| now_unix.saturating_sub(fetched) <= i64::try_from(max).unwrap_or(i64::MAX)),
+        };
+        self.differs_only_in_card_fetch_time(newer) && fresh(self) && fresh(newer)
+    }
+
+    /// Whether `newer` says nothing new but a later `status.card.lastCardFetchTime`. Anything else (spec, labels,
+    /// annotations, owners, deletion, the rest of the status, a malformed object) counts as a change.
     pub fn differs_only_in_card_fetch_time(&self, newer: &Self) -> bool {
         let (Self::Valid(old), Self::Valid(new)) = (self, newer) else {
             return false;
@@ -445,6 +472,25 @@ mod tests {
         assert!(matches!(malformed, ObservedRuntime::Malformed(_)));
         assert!(!old.differs_only_in_card_fetch_time(&malformed));
         assert!(!malformed.differs_only_in_card_fetch_time(&malformed.clone()));
+
+        // With a maximum card age: quiet only while the card is fresh before and after.
+        let at = |t: &str| t.parse::<k8s_openapi::jiff::Timestamp>().unwrap().as_second();
+        let now = at("2026-11-28T12:10:00Z");
+        let newer = runtime("2", "2026-11-28T12:05:00Z", "mtls", "llm");
+        assert_eq!(old.card_fetched_unix(), Some(at("2026-11-28T12:00:00Z")));
+        assert!(old.refresh_changes_nothing(&newer, None, now));
+        assert!(
+            old.refresh_changes_nothing(&newer, Some(3600), now),
+            "fresh before and after"
+        );
+        assert!(
+            !old.refresh_changes_nothing(&newer, Some(300), now),
+            "stale before, fresh after: a decision changes"
+        );
+        assert!(
+            !newer.refresh_changes_nothing(&old, Some(420), now),
+            "fresh before, stale after (an older time written back)"
+        );
     }
 
     #[test]

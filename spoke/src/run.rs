@@ -304,7 +304,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         agent_card,
         endpoint_slices,
         admin_policies: anp_listable,
-        quiet_card_refreshes: max_card_age.is_none(),
+        max_card_age_secs: max_card_age.map(|age| age.as_secs()),
     };
 
     let world = World::start(&client, &scope, &trigger, &mut tasks);
@@ -389,10 +389,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         if let Some(delay) = retry {
             tracing::info!(delay_ms = delay.as_millis() as u64, "Retrying failed writes");
         }
+        // With a maximum card age, the first card to turn stale wakes the loop: card refreshes do not.
+        let stale_in =
+            max_card_age.and_then(|age| world.next_card_staleness(age.as_secs(), tollgate_process::unix_secs()));
+        let wait = retry.unwrap_or(RESYNC).min(stale_in.unwrap_or(RESYNC));
         tokio::select! {
             () = trigger.notified() => {}
             Ok(()) = intent_rx.changed() => {}
-            () = tokio::time::sleep(retry.unwrap_or(RESYNC)) => {}
+            () = tokio::time::sleep(wait) => {}
             () = tollgate_process::shutdown_signal() => break,
             () = served_changed.notified() => {
                 tasks.abort_all();

@@ -74,12 +74,26 @@ pub struct Scope {
     pub endpoint_slices: bool,
     /// Whether to watch the AdminNetworkPolicies the spoke manages (the API is served and the spoke may list them).
     pub admin_policies: bool,
-    /// Whether an AgentRuntime update that only moves `status.card.lastCardFetchTime` may pass without a
-    /// reconcile pass (true unless a maximum card age makes the fetch time part of the verification).
-    pub quiet_card_refreshes: bool,
+    /// `--max-card-age`: an AgentRuntime update that only moves `status.card.lastCardFetchTime` is stored without a
+    /// reconcile pass while the card is fresh before and after (always, without a maximum age).
+    pub max_card_age_secs: Option<u64>,
 }
 
 impl World {
+    /// How long until the first card that is fresh now turns stale under `max_card_age_secs` (a card fetched at
+    /// `t` is stale from `t + max + 1`): the loop wakes for it, since no event marks that moment.
+    pub fn next_card_staleness(&self, max_card_age_secs: u64, now_unix: i64) -> Option<std::time::Duration> {
+        let max = i64::try_from(max_card_age_secs).unwrap_or(i64::MAX);
+        self.runtimes
+            .iter()
+            .flat_map(|store| store.state())
+            .filter_map(|runtime| runtime.card_fetched_unix())
+            .map(|fetched| fetched.saturating_add(max).saturating_add(1))
+            .filter(|stale_at| *stale_at > now_unix)
+            .min()
+            .map(|stale_at| std::time::Duration::from_secs(u64::try_from(stale_at - now_unix).unwrap_or(0)))
+    }
+
     /// Starts every watch; each change notifies `trigger`.
     pub fn start(client: &Client, scope: &Scope, trigger: &Arc<Notify>, tasks: &mut JoinSet<()>) -> Self {
         let per_namespace = |f: &mut dyn FnMut(Option<&str>)| {
@@ -98,12 +112,7 @@ impl World {
         let mut others = Vec::new();
         let mut agent_cards = Vec::new();
         per_namespace(&mut |ns| {
-            runtimes.push(watch_runtimes(
-                api(client, ns),
-                scope.quiet_card_refreshes,
-                trigger,
-                tasks,
-            ));
+            runtimes.push(watch_runtimes(api(client, ns), scope.max_card_age_secs, trigger, tasks));
             deployments.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             statefulsets.push(watch(api(client, ns), watcher::Config::default(), trigger, tasks));
             let managed = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
@@ -229,12 +238,13 @@ where
     reader
 }
 
-/// A reflector of AgentRuntimes; with `quiet_card_refreshes`, an update that only moves a card's fetch time is stored
-/// but does not notify `trigger` (the agent operator refreshes every card periodically: at 10,000 agents that would
-/// be a steady stream of whole-cluster passes that change nothing).
+/// A reflector of AgentRuntimes; an update that only moves a card's fetch time, and changes no decision
+/// ([`ObservedRuntime::refresh_changes_nothing`]), is stored but does not notify `trigger` (the agent operator
+/// refreshes every card periodically: at 10,000 agents that would be a steady stream of whole-cluster passes that
+/// change nothing).
 fn watch_runtimes(
     api: Api<ObservedRuntime>,
-    quiet_card_refreshes: bool,
+    max_card_age_secs: Option<u64>,
     trigger: &Arc<Notify>,
     tasks: &mut JoinSet<()>,
 ) -> Store<ObservedRuntime> {
@@ -244,10 +254,9 @@ fn watch_runtimes(
         let (reader, quiet) = (reader.clone(), quiet.clone());
         move |event| {
             // Decided against the stored object before the reflector replaces it; the events pass one at a time.
-            if quiet_card_refreshes
-                && let watcher::Event::Apply(new) = &event
+            if let watcher::Event::Apply(new) = &event
                 && let Some(old) = reader.get(&ObjectRef::from_obj(new))
-                && old.differs_only_in_card_fetch_time(new)
+                && old.refresh_changes_nothing(new, max_card_age_secs, tollgate_process::unix_secs())
             {
                 quiet.store(true, Ordering::Relaxed);
             }

@@ -529,9 +529,9 @@ async fn kubectl_shows_each_agents_egress_and_status_writes_keep_it() -> anyhow:
 
 /// The agent operator refreshes each card periodically: an update that only moves `lastCardFetchTime` is stored
 /// without a reconcile pass (nothing the pass reads changed), while any other change still makes one. With a maximum
-/// card age the fetch time decides verification, so every refresh counts again.
+/// card age, too, while the card stays fresh; the moment it turns stale wakes the spoke by itself.
 #[tokio::test]
-async fn card_refreshes_cost_no_pass_unless_the_card_age_matters() -> anyhow::Result<()> {
+async fn card_refreshes_cost_no_pass_and_staleness_wakes_the_spoke_itself() -> anyhow::Result<()> {
     let cp = cluster().await?;
     let cluster = &cp.clusters()[0];
     let client = cluster.client();
@@ -582,20 +582,40 @@ async fn card_refreshes_cost_no_pass_unless_the_card_age_matters() -> anyhow::Re
     assert!(passes().await > before);
     drop(spoke);
 
-    // With --max-card-age, a refresh can make a stale card fresh again: it costs a pass.
-    set_card(&client, "chat", Some(card("2026-12-06T10:07:00Z", "mtls"))).await?;
-    let aged = Spoke::start(cluster, dir.path(), &["--max-card-age", "3650d"]).await?;
+    // With --max-card-age: a refresh while the card is fresh costs no pass either; the card turning stale by time
+    // alone (no event marks it) is caught by the staleness timer; a refresh of a stale card makes it fresh again.
+    let now = || k8s_openapi::jiff::Timestamp::now().to_string();
+    set_card(&client, "chat", Some(card(&now(), "mtls"))).await?;
+    let aged = Spoke::start(cluster, dir.path(), &["--max-card-age", "6s"]).await?;
     wait_policy(&client, "chat-signature-policy", "allow-all again", |p| {
         mode(p) == "allow-all"
     })
     .await?;
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let count = || async {
         let (_, metrics) = aged.get("/metrics").await.unwrap_or_default();
         tollgate_e2e::procfs::metric(&metrics, "tollgate_spoke_reconciles_total").unwrap_or(-1.0)
     };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = count().await;
-    set_card(&client, "chat", Some(card("2026-12-06T10:08:00Z", "mtls"))).await?;
-    wait_until("a pass for the refresh", WAIT, || async { count().await > before }).await?;
+    set_card(&client, "chat", Some(card(&now(), "mtls"))).await?;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(
+        count().await,
+        before,
+        "a refresh of a fresh card made a pass:\n{}",
+        aged.log()
+    );
+    wait_policy(
+        &client,
+        "chat-signature-policy",
+        "restricted once the card is older than 6 s",
+        |p| mode(p) == "restricted",
+    )
+    .await?;
+    set_card(&client, "chat", Some(card(&now(), "mtls"))).await?;
+    wait_policy(&client, "chat-signature-policy", "allow-all: refreshed", |p| {
+        mode(p) == "allow-all"
+    })
+    .await?;
     Ok(())
 }
