@@ -31,6 +31,8 @@ const CERT_KEY: &str = "tls.crt";
 const KEY_KEY: &str = "tls.key";
 /// Renewal retries at most this often while the certificate is still valid.
 const RETRY_CAP: Duration = Duration::from_secs(30);
+/// How soon an identity that could not be written to its Secret is written again.
+const UNSAVED_RETRY: Duration = Duration::from_secs(5);
 
 /// A client identity the hub signed: key, certificate, and the CA to verify the hub with.
 #[derive(Clone, PartialEq, Eq)]
@@ -226,6 +228,8 @@ pub struct Membership {
     token_file: PathBuf,
     server_name: Option<String>,
     current: RwLock<Option<Identity>>,
+    /// The identity in memory is not in the Secret yet (writing it failed): written again shortly.
+    unsaved: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -245,6 +249,7 @@ impl Membership {
             token_file,
             server_name,
             current: RwLock::default(),
+            unsaved: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }
@@ -270,6 +275,9 @@ impl Membership {
     pub async fn ensure(&self, url: &str) -> Result<Identity, Status> {
         let now = tollgate_process::unix_millis();
         if let Some(identity) = self.current().filter(|i| i.not_after_unix_millis > now) {
+            if self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
+                self.keep(&identity).await;
+            }
             return Ok(identity);
         }
         match self.load().await {
@@ -315,9 +323,10 @@ impl Membership {
             .into_inner();
         let identity = Identity::new(&self.cluster_id, issued.ca_pem, issued.certificate_pem, key_pem)
             .map_err(|e| Status::internal(format!("the hub's certificate: {e}")))?;
-        self.save(&identity).await.map_err(Status::unavailable)?;
-        tracing::info!(hub = %url, not_after = identity.not_after_unix_millis, "Joined the hub: a certificate for this cluster, its key made here");
+        // In memory first: the token is used up, so the identity must not be lost to a failed Secret write.
         self.set(identity.clone());
+        self.keep(&identity).await;
+        tracing::info!(hub = %url, not_after = identity.not_after_unix_millis, "Joined the hub: a certificate for this cluster, its key made here");
         Ok(identity)
     }
 
@@ -336,10 +345,20 @@ impl Membership {
             .renew(pb::RenewRequest { csr_pem })
             .await?
             .into_inner();
-        let identity = Identity::new(&self.cluster_id, issued.ca_pem, issued.certificate_pem, key_pem)
-            .map_err(|e| Status::internal(format!("the hub's certificate: {e}")))?;
-        self.save(&identity).await.map_err(Status::unavailable)?;
-        Ok(identity)
+        Identity::new(&self.cluster_id, issued.ca_pem, issued.certificate_pem, key_pem)
+            .map_err(|e| Status::internal(format!("the hub's certificate: {e}")))
+    }
+
+    /// Writes the identity to the Secret; on failure it stays in memory and is written again soon (the renewal task)
+    /// and at the next connection.
+    async fn keep(&self, identity: &Identity) {
+        match self.save(identity).await {
+            Ok(()) => self.unsaved.store(false, std::sync::atomic::Ordering::Relaxed),
+            Err(error) => {
+                self.unsaved.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%error, "Could not keep this cluster's identity in its Secret: it is used from memory and written again shortly");
+            }
+        }
     }
 
     /// Renews at two thirds of each certificate's lifetime, through each hub address in turn, for as long as the
@@ -351,17 +370,26 @@ impl Membership {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
+            if self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
+                self.keep(&current).await;
+            }
             let now = tollgate_process::unix_millis();
             let due = current.renew_at_unix_millis();
             if due > now {
-                tokio::time::sleep(Duration::from_millis(u64::try_from(due - now).unwrap_or(0))).await;
+                let mut wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
+                if self.unsaved.load(std::sync::atomic::Ordering::Relaxed) {
+                    // The Secret write failed: try again soon, not only at the next renewal.
+                    wait = wait.min(UNSAVED_RETRY);
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
             let url = &urls[attempt % urls.len()];
             match self.renew(url, &current).await {
                 Ok(identity) => {
+                    self.set(identity.clone());
+                    self.keep(&identity).await;
                     tracing::info!(hub = %url, not_after = identity.not_after_unix_millis, "Renewed this cluster's certificate");
-                    self.set(identity);
                     attempt = 0;
                 }
                 Err(status) => {

@@ -221,3 +221,33 @@ async fn a_short_lived_certificate_is_renewed_without_a_reconnect_or_a_rewrite()
     assert_eq!(listed[0]["connected"], true);
     Ok(())
 }
+
+/// The token is used up by the join, so a Secret that cannot be written yet (its namespace created late) must not
+/// lose the identity: the spoke connects with it from memory and writes it as soon as it can.
+#[tokio::test]
+async fn an_identity_the_secret_cannot_hold_yet_is_used_from_memory_and_written_later() -> anyhow::Result<()> {
+    let cp = cluster().await?;
+    let cluster = &cp.clusters()[0];
+    let client = cluster.client();
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    issue_certificates(&certs, &[])?;
+    let key = certs.join("ca-key.pem").display().to_string();
+    let hub = HubServer::start_with(dir.path(), &certs, &["--client-ca-key", &key]).await?;
+    let token = token_of(&hub.cli_ok(&["clusters", "add", cluster.name()])?);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token)?;
+    // No tollgate-system namespace yet: the Secret cannot be written.
+    let spoke = spawn_joining(cluster, &hub, &token_file, dir.path())?;
+    hub.wait_connected(cluster.name())
+        .await
+        .map_err(|e| e.context(spoke.log()))?;
+    assert!(identity(&client).await?.is_none());
+    cluster.create_namespace(SPOKE_NS).await?;
+    wait_until("the identity is written once it can be", WAIT, || async {
+        identity(&client).await.ok().flatten().is_some()
+    })
+    .await
+    .map_err(|e| e.context(spoke.log()))?;
+    Ok(())
+}

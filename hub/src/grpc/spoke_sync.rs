@@ -346,7 +346,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             tracing::warn!(cluster = %cluster, "Refused a hello of a cluster that is not registered");
             return Err(Status::permission_denied(format!(
                 "cluster {cluster:?} is not registered on this hub: an admin registers it with `tollgate-hub clusters \
-                 add {cluster}`, then restarts this spoke"
+                 add {cluster}` (this spoke keeps trying)"
             )));
         };
         if let Some(certificate) = &certificate
