@@ -190,7 +190,122 @@ pub struct DroppedRule {
     pub rule: usize,
     /// Index of the peer within the rule, when only that peer was dropped.
     pub peer: Option<usize>,
-    pub reason: String,
+    pub reason: DropReason,
+}
+
+/// Why a declared rule, or a peer of it, did not reach the policy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The agent is not verified: none of its declared rules apply.
+    NotVerified(crate::verification::Reason),
+    /// The peer is outside every guardrail ceiling (the guardrail's explanation).
+    OutsideGuardrail(String),
+    /// None of the rule's destinations has addresses yet: the rule is never written without destinations.
+    NamesUnresolved(Vec<Fqdn>),
+    /// This peer's name has no addresses yet.
+    NameUnresolved(Fqdn),
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotVerified(reason) => write!(f, "agent is not verified ({reason})"),
+            Self::OutsideGuardrail(reason) => f.write_str(reason),
+            Self::NamesUnresolved(names) => {
+                let one = names.len() == 1;
+                let names: Vec<String> = names.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{} {} no addresses yet: the rule is left out until {} (it is never written without destinations)",
+                    names.join(", "),
+                    if one { "has" } else { "have" },
+                    if one { "it resolves" } else { "one resolves" },
+                )
+            }
+            Self::NameUnresolved(name) => write!(f, "{name} has no addresses yet"),
+        }
+    }
+}
+
+/// A problem found while planning one agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// `AgentRuntime.spec.egress` is invalid: the agent fails closed (baseline only when verified).
+    InvalidRule(FieldError),
+    /// Another agent targets the same workload and holds its policy: none is written for this agent.
+    PolicyTaken { policy: String, owner: String },
+    /// The agent's identity binding is not satisfied; the agent stays verified (a non-strict binding).
+    BindingNotSatisfied(String),
+    /// The API server is not discovered: this restricted agent gets no API access.
+    NoApiAccess,
+}
+
+impl Problem {
+    /// Whether the problem fails the agent closed (an error), rather than being reported beside its mode.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Self::InvalidRule(_) | Self::PolicyTaken { .. })
+    }
+
+    /// The reason of the agent's Event: errors share one Event, [`Problem::BindingNotSatisfied`] has its own.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidRule(_) | Self::PolicyTaken { .. } => "InvalidEgressRules",
+            Self::BindingNotSatisfied(_) => "BindingNotSatisfied",
+            Self::NoApiAccess => "Warning",
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidRule(error) => write!(f, "invalid local egress rule: {error}"),
+            Self::PolicyTaken { policy, owner } => write!(
+                f,
+                "policy {policy} is already written for agent {owner} (both target the same workload); no policy is \
+                 written for this agent"
+            ),
+            Self::BindingNotSatisfied(why) => write!(f, "identity binding: {why}"),
+            Self::NoApiAccess => f.write_str("API server not discovered: restricted agent gets no API access"),
+        }
+    }
+}
+
+/// A problem of the whole cluster, found while planning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterProblem {
+    /// `default/kubernetes` has no endpoint addresses: restricted agents get no egress at all.
+    ApiServerUndiscovered,
+    /// No DNS Service was found: DNS is allowed to the usual DNS namespaces instead.
+    DnsUndiscovered,
+}
+
+impl ClusterProblem {
+    /// The reason of the Event on every agent.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::ApiServerUndiscovered => "APIServerUndiscovered",
+            Self::DnsUndiscovered => "DNSUndiscovered",
+        }
+    }
+}
+
+impl fmt::Display for ClusterProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ApiServerUndiscovered => f.write_str(
+                "API server not discovered: default/kubernetes has no endpoint addresses; restricted agents get no \
+                 egress at all",
+            ),
+            Self::DnsUndiscovered => write!(
+                f,
+                "DNS not discovered: allowing DNS to the namespaces {} on ports {} and {}",
+                baseline::FALLBACK_DNS_NAMESPACES.join(" and "),
+                baseline::DNS_PORT,
+                baseline::OPENSHIFT_DNS_TARGET_PORT,
+            ),
+        }
+    }
 }
 
 impl fmt::Display for DroppedRule {
@@ -239,38 +354,48 @@ pub struct AgentOutcome {
     pub dropped: Vec<DroppedRule>,
     /// The DNS names in the agent's declared rules, whether resolved or not, sorted.
     pub names: Vec<NameDestination>,
-    /// Problems that made the agent fail closed.
-    pub errors: Vec<String>,
-    /// Problems reported without changing the mode.
-    pub warnings: Vec<String>,
+    /// What went wrong, in the order found: errors (the agent failed closed) and warnings.
+    pub problems: Vec<Problem>,
+}
+
+impl AgentOutcome {
+    /// The problems that made the agent fail closed.
+    pub fn errors(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| p.is_error())
+    }
+
+    /// The problems reported without changing the mode.
+    pub fn warnings(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.iter().filter(|p| !p.is_error())
+    }
+}
+
+/// One agent's plan: what happened to it, and the policy written for it (`None` when another agent on the same
+/// workload holds that policy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedAgent {
+    pub outcome: AgentOutcome,
+    pub policy: Option<NetworkPolicy>,
 }
 
 /// The planner's output for a cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
-    /// Sorted by namespace, then name.
-    pub policies: Vec<NetworkPolicy>,
     /// Sorted by namespace, then agent name.
-    pub outcomes: Vec<AgentOutcome>,
+    pub agents: Vec<PlannedAgent>,
     /// Cluster-wide problems (API server or DNS not discovered).
-    pub warnings: Vec<String>,
+    pub problems: Vec<ClusterProblem>,
 }
 
 impl Plan {
-    /// The written policies by (namespace, name): where an outcome's `policy_name` leads.
-    pub fn policies_by_name(&self) -> HashMap<(&str, &str), &NetworkPolicy> {
-        self.policies
-            .iter()
-            .map(|p| {
-                (
-                    (
-                        p.metadata.namespace.as_deref().unwrap_or_default(),
-                        p.metadata.name.as_deref().unwrap_or_default(),
-                    ),
-                    p,
-                )
-            })
-            .collect()
+    /// Every outcome, in agent order.
+    pub fn outcomes(&self) -> impl Iterator<Item = &AgentOutcome> {
+        self.agents.iter().map(|a| &a.outcome)
+    }
+
+    /// Every policy to write, in agent order.
+    pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.agents.iter().filter_map(|a| a.policy.as_ref())
     }
 }
 
@@ -282,34 +407,27 @@ pub fn plan(config: &PlannerConfig, facts: &ClusterFacts, agents: &[Agent], inte
     // Policy names are the workload name plus a fixed suffix: one policy per (namespace, workload).
     let mut taken: HashMap<(&str, &str), &str> = HashMap::with_capacity(agents.len());
     let mut plan = Plan {
-        policies: Vec::with_capacity(agents.len()),
-        outcomes: Vec::with_capacity(agents.len()),
-        warnings: planner.baseline.warnings(),
+        agents: Vec::with_capacity(agents.len()),
+        problems: planner.baseline.problems(),
     };
     for agent in order {
         let (policy, mut outcome) = planner.plan_agent(agent);
-        match taken.entry((agent.namespace.as_str(), agent.target_name.as_str())) {
+        let policy = match taken.entry((agent.namespace.as_str(), agent.target_name.as_str())) {
             Entry::Occupied(slot) => {
-                let owner = slot.get();
-                let name = outcome.policy_name.take().unwrap_or_default();
-                outcome.errors.push(format!(
-                    "policy {name} is already written for agent {owner} (both target the same workload); no policy \
-                     is written for this agent"
-                ));
+                let policy = outcome.policy_name.take().unwrap_or_default();
+                outcome.problems.push(Problem::PolicyTaken {
+                    policy,
+                    owner: slot.get().to_string(),
+                });
+                None
             }
             Entry::Vacant(slot) => {
                 slot.insert(agent.name.as_str());
-                plan.policies.push(policy);
+                Some(policy)
             }
-        }
-        plan.outcomes.push(outcome);
+        };
+        plan.agents.push(PlannedAgent { outcome, policy });
     }
-    // (namespace, name) is unique among the written policies (one per workload), so an unstable sort is as
-    // deterministic as a stable one. It sorts in place (a stable sort would copy the policies to a scratch buffer)
-    // and takes linear time when workload names sort like agent names, as they usually do.
-    plan.policies.sort_unstable_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
     plan
 }
 
@@ -376,24 +494,23 @@ impl<'a> Planner<'a> {
             rule_count: 0,
             dropped: Vec::new(),
             names: Vec::new(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
+            problems: Vec::new(),
         };
         if let Some(warning) = &verification.binding_warning {
-            outcome.warnings.push(format!("identity binding: {warning}"));
+            outcome.problems.push(Problem::BindingNotSatisfied(warning.clone()));
         }
         // Evaluated where needed rather than collected: most agents are selected by no hub policy.
         let selecting = || self.policies.iter().filter(|(p, _)| selects(p, agent));
 
         if let LocalEgress::Invalid(errors) = &agent.local_egress {
             outcome
-                .errors
-                .extend(errors.iter().map(|e| format!("invalid local egress rule: {e}")));
+                .problems
+                .extend(errors.iter().cloned().map(Problem::InvalidRule));
         }
 
         let egress: Vec<NetworkPolicyEgressRule> = if !verification.verified {
             outcome.mode = Mode::Restricted;
-            let reason = format!("agent is not verified ({})", verification.reason);
+            let reason = DropReason::NotVerified(verification.reason);
             if let LocalEgress::Rules(rules) = &agent.local_egress {
                 outcome.dropped.extend((0..rules.len()).map(|rule| DroppedRule {
                     source: RuleSource::Local,
@@ -411,9 +528,7 @@ impl<'a> Planner<'a> {
                 }));
             }
             if !self.baseline.api_discovered() {
-                outcome
-                    .warnings
-                    .push("API server not discovered: restricted agent gets no API access".into());
+                outcome.problems.push(Problem::NoApiAccess);
             }
             self.baseline.restricted_rules().to_vec()
         } else {
@@ -526,21 +641,11 @@ impl<'a> Planner<'a> {
             return;
         }
         if unresolved.len() == rule.to.len() {
-            let names: Vec<String> = unresolved.iter().map(|(_, n)| n.to_string()).collect();
             outcome.dropped.push(DroppedRule {
                 source,
                 rule: index,
                 peer: None,
-                reason: format!(
-                    "{} {} no addresses yet: the rule is left out until {} (it is never written without destinations)",
-                    names.join(", "),
-                    if names.len() == 1 { "has" } else { "have" },
-                    if names.len() == 1 {
-                        "it resolves"
-                    } else {
-                        "one resolves"
-                    },
-                ),
+                reason: DropReason::NamesUnresolved(unresolved.into_iter().map(|(_, n)| n.clone()).collect()),
             });
         } else {
             outcome
@@ -549,7 +654,7 @@ impl<'a> Planner<'a> {
                     source: source.clone(),
                     rule: index,
                     peer: Some(j),
-                    reason: format!("{name} has no addresses yet"),
+                    reason: DropReason::NameUnresolved(name.clone()),
                 }));
         }
     }

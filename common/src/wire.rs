@@ -367,7 +367,7 @@ pub fn agent_status_to_wire(outcome: &AgentOutcome, agent: &Agent, applied_revis
         rule_count: u32::try_from(outcome.rule_count).unwrap_or(u32::MAX),
         rule_sources: outcome.rule_sources.iter().map(ToString::to_string).collect(),
         applied_revision,
-        errors: outcome.errors.clone(),
+        errors: outcome.errors().map(ToString::to_string).collect(),
         dropped_rules: outcome.dropped.iter().map(ToString::to_string).collect(),
         plan_inputs: serde_json::to_string(&PlanInputs::of(agent)).expect("plan inputs serialize"),
         fqdn_names: {

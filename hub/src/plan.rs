@@ -54,8 +54,8 @@ pub async fn preview<S: Store>(
 }
 
 /// The agents of one cluster whose policy changes from `current` to `proposed`, in agent order. Each agent is
-/// compared through its own policy (found by the name in its outcome, never by position): an agent whose workload
-/// another agent already holds has no policy of its own, so no destinations.
+/// compared through its own policy (the planner returns them together): an agent whose workload another agent
+/// already holds has no policy of its own, so no destinations.
 pub fn changes(
     config: &PlannerConfig,
     facts: &planner::ClusterFacts,
@@ -66,14 +66,10 @@ pub fn changes(
     let before = planner::plan(config, facts, agents, current);
     let after = planner::plan(config, facts, agents, proposed);
     fn destinations(plan: &planner::Plan) -> BTreeMap<(&str, &str), (planner::Mode, BTreeSet<String>)> {
-        let policies = plan.policies_by_name();
-        plan.outcomes
+        plan.agents
             .iter()
-            .map(|outcome| {
-                let own = outcome
-                    .policy_name
-                    .as_deref()
-                    .and_then(|name| policies.get(&(outcome.namespace.as_str(), name)));
+            .map(|planned| {
+                let (outcome, own) = (&planned.outcome, planned.policy.as_ref());
                 // DNS names are shown as names (the hub never plans with a cluster's addresses): a gained name,
                 // not the addresses it stands for today.
                 let mut destinations = own.map(|p| planner::destinations(p)).unwrap_or_default();

@@ -12,7 +12,9 @@ use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_common::Intent;
-use tollgate_common::planner::{self, AgentOutcome, LABEL_AGENT, LABEL_MODE, Mode, Plan, PlannerConfig};
+use tollgate_common::planner::{
+    self, AgentOutcome, ClusterProblem, LABEL_AGENT, LABEL_MODE, Mode, Plan, PlannerConfig,
+};
 use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
 use crate::agent_runtime::ObservedRuntime;
@@ -234,14 +236,12 @@ impl Reconciler {
             .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
             .collect();
         let desired_keys: HashSet<Key> = plan
-            .policies
-            .iter()
+            .policies()
             .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
             .collect();
 
         let writes: Vec<(NetworkPolicy, Option<Arc<ObservedPolicy>>)> = plan
-            .policies
-            .iter()
+            .policies()
             .filter_map(|desired| {
                 let key = (desired.namespace().unwrap_or_default(), desired.name_any());
                 let current = existing.get(&key).cloned();
@@ -347,9 +347,9 @@ impl Reconciler {
         }
         for mode in Mode::ALL {
             let count = plan
-                .outcomes
+                .agents
                 .iter()
-                .filter(|o| o.mode == mode && o.policy_name.is_some())
+                .filter(|a| a.outcome.mode == mode && a.policy.is_some())
                 .count();
             self.metrics
                 .agents
@@ -360,7 +360,7 @@ impl Reconciler {
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         if report.written > 0 || report.deleted > 0 || !report.errors.is_empty() {
             tracing::info!(
-                agents = plan.outcomes.len(),
+                agents = plan.agents.len(),
                 written = report.written,
                 deleted = report.deleted,
                 errors = report.errors.len(),
@@ -391,13 +391,8 @@ impl Reconciler {
             store.state().into_iter().map(|p| (p.name_any(), p)).collect();
         let mut desired: Vec<(Key, AdminNetworkPolicy)> = Vec::new();
         if let Some(settings) = &self.settings.admin {
-            let own = plan.policies_by_name();
-            for outcome in plan.outcomes.iter().filter(|o| o.mode != Mode::AllowAll) {
-                let Some(policy) = outcome
-                    .policy_name
-                    .as_deref()
-                    .and_then(|name| own.get(&(outcome.namespace.as_str(), name)))
-                else {
+            for planned in plan.agents.iter().filter(|a| a.outcome.mode != Mode::AllowAll) {
+                let (outcome, Some(policy)) = (&planned.outcome, &planned.policy) else {
                     continue;
                 };
                 let key = (outcome.namespace.clone(), outcome.name.clone());
@@ -540,8 +535,7 @@ impl Reconciler {
             .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
             .collect();
         let patches: Vec<(Key, BTreeMap<String, String>)> = plan
-            .outcomes
-            .iter()
+            .outcomes()
             .filter_map(|outcome| {
                 let key = (outcome.namespace.clone(), outcome.name.clone());
                 let runtime = by_key.get(&key)?;
@@ -715,7 +709,7 @@ impl Reconciler {
                 }
             }
         }
-        for outcome in &plan.outcomes {
+        for outcome in plan.outcomes() {
             let key = (outcome.namespace.clone(), outcome.name.clone());
             seen.insert(key.clone());
             let Some(runtime) = by_key.get(&key) else { continue };
@@ -743,7 +737,7 @@ impl Reconciler {
                 changed.action = action;
                 events.push((reference.clone(), changed));
             }
-            let mut problems = problems(outcome, &plan.warnings);
+            let mut problems = problems(outcome, &plan.problems);
             if let Some(by) = widened.get(&key) {
                 if admin.enforced.contains(&key) {
                     problems.push(("EgressWidenedOverridden".to_string(), overridden_note(by)));
@@ -834,12 +828,11 @@ fn widening(world: &World, plan: &Plan) -> HashMap<Key, Vec<String>> {
             .or_default()
             .push(policy);
     }
-    let own = plan.policies_by_name();
-    plan.outcomes
+    plan.agents
         .iter()
-        .filter(|o| o.mode != Mode::AllowAll)
-        .filter_map(|o| {
-            let policy = own.get(&(o.namespace.as_str(), o.policy_name.as_deref()?))?;
+        .filter(|a| a.outcome.mode != Mode::AllowAll)
+        .filter_map(|a| {
+            let (o, policy) = (&a.outcome, a.policy.as_ref()?);
             let candidates = by_namespace.get(o.namespace.as_str())?;
             let by = tollgate_common::widening::widened_by(policy, candidates.iter().copied());
             (!by.is_empty()).then(|| ((o.namespace.clone(), o.name.clone()), by))
@@ -853,7 +846,7 @@ pub fn egress_annotations(
     revision: Option<u64>,
     widened_by: &[String],
 ) -> BTreeMap<String, String> {
-    let reason = match outcome.errors.first() {
+    let reason = match outcome.errors().next() {
         Some(_) if outcome.mode == Mode::BaselineOnly => "InvalidEgressRules".to_string(),
         _ => outcome.verification_reason.as_str().to_string(),
     };
@@ -927,30 +920,22 @@ fn summary(outcome: &AgentOutcome) -> String {
 }
 
 /// `(reason, message)` of every problem of one agent, in a stable order.
-fn problems(outcome: &AgentOutcome, cluster_warnings: &[String]) -> Vec<(String, String)> {
+/// The agent's errors share one Event (they all fail it closed); each warning and cluster problem has its own.
+fn problems(outcome: &AgentOutcome, cluster: &[ClusterProblem]) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if !outcome.errors.is_empty() {
-        out.push(("InvalidEgressRules".to_string(), outcome.errors.join("; ")));
+    let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
+    if let Some(first) = outcome.errors().next() {
+        out.push((first.reason().to_string(), errors.join("; ")));
     }
     let dropped: Vec<String> = outcome.dropped.iter().map(ToString::to_string).collect();
     if !dropped.is_empty() {
         out.push(("RulesDropped".to_string(), dropped.join("; ")));
     }
-    for warning in &outcome.warnings {
-        let reason = if warning.starts_with("identity binding") {
-            "BindingNotSatisfied"
-        } else {
-            "Warning"
-        };
-        out.push((reason.to_string(), warning.clone()));
+    for warning in outcome.warnings() {
+        out.push((warning.reason().to_string(), warning.to_string()));
     }
-    for warning in cluster_warnings {
-        let reason = if warning.starts_with("API server") {
-            "APIServerUndiscovered"
-        } else {
-            "DNSUndiscovered"
-        };
-        out.push((reason.to_string(), warning.clone()));
+    for problem in cluster {
+        out.push((problem.reason().to_string(), problem.to_string()));
     }
     out
 }

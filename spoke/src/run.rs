@@ -513,8 +513,7 @@ fn publish_reports(
     let applied = state.latest_revision;
     let agents = report
         .plan
-        .outcomes
-        .iter()
+        .outcomes()
         .filter_map(|o| {
             let key = (o.namespace.clone(), o.name.clone());
             let agent = report.agents.get(&key)?;

@@ -71,23 +71,16 @@ impl Baseline {
         }
     }
 
-    pub fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
+    /// What is missing from the cluster's facts.
+    pub fn problems(&self) -> Vec<super::ClusterProblem> {
+        let mut problems = Vec::new();
         if !self.api_discovered() {
-            warnings.push(
-                "API server not discovered: default/kubernetes has no endpoint addresses; restricted agents get \
-                 no egress at all"
-                    .to_string(),
-            );
+            problems.push(super::ClusterProblem::ApiServerUndiscovered);
         }
         if !self.dns_discovered {
-            warnings.push(format!(
-                "DNS not discovered: allowing DNS to the namespaces {} on ports {DNS_PORT} and \
-                 {OPENSHIFT_DNS_TARGET_PORT}",
-                FALLBACK_DNS_NAMESPACES.join(" and ")
-            ));
+            problems.push(super::ClusterProblem::DnsUndiscovered);
         }
-        warnings
+        problems
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use super::{DroppedRule, RuleSource};
+use super::{DropReason, DroppedRule, RuleSource};
 use crate::document::{AllowedDestination, EgressGuardrail, VerifiedDefault};
 use crate::egress_rule::{EgressRule, Peer};
 
@@ -54,7 +54,7 @@ impl<'a> Guardrails<'a> {
                     source: RuleSource::Local,
                     rule: index,
                     peer: Some(j),
-                    reason,
+                    reason: DropReason::OutsideGuardrail(reason),
                 }),
             }
         }

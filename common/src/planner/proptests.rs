@@ -221,7 +221,7 @@ proptest! {
     fn no_rendered_rule_is_port_only(facts in facts(), agents in agents(), policies in policies(), guardrails in guardrails()) {
         let intent = Intent { revision: Some(1), policies, guardrails };
         let plan = plan(&config(), &facts, &agents, &intent);
-        for policy in &plan.policies {
+        for policy in plan.policies() {
             for rule in egress_of(policy) {
                 let has_peers = rule.to.as_ref().is_some_and(|to| !to.is_empty());
                 let allow_all = rule.to.is_none() && rule.ports.is_none();
@@ -238,7 +238,7 @@ proptest! {
         let intent = Intent { revision: Some(1), policies, guardrails };
         let plan = plan(&config(), &facts, &agents, &intent);
         let baseline = Baseline::new(&facts, false);
-        for policy in &plan.policies {
+        for policy in plan.policies() {
             let egress = egress_of(policy);
             match mode_of(policy) {
                 Mode::Scoped | Mode::BaselineOnly => {
@@ -275,7 +275,7 @@ proptest! {
         );
         prop_assert_eq!(&a, &b);
         // Byte-identical objects.
-        prop_assert_eq!(serde_json::to_string(&a.policies).unwrap(), serde_json::to_string(&b.policies).unwrap());
+        prop_assert_eq!(serde_json::to_string(&a.policies().collect::<Vec<_>>()).unwrap(), serde_json::to_string(&b.policies().collect::<Vec<_>>()).unwrap());
         // Planning twice gives the same output.
         prop_assert_eq!(&a, &plan(&config(), &facts, &agents, &intent));
     }
@@ -286,7 +286,7 @@ proptest! {
         let plan = plan(&config(), &facts, &agents, &intent);
         let baseline = Baseline::new(&facts, false).full();
         let ceilings: Vec<&EgressGuardrail> = guardrails.iter().filter(|g| g.spec.allowed_destinations.is_some()).collect();
-        for policy in &plan.policies {
+        for policy in plan.policies() {
             for rule in egress_of(policy) {
                 if baseline.contains(rule) {
                     continue;
@@ -334,9 +334,9 @@ proptest! {
             verification: Verification::verified(Reason::SignatureVerified, "generated"),
         };
         let plan = plan(&config(), &facts, &[agent], &Intent::default());
-        let egress = egress_of(&plan.policies[0]);
+        let egress = egress_of(plan.agents[0].policy.as_ref().unwrap());
         let declared = &egress[Baseline::new(&facts, false).full().len()..];
-        let outcome = &plan.outcomes[0];
+        let outcome = &plan.agents[0].outcome;
         // The rules that render, in order, with the peers each must render to.
         let mut expected = Vec::new();
         let mut seen = Vec::new();

@@ -77,11 +77,18 @@ fn intent(yaml: &str, revision: u64) -> Intent {
 
 fn one(config: &PlannerConfig, facts: &ClusterFacts, agent: Agent, intent: &Intent) -> (Value, AgentOutcome) {
     let plan = plan(config, facts, &[agent], intent);
-    assert_eq!(plan.policies.len(), 1);
+    let [planned] = &plan.agents[..] else {
+        panic!("one agent planned: {plan:?}")
+    };
     (
-        serde_json::to_value(&plan.policies[0]).unwrap(),
-        plan.outcomes[0].clone(),
+        serde_json::to_value(planned.policy.as_ref().expect("a policy")).unwrap(),
+        planned.outcome.clone(),
     )
+}
+
+/// The policy of the first agent planned.
+fn first_policy(plan: &Plan) -> &k8s_openapi::api::networking::v1::NetworkPolicy {
+    plan.agents[0].policy.as_ref().expect("the first agent has a policy")
 }
 
 fn api_rule() -> Value {
@@ -186,14 +193,15 @@ fn no_api_address_means_no_egress_for_restricted_agents() {
         &[mk_agent("a", unverified(), LocalEgress::Absent)],
         &Intent::default(),
     );
-    let policy = serde_json::to_value(&plan.policies[0]).unwrap();
+    let policy = serde_json::to_value(first_policy(&plan)).unwrap();
     assert_eq!(policy, expected("a", "restricted", false, json!([]), None));
+    assert_eq!(plan.problems[0], ClusterProblem::ApiServerUndiscovered);
     assert!(
-        plan.warnings[0].starts_with("API server not discovered"),
+        plan.problems[0].to_string().starts_with("API server not discovered"),
         "{:?}",
-        plan.warnings
+        plan.problems
     );
-    assert_eq!(plan.outcomes[0].warnings.len(), 1);
+    assert_eq!(plan.agents[0].outcome.problems, vec![Problem::NoApiAccess]);
 }
 
 #[test]
@@ -302,16 +310,17 @@ fn invalid_local_rules_fail_closed_to_baseline_only() {
     let (policy, outcome) = one(
         &mk_config(),
         &mk_facts(),
-        mk_agent("a", verified(), LocalEgress::Invalid(errors)),
+        mk_agent("a", verified(), LocalEgress::Invalid(errors.clone())),
         &Intent::default(),
     );
     assert_eq!(
         policy,
         expected("a", "baseline-only", true, json!([api_rule(), dns_rule()]), None)
     );
+    assert_eq!(outcome.problems, vec![Problem::InvalidRule(errors[0].clone())]);
     assert_eq!(
-        outcome.errors,
-        vec!["invalid local egress rule: spec.egress.rules[0].to: port-only rule"]
+        outcome.problems[0].to_string(),
+        "invalid local egress rule: spec.egress.rules[0].to: port-only rule"
     );
 }
 
@@ -522,7 +531,7 @@ fn openshift_dns_allows_53_and_5353_and_missing_dns_falls_back_to_both_namespace
         &[mk_agent("a", verified(), LocalEgress::Rules(vec![]))],
         &Intent::default(),
     );
-    let policy = serde_json::to_value(&plan.policies[0]).unwrap();
+    let policy = serde_json::to_value(first_policy(&plan)).unwrap();
     assert_eq!(
         policy["spec"]["egress"][1],
         json!({"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
@@ -531,9 +540,13 @@ fn openshift_dns_allows_53_and_5353_and_missing_dns_falls_back_to_both_namespace
                          {"protocol": "UDP", "port": 53}, {"protocol": "UDP", "port": 5353}]})
     );
     assert!(
-        plan.warnings.iter().any(|w| w.starts_with("DNS not discovered")),
+        plan.problems.contains(&ClusterProblem::DnsUndiscovered)
+            && plan
+                .problems
+                .iter()
+                .any(|w| w.to_string().starts_with("DNS not discovered")),
         "{:?}",
-        plan.warnings
+        plan.problems
     );
 }
 
@@ -562,8 +575,15 @@ fn binding_warning_is_reported_without_changing_the_mode() {
     );
     assert_eq!(outcome.mode, Mode::AllowAll);
     assert_eq!(
-        outcome.warnings,
-        vec!["identity binding: SPIFFE ID x is not bound to trust domain y"]
+        outcome.problems,
+        vec![Problem::BindingNotSatisfied(
+            "SPIFFE ID x is not bound to trust domain y".into()
+        )]
+    );
+    assert!(!outcome.problems[0].is_error());
+    assert_eq!(
+        outcome.problems[0].to_string(),
+        "identity binding: SPIFFE ID x is not bound to trust domain y"
     );
 }
 
@@ -573,13 +593,76 @@ fn two_agents_on_one_workload_do_not_fight_over_the_policy() {
     let mut b = mk_agent("b", unverified(), LocalEgress::Absent);
     b.target_name = a.target_name.clone();
     let plan = plan(&mk_config(), &mk_facts(), &[b, a], &Intent::default());
-    assert_eq!(plan.policies.len(), 1);
+    assert_eq!(plan.policies().count(), 1);
     assert_eq!(
-        plan.policies[0].metadata.labels.as_ref().unwrap()["tollgate.dev/agent"],
+        first_policy(&plan).metadata.labels.as_ref().unwrap()["tollgate.dev/agent"],
         "a"
     );
-    assert_eq!(plan.outcomes[1].policy_name, None);
-    assert!(plan.outcomes[1].errors[0].contains("already written for agent a"));
+    let b = &plan.agents[1];
+    assert_eq!(
+        (
+            b.outcome.name.as_str(),
+            b.outcome.policy_name.as_ref(),
+            b.policy.as_ref()
+        ),
+        ("b", None, None)
+    );
+    assert_eq!(
+        b.outcome.problems,
+        vec![Problem::PolicyTaken {
+            policy: first_policy(&plan).metadata.name.clone().unwrap(),
+            owner: "a".into()
+        }]
+    );
+    assert!(b.outcome.problems[0].is_error());
+    assert!(
+        b.outcome.problems[0]
+            .to_string()
+            .contains("already written for agent a")
+    );
+}
+
+#[test]
+fn each_agent_carries_its_own_policy_whatever_the_names_sort_like() {
+    // Agent names sort one way, workload (policy) names the other: each agent's value holds its own policy.
+    let mut agents = Vec::new();
+    for (agent, workload) in [("a", "z"), ("b", "y"), ("c", "x")] {
+        let mut a = mk_agent(
+            agent,
+            verified(),
+            if agent == "b" {
+                LocalEgress::Rules(vec![])
+            } else {
+                LocalEgress::Absent
+            },
+        );
+        a.target_name = workload.into();
+        agents.push(a);
+    }
+    let plan = plan(&mk_config(), &mk_facts(), &agents, &Intent::default());
+    let got: Vec<(&str, &str, &str, Mode)> = plan
+        .agents
+        .iter()
+        .map(|a| {
+            let policy = a.policy.as_ref().unwrap();
+            let labels = policy.metadata.labels.as_ref().unwrap();
+            (
+                a.outcome.name.as_str(),
+                labels["tollgate.dev/agent"].as_str(),
+                policy.metadata.name.as_deref().unwrap(),
+                a.outcome.mode,
+            )
+        })
+        .collect();
+    let suffix = &mk_config().name_suffix;
+    assert_eq!(
+        got,
+        vec![
+            ("a", "a", &*format!("z{suffix}"), Mode::AllowAll),
+            ("b", "b", &*format!("y{suffix}"), Mode::Scoped),
+            ("c", "c", &*format!("x{suffix}"), Mode::AllowAll),
+        ]
+    );
 }
 
 #[test]
@@ -593,7 +676,7 @@ fn destinations_describe_each_peer_and_port() {
         &[mk_agent("a", verified(), LocalEgress::Rules(local))],
         &Intent::default(),
     );
-    let all = destinations(&plan.policies[0]);
+    let all = destinations(first_policy(&plan));
     for line in [
         "203.0.113.0/24 except 203.0.113.128/25 TCP/5432",
         "203.0.113.0/24 except 203.0.113.128/25 UDP/8000-8100",
@@ -614,8 +697,10 @@ fn plan_allow_all() -> NetworkPolicy {
         &[mk_agent("a", verified(), LocalEgress::Absent)],
         &Intent::default(),
     )
-    .policies
+    .agents
     .remove(0)
+    .policy
+    .unwrap()
 }
 
 #[test]
@@ -816,9 +901,11 @@ fn a_name_passes_a_ceiling_only_when_listed_and_hub_rules_resolve_too() {
     assert_eq!(outcome.dropped.len(), 1);
     assert_eq!(outcome.dropped[0].peer, Some(1));
     assert!(
-        outcome.dropped[0]
-            .reason
-            .contains("other.example.com is not among the names allowed by guardrail g"),
+        matches!(&outcome.dropped[0].reason, DropReason::OutsideGuardrail(_))
+            && outcome.dropped[0]
+                .reason
+                .to_string()
+                .contains("other.example.com is not among the names allowed by guardrail g"),
         "{}",
         outcome.dropped[0].reason
     );
