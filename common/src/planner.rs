@@ -246,12 +246,13 @@ impl Problem {
         matches!(self, Self::InvalidRule(_) | Self::PolicyTaken { .. })
     }
 
-    /// The reason of the agent's Event: errors share one Event, [`Problem::BindingNotSatisfied`] has its own.
+    /// The reason of the agent's Event (problems of one reason share an Event).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidRule(_) | Self::PolicyTaken { .. } => "InvalidEgressRules",
+            Self::InvalidRule(_) => "InvalidEgressRules",
+            Self::PolicyTaken { .. } => "WorkloadPolicyTaken",
             Self::BindingNotSatisfied(_) => "BindingNotSatisfied",
-            Self::NoApiAccess => "Warning",
+            Self::NoApiAccess => "NoAPIAccess",
         }
     }
 }

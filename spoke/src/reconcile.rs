@@ -846,8 +846,12 @@ pub fn egress_annotations(
     revision: Option<u64>,
     widened_by: &[String],
 ) -> BTreeMap<String, String> {
-    let reason = match outcome.errors().next() {
-        Some(_) if outcome.mode == Mode::BaselineOnly => "InvalidEgressRules".to_string(),
+    let invalid = outcome
+        .problems
+        .iter()
+        .find(|p| matches!(p, planner::Problem::InvalidRule(_)));
+    let reason = match invalid {
+        Some(problem) if outcome.mode == Mode::BaselineOnly => problem.reason().to_string(),
         _ => outcome.verification_reason.as_str().to_string(),
     };
     BTreeMap::from([
@@ -920,20 +924,30 @@ fn summary(outcome: &AgentOutcome) -> String {
 }
 
 /// `(reason, message)` of every problem of one agent, in a stable order.
-/// The agent's errors share one Event (they all fail it closed); each warning and cluster problem has its own.
+/// The agent's errors first, then its dropped rules, its warnings and the cluster's problems; problems of one
+/// reason share an Event.
 fn problems(outcome: &AgentOutcome, cluster: &[ClusterProblem]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
-    if let Some(first) = outcome.errors().next() {
-        out.push((first.reason().to_string(), errors.join("; ")));
+    fn grouped<'p>(out: &mut Vec<(String, String)>, problems: impl Iterator<Item = &'p planner::Problem>) {
+        let mut by_reason: Vec<(&str, Vec<String>)> = Vec::new();
+        for problem in problems {
+            match by_reason.iter_mut().find(|(r, _)| *r == problem.reason()) {
+                Some((_, notes)) => notes.push(problem.to_string()),
+                None => by_reason.push((problem.reason(), vec![problem.to_string()])),
+            }
+        }
+        out.extend(
+            by_reason
+                .into_iter()
+                .map(|(r, notes)| (r.to_string(), notes.join("; "))),
+        );
     }
+    let mut out = Vec::new();
+    grouped(&mut out, outcome.errors());
     let dropped: Vec<String> = outcome.dropped.iter().map(ToString::to_string).collect();
     if !dropped.is_empty() {
         out.push(("RulesDropped".to_string(), dropped.join("; ")));
     }
-    for warning in outcome.warnings() {
-        out.push((warning.reason().to_string(), warning.to_string()));
-    }
+    grouped(&mut out, outcome.warnings());
     for problem in cluster {
         out.push((problem.reason().to_string(), problem.to_string()));
     }
@@ -1001,6 +1015,55 @@ fn agent_cards(world: &World) -> HashMap<Key, AgentCardStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_common::field_error::FieldError;
+    use tollgate_common::planner::Problem;
+    use tollgate_common::verification::Reason;
+
+    #[test]
+    fn each_kind_of_problem_is_its_own_event() {
+        let outcome = AgentOutcome {
+            namespace: "ns".into(),
+            name: "b".into(),
+            policy_name: None,
+            mode: Mode::BaselineOnly,
+            verified: true,
+            verification_reason: Reason::SignatureVerified,
+            rule_sources: Vec::new(),
+            rule_count: 0,
+            dropped: Vec::new(),
+            names: Vec::new(),
+            problems: vec![
+                Problem::InvalidRule(FieldError::new("spec.egress.rules[0].to", "port-only rule")),
+                Problem::BindingNotSatisfied("SPIFFE ID x is not bound".into()),
+                Problem::PolicyTaken {
+                    policy: "wl-signature-policy".into(),
+                    owner: "a".into(),
+                },
+                Problem::InvalidRule(FieldError::new("spec.egress.rules[1].ports", "bad")),
+            ],
+        };
+        let got = problems(&outcome, &[ClusterProblem::DnsUndiscovered]);
+        let reasons: Vec<&str> = got.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "InvalidEgressRules",
+                "WorkloadPolicyTaken",
+                "BindingNotSatisfied",
+                "DNSUndiscovered"
+            ]
+        );
+        assert_eq!(
+            got[0].1,
+            "invalid local egress rule: spec.egress.rules[0].to: port-only rule; invalid local egress rule: \
+             spec.egress.rules[1].ports: bad"
+        );
+        assert!(got[1].1.contains("already written for agent a"), "{}", got[1].1);
+        assert_eq!(
+            egress_annotations(&outcome, Some(3), &[])["tollgate.dev/egress-reason"],
+            "InvalidEgressRules"
+        );
+    }
 
     #[test]
     fn backoff_grows_per_kind_and_resets() {
