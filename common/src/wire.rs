@@ -1,18 +1,16 @@
 //! Conversions between the `tollgate.v1` wire messages and the domain types, validated at the edge. The only
 //! place where protobuf types meet domain types: the planner never sees either side's transport.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
 use tollgate_proto::v1 as pb;
 
 use crate::document::{DocumentSet, Source};
-use crate::egress_rule::parse_egress_rules;
-use crate::egress_rule::{PortRange, Protocol};
+use crate::egress_rule::{EgressRule, PortRange, Protocol, parse_egress_rules};
 use crate::field_error::{DocumentError, FieldError};
 use crate::intent::Intent;
-use crate::planner::{Agent, AgentOutcome, ApiServerFacts, ClusterFacts, DnsFacts, LocalEgress};
+use crate::label_selector::LabelSelector;
+use crate::planner::{Agent, AgentOutcome, ApiServerFacts, ClusterFacts, DnsFacts, LocalEgress, Mode};
 use crate::verification::{Reason, Verification};
 
 /// The documents of a set as wire documents (canonical YAML each), sorted by kind then name.
@@ -61,10 +59,8 @@ pub fn facts_to_wire(facts: &ClusterFacts, kubernetes_version: &str) -> pb::Clus
                 d.target_ports
                     .iter()
                     .filter_map(|p| {
-                        Some(pb::PortSpec {
-                            protocol: p.protocol.as_str().to_string(),
-                            port: u32::from(p.port?),
-                        })
+                        p.port?;
+                        Some(port_to_wire(p))
                     })
                     .collect()
             })
@@ -76,143 +72,6 @@ pub fn facts_to_wire(facts: &ClusterFacts, kubernetes_version: &str) -> pb::Clus
         kubernetes_version: kubernetes_version.to_string(),
         ..pb::ClusterFacts::default()
     }
-}
-
-/// Reported facts as the hub stores them (JSON with the wire message's field names).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct StoredFacts {
-    api_server_addresses: Vec<String>,
-    api_server_ports: Vec<u32>,
-    api_service_address: String,
-    api_service_port: u32,
-    dns_namespace: String,
-    dns_addresses: Vec<String>,
-    dns_ports: Vec<StoredPort>,
-    dns_service_address: String,
-    kubernetes_version: String,
-    restricted_allow_dns: bool,
-    policy_name_suffix: String,
-    spoke_version: String,
-    resolved_names: Vec<StoredName>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct StoredName {
-    name: String,
-    addresses: Vec<StoredAddress>,
-    error: String,
-    nxdomain: bool,
-    unstable: bool,
-    known: u32,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct StoredAddress {
-    address: String,
-    first_seen_unix: i64,
-    stale_since_unix: i64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-struct StoredPort {
-    protocol: String,
-    port: u32,
-}
-
-/// Reported facts as stored JSON.
-pub fn facts_to_json(message: &pb::ClusterFacts) -> String {
-    let stored = StoredFacts {
-        api_server_addresses: message.api_server_addresses.clone(),
-        api_server_ports: message.api_server_ports.clone(),
-        api_service_address: message.api_service_address.clone(),
-        api_service_port: message.api_service_port,
-        dns_namespace: message.dns_namespace.clone(),
-        dns_addresses: message.dns_addresses.clone(),
-        dns_ports: message
-            .dns_ports
-            .iter()
-            .map(|p| StoredPort {
-                protocol: p.protocol.clone(),
-                port: p.port,
-            })
-            .collect(),
-        dns_service_address: message.dns_service_address.clone(),
-        kubernetes_version: message.kubernetes_version.clone(),
-        restricted_allow_dns: message.restricted_allow_dns,
-        policy_name_suffix: message.policy_name_suffix.clone(),
-        spoke_version: message.spoke_version.clone(),
-        resolved_names: message
-            .resolved_names
-            .iter()
-            .map(|n| StoredName {
-                name: n.name.clone(),
-                addresses: n
-                    .addresses
-                    .iter()
-                    .map(|a| StoredAddress {
-                        address: a.address.clone(),
-                        first_seen_unix: a.first_seen_unix,
-                        stale_since_unix: a.stale_since_unix,
-                    })
-                    .collect(),
-                error: n.error.clone(),
-                nxdomain: n.nxdomain,
-                unstable: n.unstable,
-                known: n.known,
-            })
-            .collect(),
-    };
-    serde_json::to_string(&stored).expect("facts serialize")
-}
-
-/// Stored facts JSON back as the wire message (validate it with [`facts_from_wire`]).
-pub fn facts_from_json(json: &str) -> Result<pb::ClusterFacts, String> {
-    let stored: StoredFacts = serde_json::from_str(json).map_err(|e| format!("stored facts: {e}"))?;
-    Ok(pb::ClusterFacts {
-        api_server_addresses: stored.api_server_addresses,
-        api_server_ports: stored.api_server_ports,
-        api_service_address: stored.api_service_address,
-        api_service_port: stored.api_service_port,
-        dns_namespace: stored.dns_namespace,
-        dns_addresses: stored.dns_addresses,
-        dns_ports: stored
-            .dns_ports
-            .into_iter()
-            .map(|p| pb::PortSpec {
-                protocol: p.protocol,
-                port: p.port,
-            })
-            .collect(),
-        dns_service_address: stored.dns_service_address,
-        kubernetes_version: stored.kubernetes_version,
-        restricted_allow_dns: stored.restricted_allow_dns,
-        policy_name_suffix: stored.policy_name_suffix,
-        spoke_version: stored.spoke_version,
-        resolved_names: stored
-            .resolved_names
-            .into_iter()
-            .map(|n| pb::ResolvedName {
-                name: n.name,
-                addresses: n
-                    .addresses
-                    .into_iter()
-                    .map(|a| pb::ResolvedAddress {
-                        address: a.address,
-                        first_seen_unix: a.first_seen_unix,
-                        stale_since_unix: a.stale_since_unix,
-                    })
-                    .collect(),
-                error: n.error,
-                nxdomain: n.nxdomain,
-                unstable: n.unstable,
-                known: n.known,
-            })
-            .collect(),
-    })
 }
 
 fn ip(text: &str, path: &str) -> Result<IpAddr, FieldError> {
@@ -286,67 +145,255 @@ pub fn facts_from_wire(message: &pb::ClusterFacts) -> Result<ClusterFacts, Field
     })
 }
 
-/// What the hub needs to plan one agent under other intent: everything of a planner [`Agent`] that shapes its
-/// egress.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PlanInputs {
-    pub target_name: String,
-    pub namespace_labels: BTreeMap<String, String>,
-    pub verified: bool,
-    pub verification_reason: String,
-    /// The valid local rules (NetworkPolicy egress shape); `None` when `spec.egress` is absent.
-    pub local_rules: Option<serde_json::Value>,
-    /// Why `spec.egress` is invalid, when it is.
-    pub local_errors: Vec<String>,
-}
-
-impl PlanInputs {
-    pub fn of(agent: &Agent) -> Self {
-        let (local_rules, local_errors) = match &agent.local_egress {
-            LocalEgress::Absent => (None, Vec::new()),
-            LocalEgress::Rules(rules) => (Some(serde_json::to_value(rules).expect("rules serialize")), Vec::new()),
-            LocalEgress::Invalid(errors) => (
-                Some(serde_json::Value::Array(Vec::new())),
-                errors.iter().map(ToString::to_string).collect(),
-            ),
-        };
-        Self {
-            target_name: agent.target_name.clone(),
-            namespace_labels: agent.namespace_labels.clone(),
-            verified: agent.verification.verified,
-            verification_reason: agent.verification.reason.as_str().to_string(),
-            local_rules,
-            local_errors,
+impl From<Mode> for pb::EgressMode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Scoped => Self::Scoped,
+            Mode::AllowAll => Self::AllowAll,
+            Mode::BaselineOnly => Self::BaselineOnly,
+            Mode::Restricted => Self::Restricted,
         }
     }
+}
 
-    /// The planner agent these inputs describe; the rules are validated again (a hub never trusts them blindly).
-    pub fn agent(&self, namespace: &str, name: &str, labels: &BTreeMap<String, String>) -> Result<Agent, String> {
-        let reason = Reason::parse(&self.verification_reason)
-            .ok_or_else(|| format!("unknown verification reason {:?}", self.verification_reason))?;
-        let local_egress = match (&self.local_rules, self.local_errors.is_empty()) {
-            (None, _) => LocalEgress::Absent,
-            (Some(_), false) => {
-                LocalEgress::Invalid(self.local_errors.iter().map(|e| FieldError::new("", e)).collect())
+impl TryFrom<pb::EgressMode> for Mode {
+    type Error = FieldError;
+
+    fn try_from(mode: pb::EgressMode) -> Result<Self, FieldError> {
+        Ok(match mode {
+            pb::EgressMode::Scoped => Self::Scoped,
+            pb::EgressMode::AllowAll => Self::AllowAll,
+            pb::EgressMode::BaselineOnly => Self::BaselineOnly,
+            pb::EgressMode::Restricted => Self::Restricted,
+            pb::EgressMode::Unspecified => return Err(FieldError::new("mode", "required: the agent's egress mode")),
+        })
+    }
+}
+
+impl From<Reason> for pb::VerificationReason {
+    fn from(reason: Reason) -> Self {
+        match reason {
+            Reason::MtlsVerified => Self::MtlsVerified,
+            Reason::SignatureVerified => Self::SignatureVerified,
+            Reason::AgentCardVerified => Self::AgentCardVerified,
+            Reason::NotVerified => Self::NotVerified,
+            Reason::BindingFailed => Self::BindingFailed,
+            Reason::CardStale => Self::CardStale,
+            Reason::Malformed => Self::Malformed,
+        }
+    }
+}
+
+impl TryFrom<pb::VerificationReason> for Reason {
+    type Error = FieldError;
+
+    fn try_from(reason: pb::VerificationReason) -> Result<Self, FieldError> {
+        Ok(match reason {
+            pb::VerificationReason::MtlsVerified => Self::MtlsVerified,
+            pb::VerificationReason::SignatureVerified => Self::SignatureVerified,
+            pb::VerificationReason::AgentCardVerified => Self::AgentCardVerified,
+            pb::VerificationReason::NotVerified => Self::NotVerified,
+            pb::VerificationReason::BindingFailed => Self::BindingFailed,
+            pb::VerificationReason::CardStale => Self::CardStale,
+            pb::VerificationReason::Malformed => Self::Malformed,
+            pb::VerificationReason::Unspecified => {
+                return Err(FieldError::new(
+                    "verificationReason",
+                    "required: why the agent is (not) verified",
+                ));
             }
-            (Some(rules), true) => LocalEgress::Rules(
-                parse_egress_rules(rules, "spec.egress.rules")
-                    .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))?,
-            ),
+        })
+    }
+}
+
+/// A mode as received: an unknown number (a newer peer) is [`pb::EgressMode::Unspecified`].
+pub fn mode_from_wire(value: i32) -> Result<Mode, FieldError> {
+    pb::EgressMode::try_from(value)
+        .unwrap_or(pb::EgressMode::Unspecified)
+        .try_into()
+}
+
+/// A verification reason as received: an unknown number (a newer peer) is [`pb::VerificationReason::Unspecified`].
+pub fn reason_from_wire(value: i32) -> Result<Reason, FieldError> {
+    pb::VerificationReason::try_from(value)
+        .unwrap_or(pb::VerificationReason::Unspecified)
+        .try_into()
+}
+
+/// A received mode as its name (`scoped`, `allow-all`, …), `unknown` when it is not one.
+pub fn mode_name(value: i32) -> &'static str {
+    mode_from_wire(value).map_or("unknown", Mode::as_str)
+}
+
+/// A received verification reason as its name (`SignatureVerified`, …), `unknown` when it is not one.
+pub fn reason_name(value: i32) -> &'static str {
+    reason_from_wire(value).map_or("unknown", Reason::as_str)
+}
+
+/// What the hub needs to plan one agent under other intent, beyond its status: everything of a planner [`Agent`]
+/// that shapes its egress.
+pub fn plan_inputs(agent: &Agent) -> pb::PlanInputs {
+    pb::PlanInputs {
+        target_name: agent.target_name.clone(),
+        namespace_labels: agent.namespace_labels.clone().into_iter().collect(),
+        local_egress: match &agent.local_egress {
+            LocalEgress::Absent => None,
+            LocalEgress::Rules(rules) => Some(pb::plan_inputs::LocalEgress::Rules(pb::LocalRules {
+                rules: rules.iter().map(rule_to_wire).collect(),
+            })),
+            LocalEgress::Invalid(errors) => Some(pb::plan_inputs::LocalEgress::Invalid(pb::LocalErrors {
+                errors: errors.iter().map(ToString::to_string).collect(),
+            })),
+        },
+    }
+}
+
+/// One rule in the wire shape.
+pub fn rule_to_wire(rule: &EgressRule) -> pb::EgressRule {
+    let selector = |s: &LabelSelector| pb::LabelSelector {
+        match_labels: s.match_labels.clone().into_iter().collect(),
+        match_expressions: s
+            .match_expressions
+            .iter()
+            .map(|r| pb::LabelSelectorRequirement {
+                key: r.key.clone(),
+                operator: r.operator.as_str().to_string(),
+                values: r.values.clone(),
+            })
+            .collect(),
+    };
+    pb::EgressRule {
+        to: rule
+            .to
+            .iter()
+            .map(|peer| pb::Peer {
+                ip_block: peer.ip_block.as_ref().map(|b| pb::IpBlock {
+                    cidr: b.cidr.to_string(),
+                    except: b.except.iter().map(ToString::to_string).collect(),
+                }),
+                namespace_selector: peer.namespace_selector.as_ref().map(selector),
+                pod_selector: peer.pod_selector.as_ref().map(selector),
+                fqdn: peer.fqdn.as_ref().map(ToString::to_string).unwrap_or_default(),
+            })
+            .collect(),
+        ports: rule.ports.iter().map(port_to_wire).collect(),
+    }
+}
+
+fn port_to_wire(port: &PortRange) -> pb::PortSpec {
+    pb::PortSpec {
+        protocol: port.protocol.as_str().to_string(),
+        port: port.port.map_or(0, u32::from),
+        end_port: port.end_port.map_or(0, u32::from),
+    }
+}
+
+/// Received rules, validated exactly as declared rules are (through their NetworkPolicy shape).
+pub fn rules_from_wire(rules: &[pb::EgressRule], path: &str) -> Result<Vec<EgressRule>, Vec<FieldError>> {
+    use serde_json::{Map, Value, json};
+    let selector = |s: &pb::LabelSelector| {
+        let mut out = Map::new();
+        if !s.match_labels.is_empty() {
+            out.insert("matchLabels".into(), json!(s.match_labels));
+        }
+        if !s.match_expressions.is_empty() {
+            let expressions: Vec<Value> = s
+                .match_expressions
+                .iter()
+                .map(|r| json!({"key": r.key, "operator": r.operator, "values": r.values}))
+                .collect();
+            out.insert("matchExpressions".into(), Value::Array(expressions));
+        }
+        Value::Object(out)
+    };
+    let rules: Vec<Value> = rules
+        .iter()
+        .map(|rule| {
+            let to: Vec<Value> = rule
+                .to
+                .iter()
+                .map(|peer| {
+                    let mut out = Map::new();
+                    if let Some(block) = &peer.ip_block {
+                        let mut b = Map::new();
+                        b.insert("cidr".into(), json!(block.cidr));
+                        if !block.except.is_empty() {
+                            b.insert("except".into(), json!(block.except));
+                        }
+                        out.insert("ipBlock".into(), Value::Object(b));
+                    }
+                    if let Some(s) = &peer.namespace_selector {
+                        out.insert("namespaceSelector".into(), selector(s));
+                    }
+                    if let Some(s) = &peer.pod_selector {
+                        out.insert("podSelector".into(), selector(s));
+                    }
+                    if !peer.fqdn.is_empty() {
+                        out.insert("fqdn".into(), json!(peer.fqdn));
+                    }
+                    Value::Object(out)
+                })
+                .collect();
+            let ports: Vec<Value> = rule
+                .ports
+                .iter()
+                .map(|p| {
+                    let mut out = Map::new();
+                    out.insert("protocol".into(), json!(p.protocol));
+                    if p.port != 0 {
+                        out.insert("port".into(), json!(p.port));
+                    }
+                    if p.end_port != 0 {
+                        out.insert("endPort".into(), json!(p.end_port));
+                    }
+                    Value::Object(out)
+                })
+                .collect();
+            let mut out = Map::new();
+            out.insert("to".into(), Value::Array(to));
+            if !ports.is_empty() {
+                out.insert("ports".into(), Value::Array(ports));
+            }
+            Value::Object(out)
+        })
+        .collect();
+    parse_egress_rules(Value::Array(rules), path)
+}
+
+/// A reported agent as the planner's agent (the hub plans previews with it); its rules are validated again: a hub
+/// never trusts them blindly.
+impl TryFrom<&pb::AgentStatus> for Agent {
+    type Error = FieldError;
+
+    fn try_from(status: &pb::AgentStatus) -> Result<Self, FieldError> {
+        let inputs = status
+            .plan_inputs
+            .as_ref()
+            .ok_or_else(|| FieldError::new("planInputs", "required: what the agent is planned with"))?;
+        let local_egress = match &inputs.local_egress {
+            None => LocalEgress::Absent,
+            Some(pb::plan_inputs::LocalEgress::Invalid(invalid)) => {
+                LocalEgress::Invalid(invalid.errors.iter().map(|e| FieldError::new("", e)).collect())
+            }
+            Some(pb::plan_inputs::LocalEgress::Rules(local)) => {
+                LocalEgress::Rules(rules_from_wire(&local.rules, "planInputs.rules").map_err(|errors| {
+                    let first = errors.into_iter().next();
+                    first.unwrap_or_else(|| FieldError::new("planInputs.rules", "invalid"))
+                })?)
+            }
         };
         Ok(Agent {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: status.namespace.clone(),
+            name: status.name.clone(),
             uid: String::new(),
-            target_name: self.target_name.clone(),
-            labels: labels.clone(),
-            namespace_labels: self.namespace_labels.clone(),
+            target_name: inputs.target_name.clone(),
+            labels: status.labels.clone().into_iter().collect(),
+            namespace_labels: inputs.namespace_labels.clone().into_iter().collect(),
             pod_labels: None,
             local_egress,
             verification: Verification {
-                verified: self.verified,
-                reason,
+                verified: status.verified,
+                reason: reason_from_wire(status.verification_reason)?,
                 message: String::new(),
                 binding_warning: None,
             },
@@ -356,20 +403,19 @@ impl PlanInputs {
 
 /// One agent's outcome as reported to the hub, with the inputs the hub's `plan` needs.
 pub fn agent_status_to_wire(outcome: &AgentOutcome, agent: &Agent, applied_revision: u64) -> pb::AgentStatus {
-    let labels = &agent.labels;
     pb::AgentStatus {
         namespace: outcome.namespace.clone(),
         name: outcome.name.clone(),
-        labels: labels.clone().into_iter().collect(),
+        labels: agent.labels.clone().into_iter().collect(),
         verified: outcome.verified,
-        verification_reason: outcome.verification_reason.as_str().to_string(),
-        mode: outcome.mode.as_str().to_string(),
+        verification_reason: pb::VerificationReason::from(outcome.verification_reason).into(),
+        mode: pb::EgressMode::from(outcome.mode).into(),
         rule_count: u32::try_from(outcome.rule_count).unwrap_or(u32::MAX),
         rule_sources: outcome.rule_sources.iter().map(ToString::to_string).collect(),
         applied_revision,
         errors: outcome.errors().map(ToString::to_string).collect(),
         dropped_rules: outcome.dropped.iter().map(ToString::to_string).collect(),
-        plan_inputs: serde_json::to_string(&PlanInputs::of(agent)).expect("plan inputs serialize"),
+        plan_inputs: Some(plan_inputs(agent)),
         fqdn_names: {
             let mut names: Vec<String> = outcome.names.iter().map(|n| n.name.to_string()).collect();
             names.dedup();
@@ -381,6 +427,8 @@ pub fn agent_status_to_wire(outcome: &AgentOutcome, agent: &Agent, applied_revis
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -426,29 +474,101 @@ mod tests {
             }),
             names: Default::default(),
         };
-        let mut wire = facts_to_wire(&facts, "v1.20.2");
+        let wire = facts_to_wire(&facts, "v1.20.2");
         assert_eq!(wire.kubernetes_version, "v1.20.2");
         assert_eq!(facts_from_wire(&wire).unwrap(), facts);
-        wire.resolved_names = vec![pb::ResolvedName {
-            name: "api.openai.com".into(),
-            addresses: vec![pb::ResolvedAddress {
-                address: "203.0.113.9".into(),
-                first_seen_unix: 1_700_000_000,
-                stale_since_unix: 1_700_000_600,
-            }],
-            error: "SERVFAIL".into(),
-            nxdomain: false,
-            unstable: true,
-            known: 70,
-        }];
-        assert_eq!(
-            facts_from_json(&facts_to_json(&wire)).unwrap(),
-            wire,
-            "stored JSON round-trips"
-        );
-        assert!(facts_from_json("[1]").unwrap_err().starts_with("stored facts:"));
         let mut bad = wire;
         bad.api_server_ports = vec![70000];
         assert_eq!(facts_from_wire(&bad).unwrap_err().path, "apiServerPorts");
+    }
+
+    fn agent(local_egress: LocalEgress) -> Agent {
+        Agent {
+            namespace: "team-a".into(),
+            name: "researcher".into(),
+            uid: String::new(),
+            target_name: "researcher-deploy".into(),
+            labels: BTreeMap::from([("tier".into(), "gold".into())]),
+            namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".into(), "team-a".into())]),
+            pod_labels: None,
+            local_egress,
+            verification: Verification::verified(Reason::SignatureVerified, ""),
+        }
+    }
+
+    fn status(agent: &Agent) -> pb::AgentStatus {
+        let outcome = crate::planner::plan(
+            &Default::default(),
+            &Default::default(),
+            std::slice::from_ref(agent),
+            &Intent::default(),
+        )
+        .agents
+        .remove(0)
+        .outcome;
+        agent_status_to_wire(&outcome, agent, 3)
+    }
+
+    #[test]
+    fn an_agent_round_trips_through_its_status() {
+        let rules = parse_egress_rules(
+            serde_yaml_ng::from_str::<serde_json::Value>(
+                "- to: [{ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}}, {fqdn: api.example.com}]\n  \
+                 ports: [{protocol: TCP, port: 8000, endPort: 8100}, {protocol: UDP}]\n\
+                 - to: [{namespaceSelector: {matchLabels: {team: db}}, podSelector: {matchExpressions: \
+                 [{key: app, operator: In, values: [pg]}, {key: canary, operator: DoesNotExist}]}}]\n",
+            )
+            .unwrap(),
+            "rules",
+        )
+        .unwrap();
+        for local in [
+            LocalEgress::Absent,
+            LocalEgress::Rules(Vec::new()),
+            LocalEgress::Rules(rules),
+            LocalEgress::Invalid(vec![FieldError::new("", "spec.egress.rules[0].to: port-only rule")]),
+        ] {
+            let agent = agent(local);
+            let status = status(&agent);
+            assert!(mode_from_wire(status.mode).is_ok(), "{status:?}");
+            assert_eq!(Agent::try_from(&status).unwrap(), agent);
+        }
+    }
+
+    #[test]
+    fn a_status_without_its_typed_fields_is_refused_by_field() {
+        let mut reported = status(&agent(LocalEgress::Absent));
+        reported.verification_reason = 0;
+        assert_eq!(Agent::try_from(&reported).unwrap_err().path, "verificationReason");
+        reported.verification_reason = 99;
+        assert_eq!(
+            Agent::try_from(&reported).unwrap_err().path,
+            "verificationReason",
+            "a newer peer's reason"
+        );
+        reported.plan_inputs = None;
+        assert_eq!(Agent::try_from(&reported).unwrap_err().path, "planInputs");
+        assert_eq!(mode_from_wire(0).unwrap_err().path, "mode");
+        for mode in Mode::ALL {
+            assert_eq!(mode_from_wire(pb::EgressMode::from(mode) as i32).unwrap(), mode);
+        }
+
+        let mut bad = status(&agent(LocalEgress::Rules(Vec::new())));
+        if let Some(pb::plan_inputs::LocalEgress::Rules(local)) =
+            bad.plan_inputs.as_mut().and_then(|i| i.local_egress.as_mut())
+        {
+            local.rules.push(pb::EgressRule {
+                to: vec![pb::Peer {
+                    ip_block: Some(pb::IpBlock {
+                        cidr: "10.0.0.1/8".into(),
+                        except: Vec::new(),
+                    }),
+                    ..Default::default()
+                }],
+                ports: Vec::new(),
+            });
+        }
+        let error = Agent::try_from(&bad).unwrap_err();
+        assert_eq!(error.path, "planInputs.rules[0].to[0].ipBlock.cidr", "{error}");
     }
 }

@@ -173,8 +173,8 @@ fn inventory(agents: usize, round: u64) -> pb::SpokeMessage {
                     name: format!("agent-{i:04}"),
                     labels: [("tier".to_string(), "llm".to_string())].into_iter().collect(),
                     verified: true,
-                    verification_reason: "mtls".into(),
-                    mode: "allow-all".into(),
+                    verification_reason: pb::VerificationReason::MtlsVerified.into(),
+                    mode: pb::EgressMode::AllowAll.into(),
                     applied_revision: round,
                     ..Default::default()
                 })

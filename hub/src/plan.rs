@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use tollgate_common::document::DocumentSet;
 use tollgate_common::intent::Intent;
 use tollgate_common::planner::{self, PlannerConfig};
-use tollgate_common::wire::{PlanInputs, facts_from_json, facts_from_wire};
+use tollgate_common::wire::{facts_from_wire, mode_name};
 use tollgate_proto::v1 as pb;
 
+use crate::store::facts::facts_from_json;
 use crate::store::{ClusterRecord, Store, StoreError};
 
 /// The preview of every cluster: only the agents whose policy changes.
@@ -25,12 +26,11 @@ pub async fn preview<S: Store>(
         let (facts, config) = cluster_facts(&cluster);
         let mut agents = Vec::new();
         let mut unreadable = Vec::new();
-        for record in &records {
-            let inputs: Result<PlanInputs, String> =
-                serde_json::from_str(&record.plan_inputs_json).map_err(|e| e.to_string());
-            match inputs.and_then(|i| i.agent(&record.namespace, &record.name, &record.labels)) {
+        for record in records {
+            let (namespace, name) = (record.namespace.clone(), record.name.clone());
+            match planner::Agent::try_from(&pb::AgentStatus::from(record)) {
                 Ok(agent) => agents.push(agent),
-                Err(reason) => unreadable.push(format!("{}/{}: {reason}", record.namespace, record.name)),
+                Err(reason) => unreadable.push(format!("{namespace}/{name}: {reason}")),
             }
         }
         for problem in unreadable {
@@ -72,7 +72,7 @@ pub fn changes(
                 let (outcome, own) = (&planned.outcome, planned.policy.as_ref());
                 // DNS names are shown as names (the hub never plans with a cluster's addresses): a gained name,
                 // not the addresses it stands for today.
-                let mut destinations = own.map(|p| planner::destinations(p)).unwrap_or_default();
+                let mut destinations = own.map(planner::destinations).unwrap_or_default();
                 if own.is_some() {
                     destinations.extend(outcome.names.iter().flat_map(|n| n.lines()));
                 }
@@ -95,8 +95,8 @@ pub fn changes(
         out.push(pb::AgentPlan {
             namespace: namespace.to_string(),
             name: name.to_string(),
-            mode_before: mode_before.as_str().to_string(),
-            mode_after: mode_after.as_str().to_string(),
+            mode_before: pb::EgressMode::from(*mode_before).into(),
+            mode_after: pb::EgressMode::from(*mode_after).into(),
             gained: gained_from.difference(lost_from).cloned().collect(),
             lost: lost_from.difference(gained_from).cloned().collect(),
         });
@@ -112,8 +112,8 @@ fn cluster_facts(cluster: &ClusterRecord) -> (planner::ClusterFacts, PlannerConf
     };
     let message = match facts_from_json(json) {
         Ok(message) => message,
-        Err(reason) => {
-            tracing::warn!(cluster = %cluster.id, reason, "Unreadable stored facts; previewing without them");
+        Err(error) => {
+            tracing::warn!(cluster = %cluster.id, %error, "Unreadable stored facts; previewing without them");
             return (planner::ClusterFacts::default(), PlannerConfig::default());
         }
     };
@@ -165,8 +165,8 @@ pub fn rows(plans: &[pb::ClusterPlan]) -> Vec<ClusterPlanRow> {
                 .map(|a| AgentPlanRow {
                     namespace: a.namespace.clone(),
                     name: a.name.clone(),
-                    mode_before: a.mode_before.clone(),
-                    mode_after: a.mode_after.clone(),
+                    mode_before: mode_name(a.mode_before).to_string(),
+                    mode_after: mode_name(a.mode_after).to_string(),
                     gained: a.gained.clone(),
                     lost: a.lost.clone(),
                 })
@@ -193,10 +193,11 @@ pub fn render(plans: &[pb::ClusterPlan], show_baseline: bool) -> String {
             cluster.agents.len()
         ));
         for agent in &cluster.agents {
-            let mode = if agent.mode_before == agent.mode_after {
-                agent.mode_after.clone()
+            let (before, after) = (mode_name(agent.mode_before), mode_name(agent.mode_after));
+            let mode = if before == after {
+                after.to_string()
             } else {
-                format!("{} -> {}", agent.mode_before, agent.mode_after)
+                format!("{before} -> {after}")
             };
             out.push_str(&format!("  {}/{}: {mode}\n", agent.namespace, agent.name));
             for (sign, lines) in [('+', &agent.gained), ('-', &agent.lost)] {
@@ -258,7 +259,7 @@ mod tests {
     fn changed(plans: &[pb::AgentPlan]) -> Vec<(&str, &str, &str)> {
         plans
             .iter()
-            .map(|a| (a.name.as_str(), a.mode_before.as_str(), a.mode_after.as_str()))
+            .map(|a| (a.name.as_str(), mode_name(a.mode_before), mode_name(a.mode_after)))
             .collect()
     }
 
@@ -341,7 +342,7 @@ mod tests {
         };
         let record = ClusterRecord {
             id: "c1".into(),
-            facts_json: Some(tollgate_common::wire::facts_to_json(&message)),
+            facts_json: Some(crate::store::facts::facts_to_json(&message)),
             ..ClusterRecord::default()
         };
         let (facts, config) = cluster_facts(&record);
@@ -360,8 +361,8 @@ mod tests {
                 agents: vec![pb::AgentPlan {
                     namespace: "team-a".into(),
                     name: "weather".into(),
-                    mode_before: "allow-all".into(),
-                    mode_after: "scoped".into(),
+                    mode_before: pb::EgressMode::AllowAll.into(),
+                    mode_after: pb::EgressMode::Scoped.into(),
                     gained: vec!["104.18.0.0/16 TCP/443".into()],
                     lost: vec!["* any port".into()],
                 }],
@@ -396,8 +397,8 @@ cluster dev: no change
         let agent = |gained: &[&str], lost: &[&str]| pb::AgentPlan {
             namespace: "team-a".into(),
             name: "chat".into(),
-            mode_before: "allow-all".into(),
-            mode_after: "scoped".into(),
+            mode_before: pb::EgressMode::AllowAll.into(),
+            mode_after: pb::EgressMode::Scoped.into(),
             gained: gained.iter().map(|s| s.to_string()).collect(),
             lost: lost.iter().map(|s| s.to_string()).collect(),
         };

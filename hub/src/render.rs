@@ -1,6 +1,7 @@
 //! Pure rendering of CLI output: tables as literal text, and the same rows for `-o json|yaml`.
 
 use serde::Serialize;
+use tollgate_common::wire::{mode_name, reason_name};
 use tollgate_proto::v1 as pb;
 
 pub use crate::validate::render_table;
@@ -489,8 +490,8 @@ pub fn agent_rows_with(status: &pb::FleetStatusResponse, names: bool) -> Vec<Age
             namespace: a.namespace.clone(),
             name: a.name.clone(),
             verified: a.verified,
-            verification_reason: a.verification_reason.clone(),
-            mode: a.mode.clone(),
+            verification_reason: reason_name(a.verification_reason).to_string(),
+            mode: mode_name(a.mode).to_string(),
             rule_count: a.rule_count,
             rule_sources: a.rule_sources.clone(),
             applied_revision: a.applied_revision,
@@ -520,7 +521,10 @@ pub fn agent_names_view(status: &pb::FleetStatusResponse, cluster: &str, now_uni
     };
     let mut out = format!(
         "Agent {}/{} in cluster {cluster}: {}, {} declared rule(s)",
-        agent.namespace, agent.name, agent.mode, agent.rule_count
+        agent.namespace,
+        agent.name,
+        mode_name(agent.mode),
+        agent.rule_count
     );
     if !agent.rule_sources.is_empty() {
         out.push_str(&format!(" from {}", agent.rule_sources.join(",")));
@@ -634,8 +638,8 @@ pub fn agents_view(status: &pb::FleetStatusResponse, cluster: &str, style: Style
             a.namespace.clone(),
             a.name.clone(),
             if a.verified { "yes" } else { "no" }.to_string(),
-            a.verification_reason.clone(),
-            a.mode.clone(),
+            reason_name(a.verification_reason).to_string(),
+            mode_name(a.mode).to_string(),
             a.rule_count.to_string(),
             if a.rule_sources.is_empty() {
                 "-".to_string()
@@ -1031,8 +1035,8 @@ mod tests {
                 name: "weather".into(),
                 labels: Default::default(),
                 verified: true,
-                verification_reason: "mTLSVerified".into(),
-                mode: "scoped".into(),
+                verification_reason: pb::VerificationReason::MtlsVerified.into(),
+                mode: pb::EgressMode::Scoped.into(),
                 rule_count: 2,
                 rule_sources: vec!["local".into(), "policy/llm-apis".into()],
                 applied_revision: 7,
@@ -1040,7 +1044,7 @@ mod tests {
                 dropped_rules: vec![
                     "local rule 1 peer 0: 8.8.8.0/24 is outside the allowed destinations of guardrail prod".into(),
                 ],
-                plan_inputs: String::new(),
+                plan_inputs: None,
                 fqdn_names: vec!["api.openai.com".into()],
                 widened_by: vec!["allow-all-egress".into()],
             }],
@@ -1243,7 +1247,7 @@ dev       -          no    5m ago   5/7   1   0   1   0   0   1   0   Diverged
             assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
         }
         let mut changed_agent = fleet();
-        changed_agent.agents[0].mode = "restricted".into();
+        changed_agent.agents[0].mode = pb::EgressMode::Restricted.into();
         assert_eq!(
             watch_agents(Some(&fleet()), &changed_agent, WatchFormat::Name).unwrap(),
             "agent/team-a/weather\n"

@@ -227,7 +227,7 @@ async fn run<S: Store>(
                             break;
                         }
                         Err(error) => {
-                            tracing::warn!(%error, retry_ms = delay.as_millis() as u64, "Could not read the latest revision");
+                            tracing::warn!(error = %tollgate_process::error_chain(&error), retry_ms = delay.as_millis() as u64, "Could not read the latest revision");
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(std::time::Duration::from_secs(5));
                         }

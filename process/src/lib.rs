@@ -80,9 +80,42 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// An error and each of its sources, joined by `: ` (what a person reads: the database's own words included).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_every_source() {
+        assert_eq!(error_chain(&std::io::Error::other("disk full")), "disk full");
+        #[derive(Debug)]
+        struct Wrapped(std::io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("writing the store")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            error_chain(&Wrapped(std::io::Error::other("disk full"))),
+            "writing the store: disk full"
+        );
+    }
 
     #[test]
     fn the_clock_is_unix_time_in_both_units() {

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tollgate_common::planner::Mode;
 
 use futures::Stream;
 use tollgate_common::document::{DocumentSet, Source};
@@ -172,27 +173,16 @@ pub async fn fleet_status<S: Store>(
             agents: agents
                 .into_iter()
                 .map(|a| pb::AgentStatus {
-                    namespace: a.namespace,
-                    name: a.name,
-                    labels: a.labels.into_iter().collect(),
-                    verified: a.verified,
-                    verification_reason: a.verification_reason,
-                    mode: a.mode,
-                    rule_count: a.rule_count,
-                    rule_sources: a.rule_sources,
-                    applied_revision: a.applied_revision,
-                    errors: a.errors,
-                    dropped_rules: a.dropped,
-                    plan_inputs: String::new(),
-                    fqdn_names: a.fqdn_names,
-                    widened_by: a.widened_by,
+                    // What the hub plans with stays inside the hub.
+                    plan_inputs: None,
+                    ..a.into()
                 })
                 .collect(),
             resolved_names: clusters
                 .iter()
                 .find(|c| c.id == cluster_id)
                 .and_then(|c| c.facts_json.as_deref())
-                .and_then(|json| tollgate_common::wire::facts_from_json(json).ok())
+                .and_then(|json| crate::store::facts::facts_from_json(json).ok())
                 .map(|facts| facts.resolved_names)
                 .unwrap_or_default(),
         });
@@ -200,7 +190,7 @@ pub async fn fleet_status<S: Store>(
     let mut rows = Vec::new();
     for cluster in store.clusters().await? {
         let agents = store.agents(&cluster.id).await?;
-        let count = |mode: &str| agents.iter().filter(|a| a.mode == mode).count() as u32;
+        let count = |mode: Mode| agents.iter().filter(|a| a.mode == mode).count() as u32;
         let conditions = cluster
             .conditions
             .iter()
@@ -218,10 +208,10 @@ pub async fn fleet_status<S: Store>(
             last_seen_unix_millis: cluster.last_seen_unix_millis,
             applied_revision: cluster.applied_revision,
             agents_total: agents.len() as u32,
-            agents_scoped: count("scoped"),
-            agents_allow_all: count("allow-all"),
-            agents_baseline_only: count("baseline-only"),
-            agents_restricted: count("restricted"),
+            agents_scoped: count(Mode::Scoped),
+            agents_allow_all: count(Mode::AllowAll),
+            agents_baseline_only: count(Mode::BaselineOnly),
+            agents_restricted: count(Mode::Restricted),
             errors: agents.iter().filter(|a| !a.errors.is_empty()).count() as u32,
             agents_widened: agents.iter().filter(|a| !a.widened_by.is_empty()).count() as u32,
             cluster_id: cluster.id,
@@ -242,7 +232,7 @@ fn spoke_version(cluster: &crate::store::ClusterRecord) -> String {
     cluster
         .facts_json
         .as_deref()
-        .and_then(|json| tollgate_common::wire::facts_from_json(json).ok())
+        .and_then(|json| crate::store::facts::facts_from_json(json).ok())
         .map(|facts| facts.spoke_version)
         .unwrap_or_default()
 }
@@ -328,12 +318,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             let snapshot = self.hub.snapshot();
             (snapshot.revision, snapshot.documents.clone())
         } else {
-            let stored = self.hub.store().revision(revision).await.map_err(|e| match e {
-                crate::store::StoreError::NoSuchRevision(n) => {
-                    Status::not_found(format!("revision {n} does not exist"))
-                }
-                e => status(e.into()),
-            })?;
+            let stored = self.hub.store().revision(revision).await?;
             (stored.info.number, stored.documents)
         };
         let mut selected = DocumentSet::default();

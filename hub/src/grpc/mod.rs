@@ -155,7 +155,7 @@ pub async fn serve<S: Store>(
     .context("serving gRPC");
     flusher.abort();
     if let Err(error) = reports.flush(hub.store()).await {
-        tracing::warn!(%error, "Could not record the last spoke reports");
+        tracing::warn!(error = %tollgate_process::error_chain(&error), "Could not record the last spoke reports");
     }
     served
 }
@@ -210,16 +210,20 @@ fn status(error: HubError) -> Status {
     }
 }
 
-/// The one mapping of store errors to status codes: a lost race is Aborted (retry the whole change), an unreadable
-/// stored revision FailedPrecondition (an admin must act), anything else Unavailable (retried).
+/// The one mapping of store errors to status codes: a lost race is Aborted (retry the whole change), something
+/// that does not exist NotFound, stored data or settings an admin must fix FailedPrecondition, a failing database
+/// Unavailable (retried). The message carries the whole chain, the database's own words included.
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
+        let message = tollgate_process::error_chain(&error);
         match error {
-            StoreError::Conflict { .. } => Status::aborted(error.to_string()),
+            StoreError::Conflict { .. } => Status::aborted(message),
+            StoreError::NoSuchRevision(_) | StoreError::NotRegistered(_) => Status::not_found(message),
             StoreError::Corrupt { revision, reason } => Status::failed_precondition(format!(
                 "stored revision {revision} cannot be read ({reason}); `tollgate-hub history` marks the readable ones"
             )),
-            error => Status::unavailable(error.to_string()),
+            StoreError::Unreadable { .. } | StoreError::Invalid(_) => Status::failed_precondition(message),
+            StoreError::Backend { .. } => Status::unavailable(message),
         }
     }
 }
@@ -275,10 +279,17 @@ mod tests {
                 .message()
                 .contains("stored revision 7 cannot be read (bad yaml)")
         );
-        assert_eq!(Status::from(StoreError::NoSuchRevision(9)).code(), Code::Unavailable);
+        assert_eq!(Status::from(StoreError::NoSuchRevision(9)).code(), Code::NotFound);
         assert_eq!(
-            Status::from(StoreError::Backend("disk".into())).code(),
-            Code::Unavailable
+            Status::from(StoreError::NotRegistered("x".into())).code(),
+            Code::NotFound
+        );
+        let backend = Status::from(StoreError::backend("writing", std::io::Error::other("disk full")));
+        assert_eq!(backend.code(), Code::Unavailable);
+        assert_eq!(backend.message(), "writing: disk full", "the source is kept");
+        assert_eq!(
+            Status::from(StoreError::Invalid("too many documents".into())).code(),
+            Code::FailedPrecondition
         );
         // Hub errors carrying a store error take the same mapping.
         assert_eq!(

@@ -89,7 +89,7 @@ impl ReportBuffer {
                 Ok(()) => failing = false,
                 Err(error) => {
                     if !failing {
-                        tracing::warn!(%error, "Could not record spoke reports; retrying");
+                        tracing::warn!(error = %tollgate_process::error_chain(&error), "Could not record spoke reports; retrying");
                     }
                     failing = true;
                 }

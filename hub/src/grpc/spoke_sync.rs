@@ -185,7 +185,9 @@ impl Sessions {
             }
             match hub.store().registrations().await {
                 Ok(registrations) => self.reconcile_registry(&registrations),
-                Err(error) => tracing::warn!(%error, "Could not read the cluster registry"),
+                Err(error) => {
+                    tracing::warn!(error = %tollgate_process::error_chain(&error), "Could not read the cluster registry")
+                }
             }
         }
     }
@@ -215,7 +217,7 @@ impl Sessions {
                 .record_connections(&self.replica, &ids, tollgate_process::unix_millis())
                 .await
             {
-                tracing::warn!(%error, "Could not renew the connected spokes in the store");
+                tracing::warn!(error = %tollgate_process::error_chain(&error), "Could not renew the connected spokes in the store");
             }
         }
     }
@@ -371,7 +373,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             && hello.store_id == store.store_id()
             && let Err(error) = self.hub.refresh().await
         {
-            tracing::warn!(cluster = %cluster, %error, "Could not catch up with the store");
+            tracing::warn!(cluster = %cluster, error = %tollgate_process::error_chain(&error), "Could not catch up with the store");
         }
 
         let mut snapshots = self.hub.subscribe();
@@ -397,7 +399,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
                 .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
                 .await
         {
-            tracing::warn!(cluster = %cluster, %error, "Could not record the connection in the store");
+            tracing::warn!(cluster = %cluster, error = %tollgate_process::error_chain(&error), "Could not record the connection in the store");
         }
         let (id, control) = self.sessions.register(
             &cluster,
@@ -679,7 +681,7 @@ impl<S: Store> SessionTask<S> {
             }
             Ok(false) => Ok(()),
             Err(error) => {
-                tracing::warn!(cluster = %self.cluster, %error, "Could not read the adoption request");
+                tracing::warn!(cluster = %self.cluster, error = %tollgate_process::error_chain(&error), "Could not read the adoption request");
                 Ok(())
             }
         }
@@ -690,10 +692,26 @@ impl<S: Store> SessionTask<S> {
         let now = tollgate_process::unix_millis();
         match message.msg {
             Some(spoke_message::Msg::Facts(facts)) => {
-                reports.facts(&self.cluster, tollgate_common::wire::facts_to_json(&facts), now);
+                reports.facts(&self.cluster, crate::store::facts::facts_to_json(&facts), now);
             }
             Some(spoke_message::Msg::Inventory(inventory)) => {
-                let agents: Vec<AgentRecord> = inventory.agents.into_iter().map(agent_record).collect();
+                // An agent without the fields the hub reads (a spoke of another version) refuses the whole
+                // inventory: the last one stays.
+                let agents: Result<Vec<AgentRecord>, String> = inventory
+                    .agents
+                    .into_iter()
+                    .map(|status| {
+                        let agent = format!("{}/{}", status.namespace, status.name);
+                        AgentRecord::try_from(status).map_err(|error| format!("agent {agent}: {error}"))
+                    })
+                    .collect();
+                let agents = match agents {
+                    Ok(agents) => agents,
+                    Err(error) => {
+                        tracing::warn!(cluster = %self.cluster, %error, "Refused an inventory");
+                        return;
+                    }
+                };
                 if let Err(error) = crate::store::check_inventory(&self.cluster, &agents) {
                     tracing::warn!(cluster = %self.cluster, %error, "Refused an inventory");
                     return;
@@ -722,7 +740,7 @@ impl<S: Store> SessionTask<S> {
                             self.adopt_sent = None;
                         }
                         Err(error) => {
-                            tracing::warn!(cluster = %self.cluster, %error, "Could not clear the adoption request")
+                            tracing::warn!(cluster = %self.cluster, error = %tollgate_process::error_chain(&error), "Could not clear the adoption request")
                         }
                     }
                 }
@@ -737,25 +755,6 @@ impl<S: Store> SessionTask<S> {
                 tracing::debug!(cluster = %self.cluster, "Ignored an unexpected message");
             }
         }
-    }
-}
-
-fn agent_record(status: pb::AgentStatus) -> AgentRecord {
-    AgentRecord {
-        namespace: status.namespace,
-        name: status.name,
-        labels: status.labels.into_iter().collect(),
-        verified: status.verified,
-        verification_reason: status.verification_reason,
-        mode: status.mode,
-        rule_count: status.rule_count,
-        rule_sources: status.rule_sources,
-        applied_revision: status.applied_revision,
-        errors: status.errors,
-        dropped: status.dropped_rules,
-        plan_inputs_json: status.plan_inputs,
-        fqdn_names: status.fqdn_names,
-        widened_by: status.widened_by,
     }
 }
 

@@ -35,20 +35,20 @@ impl std::fmt::Display for Summary {
 }
 
 fn backend(context: impl std::fmt::Display) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |error| StoreError::Backend(format!("{context}: {error}"))
+    move |error| StoreError::backend(context, error)
 }
 
 /// Writes a consistent copy of the store in `data_dir` to `out`, which must not exist. Works while a hub serves.
 pub fn backup(data_dir: &Path, out: &Path) -> Result<Summary, StoreError> {
     let database = data_dir.join(DATABASE_FILE);
     if !database.is_file() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::Invalid(format!(
             "{} holds no store ({DATABASE_FILE} is missing)",
             data_dir.display()
         )));
     }
     if out.exists() {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::Invalid(format!(
             "{} exists: a backup never overwrites a file",
             out.display()
         )));
@@ -60,7 +60,7 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Summary, StoreError> {
         .map_err(backend("setting the busy timeout"))?;
     let target = out
         .to_str()
-        .ok_or_else(|| StoreError::Backend(format!("{} is not UTF-8", out.display())))?;
+        .ok_or_else(|| StoreError::Invalid(format!("{} is not UTF-8", out.display())))?;
     connection
         .execute("VACUUM INTO ?1", [target])
         .map_err(backend(format_args!(
@@ -74,7 +74,7 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Summary, StoreError> {
 /// Checks that `file` is a Tollgate store this build can read, and says what it holds.
 pub fn inspect(file: &Path) -> Result<Summary, StoreError> {
     let not_a_store =
-        |reason: String| StoreError::Backend(format!("{} is not a Tollgate hub store: {reason}", file.display()));
+        |reason: String| StoreError::Invalid(format!("{} is not a Tollgate hub store: {reason}", file.display()));
     let connection =
         Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| not_a_store(e.to_string()))?;
     let integrity: String = connection
@@ -90,7 +90,7 @@ pub fn inspect(file: &Path) -> Result<Summary, StoreError> {
         .map_err(|e| not_a_store(e.to_string()))?;
     let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
     if version > known {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::Invalid(format!(
             "{}: schema version {version} is newer than this hub supports ({known}); use a newer tollgate-hub",
             file.display()
         )));
@@ -128,14 +128,14 @@ pub struct Restored {
 pub fn restore(data_dir: &Path, from: &Path, replace: bool, now_unix_millis: i64) -> Result<Restored, StoreError> {
     let summary = inspect(from)?;
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| StoreError::Backend(format!("cannot create data folder {}: {e}", data_dir.display())))?;
+        .map_err(|e| StoreError::backend(format!("cannot create data folder {}", data_dir.display()), e))?;
     let _lock = lock_data_dir(data_dir)?;
     let database = data_dir.join(DATABASE_FILE);
     let mut replaced = None;
     if database.exists() {
         if !replace {
             let current = inspect(&database).map_or_else(|e| e.to_string(), |s| s.to_string());
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Invalid(format!(
                 "{} already has a store ({current}); --force replaces it (the current one is kept beside it)",
                 data_dir.display()
             )));
@@ -147,7 +147,7 @@ pub fn restore(data_dir: &Path, from: &Path, replace: bool, now_unix_millis: i64
             match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Backend(format!("removing {}: {e}", file.display()))),
+                Err(e) => return Err(StoreError::backend(format!("removing {}", file.display()), e)),
             }
         }
         replaced = Some(kept);
@@ -160,7 +160,7 @@ pub fn restore(data_dir: &Path, from: &Path, replace: bool, now_unix_millis: i64
         std::fs::rename(&partial, &database)?;
         std::fs::File::open(data_dir)?.sync_all()
     };
-    copy().map_err(|e| StoreError::Backend(format!("copying {} to {}: {e}", from.display(), database.display())))?;
+    copy().map_err(|e| StoreError::backend(format!("copying {} to {}", from.display(), database.display()), e))?;
     // Migrate it to this build's schema now, so that the hub starts on exactly what was checked.
     let mut connection =
         Connection::open(&database).map_err(backend(format_args!("opening {}", database.display())))?;

@@ -16,10 +16,15 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 
+use prost::Message;
 use serde::{Deserialize, Serialize};
 use tollgate_common::document::DocumentSet;
+use tollgate_common::planner::Mode;
+use tollgate_common::verification::Reason;
+use tollgate_proto::v1 as pb;
 
 pub mod backup;
+pub mod facts;
 pub mod postgres;
 pub mod sqlite;
 
@@ -190,7 +195,7 @@ pub struct StoredCondition {
 
 /// What the hub learned from one spoke since its last write, written with every other spoke's in one transaction
 /// ([`Store::record_reports`]). `None` fields are left as they are.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterReport {
     pub id: String,
     /// The latest cluster facts, JSON (see [`ClusterRecord::facts_json`]).
@@ -225,7 +230,7 @@ pub struct Readable {
 }
 
 /// One agent of a cluster's inventory, with its status as the spoke reported it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentRecord {
     pub namespace: String,
     /// The `AgentRuntime` name.
@@ -234,9 +239,8 @@ pub struct AgentRecord {
     pub labels: BTreeMap<String, String>,
     pub verified: bool,
     /// Why the agent is (not) verified.
-    pub verification_reason: String,
-    /// `scoped`, `allow-all`, `baseline-only` or `restricted`.
-    pub mode: String,
+    pub verification_reason: Reason,
+    pub mode: Mode,
     /// How many egress rules its NetworkPolicy carries (baseline excluded).
     pub rule_count: u32,
     /// Where its rules came from (`local`, `EgressPolicy/NAME`, …).
@@ -248,19 +252,15 @@ pub struct AgentRecord {
     /// Local rules (or peers) dropped by a guardrail ceiling, described.
     pub dropped: Vec<String>,
     /// What the planner needs to preview this agent under other intent (`plan`), as the spoke reported it
-    /// (JSON; empty when not reported).
-    pub plan_inputs_json: String,
+    /// (stored as its protobuf encoding; `None` when not reported).
+    pub plan_inputs: Option<pb::PlanInputs>,
     /// The DNS names its rules use (their addresses are in the cluster's facts).
     pub fqdn_names: Vec<String>,
     /// Other NetworkPolicies that widen its egress.
     pub widened_by: Vec<String>,
 }
 
-/// Why a store operation failed.
-///
-/// Reports about a cluster that is not registered fail with [`StoreError::Backend`] naming the cluster (the hub
-/// refuses a hello of an unregistered cluster, so this is a cluster removed while its reports waited, or a bug of
-/// the caller).
+/// Why a store operation failed. The database's own error is kept as the [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Optimistic concurrency: the commit was computed from `expected`, but `actual` is the latest now.
@@ -272,9 +272,52 @@ pub enum StoreError {
     /// A stored revision no longer parses or validates.
     #[error("stored revision {revision} is unreadable: {reason}")]
     Corrupt { revision: u64, reason: String },
-    /// Anything else: I/O, the database, an unknown schema version, an unregistered cluster.
-    #[error("store: {0}")]
-    Backend(String),
+    /// A report about a cluster that is not registered (removed while its reports waited).
+    #[error("cluster {0:?} is not registered")]
+    NotRegistered(String),
+    /// A stored value other than a revision no longer reads back.
+    #[error("stored {what} is unreadable")]
+    Unreadable {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The store cannot be used as it is: locked by another process, a newer schema, a refused setting, a value out
+    /// of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database or the file system failed.
+    #[error("{context}")]
+    Backend {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// The underlying error of a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl StoreError {
+    /// A failure of the database or the file system while doing `context`.
+    pub(crate) fn backend(context: impl fmt::Display, source: impl Into<BoxError>) -> Self {
+        Self::Backend {
+            context: context.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// The same error, said to have happened in `place` (a file, a database).
+    pub(crate) fn within(self, place: impl fmt::Display) -> Self {
+        match self {
+            Self::Backend { context, source } => Self::Backend {
+                context: format!("{place}: {context}"),
+                source,
+            },
+            Self::Invalid(message) => Self::Invalid(format!("{place}: {message}")),
+            other => other,
+        }
+    }
 }
 
 /// Persistence of the hub: revisioned intent with history, and fleet status.
@@ -523,7 +566,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// The error for a report about a cluster that is not registered.
 pub(crate) fn unknown_cluster(id: &str) -> StoreError {
-    StoreError::Backend(format!("cluster {id:?} is not registered"))
+    StoreError::NotRegistered(id.to_string())
 }
 
 /// `labels` with `set` applied and the keys in `remove` removed: what `clusters label` stores.
@@ -588,7 +631,7 @@ fn reason_of(error: &StoreError) -> String {
 /// A new random store id: 128 bits from the operating system, in hex.
 pub(crate) fn new_store_id() -> Result<String, StoreError> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::Backend(format!("no randomness for the store id: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::backend("no randomness for the store id", e.to_string()))?;
     Ok(tollgate_common::intent::hex(&bytes))
 }
 
@@ -615,7 +658,7 @@ pub(crate) struct EncodedAgent {
     pub applied: i64,
     pub errors: String,
     pub dropped: String,
-    pub plan_inputs: String,
+    pub plan_inputs: Option<Vec<u8>>,
     pub names: String,
     pub widened_by: String,
 }
@@ -627,14 +670,14 @@ impl EncodedAgent {
             name: agent.name.clone(),
             labels: to_json(&agent.labels)?,
             verified: agent.verified,
-            reason: agent.verification_reason.clone(),
-            mode: agent.mode.clone(),
+            reason: agent.verification_reason.as_str().to_string(),
+            mode: agent.mode.as_str().to_string(),
             rule_count: agent.rule_count,
             sources: to_json(&agent.rule_sources)?,
             applied: to_sql_u64(agent.applied_revision, "applied revision")?,
             errors: to_json(&agent.errors)?,
             dropped: to_json(&agent.dropped)?,
-            plan_inputs: agent.plan_inputs_json.clone(),
+            plan_inputs: agent.plan_inputs.as_ref().map(Message::encode_to_vec),
             names: to_json(&agent.fqdn_names)?,
             widened_by: to_json(&agent.widened_by)?,
         })
@@ -689,7 +732,7 @@ pub(crate) mod report_sql {
     pub const CLEAR_AGENTS: &str = "DELETE FROM agents WHERE cluster_id = ?1";
     pub const INSERT_AGENT: &str = "INSERT INTO agents (cluster_id, namespace, name, labels_json, verified, \
          verification_reason, mode, rule_count, rule_sources_json, applied_revision, errors_json, dropped_json, \
-         plan_inputs_json, names_json, widened_by_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+         plan_inputs, names_json, widened_by_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
          ?14, ?15)";
 }
 
@@ -698,7 +741,7 @@ pub(crate) fn check_inventory(id: &str, agents: &[AgentRecord]) -> Result<(), St
     let mut seen = std::collections::BTreeSet::new();
     for agent in agents {
         if !seen.insert((agent.namespace.as_str(), agent.name.as_str())) {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Invalid(format!(
                 "inventory of cluster {id:?} lists agent {}/{} twice",
                 agent.namespace, agent.name
             )));
@@ -743,7 +786,7 @@ impl ClusterRow {
             )?,
             conditions: from_json(&self.conditions_json, &format!("conditions of cluster {id:?}"))?,
             applied_revision: u64::try_from(self.applied_revision)
-                .map_err(|_| StoreError::Backend(format!("negative applied revision of cluster {id:?}")))?,
+                .map_err(|_| StoreError::Invalid(format!("negative applied revision of cluster {id:?}")))?,
             adopt_requested: self.adopt_requested,
             registered_unix_millis: self.registered_unix_millis,
             refuse_certificates_before_unix_millis: self.refuse_certificates_before_unix_millis,
@@ -771,10 +814,10 @@ pub(crate) struct NewRevision {
 impl NewRevision {
     pub(crate) fn of(parent: u64, documents: &DocumentSet) -> Result<Self, StoreError> {
         let document_count = u32::try_from(documents.len())
-            .map_err(|_| StoreError::Backend(format!("{} documents are too many for one revision", documents.len())))?;
+            .map_err(|_| StoreError::Invalid(format!("{} documents are too many for one revision", documents.len())))?;
         let number = parent
             .checked_add(1)
-            .ok_or_else(|| StoreError::Backend("revision numbers are exhausted".to_string()))?;
+            .ok_or_else(|| StoreError::Invalid("revision numbers are exhausted".to_string()))?;
         Ok(Self {
             yaml: documents.to_yaml(),
             document_count,
@@ -785,13 +828,99 @@ impl NewRevision {
 }
 
 pub(crate) fn to_sql_u64(value: u64, what: &str) -> Result<i64, StoreError> {
-    i64::try_from(value).map_err(|_| StoreError::Backend(format!("{what} {value} is too large to store")))
+    i64::try_from(value).map_err(|_| StoreError::Invalid(format!("{what} {value} is too large to store")))
+}
+
+/// The columns of an agent record, in the order both backends read them.
+pub(crate) const AGENT_COLUMNS: &str = "namespace, name, labels_json, verified, verification_reason, mode, rule_count, \
+     rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs, names_json, widened_by_json";
+
+impl EncodedAgent {
+    /// The record back, each field checked; `cluster_id` names it in errors.
+    pub(crate) fn decode(self, cluster_id: &str) -> Result<AgentRecord, StoreError> {
+        let (namespace, name) = (self.namespace, self.name);
+        let what = |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
+        let unreadable = |field: &str, reason: String| StoreError::Unreadable {
+            what: what(field),
+            source: reason.into(),
+        };
+        Ok(AgentRecord {
+            labels: from_json(&self.labels, &what("labels"))?,
+            verified: self.verified,
+            verification_reason: Reason::parse(&self.reason)
+                .ok_or_else(|| unreadable("verification reason", format!("unknown reason {:?}", self.reason)))?,
+            mode: Mode::parse(&self.mode).ok_or_else(|| unreadable("mode", format!("unknown mode {:?}", self.mode)))?,
+            rule_count: self.rule_count,
+            rule_sources: from_json(&self.sources, &what("rule sources"))?,
+            applied_revision: u64::try_from(self.applied)
+                .map_err(|_| unreadable("applied revision", format!("negative: {}", self.applied)))?,
+            errors: from_json(&self.errors, &what("errors"))?,
+            dropped: from_json(&self.dropped, &what("dropped rules"))?,
+            plan_inputs: self
+                .plan_inputs
+                .map(|bytes| pb::PlanInputs::decode(bytes.as_slice()))
+                .transpose()
+                .map_err(|e| unreadable("plan inputs", e.to_string()))?,
+            fqdn_names: from_json(&self.names, &what("names"))?,
+            widened_by: from_json(&self.widened_by, &what("widened by"))?,
+            namespace,
+            name,
+        })
+    }
+}
+
+impl From<AgentRecord> for pb::AgentStatus {
+    fn from(a: AgentRecord) -> Self {
+        Self {
+            namespace: a.namespace,
+            name: a.name,
+            labels: a.labels.into_iter().collect(),
+            verified: a.verified,
+            verification_reason: pb::VerificationReason::from(a.verification_reason).into(),
+            mode: pb::EgressMode::from(a.mode).into(),
+            rule_count: a.rule_count,
+            rule_sources: a.rule_sources,
+            applied_revision: a.applied_revision,
+            errors: a.errors,
+            dropped_rules: a.dropped,
+            plan_inputs: a.plan_inputs,
+            fqdn_names: a.fqdn_names,
+            widened_by: a.widened_by,
+        }
+    }
+}
+
+/// A reported agent as the store keeps it; refused, naming the field, when it lacks what the hub reads.
+impl TryFrom<pb::AgentStatus> for AgentRecord {
+    type Error = tollgate_common::field_error::FieldError;
+
+    fn try_from(status: pb::AgentStatus) -> Result<Self, Self::Error> {
+        Ok(Self {
+            verification_reason: tollgate_common::wire::reason_from_wire(status.verification_reason)?,
+            mode: tollgate_common::wire::mode_from_wire(status.mode)?,
+            namespace: status.namespace,
+            name: status.name,
+            labels: status.labels.into_iter().collect(),
+            verified: status.verified,
+            rule_count: status.rule_count,
+            rule_sources: status.rule_sources,
+            applied_revision: status.applied_revision,
+            errors: status.errors,
+            dropped: status.dropped_rules,
+            plan_inputs: status.plan_inputs,
+            fqdn_names: status.fqdn_names,
+            widened_by: status.widened_by,
+        })
+    }
 }
 
 pub(crate) fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Backend(format!("cannot encode: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::backend("cannot encode", e))
 }
 
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::Unreadable {
+        what: what.to_string(),
+        source: e.into(),
+    })
 }

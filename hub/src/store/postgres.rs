@@ -34,9 +34,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation,
-    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, TokenUse, from_json, report_sql,
-    to_json, to_sql_u64,
+    AGENT_COLUMNS, AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedAgent, EncodedReport,
+    HistoryEntry, NewRevision, Operation, REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError,
+    TokenUse, from_json, report_sql, to_json, to_sql_u64,
 };
 
 /// The channel commits notify on.
@@ -128,6 +128,12 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         expires_unix_millis BIGINT NOT NULL
     );",
     ),
+    // As the embedded store's step 9: plan inputs as their protobuf encoding.
+    (
+        9,
+        "ALTER TABLE agents DROP COLUMN plan_inputs_json;
+    ALTER TABLE agents ADD COLUMN plan_inputs BYTEA;",
+    ),
 ];
 
 /// The PostgreSQL store. Cheap to clone: clones share one pool.
@@ -148,23 +154,18 @@ impl fmt::Debug for PgStore {
 
 /// A database error with PostgreSQL's own message (the driver's `Display` alone says only "db error").
 fn pg(error: tokio_postgres::Error) -> StoreError {
-    if let Some(db) = error.as_db_error() {
-        return StoreError::Backend(format!("postgres: {}: {}", db.code().code(), db.message()));
-    }
-    // The causes carry the useful part ("invalid peer certificate: UnknownIssuer", "Connection refused").
-    let mut message = format!("postgres: {error}");
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        message.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    StoreError::Backend(message)
+    let context = match error.as_db_error() {
+        Some(db) => format!("postgres: {}: {}", db.code().code(), db.message()),
+        // The causes carry the useful part ("invalid peer certificate: UnknownIssuer", "Connection refused").
+        None => "postgres".to_string(),
+    };
+    StoreError::backend(context, error)
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     match error {
         deadpool_postgres::PoolError::Backend(error) => pg(error),
-        other => StoreError::Backend(format!("postgres pool: {other}")),
+        other => StoreError::backend("postgres pool", other),
     }
 }
 
@@ -213,7 +214,7 @@ pub fn connection(url: &str, ca: Option<&Path>) -> Result<(tokio_postgres::Confi
     let shown = redact(url);
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e| StoreError::Backend(format!("--store {shown}: {e}")))?;
+        .map_err(|e| StoreError::backend(format!("--store {shown}"), e))?;
     // An unreachable database fails calls in seconds, and a connection cut off silently (a NAT or load balancer
     // dropping idle flows) is noticed, instead of hanging for the kernel's defaults.
     if config.get_connect_timeout().is_none() {
@@ -221,25 +222,24 @@ pub fn connection(url: &str, ca: Option<&Path>) -> Result<(tokio_postgres::Confi
     }
     config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
     match (ca, config.get_ssl_mode()) {
-        (None, SslMode::Require) => Err(StoreError::Backend(format!(
+        (None, SslMode::Require) => Err(StoreError::Invalid(format!(
             "--store {shown}: sslmode=require needs --store-ca FILE, the CA that signed the database server's certificate"
         ))),
         (None, _) => Ok((config, Connector::Plain)),
-        (Some(_), SslMode::Disable) => Err(StoreError::Backend(format!(
+        (Some(_), SslMode::Disable) => Err(StoreError::Invalid(format!(
             "--store {shown}: sslmode=disable contradicts --store-ca (which turns TLS on)"
         ))),
         (Some(ca), _) => {
-            let pem =
-                std::fs::read(ca).map_err(|e| StoreError::Backend(format!("--store-ca {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca).map_err(|e| StoreError::backend(format!("--store-ca {}", ca.display()), e))?;
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| StoreError::Backend(format!("--store-ca {}: {e}", ca.display())))?;
+                let cert = cert.map_err(|e| StoreError::backend(format!("--store-ca {}", ca.display()), e))?;
                 roots
                     .add(cert)
-                    .map_err(|e| StoreError::Backend(format!("--store-ca {}: {e}", ca.display())))?;
+                    .map_err(|e| StoreError::backend(format!("--store-ca {}", ca.display()), e))?;
             }
             if roots.is_empty() {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::Invalid(format!(
                     "--store-ca {}: no PEM certificate in the file",
                     ca.display()
                 )));
@@ -248,7 +248,7 @@ pub fn connection(url: &str, ca: Option<&Path>) -> Result<(tokio_postgres::Confi
                 rustls::crypto::ring::default_provider(),
             ))
             .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Backend(format!("TLS: {e}")))?
+            .map_err(|e| StoreError::backend("TLS", e))?
             .with_root_certificates(roots)
             .with_no_client_auth();
             config.ssl_mode(SslMode::Require);
@@ -303,16 +303,13 @@ impl PgStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| StoreError::Backend(format!("{display}: {e}")))?;
+            .map_err(|e| StoreError::backend(&display, e))?;
         let mut store = Self {
             pool,
             display,
             store_id: String::new(),
         };
-        let in_database = |e| match e {
-            StoreError::Backend(message) => StoreError::Backend(format!("{}: {message}", redact(url))),
-            other => other,
-        };
+        let in_database = |e: StoreError| e.within(redact(url));
         store.migrate().await.map_err(in_database)?;
         store.store_id = store.ensure_store_id().await.map_err(in_database)?;
         Ok(store)
@@ -360,14 +357,14 @@ impl PgStore {
             .get(0);
         let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
         if current > known {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Invalid(format!(
                 "database schema version {current} is newer than this hub supports ({known}); run a newer tollgate-hub"
             )));
         }
         for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
             tx.batch_execute(sql)
                 .await
-                .map_err(|e| StoreError::Backend(format!("migration {version} failed: {}", pg(e))))?;
+                .map_err(|e| pg(e).within(format_args!("migration {version} failed")))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES ($1, $2)",
                 &[version, &tollgate_process::unix_millis()],
@@ -385,7 +382,7 @@ fn numbered(sql: &str) -> String {
 }
 
 fn from_sql_u64(value: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(value).map_err(|_| StoreError::Backend(format!("negative {what} {value}")))
+    u64::try_from(value).map_err(|_| StoreError::Invalid(format!("negative {what} {value}")))
 }
 
 fn revision_info(row: &Row) -> Result<RevisionInfo, StoreError> {
@@ -886,43 +883,31 @@ impl Store for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json,
-                        widened_by_json
-                 FROM agents WHERE cluster_id = $1 ORDER BY namespace, name",
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE cluster_id = $1 ORDER BY namespace, name"),
                 &[&cluster_id],
             )
             .await
             .map_err(pg)?;
         rows.iter()
             .map(|row| {
-                let namespace: String = row.get(0);
-                let name: String = row.get(1);
-                let what = |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
-                let labels: String = row.get(2);
-                let sources: String = row.get(7);
-                let errors: String = row.get(9);
-                let dropped: String = row.get(10);
-                let names: String = row.get(12);
-                let widened_by: String = row.get(13);
                 let rule_count: i64 = row.get(6);
-                Ok(AgentRecord {
-                    labels: from_json(&labels, &what("labels"))?,
+                EncodedAgent {
+                    namespace: row.get(0),
+                    name: row.get(1),
+                    labels: row.get(2),
                     verified: row.get(3),
-                    verification_reason: row.get(4),
+                    reason: row.get(4),
                     mode: row.get(5),
-                    rule_count: u32::try_from(rule_count)
-                        .map_err(|_| StoreError::Backend(format!("bad {}", what("rule count"))))?,
-                    rule_sources: from_json(&sources, &what("rule sources"))?,
-                    applied_revision: from_sql_u64(row.get(8), &what("applied revision"))?,
-                    errors: from_json(&errors, &what("errors"))?,
-                    dropped: from_json(&dropped, &what("dropped rules"))?,
-                    plan_inputs_json: row.get(11),
-                    fqdn_names: from_json(&names, &what("names"))?,
-                    widened_by: from_json(&widened_by, &what("widened by"))?,
-                    namespace,
-                    name,
-                })
+                    rule_count: u32::try_from(rule_count).unwrap_or(u32::MAX),
+                    sources: row.get(7),
+                    applied: row.get(8),
+                    errors: row.get(9),
+                    dropped: row.get(10),
+                    plan_inputs: row.get(11),
+                    names: row.get(12),
+                    widened_by: row.get(13),
+                }
+                .decode(cluster_id)
             })
             .collect()
     }
@@ -936,7 +921,7 @@ pub async fn listen_for_revisions(url: String, ca: Option<std::path::PathBuf>, w
     let (config, connector) = match connection(&url, ca.as_deref()) {
         Ok(parsed) => parsed,
         Err(error) => {
-            tracing::error!(%error, "The revision listener cannot start");
+            tracing::error!(error = %tollgate_process::error_chain(&error), "The revision listener cannot start");
             return;
         }
     };
@@ -955,7 +940,7 @@ pub async fn listen_for_revisions(url: String, ca: Option<std::path::PathBuf>, w
                             }
                             Ok(_) => {}
                             Err(error) => {
-                                tracing::warn!(%error, "The revision listener's connection failed");
+                                tracing::warn!(error = %tollgate_process::error_chain(&error), "The revision listener's connection failed");
                                 return;
                             }
                         }

@@ -21,9 +21,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedReport, HistoryEntry, NewRevision, Operation,
-    REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError, TokenUse, from_json, report_sql,
-    to_json, to_sql_u64,
+    AGENT_COLUMNS, AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedAgent, EncodedReport,
+    HistoryEntry, NewRevision, Operation, REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError,
+    TokenUse, from_json, report_sql, to_json, to_sql_u64,
 };
 
 /// The database file's name within the data folder.
@@ -113,6 +113,13 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         expires_unix_millis INTEGER NOT NULL
     );",
     ),
+    // Plan inputs as their protobuf encoding (they were JSON); agents reported before are previewed again after
+    // their spoke's next inventory, which every connection sends.
+    (
+        9,
+        "ALTER TABLE agents DROP COLUMN plan_inputs_json;
+    ALTER TABLE agents ADD COLUMN plan_inputs BLOB;",
+    ),
 ];
 
 /// The embedded SQLite store. Cheap to clone: clones share one connection.
@@ -135,7 +142,7 @@ impl fmt::Debug for SqliteStore {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        Self::Backend(error.to_string())
+        Self::backend("sqlite", error)
     }
 }
 
@@ -145,14 +152,11 @@ impl SqliteStore {
     /// serving, or inside `spawn_blocking`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Backend(format!("cannot create data folder {}: {e}", data_dir.display())))?;
+            .map_err(|e| StoreError::backend(format!("cannot create data folder {}", data_dir.display()), e))?;
         let path = data_dir.join(DATABASE_FILE);
         let mut connection =
-            Connection::open(&path).map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
-        let in_file = |error: StoreError| match error {
-            StoreError::Backend(message) => StoreError::Backend(format!("{}: {message}", path.display())),
-            other => other,
-        };
+            Connection::open(&path).map_err(|e| StoreError::backend(format!("cannot open {}", path.display()), e))?;
+        let in_file = |error: StoreError| error.within(path.display());
         configure(&connection).map_err(in_file)?;
         migrate(&mut connection).map_err(in_file)?;
         let store_id = ensure_store_id(&connection).map_err(in_file)?;
@@ -184,7 +188,7 @@ impl SqliteStore {
             f(&mut connection)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        .map_err(|e| StoreError::backend("store task failed", e))?
     }
 }
 
@@ -197,17 +201,15 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, StoreError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::backend(format!("cannot open {}", path.display()), e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Backend(format!(
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Invalid(format!(
             "{} is in use by another process (a running hub holds {}); stop it first",
             data_dir.display(),
             LOCK_FILE
         ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::Backend(format!("cannot lock {}: {e}", path.display())))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::backend(format!("cannot lock {}", path.display()), e)),
     }
 }
 
@@ -215,7 +217,7 @@ pub(super) fn configure(connection: &Connection) -> Result<(), StoreError> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::Invalid(format!(
             "cannot switch the journal to WAL (still {mode})"
         )));
     }
@@ -238,7 +240,7 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let current = schema_version(&tx)?;
         if current > known {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Invalid(format!(
                 "database schema version {current} is newer than this hub supports ({known}); \
                  run a newer tollgate-hub or point it at another data folder"
             )));
@@ -247,7 +249,7 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             continue;
         }
         tx.execute_batch(sql)
-            .map_err(|e| StoreError::Backend(format!("migration {version} failed: {e}")))?;
+            .map_err(|e| StoreError::backend(format!("migration {version} failed"), e))?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_unix_millis) VALUES (?1, ?2)",
             params![version, tollgate_process::unix_millis()],
@@ -278,7 +280,7 @@ fn schema_version(tx: &Transaction<'_>) -> Result<u32, rusqlite::Error> {
 
 fn latest_number(tx: &Transaction<'_>) -> Result<u64, StoreError> {
     let number: i64 = tx.query_row("SELECT COALESCE(MAX(number), 0) FROM revisions", [], |row| row.get(0))?;
-    u64::try_from(number).map_err(|_| StoreError::Backend(format!("negative revision number {number}")))
+    u64::try_from(number).map_err(|_| StoreError::Invalid(format!("negative revision number {number}")))
 }
 
 /// The raw columns of a `revisions` row, decoded outside rusqlite's row callback.
@@ -305,7 +307,7 @@ fn revision_row(row: &Row<'_>) -> Result<RevisionRow, rusqlite::Error> {
 impl RevisionRow {
     fn decode(self) -> Result<RevisionInfo, StoreError> {
         let number = u64::try_from(self.number)
-            .map_err(|_| StoreError::Backend(format!("negative revision number {}", self.number)))?;
+            .map_err(|_| StoreError::Invalid(format!("negative revision number {}", self.number)))?;
         let corrupt = |reason: String| StoreError::Corrupt {
             revision: number,
             reason,
@@ -812,72 +814,30 @@ impl Store for SqliteStore {
     async fn agents(&self, cluster_id: &str) -> Result<Vec<AgentRecord>, StoreError> {
         let cluster_id = cluster_id.to_string();
         self.run(move |connection| {
-            let mut statement = connection.prepare(
-                "SELECT namespace, name, labels_json, verified, verification_reason, mode, rule_count,
-                        rule_sources_json, applied_revision, errors_json, dropped_json, plan_inputs_json, names_json,
-                        widened_by_json
-                 FROM agents WHERE cluster_id = ?1 ORDER BY namespace, name",
-            )?;
+            let mut statement = connection.prepare(&format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE cluster_id = ?1 ORDER BY namespace, name"
+            ))?;
             let rows = statement
                 .query_map([&cluster_id], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, bool>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                        row.get::<_, u32>(6)?,
-                        row.get::<_, String>(7)?,
-                        row.get::<_, i64>(8)?,
-                        row.get::<_, String>(9)?,
-                        row.get::<_, String>(10)?,
-                        row.get::<_, String>(11)?,
-                        row.get::<_, String>(12)?,
-                        row.get::<_, String>(13)?,
-                    ))
+                    Ok(EncodedAgent {
+                        namespace: row.get(0)?,
+                        name: row.get(1)?,
+                        labels: row.get(2)?,
+                        verified: row.get(3)?,
+                        reason: row.get(4)?,
+                        mode: row.get(5)?,
+                        rule_count: row.get(6)?,
+                        sources: row.get(7)?,
+                        applied: row.get(8)?,
+                        errors: row.get(9)?,
+                        dropped: row.get(10)?,
+                        plan_inputs: row.get(11)?,
+                        names: row.get(12)?,
+                        widened_by: row.get(13)?,
+                    })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(
-                    |(
-                        namespace,
-                        name,
-                        labels,
-                        verified,
-                        reason,
-                        mode,
-                        rule_count,
-                        sources,
-                        applied,
-                        errors,
-                        dropped,
-                        plan_inputs_json,
-                        names,
-                        widened_by,
-                    )| {
-                        let what =
-                            |field: &str| format!("{field} of agent {namespace}/{name} in cluster {cluster_id:?}");
-                        Ok(AgentRecord {
-                            labels: from_json(&labels, &what("labels"))?,
-                            verified,
-                            verification_reason: reason,
-                            mode,
-                            rule_count,
-                            rule_sources: from_json(&sources, &what("rule sources"))?,
-                            applied_revision: u64::try_from(applied)
-                                .map_err(|_| StoreError::Backend(format!("negative {}", what("applied revision"))))?,
-                            errors: from_json(&errors, &what("errors"))?,
-                            dropped: from_json(&dropped, &what("dropped rules"))?,
-                            plan_inputs_json,
-                            fqdn_names: from_json(&names, &what("names"))?,
-                            widened_by: from_json(&widened_by, &what("widened by"))?,
-                            namespace,
-                            name,
-                        })
-                    },
-                )
-                .collect()
+            rows.into_iter().map(|row| row.decode(&cluster_id)).collect()
         })
         .await
     }

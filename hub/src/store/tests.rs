@@ -368,14 +368,17 @@ fn agent(namespace: &str, name: &str) -> AgentRecord {
         name: name.to_string(),
         labels: labels(&[("tier", "llm")]),
         verified: true,
-        verification_reason: "mTLS identity spiffe://example/agent".to_string(),
-        mode: "scoped".to_string(),
+        verification_reason: Reason::MtlsVerified,
+        mode: Mode::Scoped,
         rule_count: 2,
         rule_sources: vec!["local".to_string(), "EgressPolicy/llm-apis".to_string()],
         applied_revision: 3,
         errors: vec!["a local rule was invalid".to_string()],
         dropped: vec!["203.0.113.0/24 is outside the ceiling".to_string()],
-        plan_inputs_json: String::new(),
+        plan_inputs: Some(pb::PlanInputs {
+            target_name: format!("{name}-deploy"),
+            ..Default::default()
+        }),
         fqdn_names: vec!["api.openai.com".to_string()],
         widened_by: vec!["allow-all-egress".to_string()],
     }
@@ -634,7 +637,7 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
     let inventory = vec![agent("team-a", "planner"), {
         let mut other = agent("team-a", "coder");
         other.verified = false;
-        other.mode = "restricted".to_string();
+        other.mode = Mode::Restricted;
         other.rule_sources.clear();
         other.errors.clear();
         other.dropped.clear();
@@ -901,7 +904,7 @@ async fn inventory_replacement_removes_agents_not_listed(backend: Backend) {
     store.record_inventory("c2", &[agent("a", "two")], 2).await.unwrap();
 
     let mut updated = agent("a", "two");
-    updated.mode = "baseline-only".to_string();
+    updated.mode = Mode::BaselineOnly;
     store
         .record_inventory("c1", &[updated.clone(), agent("c", "new")], 3)
         .await
@@ -950,7 +953,7 @@ async fn updates_of_an_unregistered_cluster_fail_and_create_nothing(backend: Bac
     ];
     for error in errors {
         assert!(
-            matches!(&error, StoreError::Backend(m) if m.contains("\"ghost\" is not registered")),
+            matches!(&error, StoreError::NotRegistered(id) if id == "ghost"),
             "{error}"
         );
     }
@@ -1013,12 +1016,43 @@ async fn a_database_from_a_newer_hub_is_refused() {
         .unwrap();
     let error = SqliteStore::open(dir.path()).unwrap_err();
     let message = error.to_string();
-    assert!(matches!(error, StoreError::Backend(_)));
+    assert!(matches!(error, StoreError::Invalid(_)));
     assert!(
         message.contains(&format!("schema version {newer} is newer than this hub supports")),
         "{message}"
     );
     assert!(message.contains(DATABASE_FILE), "{message}");
+}
+
+#[tokio::test]
+async fn an_unreadable_agent_record_names_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AnyStore::Sqlite(SqliteStore::open(dir.path()).unwrap());
+    join(&store, "c1", &BTreeMap::new(), 1).await.unwrap();
+    store.record_inventory("c1", &[agent("a", "one")], 2).await.unwrap();
+    for (column, value, field) in [
+        ("mode", "wide-open", "mode of agent a/one"),
+        ("verification_reason", "Trusted", "verification reason of agent a/one"),
+        ("plan_inputs", "x'ff'", "plan inputs of agent a/one"),
+    ] {
+        let db = raw_connection(dir.path());
+        let value = if value.starts_with("x'") {
+            value.to_string()
+        } else {
+            format!("'{value}'")
+        };
+        db.execute(&format!("UPDATE agents SET {column} = {value}"), [])
+            .unwrap();
+        let error = store.agents("c1").await.unwrap_err();
+        assert!(matches!(error, StoreError::Unreadable { .. }), "{error:?}");
+        assert!(error.to_string().contains(field), "{error}");
+        store.record_inventory("c1", &[agent("a", "one")], 3).await.unwrap();
+        assert_eq!(
+            store.agents("c1").await.unwrap(),
+            [agent("a", "one")],
+            "a new inventory replaces it"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1313,7 +1347,10 @@ async fn postgres_over_tls_verifies_the_server_and_refuses_a_wrong_ca() {
 
     // A CA that did not sign the server's certificate.
     let other = tollgate_e2e::Postgres::start_with_tls().await.unwrap();
-    let error = PgStore::connect(&url, other.ca_path()).await.unwrap_err().to_string();
+    let error = PgStore::connect(&url, other.ca_path()).await.unwrap_err();
+    assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+    // The driver's own words are the error's sources.
+    let error = tollgate_process::error_chain(&error);
     assert!(error.contains("certificate"), "{error}");
 
     let error = PgStore::connect(&format!("{url}?sslmode=require"), None)
