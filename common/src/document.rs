@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use crate::egress_rule::{EgressRule, RawRule, parse_cidr, validate_rules};
 use crate::field_error::{DocumentError, FieldError, child, index};
 use crate::fqdn::Fqdn;
-use crate::intent::Intent;
 use crate::label_selector::{LabelSelector, RawLabelSelector, is_dns1123_label, is_dns1123_subdomain};
 use crate::serde_paths::deserialize_strict;
 
@@ -297,25 +296,6 @@ impl DocumentSet {
             .map(|d| format!("---\n{}", d.to_yaml()))
             .collect::<Vec<_>>()
             .join("")
-    }
-
-    /// The documents that apply to a cluster with these labels.
-    pub fn for_cluster(&self, labels: &BTreeMap<String, String>, revision: Option<u64>) -> Intent {
-        Intent {
-            revision,
-            policies: self
-                .policies
-                .values()
-                .filter(|p| p.spec.cluster_selector.as_ref().is_none_or(|s| s.matches(labels)))
-                .cloned()
-                .collect(),
-            guardrails: self
-                .guardrails
-                .values()
-                .filter(|g| g.spec.cluster_selector.as_ref().is_none_or(|s| s.matches(labels)))
-                .cloned()
-                .collect(),
-        }
     }
 }
 

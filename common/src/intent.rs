@@ -1,5 +1,7 @@
 //! The hub intent that applies to one cluster at one revision, its digest and its bound.
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest, Sha256};
 
 use crate::document::{Document, DocumentSet, EgressGuardrail, EgressPolicy};
@@ -27,6 +29,27 @@ impl Intent {
             set.insert(Document::Guardrail(guardrail.clone()));
         }
         set
+    }
+}
+
+impl DocumentSet {
+    /// The documents that apply to a cluster with these labels.
+    pub fn for_cluster(&self, labels: &BTreeMap<String, String>, revision: Option<u64>) -> Intent {
+        Intent {
+            revision,
+            policies: self
+                .policies
+                .values()
+                .filter(|p| p.spec.cluster_selector.as_ref().is_none_or(|s| s.matches(labels)))
+                .cloned()
+                .collect(),
+            guardrails: self
+                .guardrails
+                .values()
+                .filter(|g| g.spec.cluster_selector.as_ref().is_none_or(|s| s.matches(labels)))
+                .cloned()
+                .collect(),
+        }
     }
 }
 

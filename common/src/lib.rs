@@ -2,6 +2,13 @@
 //!
 //! Nothing here performs I/O, reads the clock or talks to Kubernetes or the network: the hub, the spoke and the
 //! CLI feed facts in and take desired objects out, so every rule of docs/design.md is defined (and tested) once.
+//!
+//! ```text
+//!  YAML ─► document (validated EgressPolicy / EgressGuardrail) ─► intent (the documents selecting one cluster)
+//!  AgentRuntime, AgentCard ─► verification (verified or not, and why) ─┐
+//!  cluster facts (API server, DNS, resolved names) + intent + agents ──┴─► planner ─► per agent: outcome + policy
+//!  wire: the same types to and from the `tollgate.v1` messages, validated at the edge
+//! ```
 
 pub mod certificate;
 pub mod document;

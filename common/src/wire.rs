@@ -220,6 +220,32 @@ pub fn reason_from_wire(value: i32) -> Result<Reason, FieldError> {
         .try_into()
 }
 
+/// A spoke condition's type by name (`Diverged`, …; `UnknownN` for a number this build does not know): how the hub
+/// stores it and the CLI shows it.
+pub fn condition_name(value: i32) -> String {
+    match pb::ConditionType::try_from(value) {
+        Ok(pb::ConditionType::Diverged) => "Diverged".to_string(),
+        Ok(pb::ConditionType::IntentNotPersisted) => "IntentNotPersisted".to_string(),
+        Ok(pb::ConditionType::PoliciesHeld) => "PoliciesHeld".to_string(),
+        Ok(pb::ConditionType::LocalRulesUnavailable) => "LocalRulesUnavailable".to_string(),
+        Ok(pb::ConditionType::Unspecified) | Err(_) => format!("Unknown{value}"),
+    }
+}
+
+/// [`condition_name`] inverted (unspecified for a name it does not give).
+pub fn condition_type(name: &str) -> i32 {
+    [
+        pb::ConditionType::Diverged,
+        pb::ConditionType::IntentNotPersisted,
+        pb::ConditionType::PoliciesHeld,
+        pb::ConditionType::LocalRulesUnavailable,
+    ]
+    .into_iter()
+    .map(|t| t as i32)
+    .find(|t| condition_name(*t) == name)
+    .unwrap_or(pb::ConditionType::Unspecified as i32)
+}
+
 /// A received mode as its name (`scoped`, `allow-all`, …), `unknown` when it is not one.
 pub fn mode_name(value: i32) -> &'static str {
     mode_from_wire(value).map_or("unknown", Mode::as_str)
@@ -456,6 +482,20 @@ mod tests {
         bad[0].yaml = bad[0].yaml.replace("10.0.0.0/8", "10.0.0.1/8");
         let errors = documents_from_wire(&bad).unwrap_err();
         assert_eq!(errors[0].error.path, "spec.egress[0].to[0].ipBlock.cidr");
+    }
+
+    #[test]
+    fn condition_types_are_stored_by_name() {
+        assert_eq!(condition_name(pb::ConditionType::Diverged as i32), "Diverged");
+        assert_eq!(condition_name(pb::ConditionType::PoliciesHeld as i32), "PoliciesHeld");
+        assert_eq!(condition_name(99), "Unknown99");
+        for t in [
+            pb::ConditionType::IntentNotPersisted,
+            pb::ConditionType::LocalRulesUnavailable,
+        ] {
+            assert_eq!(condition_type(&condition_name(t as i32)), t as i32);
+        }
+        assert_eq!(condition_type("Unknown99"), 0);
     }
 
     #[test]

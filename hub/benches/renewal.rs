@@ -14,7 +14,7 @@ use anyhow::{Context, ensure};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use tollgate_e2e::procfs::cpu_seconds;
 use tollgate_hub::certs::{Leaf, init_ca, issue};
-use tollgate_hub::membership::Signer;
+use tollgate_hub::server::membership::Signer;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::membership_client::MembershipClient;
 use tollgate_proto::v1::{self as pb};

@@ -9,10 +9,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_hub::certs::{Leaf, init_ca, issue};
-use tollgate_hub::grpc::{self, ServeOptions, Sessions, TlsFiles};
-use tollgate_hub::state::Hub;
-use tollgate_hub::store::Store;
-use tollgate_hub::store::sqlite::SqliteStore;
+use tollgate_hub::server::grpc::{self, ServeOptions, TlsFiles};
+use tollgate_hub::server::sessions::Sessions;
+use tollgate_hub::server::state::Hub;
+use tollgate_hub::server::store::Store;
+use tollgate_hub::server::store::sqlite::SqliteStore;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
@@ -76,7 +77,7 @@ async fn start_signing(heartbeat: Duration, spoke_cert_ttl: Option<Duration>) ->
     let signer = spoke_cert_ttl.map(|ttl| {
         let chain = std::fs::read_to_string(dir.path().join("hub.pem")).unwrap();
         Arc::new(
-            tollgate_hub::membership::Signer::load(
+            tollgate_hub::server::membership::Signer::load(
                 &dir.path().join("ca.pem"),
                 &dir.path().join("ca-key.pem"),
                 &chain,
@@ -1081,7 +1082,7 @@ async fn a_hello_ahead_of_the_hub_is_answered_from_the_store() {
         .store()
         .commit(
             0,
-            tollgate_hub::store::Operation::Apply,
+            tollgate_hub::server::store::Operation::Apply,
             "another replica",
             "alice",
             &documents,

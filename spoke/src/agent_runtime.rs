@@ -10,6 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+/// The AgentRuntime CRD's name.
+pub const CRD_NAME: &str = "agentruntimes.agent.kagenti.dev";
+
 /// Desired state of an agent or tool workload.
 // Several `printcolumn(...)` entries repeat `type_ = "string"`, which clippy mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]

@@ -188,7 +188,7 @@ pub fn crd_reference() -> ObjectReference {
     ObjectReference {
         api_version: Some("apiextensions.k8s.io/v1".to_string()),
         kind: Some("CustomResourceDefinition".to_string()),
-        name: Some(crate::local_rules::CRD_NAME.to_string()),
+        name: Some(crate::agent_runtime::CRD_NAME.to_string()),
         namespace: Some("default".to_string()),
         ..ObjectReference::default()
     }

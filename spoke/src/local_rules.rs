@@ -10,10 +10,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{CustomR
 use kube::{Api, Client};
 use tollgate_common::planner::AGENT_RUNTIME_API_VERSION;
 
+use crate::agent_runtime::CRD_NAME;
 use crate::conditions::{Conditions, Kind};
 
-/// The AgentRuntime CRD's name.
-pub const CRD_NAME: &str = "agentruntimes.agent.kagenti.dev";
 /// How often the CRD is read again (an operator upgrade may replace it).
 pub const RECHECK: Duration = Duration::from_secs(300);
 

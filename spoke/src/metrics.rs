@@ -184,7 +184,7 @@ impl Metrics {
         }
         // Every known label value from the start, at 0: `rate()` and `increase()` then see the first failure, and
         // dashboards and alerts find the series before anything went wrong.
-        for kind in crate::reconcile::ErrorKind::ALL {
+        for kind in crate::retry::ErrorKind::ALL {
             let _ = failures.get_or_create(&ReasonLabel { reason: kind.as_str() });
         }
         for reason in ["OtherStore", "OlderRevision", "Invalid"] {

@@ -23,7 +23,8 @@ use crate::conditions::{Conditions, Kind};
 use crate::fqdn::{Resolver, ResolverSettings};
 use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports, TlsFiles};
 use crate::metrics::Metrics;
-use crate::reconcile::{AdminSettings, Backoff, PassReport, Reconciler, Settings};
+use crate::reconcile::{AdminSettings, PassReport, Reconciler, Settings};
+use crate::retry::Backoff;
 use crate::world::{Scope, World};
 
 /// A full pass runs at least this often, even when nothing changed.

@@ -1,13 +1,11 @@
 //! The spoke `Sync` stream (docs/design.md, "Hub and spoke"): hello, the cluster's intent at the latest revision, then every newer
 //! revision (coalesced), heartbeats both ways; facts, inventory and acks are recorded in the store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -15,270 +13,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::reports::ReportBuffer;
 use super::{ServeOptions, caller};
 use crate::certs::PeerIdentity;
-use crate::state::{Hub, Snapshot};
-use crate::store::{AgentRecord, Registration, Store, StoredCondition};
+use crate::server::sessions::{Control, Sessions};
+use crate::server::state::{Hub, Snapshot};
+use crate::server::store::{AgentRecord, Store, StoredCondition};
 
 /// Outbound messages buffered per stream; a spoke that falls further behind is dropped and resyncs.
 const QUEUE: usize = 8;
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The spokes connected to this hub replica, by cluster id. Every stream task touches it (register, acknowledge,
-/// unregister) and admin calls act on one cluster's entry (remove, relabel, adopt), so it is a sharded concurrent
-/// map rather than one lock: no stream waits on another cluster's.
-#[derive(Debug)]
-pub struct Sessions {
-    inner: DashMap<String, Session>,
-    /// Their reports, waiting to be written.
-    reports: Arc<ReportBuffer>,
-    next_id: AtomicU64,
-    /// This replica's name in the store's `connected_replica`.
-    replica: String,
-    /// A stream another replica holds counts as connected while it renewed `last_seen` within this long.
-    stale_after: Duration,
-    /// Whether other replicas share the store; with the embedded store a record naming another replica is a
-    /// leftover of an earlier run of this hub, never a live stream.
-    shared_store: bool,
-}
-
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::new("hub", Duration::from_secs(30), false)
-    }
-}
-
-/// What an admin call (or the registry check) tells one stream's task. Dropping the sender (a newer stream of the
-/// same cluster took its place) ends the stream too.
-#[derive(Debug)]
-enum Control {
-    /// The cluster was removed from the registry: close the stream with PermissionDenied.
-    Removed,
-    /// The registry's labels changed: select the cluster's documents again.
-    Relabel(BTreeMap<String, String>),
-    /// Look for an adoption request now.
-    Adopt,
-}
-
-#[derive(Debug)]
-struct Session {
-    id: u64,
-    labels: BTreeMap<String, String>,
-    /// When the client certificate of the stream became valid (`None`: plaintext): a removal revokes it.
-    certificate_not_before_unix_millis: Option<i64>,
-    connected_unix_millis: i64,
-    applied_revision: u64,
-    control: mpsc::UnboundedSender<Control>,
-}
-
-/// A connected spoke, as the status commands and metrics show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Connected {
-    /// The registry's labels it is served with.
-    pub labels: BTreeMap<String, String>,
-    pub connected_unix_millis: i64,
-    /// The last revision it acknowledged on this stream (or said it had applied in its hello).
-    pub applied_revision: u64,
-}
-
-impl Sessions {
-    /// Sessions of replica `replica`, whose heartbeat period is `heartbeat`. With a `shared_store`, other
-    /// replicas' streams count as connected while renewed within three periods.
-    pub fn new(replica: impl Into<String>, heartbeat: Duration, shared_store: bool) -> Self {
-        Self {
-            inner: DashMap::new(),
-            reports: Arc::default(),
-            next_id: AtomicU64::new(0),
-            replica: replica.into(),
-            stale_after: heartbeat * 3,
-            shared_store,
-        }
-    }
-
-    /// This replica's name.
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
-    /// The reports of this replica's spokes, waiting to be written.
-    pub fn reports(&self) -> Arc<ReportBuffer> {
-        self.reports.clone()
-    }
-
-    fn send(&self, id: &str, control: Control) -> bool {
-        self.inner
-            .get(id)
-            .is_some_and(|session| session.control.send(control).is_ok())
-    }
-
-    /// Wakes the stream of cluster `id` on this replica to take an adoption request at once; `false` when this
-    /// replica holds no stream of it (the replica that does finds the request within a heartbeat).
-    pub fn poke(&self, id: &str) -> bool {
-        self.send(id, Control::Adopt)
-    }
-
-    /// Closes the stream of cluster `id` on this replica (the cluster was removed from the registry); whether this
-    /// replica held one.
-    pub fn revoke(&self, id: &str) -> bool {
-        match self.inner.remove(id) {
-            Some((_, session)) => {
-                let _ = session.control.send(Control::Removed);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Serves cluster `id`'s stream on this replica with new registry labels at once; whether this replica holds
-    /// one.
-    pub fn relabel(&self, id: &str, labels: &BTreeMap<String, String>) -> bool {
-        match self.inner.get_mut(id) {
-            Some(mut session) if session.labels != *labels => {
-                session.labels = labels.clone();
-                session.control.send(Control::Relabel(labels.clone())).is_ok()
-            }
-            Some(_) => true,
-            None => false,
-        }
-    }
-
-    /// Brings this replica's streams in line with the registry: streams of clusters no longer registered, or whose
-    /// certificate a removal revoked (the cluster since registered again), are closed; streams whose labels changed
-    /// select their documents again (changes made through another replica, or a hello that raced a removal).
-    pub fn reconcile_registry(&self, registrations: &[Registration]) {
-        let registered: HashMap<&str, &Registration> = registrations.iter().map(|r| (r.id.as_str(), r)).collect();
-        let streams: Vec<(String, Option<i64>)> = self
-            .inner
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.certificate_not_before_unix_millis))
-            .collect();
-        for (id, not_before) in streams {
-            match registered.get(id.as_str()) {
-                None => {
-                    if self.revoke(&id) {
-                        tracing::warn!(cluster = %id, "Closed the stream of a cluster that is no longer registered");
-                    }
-                }
-                Some(registration)
-                    if not_before.is_some_and(|t| t <= registration.refuse_certificates_before_unix_millis) =>
-                {
-                    if self.revoke(&id) {
-                        tracing::warn!(cluster = %id, "Closed a stream whose certificate a removal revoked");
-                    }
-                }
-                Some(registration) => {
-                    self.relabel(&id, &registration.labels);
-                }
-            }
-        }
-    }
-
-    /// Compares this replica's streams with the registry once per `period`, until the task is dropped.
-    pub async fn watch_registry<S: Store>(self: Arc<Self>, hub: Arc<Hub<S>>, period: Duration) {
-        let mut ticker = tokio::time::interval(period);
-        loop {
-            ticker.tick().await;
-            if self.inner.is_empty() {
-                continue;
-            }
-            match hub.store().registrations().await {
-                Ok(registrations) => self.reconcile_registry(&registrations),
-                Err(error) => {
-                    tracing::warn!(error = %tollgate_process::error_chain(&error), "Could not read the cluster registry")
-                }
-            }
-        }
-    }
-
-    /// Whether the store says another replica holds the cluster's stream (renewed recently enough).
-    pub fn held_elsewhere(&self, record: &crate::store::ClusterRecord, now_unix_millis: i64) -> bool {
-        if !self.shared_store {
-            return false;
-        }
-        let fresh = now_unix_millis.saturating_sub(record.last_seen_unix_millis)
-            <= i64::try_from(self.stale_after.as_millis()).unwrap_or(i64::MAX);
-        fresh && record.connected_replica.as_deref().is_some_and(|r| r != self.replica)
-    }
-
-    /// Renews this replica's hold of its streams in the store, once per `period`, until the task is dropped. Only
-    /// with a shared store: nobody else reads it from the embedded one.
-    pub async fn renew<S: Store>(self: Arc<Self>, hub: Arc<Hub<S>>, period: Duration) {
-        if !self.shared_store {
-            return;
-        }
-        let mut ticker = tokio::time::interval(period);
-        loop {
-            ticker.tick().await;
-            let ids: Vec<String> = self.inner.iter().map(|entry| entry.key().clone()).collect();
-            if let Err(error) = hub
-                .store()
-                .record_connections(&self.replica, &ids, tollgate_process::unix_millis())
-                .await
-            {
-                tracing::warn!(error = %tollgate_process::error_chain(&error), "Could not renew the connected spokes in the store");
-            }
-        }
-    }
-
-    /// Registers a stream for a cluster; an older stream of the same cluster ends (its control channel closes).
-    fn register(
-        &self,
-        cluster: &str,
-        labels: BTreeMap<String, String>,
-        certificate_not_before_unix_millis: Option<i64>,
-        applied_revision: u64,
-        now: i64,
-    ) -> (u64, mpsc::UnboundedReceiver<Control>) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (control, controlled) = mpsc::unbounded_channel();
-        // The replaced session is dropped here, outside the map's shard lock.
-        let _replaced = self.inner.insert(
-            cluster.to_string(),
-            Session {
-                id,
-                labels,
-                certificate_not_before_unix_millis,
-                connected_unix_millis: now,
-                applied_revision,
-                control,
-            },
-        );
-        (id, controlled)
-    }
-
-    fn acknowledged(&self, cluster: &str, id: u64, revision: u64) {
-        if let Some(mut session) = self.inner.get_mut(cluster)
-            && session.id == id
-        {
-            session.applied_revision = revision;
-        }
-    }
-
-    /// Removes the session if it is still the cluster's current one; whether it was.
-    fn unregister(&self, cluster: &str, id: u64) -> bool {
-        self.inner.remove_if(cluster, |_, session| session.id == id).is_some()
-    }
-
-    /// Connected clusters by id.
-    pub fn connected(&self) -> BTreeMap<String, Connected> {
-        self.inner
-            .iter()
-            .map(|entry| {
-                let (id, s) = entry.pair();
-                (
-                    id.clone(),
-                    Connected {
-                        labels: s.labels.clone(),
-                        connected_unix_millis: s.connected_unix_millis,
-                        applied_revision: s.applied_revision,
-                    },
-                )
-            })
-            .collect()
-    }
-}
 
 /// The `SpokeSync` service.
 #[derive(Debug)]
@@ -366,7 +110,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         let adopt = store.adopt_requested(&cluster).await?;
         let conditions = stored_conditions(&hello.conditions);
         let diverged = is_diverged(&conditions);
-        self.sessions.reports.conditions(&cluster, conditions, now);
+        self.sessions.reports().conditions(&cluster, conditions, now);
         // A spoke ahead of this replica (it moved here from a replica that saw a newer revision first): catch up from
         // the store before answering, or it would be sent an older intent.
         if hello.last_applied_revision > self.hub.snapshot().revision
@@ -394,7 +138,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         // Recorded before the session is registered: nothing awaits between registering it and spawning its task,
         // so a stream dropped meanwhile cannot leave a session that never ends (a record without a session expires
         // after three heartbeat periods).
-        if self.sessions.shared_store
+        if self.sessions.shared_store()
             && let Err(error) = store
                 .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
                 .await
@@ -464,24 +208,14 @@ fn stored_conditions(conditions: &[pb::Condition]) -> Vec<StoredCondition> {
     conditions
         .iter()
         .map(|c| StoredCondition {
-            type_: condition_name(c.r#type),
+            type_: tollgate_common::wire::condition_name(c.r#type),
             reason: c.reason.clone(),
             message: c.message.clone(),
         })
         .collect()
 }
 
-/// The stored name of a condition type: the proto name without its prefix, in CamelCase (`Diverged`).
-pub fn condition_name(value: i32) -> String {
-    match pb::ConditionType::try_from(value) {
-        Ok(pb::ConditionType::Diverged) => "Diverged".to_string(),
-        Ok(pb::ConditionType::IntentNotPersisted) => "IntentNotPersisted".to_string(),
-        Ok(pb::ConditionType::PoliciesHeld) => "PoliciesHeld".to_string(),
-        Ok(pb::ConditionType::LocalRulesUnavailable) => "LocalRulesUnavailable".to_string(),
-        Ok(pb::ConditionType::Unspecified) | Err(_) => format!("Unknown{value}"),
-    }
-}
-
+/// Whether the spoke reported that it enforces another store's intent.
 fn is_diverged(conditions: &[StoredCondition]) -> bool {
     conditions.iter().any(|c| c.type_ == "Diverged")
 }
@@ -531,7 +265,7 @@ pub(super) fn valid_id(id: &str) -> bool {
 
 struct SessionTask<S> {
     hub: Arc<Hub<S>>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::server::metrics::Metrics>,
     sessions: Arc<Sessions>,
     options: ServeOptions,
     cluster: String,
@@ -688,11 +422,11 @@ impl<S: Store> SessionTask<S> {
     }
 
     async fn handle(&mut self, message: pb::SpokeMessage) {
-        let reports = &self.sessions.reports;
+        let reports = self.sessions.reports();
         let now = tollgate_process::unix_millis();
         match message.msg {
             Some(spoke_message::Msg::Facts(facts)) => {
-                reports.facts(&self.cluster, crate::store::facts::facts_to_json(&facts), now);
+                reports.facts(&self.cluster, crate::server::store::facts::facts_to_json(&facts), now);
             }
             Some(spoke_message::Msg::Inventory(inventory)) => {
                 // An agent without the fields the hub reads (a spoke of another version) refuses the whole
@@ -712,7 +446,7 @@ impl<S: Store> SessionTask<S> {
                         return;
                     }
                 };
-                if let Err(error) = crate::store::check_inventory(&self.cluster, &agents) {
+                if let Err(error) = crate::server::store::check_inventory(&self.cluster, &agents) {
                     tracing::warn!(cluster = %self.cluster, %error, "Refused an inventory");
                     return;
                 }
@@ -761,7 +495,7 @@ impl<S: Store> SessionTask<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ClusterRecord;
+    use crate::server::store::ClusterRecord;
 
     fn record(replica: Option<&str>, last_seen: i64) -> ClusterRecord {
         ClusterRecord {
@@ -806,13 +540,6 @@ mod tests {
         for (held, expected, case) in cases {
             assert_eq!(held.resumes("s1", 5, "d"), expected, "{case}");
         }
-    }
-
-    #[test]
-    fn condition_types_are_stored_by_name() {
-        assert_eq!(condition_name(pb::ConditionType::Diverged as i32), "Diverged");
-        assert_eq!(condition_name(pb::ConditionType::PoliciesHeld as i32), "PoliciesHeld");
-        assert_eq!(condition_name(99), "Unknown99");
     }
 
     #[test]

@@ -26,41 +26,41 @@ pub use tollgate_process::LogFormat;
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the hub on its embedded store.
-    Serve(crate::serve::ServeArgs),
+    Serve(crate::server::serve::ServeArgs),
     /// Create a CA and hub / spoke / admin certificates for a quick start.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Validate intent documents offline, exactly as `apply` would: every error with file, document and field.
-    Validate(crate::validate::ValidateArgs),
+    Validate(crate::cli::validate::ValidateArgs),
     /// Apply intent documents (all or nothing) as one new revision.
-    Apply(crate::cli::ApplyArgs),
+    Apply(crate::cli::commands::ApplyArgs),
     /// Show the hub's documents.
-    Get(crate::cli::GetArgs),
+    Get(crate::cli::commands::GetArgs),
     /// Delete one document.
-    Delete(crate::cli::DeleteArgs),
+    Delete(crate::cli::commands::DeleteArgs),
     /// Show one document, the clusters it selects now, and its YAML.
-    Describe(crate::cli::DescribeArgs),
+    Describe(crate::cli::commands::DescribeArgs),
     /// List every revision.
-    History(crate::cli::HistoryArgs),
+    History(crate::cli::commands::HistoryArgs),
     /// Make the documents of an earlier revision the latest again.
-    Rollback(crate::cli::RollbackArgs),
+    Rollback(crate::cli::commands::RollbackArgs),
     /// Fleet status: one row per cluster, or per agent with --cluster.
-    Status(crate::cli::StatusArgs),
+    Status(crate::cli::commands::StatusArgs),
     /// Preview a change fleet-wide: per cluster and agent, the destinations gained and lost and mode changes.
-    Plan(crate::cli::PlanArgs),
+    Plan(crate::cli::commands::PlanArgs),
     /// The clusters the hub serves.
     #[command(subcommand)]
-    Clusters(crate::cli::ClustersCommand),
+    Clusters(crate::cli::commands::ClustersCommand),
     /// Back up and restore the embedded store.
     #[command(subcommand)]
-    Store(crate::store_commands::StoreCommand),
+    Store(crate::cli::store::StoreCommand),
     /// The CLI's contexts: hubs and the admin certificates to reach them.
     #[command(subcommand)]
-    Config(crate::config::ConfigCommand),
+    Config(crate::cli::config::ConfigCommand),
     /// The versions of this client, the hub and each cluster's spoke, with a warning for each skew.
-    Version(crate::cli::VersionArgs),
+    Version(crate::cli::commands::VersionArgs),
     /// Print a shell completion script: `source <(tollgate-hub completion bash)`.
-    Completion(crate::completion::CompletionArgs),
+    Completion(crate::cli::completion::CompletionArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,12 +158,4 @@ impl Args {
             Command::Version(args) => runtime()?.block_on(args.run(out)),
         }
     }
-}
-
-/// `-f FILE|DIR` arguments, shared by every command that reads documents.
-#[derive(Debug, clap::Args)]
-pub struct FileArgs {
-    /// A YAML file, a folder of `.yaml`/`.yml` files, or `-` for standard input. Repeatable.
-    #[arg(short = 'f', long = "filename", required = true)]
-    pub files: Vec<PathBuf>,
 }

@@ -160,7 +160,7 @@ impl ConfigCommand {
                         path.display()
                     )?;
                 } else {
-                    out.write_all(crate::render::render_table(&rows).as_bytes())?;
+                    out.write_all(crate::cli::render::render_table(&rows).as_bytes())?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }

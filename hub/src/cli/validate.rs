@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::ValueEnum;
 use tollgate_common::document::DocumentSet;
 
-use crate::args::FileArgs;
-use crate::sources::read_sources;
+use crate::cli::sources::FileArgs;
+use crate::cli::sources::read_sources;
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn summary_of_the_example_fleet() {
-        let text = include_str!("../../examples/fleet-intent.yaml");
+        let text = include_str!("../../../examples/fleet-intent.yaml");
         let set = DocumentSet::from_sources(&[Source::new("fleet-intent.yaml", text)]).unwrap();
         assert_eq!(
             render_summary(&set),

@@ -44,7 +44,7 @@ pub struct ReloadingTls {
     /// With a signer: a handshake without a client certificate is let through (for `Membership.Join` only).
     optional_client_auth: bool,
     provider: Arc<CryptoProvider>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::server::metrics::Metrics>,
     loaded: RwLock<Loaded>,
 }
 
@@ -73,7 +73,7 @@ impl ReloadingTls {
         files: TlsFiles,
         present_ca: bool,
         optional_client_auth: bool,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::server::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let loaded = Self::read(&files, present_ca, optional_client_auth, &provider, &metrics)?;
@@ -92,15 +92,18 @@ impl ReloadingTls {
         present_ca: bool,
         optional_client_auth: bool,
         provider: &Arc<CryptoProvider>,
-        metrics: &crate::metrics::Metrics,
+        metrics: &crate::server::metrics::Metrics,
     ) -> anyhow::Result<Loaded> {
         // Stamped before reading: a write during the read is seen at the next check.
         let stamps = stamps(files);
         let (cert_pem, key_pem, ca_pem) = (read(&files.cert)?, read(&files.key)?, read(&files.client_ca)?);
         let chain_pem = if present_ca {
-            crate::membership::served_chain(&String::from_utf8_lossy(&cert_pem), &String::from_utf8_lossy(&ca_pem))?
-                .0
-                .into_bytes()
+            crate::server::membership::served_chain(
+                &String::from_utf8_lossy(&cert_pem),
+                &String::from_utf8_lossy(&ca_pem),
+            )?
+            .0
+            .into_bytes()
         } else {
             cert_pem.clone()
         };

@@ -11,8 +11,8 @@ use tollgate_common::planner::{self, PlannerConfig};
 use tollgate_common::wire::{facts_from_wire, mode_name};
 use tollgate_proto::v1 as pb;
 
-use crate::store::facts::facts_from_json;
-use crate::store::{ClusterRecord, Store, StoreError};
+use crate::server::store::facts::facts_from_json;
+use crate::server::store::{ClusterRecord, Store, StoreError};
 
 /// The preview of every cluster: only the agents whose policy changes.
 pub async fn preview<S: Store>(
@@ -342,7 +342,7 @@ mod tests {
         };
         let record = ClusterRecord {
             id: "c1".into(),
-            facts_json: Some(crate::store::facts::facts_to_json(&message)),
+            facts_json: Some(crate::server::store::facts::facts_to_json(&message)),
             ..ClusterRecord::default()
         };
         let (facts, config) = cluster_facts(&record);

@@ -1144,7 +1144,7 @@ async fn an_acknowledged_commit_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "store::tests::sigkill_child_process_entry_point",
+            "server::store::tests::sigkill_child_process_entry_point",
             "--exact",
             "--nocapture",
             "--test-threads=1",

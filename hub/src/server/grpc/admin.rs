@@ -14,8 +14,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Sessions, caller, status};
 use crate::certs::PeerIdentity;
-use crate::state::{ApplyOutcome, Hub};
-use crate::store::Store;
+use crate::server::state::{ApplyOutcome, Hub};
+use crate::server::store::Store;
 
 /// How often `WatchFleetStatus` sends a fresh status.
 const WATCH_PERIOD: Duration = Duration::from_secs(1);
@@ -25,9 +25,9 @@ pub struct AdminService<S> {
     hub: Arc<Hub<S>>,
     sessions: Arc<Sessions>,
     plaintext: bool,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::server::metrics::Metrics>,
     admins: Arc<BTreeSet<String>>,
-    signer: Option<Arc<crate::membership::Signer>>,
+    signer: Option<Arc<crate::server::membership::Signer>>,
 }
 
 /// The author recorded for changes made in plaintext development mode (no certificate names anyone).
@@ -38,9 +38,9 @@ impl<S: Store> AdminService<S> {
         hub: Arc<Hub<S>>,
         sessions: Arc<Sessions>,
         plaintext: bool,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::server::metrics::Metrics>,
         admins: Arc<BTreeSet<String>>,
-        signer: Option<Arc<crate::membership::Signer>>,
+        signer: Option<Arc<crate::server::membership::Signer>>,
     ) -> Self {
         Self {
             hub,
@@ -59,7 +59,7 @@ impl<S: Store> AdminService<S> {
             return Ok(None);
         };
         let ttl = match ttl_seconds {
-            0 => crate::membership::DEFAULT_TOKEN_TTL,
+            0 => crate::server::membership::DEFAULT_TOKEN_TTL,
             ttl if ttl > 0 => std::time::Duration::from_secs(ttl.unsigned_abs()),
             ttl => {
                 return Err(Status::invalid_argument(format!(
@@ -182,7 +182,7 @@ pub async fn fleet_status<S: Store>(
                 .iter()
                 .find(|c| c.id == cluster_id)
                 .and_then(|c| c.facts_json.as_deref())
-                .and_then(|json| crate::store::facts::facts_from_json(json).ok())
+                .and_then(|json| crate::server::store::facts::facts_from_json(json).ok())
                 .map(|facts| facts.resolved_names)
                 .unwrap_or_default(),
         });
@@ -195,7 +195,7 @@ pub async fn fleet_status<S: Store>(
             .conditions
             .iter()
             .map(|c| pb::Condition {
-                r#type: condition_type(&c.type_),
+                r#type: tollgate_common::wire::condition_type(&c.type_),
                 reason: c.reason.clone(),
                 message: c.message.clone(),
             })
@@ -228,27 +228,13 @@ pub async fn fleet_status<S: Store>(
 }
 
 /// The version the cluster's spoke reported with its facts (empty: not reported yet).
-fn spoke_version(cluster: &crate::store::ClusterRecord) -> String {
+fn spoke_version(cluster: &crate::server::store::ClusterRecord) -> String {
     cluster
         .facts_json
         .as_deref()
-        .and_then(|json| crate::store::facts::facts_from_json(json).ok())
+        .and_then(|json| crate::server::store::facts::facts_from_json(json).ok())
         .map(|facts| facts.spoke_version)
         .unwrap_or_default()
-}
-
-/// The wire condition type of a stored name ([`super::condition_name`] inverted).
-fn condition_type(name: &str) -> i32 {
-    [
-        pb::ConditionType::Diverged,
-        pb::ConditionType::IntentNotPersisted,
-        pb::ConditionType::PoliciesHeld,
-        pb::ConditionType::LocalRulesUnavailable,
-    ]
-    .into_iter()
-    .map(|t| t as i32)
-    .find(|t| super::condition_name(*t) == name)
-    .unwrap_or(pb::ConditionType::Unspecified as i32)
 }
 
 /// What an apply or plan prunes: nothing, everything (no selector), or the documents a selector matches.
@@ -290,12 +276,12 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
             Ok(_) if dry_run => "dry-run",
             Ok(outcome) if outcome.revision.is_some() => "committed",
             Ok(_) => "unchanged",
-            Err(crate::state::HubError::Invalid(_)) => "invalid",
+            Err(crate::server::state::HubError::Invalid(_)) => "invalid",
             Err(_) => "error",
         };
         self.metrics
             .applies
-            .get_or_create(&crate::metrics::ResultLabel { result: label })
+            .get_or_create(&crate::server::metrics::ResultLabel { result: label })
             .inc();
         Ok(Response::new(apply_response(result.map_err(status)?)))
     }
@@ -380,10 +366,10 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         } = request.into_inner();
         let prune = prune_scope(prune, &prune_selector)?;
         let applied =
-            DocumentSet::from_sources(&sources(raw)).map_err(|e| status(crate::state::HubError::Invalid(e)))?;
+            DocumentSet::from_sources(&sources(raw)).map_err(|e| status(crate::server::state::HubError::Invalid(e)))?;
         let current = self.hub.snapshot();
         let proposed = current.documents.applied(&applied, prune.as_ref());
-        let clusters = crate::plan::preview(self.hub.store(), &current.documents, &proposed).await?;
+        let clusters = crate::server::plan::preview(self.hub.store(), &current.documents, &proposed).await?;
         Ok(Response::new(pb::PlanResponse { clusters }))
     }
 
@@ -495,7 +481,7 @@ impl<S: Store> pb::admin_server::Admin for AdminService<S> {
         let Some(current) = store.registrations().await?.into_iter().find(|c| c.id == cluster_id) else {
             return Err(Status::not_found(format!("cluster {cluster_id:?} is not registered")));
         };
-        let proposed = crate::store::relabelled(current.labels, &set, &remove);
+        let proposed = crate::server::store::relabelled(current.labels, &set, &remove);
         self.hub.check_labels(&cluster_id, &proposed).map_err(status)?;
         let Some(labels) = store.label_cluster(&cluster_id, &set, &remove).await? else {
             return Err(Status::not_found(format!("cluster {cluster_id:?} is not registered")));

@@ -172,8 +172,8 @@ pub fn restore(data_dir: &Path, from: &Path, replace: bool, now_unix_millis: i64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{policy, set_of};
-    use crate::store::{Operation, SqliteStore, Store};
+    use crate::server::store::tests::{policy, set_of};
+    use crate::server::store::{Operation, SqliteStore, Store};
 
     async fn store_with_revisions(dir: &Path, revisions: u64) -> SqliteStore {
         let store = SqliteStore::open(dir).unwrap();

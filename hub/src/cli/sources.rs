@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use tollgate_common::document::Source;
 
+/// `-f FILE|DIR` arguments, shared by every command that reads documents.
+#[derive(Debug, clap::Args)]
+pub struct FileArgs {
+    /// A YAML file, a folder of `.yaml`/`.yml` files, or `-` for standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+}
+
 /// Reads every source named by `-f`: files as they are, folders by their `.yaml`/`.yml` files in name order,
 /// `-` from standard input.
 pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<Source>> {

@@ -12,9 +12,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::grpc::Sessions;
-use crate::state::Hub;
-use crate::store::Store;
+use crate::server::sessions::Sessions;
+use crate::server::state::Hub;
+use crate::server::store::Store;
 
 /// How long `/readyz` waits for the store.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);

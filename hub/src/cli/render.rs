@@ -4,7 +4,7 @@ use serde::Serialize;
 use tollgate_common::wire::{mode_name, reason_name};
 use tollgate_proto::v1 as pb;
 
-pub use crate::validate::render_table;
+pub use crate::cli::validate::render_table;
 
 /// A duration since `then`, for humans: `42s ago`, `5m ago`, `3h ago`, `2d ago`, or `never`.
 pub fn ago(then_unix_millis: i64, now_unix_millis: i64) -> String {
@@ -167,7 +167,7 @@ fn condition_rows(conditions: &[pb::Condition]) -> Vec<ConditionRow> {
     conditions
         .iter()
         .map(|c| ConditionRow {
-            type_: crate::grpc::condition_name(c.r#type),
+            type_: tollgate_common::wire::condition_name(c.r#type),
             reason: c.reason.clone(),
             message: c.message.clone(),
         })
@@ -764,7 +764,7 @@ pub fn documents_view(set: &tollgate_common::DocumentSet, kind: &str, revision: 
     }
     let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for document in set.documents() {
-        let mut row = crate::validate::summary_row(&document).to_vec();
+        let mut row = crate::cli::validate::summary_row(&document).to_vec();
         if style.wide {
             row.push(labels_text(&document.labels().clone().into_iter().collect()));
         }
@@ -775,7 +775,7 @@ pub fn documents_view(set: &tollgate_common::DocumentSet, kind: &str, revision: 
 
 /// `describe`: the document, the clusters it selects now (with their state), and its YAML.
 pub fn describe(document: &tollgate_common::Document, revision: u64, status: &pb::FleetStatusResponse) -> String {
-    let [kind, name, clusters, details] = crate::validate::summary_row(document);
+    let [kind, name, clusters, details] = crate::cli::validate::summary_row(document);
     let mut out = format!(
         "Name:       {name}\nKind:       {kind}\nRevision:   {revision}\nLabels:     {}\nSelects:    {clusters}\n\
          Details:    {details}\nClusters:\n",

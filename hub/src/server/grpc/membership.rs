@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use crate::certs::PeerIdentity;
-use crate::membership::Signer;
-use crate::state::Hub;
-use crate::store::{Store, TokenUse};
+use crate::server::membership::Signer;
+use crate::server::state::Hub;
+use crate::server::store::{Store, TokenUse};
 
 /// Joins served at once; more are told to come back (anyone may call `Join`, and each one is a store write).
 const CONCURRENT_JOINS: usize = 8;

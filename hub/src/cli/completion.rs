@@ -54,20 +54,13 @@ impl CompletionArgs {
     }
 }
 
-/// Answers a completion request when the shell asked for one (then exits); returns otherwise.
-pub fn answer_if_asked() {
-    clap_complete::CompleteEnv::with_factory(<crate::args::Args as clap::CommandFactory>::command)
-        .var(COMPLETE_VAR)
-        .complete();
-}
-
 /// Runs `ask` against the hub of the environment (variables, current context); nothing when it does not answer.
-fn from_hub<T: Default>(ask: impl AsyncFnOnce(crate::cli::Connection) -> anyhow::Result<T>) -> T {
+fn from_hub<T: Default>(ask: impl AsyncFnOnce(crate::cli::connection::Connection) -> anyhow::Result<T>) -> T {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
         return T::default();
     };
-    let connection = <crate::cli::Connection as clap::FromArgMatches>::from_arg_matches(
-        &<crate::cli::Connection as clap::Args>::augment_args(clap::Command::new("completion"))
+    let connection = <crate::cli::connection::Connection as clap::FromArgMatches>::from_arg_matches(
+        &<crate::cli::connection::Connection as clap::Args>::augment_args(clap::Command::new("completion"))
             .get_matches_from(["completion"]),
     );
     let Ok(connection) = connection else {
@@ -84,8 +77,11 @@ fn from_hub<T: Default>(ask: impl AsyncFnOnce(crate::cli::Connection) -> anyhow:
 pub fn document_names() -> Vec<CompletionCandidate> {
     from_hub(async |connection| {
         let mut names = Vec::new();
-        for kind in [crate::cli::Kind::Policies, crate::cli::Kind::Guardrails] {
-            let (set, _) = crate::cli::documents(&connection, kind, None, None).await?;
+        for kind in [
+            crate::cli::connection::Kind::Policies,
+            crate::cli::connection::Kind::Guardrails,
+        ] {
+            let (set, _) = crate::cli::connection::documents(&connection, kind, None, None).await?;
             names.extend(set.documents().map(|d| CompletionCandidate::new(d.name().to_string())));
         }
         Ok(names)

@@ -2,7 +2,6 @@
 
 mod admin;
 mod membership;
-pub mod reports;
 mod spoke_sync;
 pub mod tls;
 
@@ -22,12 +21,14 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::certs::{PeerCertificate, peer_certificate};
-use crate::state::{Hub, HubError};
-use crate::store::{Store, StoreError};
+use crate::server::state::{Hub, HubError};
+use crate::server::store::{Store, StoreError};
 
 pub use admin::AdminService;
 pub use membership::MembershipService;
-pub use spoke_sync::{Held, Sessions, SpokeSyncService, condition_name};
+pub use spoke_sync::{Held, SpokeSyncService};
+
+use crate::server::sessions::Sessions;
 
 /// How long a client may take to complete the TLS handshake before its connection is closed.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,12 +54,12 @@ pub struct ServeOptions {
     /// resyncs).
     pub send_timeout: Duration,
     /// Where pushes and apply results are counted.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::server::metrics::Metrics>,
     /// The admin names (`tollgate://admin/NAME`) whose certificates may call the admin API; any other admin
     /// certificate signed by the client CA is refused.
     pub admins: Arc<std::collections::BTreeSet<String>>,
     /// Signs spoke certificates (joins, renewals) and makes join tokens; `None` without `--client-ca-key`.
-    pub signer: Option<Arc<crate::membership::Signer>>,
+    pub signer: Option<Arc<crate::server::membership::Signer>>,
 }
 
 impl Default for ServeOptions {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::grpc::{self, ServeOptions, Sessions, TlsFiles};
-use crate::state::Hub;
-use crate::store::Store;
-use crate::store::postgres::{PgStore, listen_for_revisions, redact};
-use crate::store::sqlite::SqliteStore;
+use crate::server::grpc::{self, ServeOptions, TlsFiles};
+use crate::server::sessions::Sessions;
+use crate::server::state::Hub;
+use crate::server::store::Store;
+use crate::server::store::postgres::{PgStore, listen_for_revisions, redact};
+use crate::server::store::sqlite::SqliteStore;
 
 /// How often a replica re-reads the latest revision even without a notification (a listener connection cut off
 /// silently by the network): the worst case for a missed push, not the normal path.
@@ -131,7 +132,7 @@ impl ServeArgs {
             (Some(tls), Some(key)) => {
                 let chain =
                     std::fs::read_to_string(&tls.cert).with_context(|| format!("reading {}", tls.cert.display()))?;
-                let signer = crate::membership::Signer::load(&tls.client_ca, &key, &chain, spoke_cert_ttl)?;
+                let signer = crate::server::membership::Signer::load(&tls.client_ca, &key, &chain, spoke_cert_ttl)?;
                 Some(Arc::new(signer))
             }
             (None, Some(_)) => bail!("--client-ca-key needs TLS: a plaintext hub signs no certificates"),
@@ -151,7 +152,7 @@ impl ServeArgs {
                 std::fs::create_dir_all(&data_dir)
                     .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
                 // Held until the process ends: one hub per folder, and no restore under a serving hub.
-                let _lock = crate::store::sqlite::lock_data_dir(&data_dir)?;
+                let _lock = crate::server::store::sqlite::lock_data_dir(&data_dir)?;
                 let store = SqliteStore::open(&data_dir)
                     .with_context(|| format!("opening the store in {}", data_dir.display()))?;
                 let location = data_dir.display().to_string();
@@ -236,7 +237,7 @@ async fn run<S: Store>(
             }
         });
     }
-    let metrics = crate::metrics::serve(metrics_addr, options.metrics.clone(), hub.clone(), sessions.clone());
+    let metrics = crate::server::metrics::serve(metrics_addr, options.metrics.clone(), hub.clone(), sessions.clone());
     background.spawn(async move {
         if let Err(error) = metrics.await {
             tracing::error!(%error, "The health and metrics server stopped");

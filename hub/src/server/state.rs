@@ -12,7 +12,7 @@ use tollgate_common::intent;
 use tollgate_common::label_selector::LabelSelector;
 use tollgate_proto::v1 as pb;
 
-use crate::store::{Operation, Readable, RevisionInfo, Store, StoreError};
+use crate::server::store::{Operation, Readable, RevisionInfo, Store, StoreError};
 
 /// How often an optimistic commit is retried when another writer committed first.
 const COMMIT_ATTEMPTS: usize = 16;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::state::Hub;
-use crate::store::{AgentRecord, ClusterReport, Store, StoreError, StoredCondition};
+use crate::server::state::Hub;
+use crate::server::store::{AgentRecord, ClusterReport, Store, StoreError, StoredCondition};
 
 /// How often pending reports are written.
 pub const FLUSH_PERIOD: Duration = Duration::from_millis(250);

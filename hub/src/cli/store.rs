@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::store::backup;
+use crate::server::store::backup;
 
 /// Backup and restore of the embedded store (PostgreSQL: use pg_dump and pg_restore).
 #[derive(Debug, clap::Subcommand)]
