@@ -14,7 +14,7 @@ use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{ServeOptions, caller};
-use crate::certs::PeerIdentity;
+use crate::certs::{PeerCertificate, PeerIdentity};
 use crate::server::sessions::{Control, Sessions};
 use crate::server::state::{Hub, Snapshot};
 use crate::server::store::{AgentRecord, Store, StoredCondition};
@@ -55,6 +55,30 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
     type SyncStream = HubStream;
 
     async fn sync(&self, request: Request<Streaming<pb::SpokeMessage>>) -> Result<Response<HubStream>, Status> {
+        let (certificate, inbound, hello) = self.handshake(request).await?;
+        let registered = self.register(&hello, certificate.as_ref()).await?;
+        self.start(inbound, hello, certificate, registered).await
+    }
+}
+
+/// A cluster allowed to open its stream, as the registry knows it.
+struct Registered {
+    /// The registry's labels: they select the cluster's documents (the reported ones are only shown).
+    labels: BTreeMap<String, String>,
+    /// An admin asked this cluster to adopt this hub's latest revision.
+    adopt: bool,
+    /// The spoke said it enforces another store's intent.
+    diverged: bool,
+    now: i64,
+}
+
+impl<S: Store> SpokeSyncService<S> {
+    /// The caller's certificate and its hello: a spoke certificate (or plaintext), a hello within
+    /// [`HELLO_TIMEOUT`], a valid cluster id, and the id the certificate was issued for.
+    async fn handshake(
+        &self,
+        request: Request<Streaming<pb::SpokeMessage>>,
+    ) -> Result<(Option<PeerCertificate>, Streaming<pb::SpokeMessage>, pb::Hello), Status> {
         let certificate = caller(&request, self.plaintext)?;
         if let Some(PeerIdentity::Admin(name)) = certificate.as_ref().map(|c| &c.identity) {
             return Err(Status::permission_denied(format!(
@@ -70,32 +94,39 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message of a stream must be hello")),
         };
-        let cluster = hello.cluster_id.clone();
-        if !valid_id(&cluster) {
+        let cluster = &hello.cluster_id;
+        if !valid_id(cluster) {
             return Err(Status::invalid_argument(format!(
                 "hello.clusterId {cluster:?}: lowercase letters, digits, '-' and '.', at most 63 characters"
             )));
         }
         if let Some(PeerIdentity::Cluster(certified)) = certificate.as_ref().map(|c| &c.identity)
-            && *certified != cluster
+            && certified != cluster
         {
             tracing::warn!(certified = %certified, claimed = %cluster, "Refused a hello for another cluster");
             return Err(Status::permission_denied(format!(
                 "the client certificate is for cluster {certified:?}, not {cluster:?}"
             )));
         }
+        Ok((certificate, inbound, hello))
+    }
+
+    /// Records the hello and checks the registry: the cluster must be registered, and its certificate issued after
+    /// its last removal. Catches up with the store when the spoke is ahead of this replica.
+    async fn register(&self, hello: &pb::Hello, certificate: Option<&PeerCertificate>) -> Result<Registered, Status> {
+        let cluster = &hello.cluster_id;
         let reported: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
         let now = tollgate_process::unix_millis();
         let store = self.hub.store();
-        let not_after = certificate.as_ref().map_or(0, |c| c.not_after_unix_millis);
-        let Some(registration) = store.hello(&cluster, &reported, not_after, now).await? else {
+        let not_after = certificate.map_or(0, |c| c.not_after_unix_millis);
+        let Some(registration) = store.hello(cluster, &reported, not_after, now).await? else {
             tracing::warn!(cluster = %cluster, "Refused a hello of a cluster that is not registered");
             return Err(Status::permission_denied(format!(
                 "cluster {cluster:?} is not registered on this hub: an admin registers it with `tollgate-hub clusters \
                  add {cluster}` (this spoke keeps trying)"
             )));
         };
-        if let Some(certificate) = &certificate
+        if let Some(certificate) = certificate
             && certificate.not_before_unix_millis <= registration.refuse_certificates_before_unix_millis
         {
             tracing::warn!(cluster = %cluster, "Refused a certificate issued before the cluster was removed");
@@ -105,12 +136,10 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
                  back: issue it at least five minutes after the removal)"
             )));
         }
-        // Documents are selected by the registry's labels; the reported ones are only shown.
-        let labels = registration.labels;
-        let adopt = store.adopt_requested(&cluster).await?;
+        let adopt = store.adopt_requested(cluster).await?;
         let conditions = stored_conditions(&hello.conditions);
         let diverged = is_diverged(&conditions);
-        self.sessions.reports().conditions(&cluster, conditions, now);
+        self.sessions.reports().conditions(cluster, conditions, now);
         // A spoke ahead of this replica (it moved here from a replica that saw a newer revision first): catch up from
         // the store before answering, or it would be sent an older intent.
         if hello.last_applied_revision > self.hub.snapshot().revision
@@ -119,7 +148,29 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         {
             tracing::warn!(cluster = %cluster, error = %tollgate_process::error_chain(&error), "Could not catch up with the store");
         }
+        Ok(Registered {
+            labels: registration.labels,
+            adopt,
+            diverged,
+            now,
+        })
+    }
 
+    /// Sends the first intent (or `unchanged`), registers the session and spawns its task.
+    async fn start(
+        &self,
+        inbound: Streaming<pb::SpokeMessage>,
+        hello: pb::Hello,
+        certificate: Option<PeerCertificate>,
+        registered: Registered,
+    ) -> Result<Response<HubStream>, Status> {
+        let Registered {
+            labels,
+            adopt,
+            diverged,
+            now,
+        } = registered;
+        let cluster = hello.cluster_id;
         let mut snapshots = self.hub.subscribe();
         let snapshot = snapshots.borrow_and_update().clone();
         let selected = snapshot.select(&labels);
@@ -129,17 +180,25 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
             revision: hello.last_applied_revision,
             digest: &hello.digest,
         };
-        let unchanged = !adopt && held.resumes(&snapshot.store_id, snapshot.revision, &digest);
+        let first = Resume::decide(&held, adopt, &snapshot.store_id, snapshot.revision, &digest);
         let (tx, rx) = mpsc::channel(QUEUE);
-        tx.send(Ok(intent(&snapshot, &selected, &digest, unchanged, adopt)))
-            .await
-            .map_err(|_| Status::cancelled("stream closed"))?;
+        tx.send(Ok(intent(
+            &snapshot,
+            &selected,
+            &digest,
+            first == Resume::Unchanged,
+            first == Resume::Adopt,
+        )))
+        .await
+        .map_err(|_| Status::cancelled("stream closed"))?;
         // Other replicas learn who holds the stream from the store (the embedded store has no other replica).
         // Recorded before the session is registered: nothing awaits between registering it and spawning its task,
         // so a stream dropped meanwhile cannot leave a session that never ends (a record without a session expires
         // after three heartbeat periods).
         if self.sessions.shared_store()
-            && let Err(error) = store
+            && let Err(error) = self
+                .hub
+                .store()
                 .record_connections(self.sessions.replica(), std::slice::from_ref(&cluster), now)
                 .await
         {
@@ -155,7 +214,7 @@ impl<S: Store> pb::spoke_sync_server::SpokeSync for SpokeSyncService<S> {
         tracing::info!(
             cluster = %cluster,
             revision = snapshot.revision,
-            resumed = unchanged,
+            resumed = first == Resume::Unchanged,
             adopt,
             spoke_store = %hello.store_id,
             spoke_revision = hello.last_applied_revision,
@@ -188,6 +247,31 @@ pub struct Held<'a> {
     pub store_id: &'a str,
     pub revision: u64,
     pub digest: &'a str,
+}
+
+/// What the first message of a stream tells the spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Keep what it enforces: `unchanged`, without documents.
+    Unchanged,
+    /// The cluster's documents at the hub's latest revision, which the spoke accepts or refuses itself.
+    Full,
+    /// The documents, to be taken even from another store: an admin asked this cluster to adopt them.
+    Adopt,
+}
+
+impl Resume {
+    /// The decision for a spoke holding `held`, against the hub's store, latest revision and the digest of the
+    /// cluster's documents there. Pure: the table of cases is its test.
+    pub fn decide(held: &Held<'_>, adopt: bool, store_id: &str, revision: u64, digest: &str) -> Self {
+        if adopt {
+            Self::Adopt
+        } else if held.resumes(store_id, revision, digest) {
+            Self::Unchanged
+        } else {
+            Self::Full
+        }
+    }
 }
 
 impl Held<'_> {
@@ -539,6 +623,14 @@ mod tests {
         ];
         for (held, expected, case) in cases {
             assert_eq!(held.resumes("s1", 5, "d"), expected, "{case}");
+            let decided = Resume::decide(&held, false, "s1", 5, "d");
+            assert_eq!(decided == Resume::Unchanged, expected, "{case}");
+            assert_eq!(decided == Resume::Full, !expected, "{case}");
+            assert_eq!(
+                Resume::decide(&held, true, "s1", 5, "d"),
+                Resume::Adopt,
+                "{case}, adoption asked: the documents, whatever it holds"
+            );
         }
     }
 
