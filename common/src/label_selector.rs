@@ -287,6 +287,22 @@ pub fn validate_labels(labels: &std::collections::BTreeMap<String, String>, path
     errors
 }
 
+/// Labels written `key=value,key2=value2` on a command line (spaces around either side ignored), checked with
+/// Kubernetes' rules; errors are named after `flag`.
+pub fn parse_labels(text: &str, flag: &str) -> Result<std::collections::BTreeMap<String, String>, FieldError> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(FieldError::new(flag, format!("{pair:?} is not key=value")));
+        };
+        labels.insert(key.trim().to_string(), value.trim().to_string());
+    }
+    match validate_labels(&labels, flag).into_iter().next() {
+        Some(error) => Err(error),
+        None => Ok(labels),
+    }
+}
+
 pub(crate) fn check_label_key(key: &str, path: &str, errors: &mut Vec<FieldError>) {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
@@ -318,6 +334,25 @@ pub(crate) fn check_label_value(value: &str, path: &str, errors: &mut Vec<FieldE
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_line_labels_are_parsed_and_checked() {
+        let labels = parse_labels("env=prod, region = eu,", "--labels").unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["region"], "eu");
+        assert!(parse_labels("", "--labels").unwrap().is_empty());
+        let error = parse_labels("env", "--labels").unwrap_err();
+        assert_eq!(error.to_string(), "--labels: \"env\" is not key=value");
+        let error = parse_labels("=x", "--cluster-labels").unwrap_err();
+        assert_eq!(error.path, "--cluster-labels.");
+        assert!(error.reason.contains("invalid label key"), "{error}");
+        assert!(
+            parse_labels("env=a b", "--labels")
+                .unwrap_err()
+                .reason
+                .contains("invalid label value")
+        );
+    }
 
     #[test]
     fn label_sets_are_checked_per_key_and_value() {

@@ -1,6 +1,5 @@
 //! Command line of `tollgate-spoke`. Every flag has a `TOLLGATE_SPOKE_*` environment fallback.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -194,18 +193,6 @@ pub struct RunArgs {
 
 pub use tollgate_process::parse_duration;
 
-/// Parses `a=b,c=d` into labels; empty text gives no labels.
-pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut labels = BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((key, value)) = pair.split_once('=') else {
-            bail!("--cluster-labels: {pair:?} is not key=value");
-        };
-        labels.insert(key.trim().to_string(), value.trim().to_string());
-    }
-    Ok(labels)
-}
-
 /// A comma-separated list, entries trimmed, empty ones dropped.
 pub fn parse_list(text: &str) -> Vec<String> {
     text.split(',')
@@ -274,12 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_and_namespaced_names() {
-        let labels = parse_labels("env=prod, region = eu").unwrap();
-        assert_eq!(labels["env"], "prod");
-        assert_eq!(labels["region"], "eu");
-        assert!(parse_labels("").unwrap().is_empty());
-        assert!(parse_labels("env").unwrap_err().to_string().contains("not key=value"));
+    fn namespaced_names() {
         assert_eq!(
             parse_namespaced("openshift-dns/dns-default", "--dns-service").unwrap(),
             ("openshift-dns".to_string(), "dns-default".to_string())

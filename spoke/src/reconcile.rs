@@ -159,97 +159,10 @@ impl Reconciler {
             .map(|rt| (rt.namespace().unwrap_or_default(), rt.name_any()))
             .collect();
 
-        let existing: HashMap<Key, Arc<ObservedPolicy>> = world
-            .policies
-            .iter()
-            .flat_map(|s| s.state())
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
-            .collect();
-        let desired_keys: HashSet<Key> = plan
-            .policies()
-            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
-            .collect();
-
-        let writes: Vec<(NetworkPolicy, Option<Arc<ObservedPolicy>>)> = plan
-            .policies()
-            .filter_map(|desired| {
-                let key = (desired.namespace().unwrap_or_default(), desired.name_any());
-                let current = existing.get(&key).cloned();
-                let allowed = !hold || current.is_none();
-                (allowed && needs_apply(desired, current.as_deref())).then(|| (desired.clone(), current))
-            })
-            .collect();
-        // The sweep: only policies carrying both Tollgate labels that no agent has any more, each deleted only if it
-        // is still the object observed (UID precondition). A policy that merely copies the managed-by label, or
-        // that belongs to an agent whose target cannot be read, stays.
-        let deletes: Vec<(Key, String)> = if hold {
-            Vec::new()
-        } else {
-            existing
-                .iter()
-                .filter(|(key, _)| !desired_keys.contains(*key))
-                .filter_map(|(key, policy)| {
-                    let agent = policy.labels().get(LABEL_AGENT)?;
-                    let owner = (key.0.clone(), agent.clone());
-                    (!unplanned.contains(&owner)).then(|| (key.clone(), policy.uid().unwrap_or_default()))
-                })
-                .collect()
-        };
-
         let mut report = PassReport::default();
-        let client = &self.client;
-        let results: Vec<Written> = futures::stream::iter(writes.into_iter().map(|(desired, current)| async move {
-            Written {
-                key: (desired.namespace().unwrap_or_default(), desired.name_any()),
-                before: current.as_deref().and_then(mode_of),
-                after: mode_of(&desired),
-                result: apply(client, &desired, current.is_some()).await,
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-        let mut mode_changes: HashMap<Key, (Option<Mode>, Mode)> = HashMap::new();
-        for Written {
-            key,
-            before,
-            after,
-            result,
-        } in results
-        {
-            match result {
-                Ok(()) => {
-                    report.written += 1;
-                    self.metrics.writes.inc();
-                    if let Some(after) = after
-                        && before != Some(after)
-                    {
-                        mode_changes.insert(key, (before, after));
-                    }
-                }
-                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
-            }
-        }
-        let delete_results: Vec<(Key, Result<(), kube::Error>)> =
-            futures::stream::iter(deletes.into_iter().map(|(key, uid)| async move {
-                let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &key.0);
-                let result = delete_observed(&api, &key.1, uid).await;
-                (key, result)
-            }))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
+        let mode_changes = self
+            .apply_network_policies(world, &plan, hold, &unplanned, &mut report)
             .await;
-        for (key, result) in delete_results {
-            match result {
-                Ok(()) => {
-                    report.deleted += 1;
-                    self.metrics.deletes.inc();
-                    tracing::info!(namespace = %key.0, name = %key.1, "Deleted NetworkPolicy of a removed agent");
-                }
-                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
-            }
-        }
-
         let mut admin = self.reconcile_admin(world, &plan, hold, &unplanned).await;
         report.written += admin.written;
         report.deleted += admin.deleted;
@@ -307,6 +220,109 @@ impl Reconciler {
             .map(|a| ((a.namespace.clone(), a.name.clone()), a))
             .collect();
         report
+    }
+
+    /// Writes the NetworkPolicies that differ from the plan and deletes the managed ones no agent has any more;
+    /// counts both in `report` and returns the agents whose policy was written with a new mode. With `hold`, only
+    /// agents without any policy get one.
+    async fn apply_network_policies(
+        &self,
+        world: &World,
+        plan: &Plan,
+        hold: bool,
+        unplanned: &HashSet<Key>,
+        report: &mut PassReport,
+    ) -> HashMap<Key, (Option<Mode>, Mode)> {
+        let existing: HashMap<Key, Arc<ObservedPolicy>> = world
+            .policies
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+            .collect();
+        let desired_keys: HashSet<Key> = plan
+            .policies()
+            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+
+        let writes: Vec<(NetworkPolicy, Option<Arc<ObservedPolicy>>)> = plan
+            .policies()
+            .filter_map(|desired| {
+                let key = (desired.namespace().unwrap_or_default(), desired.name_any());
+                let current = existing.get(&key).cloned();
+                let allowed = !hold || current.is_none();
+                (allowed && needs_apply(desired, current.as_deref())).then(|| (desired.clone(), current))
+            })
+            .collect();
+        // The sweep: only policies carrying both Tollgate labels that no agent has any more, each deleted only if it
+        // is still the object observed (UID precondition). A policy that merely copies the managed-by label, or
+        // that belongs to an agent whose target cannot be read, stays.
+        let deletes: Vec<(Key, String)> = if hold {
+            Vec::new()
+        } else {
+            existing
+                .iter()
+                .filter(|(key, _)| !desired_keys.contains(*key))
+                .filter_map(|(key, policy)| {
+                    let agent = policy.labels().get(LABEL_AGENT)?;
+                    let owner = (key.0.clone(), agent.clone());
+                    (!unplanned.contains(&owner)).then(|| (key.clone(), policy.uid().unwrap_or_default()))
+                })
+                .collect()
+        };
+
+        let client = &self.client;
+        let results: Vec<Written> = futures::stream::iter(writes.into_iter().map(|(desired, current)| async move {
+            Written {
+                key: (desired.namespace().unwrap_or_default(), desired.name_any()),
+                before: current.as_deref().and_then(mode_of),
+                after: mode_of(&desired),
+                result: apply(client, &desired, current.is_some()).await,
+            }
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+        let mut mode_changes: HashMap<Key, (Option<Mode>, Mode)> = HashMap::new();
+        for Written {
+            key,
+            before,
+            after,
+            result,
+        } in results
+        {
+            match result {
+                Ok(()) => {
+                    report.written += 1;
+                    self.metrics.writes.inc();
+                    if let Some(after) = after
+                        && before != Some(after)
+                    {
+                        mode_changes.insert(key, (before, after));
+                    }
+                }
+                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
+            }
+        }
+        let delete_results: Vec<(Key, Result<(), kube::Error>)> =
+            futures::stream::iter(deletes.into_iter().map(|(key, uid)| async move {
+                let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &key.0);
+                let result = delete_observed(&api, &key.1, uid).await;
+                (key, result)
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, result) in delete_results {
+            match result {
+                Ok(()) => {
+                    report.deleted += 1;
+                    self.metrics.deletes.inc();
+                    tracing::info!(namespace = %key.0, name = %key.1, "Deleted NetworkPolicy of a removed agent");
+                }
+                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
+            }
+        }
+        mode_changes
     }
 
     /// The AdminNetworkPolicies: one per restricted, scoped or baseline-only agent when enabled, written and repaired

@@ -1,6 +1,8 @@
 //! `tollgate-spoke run`: wires the watches, the reconciler and the health/metrics server together.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use anyhow::{Context, bail};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, Config, ResourceExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tollgate_common::planner::ANNOTATION_REVISION;
@@ -18,7 +20,7 @@ use tollgate_proto::v1 as pb;
 
 use crate::anp::{AdminNetworkPolicy, Capabilities};
 use crate::args::Enforcement;
-use crate::args::{RunArgs, parse_hub_addresses, parse_labels, parse_list, parse_namespaced};
+use crate::args::{RunArgs, parse_hub_addresses, parse_list, parse_namespaced};
 use crate::conditions::{Conditions, Kind};
 use crate::fqdn::{Resolver, ResolverSettings};
 use crate::hub_client::{HubConnection, HubSettings, HubTls, IntentState, PersistedIntent, Reports, TlsFiles};
@@ -50,7 +52,7 @@ struct HubPlan {
     urls: Vec<String>,
     tls: Option<Joining>,
     cluster_id: String,
-    labels: std::collections::BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
 }
 
 impl HubPlan {
@@ -105,122 +107,194 @@ impl HubPlan {
     }
 }
 
-/// Parses every flag into typed settings, then runs the controller until SIGTERM or Ctrl-C.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs {
+/// The spoke's settings, parsed and checked from the command line before anything is contacted.
+pub struct Config {
+    pub cluster_id: String,
+    pub cluster_labels: BTreeMap<String, String>,
+    /// `None`: standalone (local rules only).
+    hub: Option<HubPlan>,
+    pub spoke_namespace: String,
+    pub intent_configmap: String,
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespaces whose agents this spoke owns (empty: all).
+    pub namespaces: Vec<String>,
+    /// DNS Services to look for, in order of preference.
+    pub dns_candidates: Vec<(String, String)>,
+    /// How a pass plans and writes (`admin` is set once the API server says what it serves).
+    pub settings: Settings,
+    pub resolver: ResolverSettings,
+    pub enforcement: Enforcement,
+    pub enforcement_recheck: Duration,
+    pub anp_priority: i32,
+    pub metrics_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("cluster_id", &self.cluster_id)
+            .field("hub", &self.hub.as_ref().map(|h| &h.urls))
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Every flag as typed settings; a contradiction or an invalid value is refused naming the flag.
+    pub fn from_args(args: RunArgs) -> anyhow::Result<Self> {
+        let RunArgs {
+            cluster_id,
+            cluster_labels,
+            standalone,
+            hub,
+            hub_ca,
+            tls_cert,
+            tls_key,
+            join_token_file,
+            identity_secret,
+            hub_tls_server_name,
+            insecure_dev_plaintext,
+            spoke_namespace,
+            intent_configmap,
+            kubeconfig,
+            namespaces,
+            operator_namespace,
+            cluster_defaults_namespace,
+            policy_name_suffix,
+            trust_domain,
+            max_card_age,
+            restricted_allow_dns,
+            dns_service,
+            fqdn_resolver,
+            fqdn_min_ttl,
+            fqdn_max_ttl,
+            fqdn_grace,
+            enforcement,
+            enforcement_recheck,
+            anp_priority,
+            metrics_addr,
+            log_level: _,
+            log_format: _,
+        } = args;
+        let cluster_labels = tollgate_common::label_selector::parse_labels(&cluster_labels, "--cluster-labels")?;
+        let hub = match (standalone, hub) {
+            (true, Some(_)) => bail!("--standalone and --hub exclude each other"),
+            (false, None) => bail!("either --hub ADDRESS or --standalone is required"),
+            (true, None) => None,
+            (false, Some(addresses)) => {
+                let urls = parse_hub_addresses(&addresses, insecure_dev_plaintext)?;
+                let tls = match (hub_ca, tls_cert, tls_key, join_token_file, insecure_dev_plaintext) {
+                    (Some(ca), Some(cert), Some(key), None, false) => Some(Joining::Files(TlsFiles {
+                        ca,
+                        cert,
+                        key,
+                        server_name: hub_tls_server_name,
+                    })),
+                    (None, None, None, Some(token_file), false) => Some(Joining::Token {
+                        token_file,
+                        secret: identity_secret,
+                        server_name: hub_tls_server_name,
+                    }),
+                    (None, None, None, None, true) => None,
+                    (_, _, _, _, true) => {
+                        bail!("--insecure-dev-plaintext cannot be combined with TLS files or a join token")
+                    }
+                    _ => bail!(
+                        "--hub needs --join-token-file, or --hub-ca, --tls-cert and --tls-key (or \
+                         --insecure-dev-plaintext on loopback)"
+                    ),
+                };
+                Some(HubPlan {
+                    urls,
+                    tls,
+                    cluster_id: cluster_id.clone(),
+                    labels: cluster_labels.clone(),
+                })
+            }
+        };
+        if fqdn_min_ttl > fqdn_max_ttl {
+            bail!(
+                "--fqdn-min-ttl ({}s) is longer than --fqdn-max-ttl ({}s)",
+                fqdn_min_ttl.as_secs(),
+                fqdn_max_ttl.as_secs()
+            );
+        }
+        if fqdn_min_ttl.is_zero() {
+            bail!("--fqdn-min-ttl must be at least 1s: a zero TTL would look names up without pause");
+        }
+        let namespaces = parse_list(&namespaces);
+        let dns_candidates = match dns_service {
+            Some(text) => vec![parse_namespaced(&text, "--dns-service")?],
+            None => DNS_CANDIDATES
+                .iter()
+                .map(|(ns, n)| (ns.to_string(), n.to_string()))
+                .collect(),
+        };
+        Ok(Self {
+            cluster_id,
+            cluster_labels,
+            hub,
+            spoke_namespace,
+            intent_configmap,
+            kubeconfig,
+            dns_candidates,
+            settings: Settings {
+                planner: PlannerConfig {
+                    operator_namespace,
+                    cluster_defaults_namespace,
+                    name_suffix: policy_name_suffix,
+                    restricted_allow_dns,
+                },
+                trust_domain,
+                max_card_age,
+                admin: None,
+                watched_namespaces: namespaces.clone(),
+            },
+            namespaces,
+            resolver: ResolverSettings {
+                server: fqdn_resolver,
+                min_ttl: fqdn_min_ttl,
+                max_ttl: fqdn_max_ttl,
+                grace: fqdn_grace,
+                ..ResolverSettings::default()
+            },
+            enforcement,
+            enforcement_recheck,
+            anp_priority,
+            metrics_addr,
+        })
+    }
+
+    /// Whether the spoke follows a hub (else it is standalone).
+    pub fn has_hub(&self) -> bool {
+        self.hub.is_some()
+    }
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let Config {
         cluster_id,
         cluster_labels,
-        standalone,
         hub,
-        hub_ca,
-        tls_cert,
-        tls_key,
-        join_token_file,
-        identity_secret,
-        hub_tls_server_name,
-        insecure_dev_plaintext,
         spoke_namespace,
         intent_configmap,
         kubeconfig,
         namespaces,
-        operator_namespace,
-        cluster_defaults_namespace,
-        policy_name_suffix,
-        trust_domain,
-        max_card_age,
-        restricted_allow_dns,
-        dns_service,
-        fqdn_resolver,
-        fqdn_min_ttl,
-        fqdn_max_ttl,
-        fqdn_grace,
+        dns_candidates,
+        mut settings,
+        resolver: resolver_settings,
         enforcement,
         enforcement_recheck,
         anp_priority,
         metrics_addr,
-        log_level: _,
-        log_format: _,
-    } = args;
-    let cluster_labels = parse_labels(&cluster_labels)?;
-    let hub = match (standalone, hub) {
-        (true, Some(_)) => bail!("--standalone and --hub exclude each other"),
-        (false, None) => bail!("either --hub ADDRESS or --standalone is required"),
-        (true, None) => None,
-        (false, Some(addresses)) => {
-            let urls = parse_hub_addresses(&addresses, insecure_dev_plaintext)?;
-            let tls = match (hub_ca, tls_cert, tls_key, join_token_file, insecure_dev_plaintext) {
-                (Some(ca), Some(cert), Some(key), None, false) => Some(Joining::Files(TlsFiles {
-                    ca,
-                    cert,
-                    key,
-                    server_name: hub_tls_server_name,
-                })),
-                (None, None, None, Some(token_file), false) => Some(Joining::Token {
-                    token_file,
-                    secret: identity_secret,
-                    server_name: hub_tls_server_name,
-                }),
-                (None, None, None, None, true) => None,
-                (_, _, _, _, true) => {
-                    bail!("--insecure-dev-plaintext cannot be combined with TLS files or a join token")
-                }
-                _ => bail!(
-                    "--hub needs --join-token-file, or --hub-ca, --tls-cert and --tls-key (or --insecure-dev-plaintext \
-                     on loopback)"
-                ),
-            };
-            Some(HubPlan {
-                urls,
-                tls,
-                cluster_id: cluster_id.clone(),
-                labels: cluster_labels.clone(),
-            })
-        }
-    };
-    if fqdn_min_ttl > fqdn_max_ttl {
-        bail!(
-            "--fqdn-min-ttl ({}s) is longer than --fqdn-max-ttl ({}s)",
-            fqdn_min_ttl.as_secs(),
-            fqdn_max_ttl.as_secs()
-        );
-    }
-    if fqdn_min_ttl.is_zero() {
-        bail!("--fqdn-min-ttl must be at least 1s: a zero TTL would look names up without pause");
-    }
-    let resolver_settings = ResolverSettings {
-        server: fqdn_resolver,
-        min_ttl: fqdn_min_ttl,
-        max_ttl: fqdn_max_ttl,
-        grace: fqdn_grace,
-        ..ResolverSettings::default()
-    };
-    let namespaces = parse_list(&namespaces);
-    let dns_candidates = match dns_service {
-        Some(text) => vec![parse_namespaced(&text, "--dns-service")?],
-        None => DNS_CANDIDATES
-            .iter()
-            .map(|(ns, n)| (ns.to_string(), n.to_string()))
-            .collect(),
-    };
-    let mut settings = Settings {
-        planner: PlannerConfig {
-            operator_namespace,
-            cluster_defaults_namespace,
-            name_suffix: policy_name_suffix,
-            restricted_allow_dns,
-        },
-        trust_domain,
-        max_card_age,
-        // Set once the API server has been asked what it serves.
-        admin: None,
-        watched_namespaces: namespaces.clone(),
-    };
-
+    } = config;
+    let max_card_age = settings.max_card_age;
     let client = match kubeconfig {
         Some(path) => {
             let kubeconfig =
                 Kubeconfig::read_from(&path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("loading kubeconfig {}", path.display()))?;
             Client::try_from(config)?
@@ -610,5 +684,109 @@ async fn serves_endpoint_slices(client: &Client) -> bool {
             .iter()
             .any(|(ar, _)| ar.kind == "EndpointSlice"),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Args, Command};
+
+    fn config(flags: &[&str]) -> anyhow::Result<Config> {
+        let args = Args::try_parse_from(["tollgate-spoke", "run"].iter().chain(flags))?;
+        let Command::Run(run) = args.command else {
+            unreachable!("run")
+        };
+        Config::from_args(*run)
+    }
+
+    fn refused(flags: &[&str]) -> String {
+        format!("{:#}", config(flags).unwrap_err())
+    }
+
+    #[test]
+    fn flags_become_typed_settings_without_a_cluster() {
+        let standalone = config(&[
+            "--standalone",
+            "--cluster-labels",
+            "env=prod,region=eu",
+            "--namespaces",
+            "a, b",
+            "--restricted-allow-dns",
+            "--max-card-age",
+            "15m",
+        ])
+        .unwrap();
+        assert!(!standalone.has_hub());
+        assert_eq!(standalone.cluster_labels["region"], "eu");
+        assert_eq!(standalone.namespaces, ["a", "b"]);
+        assert_eq!(standalone.settings.watched_namespaces, ["a", "b"]);
+        assert!(standalone.settings.planner.restricted_allow_dns);
+        assert_eq!(standalone.settings.max_card_age, Some(Duration::from_secs(900)));
+        assert!(
+            standalone.settings.admin.is_none(),
+            "decided once the API server answers"
+        );
+        assert_eq!(standalone.dns_candidates.len(), DNS_CANDIDATES.len());
+
+        let joined = config(&[
+            "--hub",
+            "https://hub-a:7443,https://hub-b:7443",
+            "--join-token-file",
+            "/var/run/token",
+            "--dns-service",
+            "openshift-dns/dns-default",
+        ])
+        .unwrap();
+        let hub = joined.hub.as_ref().unwrap();
+        assert_eq!(hub.urls.len(), 2);
+        assert!(matches!(hub.tls, Some(Joining::Token { .. })));
+        assert_eq!(
+            joined.dns_candidates,
+            [("openshift-dns".to_string(), "dns-default".to_string())]
+        );
+
+        let files = config(&[
+            "--hub",
+            "https://hub:7443",
+            "--hub-ca",
+            "ca",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .unwrap();
+        assert!(matches!(files.hub.unwrap().tls, Some(Joining::Files(_))));
+    }
+
+    #[test]
+    fn contradictions_are_refused_naming_the_flags() {
+        assert!(refused(&["--standalone", "--hub", "https://hub:7443"]).contains("--standalone and --hub"));
+        assert!(refused(&[]).contains("either --hub ADDRESS or --standalone"));
+        assert!(refused(&["--hub", "https://hub:7443"]).contains("--hub needs --join-token-file"));
+        assert!(
+            refused(&["--hub", "https://hub:7443", "--hub-ca", "ca"]).contains("--hub needs"),
+            "a CA without a certificate and key"
+        );
+        assert!(
+            refused(&[
+                "--hub",
+                "http://127.0.0.1:7443",
+                "--insecure-dev-plaintext",
+                "--join-token-file",
+                "t"
+            ])
+            .contains("--insecure-dev-plaintext cannot be combined")
+        );
+        assert!(
+            refused(&["--standalone", "--fqdn-min-ttl", "20m", "--fqdn-max-ttl", "10m"])
+                .contains("--fqdn-min-ttl (1200s) is longer than --fqdn-max-ttl (600s)")
+        );
+        assert!(refused(&["--standalone", "--fqdn-min-ttl", "0s"]).contains("--fqdn-min-ttl must be at least 1s"));
+        assert!(refused(&["--standalone", "--dns-service", "nodash"]).contains("--dns-service"));
+        assert!(refused(&["--standalone", "--cluster-labels", "=x"]).contains("label"));
     }
 }

@@ -728,18 +728,6 @@ pub fn label_changes(changes: &[String]) -> anyhow::Result<(BTreeMap<String, Str
     Ok((set, remove))
 }
 
-/// `--labels a=b,c=d`; empty text gives no labels.
-pub fn labels_flag(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut labels = BTreeMap::new();
-    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((key, value)) = pair.split_once('=') else {
-            anyhow::bail!("--labels: {pair:?} is not key=value");
-        };
-        labels.insert(key.trim().to_string(), value.trim().to_string());
-    }
-    Ok(labels)
-}
-
 impl ClustersCommand {
     pub async fn run(self, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         match self {
@@ -749,7 +737,7 @@ impl ClustersCommand {
                 token_ttl,
                 connection,
             } => {
-                let labels = labels_flag(&labels)?;
+                let labels = tollgate_common::label_selector::parse_labels(&labels, "--labels")?;
                 let response = connection
                     .admin()
                     .await?
