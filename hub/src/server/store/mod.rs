@@ -28,9 +28,6 @@ pub mod facts;
 pub mod postgres;
 pub mod sqlite;
 
-#[cfg(test)]
-mod tests;
-
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -1,13 +1,17 @@
-//! Tests of the store: revisions, history, rollback exactness, conflicts, concurrent commits, fleet status,
-//! migrations, corruption, and durability across a real SIGKILL.
+//! Tests of the store on both backends (the embedded SQLite file and a real PostgreSQL server): revisions, history,
+//! rollback exactness, conflicts, concurrent commits, fleet status, migrations, corruption, and durability across a
+//! real SIGKILL.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use tollgate_common::document::{Document, DocumentSet};
 
-use super::sqlite::{DATABASE_FILE, MIGRATIONS};
-use super::*;
+use tollgate_common::planner::Mode;
+use tollgate_common::verification::Reason;
+use tollgate_hub::server::store::sqlite::{DATABASE_FILE, MIGRATIONS};
+use tollgate_hub::server::store::*;
+use tollgate_proto::v1 as pb;
 
 /// Runs each named `async fn NAME(backend: Backend)` once per backend: `sqlite::NAME` and `postgres::NAME`.
 macro_rules! on_both_backends {
@@ -53,26 +57,26 @@ on_both_backends!(
 
 /// The backend a test runs on.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Backend {
+enum Backend {
     Sqlite,
     Postgres,
 }
 
 /// What keeps a test's store alive: its folder, or its PostgreSQL server (killed on drop) and database.
-pub(crate) enum Fixture {
+enum Fixture {
     Sqlite(tempfile::TempDir),
     Postgres(#[allow(dead_code)] tollgate_e2e::Postgres, String),
 }
 
 /// Either store, so one test body runs on both.
 #[derive(Clone, Debug)]
-pub(crate) enum AnyStore {
+enum AnyStore {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
 
 /// A new empty store of the backend; PostgreSQL gets its own server and database.
-pub(crate) async fn open(backend: Backend) -> (AnyStore, Fixture) {
+async fn open(backend: Backend) -> (AnyStore, Fixture) {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
@@ -91,7 +95,7 @@ pub(crate) async fn open(backend: Backend) -> (AnyStore, Fixture) {
 
 impl Fixture {
     /// The same database, opened again (a restarted hub).
-    pub(crate) async fn reopen(&self) -> AnyStore {
+    async fn reopen(&self) -> AnyStore {
         match self {
             Self::Sqlite(dir) => AnyStore::Sqlite(SqliteStore::open(&dir.path().join("nested/data")).unwrap()),
             Self::Postgres(_, url) => AnyStore::Postgres(PgStore::connect(url, None).await.unwrap()),
@@ -315,7 +319,7 @@ spec:
     )
 }
 
-pub(crate) fn policy(name: &str) -> Document {
+fn policy(name: &str) -> Document {
     policy_with_cidr(name, "10.0.0.0/8")
 }
 
@@ -339,7 +343,7 @@ spec:
     set.documents().next().expect("one document")
 }
 
-pub(crate) fn set_of(documents: impl IntoIterator<Item = Document>) -> DocumentSet {
+fn set_of(documents: impl IntoIterator<Item = Document>) -> DocumentSet {
     let mut set = DocumentSet::default();
     for document in documents {
         set.insert(document);
@@ -1144,7 +1148,7 @@ async fn an_acknowledged_commit_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "server::store::tests::sigkill_child_process_entry_point",
+            "sigkill_child_process_entry_point",
             "--exact",
             "--nocapture",
             "--test-threads=1",
@@ -1301,7 +1305,7 @@ async fn postgres_migrations_run_once_and_a_newer_schema_is_refused() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let known = super::postgres::MIGRATIONS.len() as i32;
+    let known = tollgate_hub::server::store::postgres::MIGRATIONS.len() as i32;
     assert_eq!(versions, (1..=known).collect::<Vec<_>>());
     client
         .execute("INSERT INTO schema_migrations VALUES (99, 0)", &[])
@@ -1532,4 +1536,144 @@ async fn adoption_requests_are_set_read_and_cleared_per_cluster(backend: Backend
     store.clear_adopt("c1").await.unwrap();
     assert!(!store.adopt_requested("c1").await.unwrap());
     assert_eq!(flags(store.clusters().await.unwrap()), [false, false]);
+}
+
+/// The embedded store's backup and restore (`tollgate-hub store backup | restore`).
+mod backups {
+    use std::path::Path;
+
+    use rusqlite::Connection;
+    use tollgate_hub::server::store::backup::*;
+    use tollgate_hub::server::store::sqlite::{DATABASE_FILE, lock_data_dir};
+    use tollgate_hub::server::store::{Operation, SqliteStore, Store};
+
+    use super::{policy, set_of};
+
+    async fn store_with_revisions(dir: &Path, revisions: u64) -> SqliteStore {
+        let store = SqliteStore::open(dir).unwrap();
+        for number in 1..=revisions {
+            store
+                .commit(
+                    number - 1,
+                    Operation::Apply,
+                    &format!("r{number}"),
+                    "alice",
+                    &set_of([policy(&format!("p{number}"))]),
+                    1,
+                )
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn a_backup_taken_while_the_store_is_open_restores_every_revision_and_the_store_id() {
+        let source = tempfile::tempdir().unwrap();
+        let store = store_with_revisions(source.path(), 2).await;
+        let copies = tempfile::tempdir().unwrap();
+        let file = copies.path().join("hub.db");
+        let summary = backup(source.path(), &file).unwrap();
+        assert_eq!((summary.latest_revision, summary.revisions), (2, 2));
+        assert_eq!(summary.store_id, store.store_id());
+        // Later changes are not in the backup.
+        store
+            .commit(2, Operation::Apply, "r3", "alice", &set_of([policy("p3")]), 1)
+            .await
+            .unwrap();
+        let again = backup(source.path(), &file).unwrap_err().to_string();
+        assert!(again.contains("a backup never overwrites a file"), "{again}");
+
+        let target = tempfile::tempdir().unwrap();
+        let restored = restore(&target.path().join("data"), &file, false, 7).unwrap();
+        assert_eq!(restored.replaced, None);
+        let reopened = SqliteStore::open(&target.path().join("data")).unwrap();
+        assert_eq!(reopened.store_id(), store.store_id());
+        let latest = reopened.latest().await.unwrap();
+        assert_eq!(latest.info.number, 2);
+        assert_eq!(latest.documents, set_of([policy("p2")]));
+        assert_eq!(reopened.history().await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_restore_replaces_a_store_only_when_forced_and_keeps_the_replaced_one() {
+        let source = tempfile::tempdir().unwrap();
+        drop(store_with_revisions(source.path(), 1).await);
+        let file = tempfile::tempdir().unwrap();
+        let backup_file = file.path().join("hub.db");
+        backup(source.path(), &backup_file).unwrap();
+
+        let target = tempfile::tempdir().unwrap();
+        let current = store_with_revisions(target.path(), 3).await;
+        let current_id = current.store_id().to_string();
+        drop(current);
+        let refused = restore(target.path(), &backup_file, false, 7).unwrap_err().to_string();
+        assert!(refused.contains("already has a store (store "), "{refused}");
+        assert!(refused.contains("latest revision 3"), "{refused}");
+        assert!(refused.contains("--force replaces it"), "{refused}");
+        assert_eq!(
+            SqliteStore::open(target.path())
+                .unwrap()
+                .latest()
+                .await
+                .unwrap()
+                .info
+                .number,
+            3,
+            "unchanged"
+        );
+
+        let restored = restore(target.path(), &backup_file, true, 7).unwrap();
+        let kept = restored.replaced.unwrap();
+        assert_eq!(kept, target.path().join("tollgate-hub.db.replaced-7"));
+        let kept = inspect(&kept).unwrap();
+        assert_eq!((kept.store_id.as_str(), kept.latest_revision), (current_id.as_str(), 3));
+        assert_eq!(
+            SqliteStore::open(target.path())
+                .unwrap()
+                .latest()
+                .await
+                .unwrap()
+                .info
+                .number,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_is_refused_while_a_hub_serves_the_folder_and_for_files_that_are_not_stores() {
+        let source = tempfile::tempdir().unwrap();
+        drop(store_with_revisions(source.path(), 1).await);
+        let file = tempfile::tempdir().unwrap();
+        let backup_file = file.path().join("hub.db");
+        backup(source.path(), &backup_file).unwrap();
+
+        let target = tempfile::tempdir().unwrap();
+        let serving = lock_data_dir(target.path()).unwrap();
+        let refused = restore(target.path(), &backup_file, true, 7).unwrap_err().to_string();
+        assert!(refused.contains("is in use by another process"), "{refused}");
+        assert!(!target.path().join(DATABASE_FILE).exists(), "nothing written");
+        drop(serving);
+
+        let garbage = file.path().join("garbage.db");
+        std::fs::write(&garbage, b"not a database at all, just some bytes of text").unwrap();
+        let refused = restore(target.path(), &garbage, true, 7).unwrap_err().to_string();
+        assert!(refused.contains("is not a Tollgate hub store"), "{refused}");
+        let empty = file.path().join("empty.db");
+        Connection::open(&empty)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        let refused = restore(target.path(), &empty, true, 7).unwrap_err().to_string();
+        assert!(
+            refused.contains("is not a Tollgate hub store: no such table: schema_migrations"),
+            "{refused}"
+        );
+        assert!(!target.path().join(DATABASE_FILE).exists(), "nothing written");
+
+        let missing = backup(target.path(), &file.path().join("x.db"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("holds no store"), "{missing}");
+    }
 }
