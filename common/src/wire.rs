@@ -87,62 +87,66 @@ fn port(n: u32, path: &str) -> Result<u16, FieldError> {
 }
 
 /// Reported facts as the planner's facts (the hub plans previews with them).
-pub fn facts_from_wire(message: &pb::ClusterFacts) -> Result<ClusterFacts, FieldError> {
-    let addresses = message
-        .api_server_addresses
-        .iter()
-        .map(|a| ip(a, "apiServerAddresses"))
-        .collect::<Result<_, _>>()?;
-    let ports = message
-        .api_server_ports
-        .iter()
-        .map(|p| port(*p, "apiServerPorts"))
-        .collect::<Result<_, _>>()?;
-    let service = if message.api_service_address.is_empty() {
-        None
-    } else {
-        Some((
-            ip(&message.api_service_address, "apiServiceAddress")?,
-            port(message.api_service_port, "apiServicePort")?,
-        ))
-    };
-    let dns = if message.dns_namespace.is_empty() {
-        None
-    } else {
-        Some(DnsFacts {
-            namespace: message.dns_namespace.clone(),
-            addresses: message
-                .dns_addresses
-                .iter()
-                .map(|a| ip(a, "dnsAddresses"))
-                .collect::<Result<_, _>>()?,
-            target_ports: message
-                .dns_ports
-                .iter()
-                .map(|p| {
-                    let protocol = Protocol::parse(&p.protocol).ok_or_else(|| {
-                        FieldError::new("dnsPorts.protocol", format!("unknown protocol {:?}", p.protocol))
-                    })?;
-                    Ok(PortRange::single(protocol, port(p.port, "dnsPorts.port")?))
-                })
-                .collect::<Result<_, FieldError>>()?,
-            cluster_ip: if message.dns_service_address.is_empty() {
-                None
-            } else {
-                Some(ip(&message.dns_service_address, "dnsServiceAddress")?)
+impl TryFrom<&pb::ClusterFacts> for ClusterFacts {
+    type Error = FieldError;
+
+    fn try_from(message: &pb::ClusterFacts) -> Result<Self, FieldError> {
+        let addresses = message
+            .api_server_addresses
+            .iter()
+            .map(|a| ip(a, "apiServerAddresses"))
+            .collect::<Result<_, _>>()?;
+        let ports = message
+            .api_server_ports
+            .iter()
+            .map(|p| port(*p, "apiServerPorts"))
+            .collect::<Result<_, _>>()?;
+        let service = if message.api_service_address.is_empty() {
+            None
+        } else {
+            Some((
+                ip(&message.api_service_address, "apiServiceAddress")?,
+                port(message.api_service_port, "apiServicePort")?,
+            ))
+        };
+        let dns = if message.dns_namespace.is_empty() {
+            None
+        } else {
+            Some(DnsFacts {
+                namespace: message.dns_namespace.clone(),
+                addresses: message
+                    .dns_addresses
+                    .iter()
+                    .map(|a| ip(a, "dnsAddresses"))
+                    .collect::<Result<_, _>>()?,
+                target_ports: message
+                    .dns_ports
+                    .iter()
+                    .map(|p| {
+                        let protocol = Protocol::parse(&p.protocol).ok_or_else(|| {
+                            FieldError::new("dnsPorts.protocol", format!("unknown protocol {:?}", p.protocol))
+                        })?;
+                        Ok(PortRange::single(protocol, port(p.port, "dnsPorts.port")?))
+                    })
+                    .collect::<Result<_, FieldError>>()?,
+                cluster_ip: if message.dns_service_address.is_empty() {
+                    None
+                } else {
+                    Some(ip(&message.dns_service_address, "dnsServiceAddress")?)
+                },
+            })
+        };
+        Ok(ClusterFacts {
+            api: ApiServerFacts {
+                addresses,
+                ports,
+                service,
             },
+            dns,
+            // The hub plans names symbolically: it never sees a cluster's addresses as facts.
+            names: Default::default(),
         })
-    };
-    Ok(ClusterFacts {
-        api: ApiServerFacts {
-            addresses,
-            ports,
-            service,
-        },
-        dns,
-        // The hub plans names symbolically: it never sees a cluster's addresses as facts.
-        names: Default::default(),
-    })
+    }
 }
 
 impl From<Mode> for pb::EgressMode {
@@ -516,10 +520,10 @@ mod tests {
         };
         let wire = facts_to_wire(&facts, "v1.20.2");
         assert_eq!(wire.kubernetes_version, "v1.20.2");
-        assert_eq!(facts_from_wire(&wire).unwrap(), facts);
+        assert_eq!(ClusterFacts::try_from(&wire).unwrap(), facts);
         let mut bad = wire;
         bad.api_server_ports = vec![70000];
-        assert_eq!(facts_from_wire(&bad).unwrap_err().path, "apiServerPorts");
+        assert_eq!(ClusterFacts::try_from(&bad).unwrap_err().path, "apiServerPorts");
     }
 
     fn agent(local_egress: LocalEgress) -> Agent {

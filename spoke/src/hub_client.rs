@@ -451,11 +451,11 @@ pub fn backoff(attempt: u32, seed: u64) -> Duration {
     half + Duration::from_millis(seed % spread)
 }
 
+/// A random seed per spoke process (the standard library's randomly keyed hasher): spokes that lost the hub
+/// together do not retry in step.
 fn jitter_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
 async fn connect(

@@ -230,10 +230,10 @@ impl PlanArgs {
             .into_inner();
         let text = match output {
             Output::Table | Output::Wide | Output::Name => {
-                crate::server::plan::render(&response.clusters, show_baseline || output == Output::Wide)
+                crate::cli::preview::render(&response.clusters, show_baseline || output == Output::Wide)
             }
-            Output::Json => serde_json::to_string_pretty(&crate::server::plan::rows(&response.clusters))? + "\n",
-            Output::Yaml => serde_yaml_ng::to_string(&crate::server::plan::rows(&response.clusters))?,
+            Output::Json => serde_json::to_string_pretty(&crate::cli::preview::rows(&response.clusters))? + "\n",
+            Output::Yaml => serde_yaml_ng::to_string(&crate::cli::preview::rows(&response.clusters))?,
         };
         out.write_all(text.as_bytes())?;
         let changed = response.clusters.iter().any(|c| !c.agents.is_empty());

@@ -95,7 +95,7 @@ pub fn facts_to_json(message: &pb::ClusterFacts) -> String {
     serde_json::to_string(&stored).expect("facts serialize")
 }
 
-/// Stored facts JSON back as the wire message (validate it with `tollgate_common::wire::facts_from_wire`).
+/// Stored facts JSON back as the wire message (validate it with `ClusterFacts::try_from`).
 pub fn facts_from_json(json: &str) -> Result<pb::ClusterFacts, serde_json::Error> {
     let stored: StoredFacts = serde_json::from_str(json)?;
     Ok(pb::ClusterFacts {
