@@ -3,9 +3,15 @@
 /// The end of the validity (`notAfter`) of the first certificate in `pem`, in Unix seconds; `None` when `pem` holds
 /// no parsable certificate.
 pub fn not_after_unix_seconds(pem: &[u8]) -> Option<i64> {
+    validity_unix_seconds(pem).map(|(_, not_after)| not_after)
+}
+
+/// The validity (`notBefore`, `notAfter`) of the first certificate in `pem`, in Unix seconds.
+pub fn validity_unix_seconds(pem: &[u8]) -> Option<(i64, i64)> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let certificate = block.parse_x509().ok()?;
-    Some(certificate.validity().not_after.timestamp())
+    let validity = certificate.validity();
+    Some((validity.not_before.timestamp(), validity.not_after.timestamp()))
 }
 
 #[cfg(test)]
@@ -26,6 +32,10 @@ mod tests {
         assert_eq!(not_after_unix_seconds(leaf.as_bytes()), Some(1_933_113_600));
         let chain = format!("{leaf}{}", certificate_until(2040, 1, 1));
         assert_eq!(not_after_unix_seconds(chain.as_bytes()), Some(1_933_113_600));
+        let (not_before, not_after) = validity_unix_seconds(leaf.as_bytes()).unwrap();
+        assert_eq!(not_after, 1_933_113_600);
+        // rcgen's default start of validity: 1975-01-01.
+        assert_eq!(not_before, 157_766_400);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct Metrics {
     hub_update_age: Gauge,
     /// `notAfter` of the client certificate the spoke presents to the hub, Unix seconds.
     certificate_expiry: Family<CertificateLabel, Gauge>,
+    /// `notBefore` of the same certificates, Unix seconds.
+    certificate_issued: Family<CertificateLabel, Gauge>,
     /// Unix seconds of the last intent received from the hub (0: none yet).
     last_hub_update: AtomicI64,
     ready: AtomicBool,
@@ -141,6 +143,12 @@ impl Metrics {
             "Seconds since the last intent received from the hub (-1: none yet, or standalone)",
             hub_update_age.clone(),
         );
+        let certificate_issued = Family::<CertificateLabel, Gauge>::default();
+        registry.register(
+            "certificate_not_before_timestamp_seconds",
+            "Unix time the certificates of certificate_expiry_timestamp_seconds became valid",
+            certificate_issued.clone(),
+        );
         let certificate_expiry = Family::<CertificateLabel, Gauge>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -209,15 +217,20 @@ impl Metrics {
             fqdn_unstable,
             hub_update_age,
             certificate_expiry,
+            certificate_issued,
             last_hub_update: AtomicI64::new(0),
             ready: AtomicBool::new(false),
             refused: std::sync::Mutex::default(),
         }
     }
 
-    /// Records when the certificate in `pem` (the first of a chain) expires; unparsable PEM records nothing.
+    /// Records when the certificate in `pem` (the first of a chain) became valid and when it expires (alerts compare
+    /// the time left with its lifetime); unparsable PEM records nothing.
     pub fn record_certificate(&self, certificate: &'static str, pem: &[u8]) {
-        if let Some(not_after) = tollgate_common::certificate::not_after_unix_seconds(pem) {
+        if let Some((not_before, not_after)) = tollgate_common::certificate::validity_unix_seconds(pem) {
+            self.certificate_issued
+                .get_or_create(&CertificateLabel { certificate })
+                .set(not_before);
             self.certificate_expiry
                 .get_or_create(&CertificateLabel { certificate })
                 .set(not_after);

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub last_seen: Family<ClusterLabel, Gauge>,
     /// `notAfter` of the certificates the hub serves with (`serving`) and trusts (`client-ca`), Unix seconds.
     certificate_expiry: Family<CertificateLabel, Gauge>,
+    /// `notBefore` of the same certificates, Unix seconds.
+    certificate_issued: Family<CertificateLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -83,6 +85,12 @@ impl Default for Metrics {
             "Unix time the hub last heard from each registered cluster, kept while it is disconnected",
             last_seen.clone(),
         );
+        let certificate_issued = Family::<CertificateLabel, Gauge>::default();
+        registry.register(
+            "certificate_not_before_timestamp_seconds",
+            "Unix time the certificates of certificate_expiry_timestamp_seconds became valid",
+            certificate_issued.clone(),
+        );
         let certificate_expiry = Family::<CertificateLabel, Gauge>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -111,14 +119,19 @@ impl Default for Metrics {
             unreadable,
             last_seen,
             certificate_expiry,
+            certificate_issued,
         }
     }
 }
 
 impl Metrics {
-    /// Records when the certificate in `pem` (the first of a chain) expires; unparsable PEM records nothing.
+    /// Records when the certificate in `pem` (the first of a chain) became valid and when it expires (alerts compare
+    /// the time left with its lifetime); unparsable PEM records nothing.
     pub fn record_certificate(&self, certificate: &'static str, pem: &[u8]) {
-        if let Some(not_after) = tollgate_common::certificate::not_after_unix_seconds(pem) {
+        if let Some((not_before, not_after)) = tollgate_common::certificate::validity_unix_seconds(pem) {
+            self.certificate_issued
+                .get_or_create(&CertificateLabel { certificate })
+                .set(not_before);
             self.certificate_expiry
                 .get_or_create(&CertificateLabel { certificate })
                 .set(not_after);
