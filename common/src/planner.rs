@@ -3,6 +3,7 @@
 
 mod baseline;
 mod guardrail;
+pub mod incremental;
 mod render;
 
 use std::borrow::Cow;
@@ -23,6 +24,7 @@ use crate::verification::Verification;
 
 pub use baseline::Baseline;
 use guardrail::Guardrails;
+pub use incremental::{AgentKey, Changes, IncrementalPlan};
 
 /// `app.kubernetes.io/managed-by` value on every NetworkPolicy the spoke writes.
 pub const MANAGED_BY: &str = "tollgate-spoke";

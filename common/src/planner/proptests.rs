@@ -1,6 +1,6 @@
 //! Laws of the planner, checked on generated clusters, agents and intent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -376,5 +376,119 @@ proptest! {
         let mut reported: Vec<&Fqdn> = outcome.names.iter().map(|n| &n.name).collect();
         reported.dedup();
         prop_assert_eq!(reported, names);
+    }
+}
+
+/// One event of a cluster between two passes.
+#[derive(Clone, Debug)]
+enum Step {
+    /// An agent is created or changes (its verification, rules, labels, or the workload it targets).
+    Upsert {
+        index: usize,
+        verified: bool,
+        local: LocalEgress,
+        tier: &'static str,
+        namespace: &'static str,
+        workload: usize,
+    },
+    /// An agent is deleted.
+    Remove(usize),
+    /// The cluster-wide inputs change (endpoints, resolved names, hub intent).
+    Cluster(ClusterFacts, Vec<EgressPolicy>, Vec<EgressGuardrail>),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0usize..6, any::<bool>(), local(), prop_oneof![Just("llm"), Just("tool")],
+              prop_oneof![Just("team-a"), Just("team-b")], 0usize..3)
+            .prop_map(|(index, verified, local, tier, namespace, workload)| Step::Upsert {
+                index, verified, local, tier, namespace, workload,
+            }),
+        2 => (0usize..6).prop_map(Step::Remove),
+        1 => (facts(), policies(), guardrails()).prop_map(|(f, p, g)| Step::Cluster(f, p, g)),
+    ]
+}
+
+/// An agent of a step; agents of one namespace on the same workload share its policy name.
+fn stepped_agent(
+    index: usize,
+    verified: bool,
+    local: LocalEgress,
+    tier: &str,
+    namespace: &str,
+    workload: usize,
+) -> Agent {
+    Agent {
+        namespace: namespace.into(),
+        name: format!("agent-{index}"),
+        uid: format!("uid-{index}"),
+        target_name: format!("workload-{workload}"),
+        labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+        namespace_labels: BTreeMap::from([(LABEL_NAMESPACE_NAME.to_string(), namespace.to_string())]),
+        pod_labels: None,
+        local_egress: local,
+        verification: if verified {
+            Verification::verified(Reason::SignatureVerified, "generated")
+        } else {
+            Verification::unverified(Reason::NotVerified, "generated")
+        },
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// After every step of a random history, the incremental plan equals a full plan of every agent (whole
+    /// policies and outcomes), and the changes it reports are exactly the agents whose plan differs from the last
+    /// step's.
+    #[test]
+    fn incremental_planning_equals_a_full_plan_after_every_step(
+        facts in facts(),
+        policies in policies(),
+        guardrails in guardrails(),
+        steps in prop::collection::vec(step(), 1..24),
+    ) {
+        let config = config();
+        let (mut facts, mut intent) = (facts, Intent { revision: Some(1), policies, guardrails });
+        // Agents by index; an index may move between namespaces (a delete and a create).
+        let mut agents: BTreeMap<usize, Agent> = BTreeMap::new();
+        let mut incremental = IncrementalPlan::default();
+        let mut before = plan(&config, &facts, &[], &intent);
+        incremental.replan_all(&Planner::new(&config, &facts, &intent), Vec::new());
+        for step in steps {
+            let cluster_wide = matches!(step, Step::Cluster(..));
+            match step {
+                Step::Upsert { index, verified, local, tier, namespace, workload } => {
+                    agents.insert(index, stepped_agent(index, verified, local, tier, namespace, workload));
+                }
+                Step::Remove(index) => {
+                    agents.remove(&index);
+                }
+                Step::Cluster(f, p, g) => {
+                    facts = f;
+                    intent = Intent { revision: intent.revision.map(|r| r + 1), policies: p, guardrails: g };
+                }
+            }
+            let all: Vec<Agent> = agents.values().cloned().collect();
+            let planner = Planner::new(&config, &facts, &intent);
+            let changes = if cluster_wide {
+                incremental.replan_all(&planner, all.clone())
+            } else {
+                incremental.update(&planner, all.clone())
+            };
+            let full = plan(&config, &facts, &all, &intent);
+            prop_assert_eq!(&incremental.plan(), &full);
+            // The changes name exactly the agents whose plan differs from the last step's.
+            let old: BTreeMap<AgentKey, &PlannedAgent> =
+                before.agents.iter().map(|a| ((a.outcome.namespace.clone(), a.outcome.name.clone()), a)).collect();
+            let new: BTreeMap<AgentKey, &PlannedAgent> =
+                full.agents.iter().map(|a| ((a.outcome.namespace.clone(), a.outcome.name.clone()), a)).collect();
+            let changed: BTreeSet<AgentKey> =
+                new.iter().filter(|(k, a)| old.get(*k) != Some(*a)).map(|(k, _)| k.clone()).collect();
+            let removed: BTreeSet<AgentKey> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+            prop_assert_eq!(&changes.changed, &changed);
+            prop_assert_eq!(&changes.removed, &removed);
+            before = full;
+        }
     }
 }
