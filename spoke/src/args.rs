@@ -173,6 +173,11 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_SPOKE_ENFORCEMENT_RECHECK", value_parser = parse_duration, default_value = "60s", hide = true)]
     pub enforcement_recheck: Duration,
 
+    /// How often a pass looks at every agent rather than only at those whose inputs or objects changed (a safety
+    /// net; `tollgate_spoke_full_resync_writes_total` counts what it still had to write).
+    #[arg(long, env = "TOLLGATE_SPOKE_FULL_RESYNC_INTERVAL", value_parser = parse_duration, default_value = "10m", hide = true)]
+    pub full_resync_interval: Duration,
+
     /// Priority of the AdminNetworkPolicies, 0 (evaluated first) to 99 (the highest OVN-Kubernetes implements). An
     /// administrator's AdminNetworkPolicies with a lower number are evaluated before the agents'.
     #[arg(long, env = "TOLLGATE_SPOKE_ANP_PRIORITY", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..=99))]

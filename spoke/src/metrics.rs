@@ -46,6 +46,10 @@ pub struct ConditionLabel {
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Counter,
+    /// Passes that looked at every agent because the full resync was due (not because cluster-wide inputs changed).
+    pub full_resyncs: Counter,
+    /// What those passes wrote or deleted: an incremental pass should have done it, so it stays 0.
+    pub full_resync_writes: Counter,
     pub failures: Family<ReasonLabel, Counter>,
     pub duration: Histogram,
     pub agents: Family<ModeLabel, Gauge>,
@@ -92,6 +96,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tollgate_spoke");
         let reconciles = Counter::default();
+        let full_resyncs = Counter::default();
+        let full_resync_writes = Counter::default();
         let failures = Family::<ReasonLabel, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let agents = Family::<ModeLabel, Gauge>::default();
@@ -102,6 +108,16 @@ impl Metrics {
             "reconciles",
             "Reconcile passes over the cluster's agents",
             reconciles.clone(),
+        );
+        registry.register(
+            "full_resyncs",
+            "Passes that looked at every agent because the periodic full resync was due",
+            full_resyncs.clone(),
+        );
+        registry.register(
+            "full_resync_writes",
+            "Objects the full resyncs wrote or deleted (an incremental pass missed them: stays 0)",
+            full_resync_writes.clone(),
         );
         registry.register("reconcile_failures", "Failed writes, by reason", failures.clone());
         registry.register(
@@ -201,6 +217,8 @@ impl Metrics {
         Self {
             registry,
             reconciles,
+            full_resyncs,
+            full_resync_writes,
             failures,
             duration,
             agents,

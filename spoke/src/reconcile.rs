@@ -1,7 +1,7 @@
 //! One reconcile pass: recompute every agent's policy from the stores, write what differs, delete orphans,
 //! report problems as Events. Level-triggered: it never looks at which event woke it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_common::Intent;
 use tollgate_common::planner::{
-    self, AgentOutcome, ClusterProblem, LABEL_AGENT, LABEL_MODE, Mode, Plan, PlannerConfig,
+    self, AgentOutcome, ClusterProblem, IncrementalPlan, LABEL_AGENT, LABEL_MODE, Mode, PlannedAgent, PlannerConfig,
 };
 use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
@@ -41,7 +41,12 @@ pub struct Settings {
     pub admin: Option<AdminSettings>,
     /// The namespaces whose agents this spoke owns (empty: all): the AdminNetworkPolicies it may sweep.
     pub watched_namespaces: Vec<String>,
+    /// How often a pass looks at every agent, not only at what changed (a safety net: it should find nothing to do).
+    pub full_resync: Duration,
 }
+
+/// Every agent is looked at this often by default.
+pub const FULL_RESYNC: Duration = Duration::from_secs(600);
 
 /// How AdminNetworkPolicies are written.
 #[derive(Clone, Debug)]
@@ -67,6 +72,8 @@ struct AdminReport {
 /// A failed write.
 #[derive(Debug)]
 pub struct WriteError {
+    /// The agent whose object it was, when known (its next pass tries again).
+    pub agent: Option<Key>,
     pub namespace: String,
     pub name: String,
     pub kind: ErrorKind,
@@ -76,18 +83,53 @@ pub struct WriteError {
 /// What a pass did.
 #[derive(Debug, Default)]
 pub struct PassReport {
-    pub plan: Plan,
     /// What was discovered about the cluster.
     pub facts: planner::ClusterFacts,
-    /// The planner's input for every agent, by (namespace, name).
-    pub agents: HashMap<Key, planner::Agent>,
     pub written: usize,
     pub deleted: usize,
     pub errors: Vec<WriteError>,
     /// The DNS names of the rules and their addresses, as planned with.
     pub names: Snapshot,
-    /// Agents whose egress other NetworkPolicies widen, with those policies' names (by agent namespace and name).
-    pub widened: HashMap<Key, Vec<String>>,
+    /// Whether the pass looked at every agent (the first pass, cluster-wide inputs changed, or the full resync).
+    pub full: bool,
+    /// How many agents it looked at.
+    pub looked_at: usize,
+}
+
+/// The agents of a pass: the plans it looks at, and the cluster's problems.
+struct View<'a> {
+    agents: Vec<&'a PlannedAgent>,
+    problems: &'a [ClusterProblem],
+}
+
+impl View<'_> {
+    fn outcomes(&self) -> impl Iterator<Item = &AgentOutcome> {
+        self.agents.iter().map(|a| &a.outcome)
+    }
+}
+
+/// What a pass compares with the last one to tell whether every agent must be planned again.
+#[derive(Debug, PartialEq)]
+struct ClusterInputs {
+    facts: planner::ClusterFacts,
+    intent: Intent,
+    names: Vec<tollgate_proto::v1::ResolvedName>,
+    hold: bool,
+}
+
+/// The objects the last pass saw, to tell which agents a watch event touched since (the reflector stores replace an
+/// object's `Arc` on every event).
+#[derive(Debug, Default)]
+struct Seen {
+    runtimes: HashMap<Key, Arc<ObservedRuntime>>,
+    policies: HashMap<Key, Arc<ObservedPolicy>>,
+    others: HashMap<Key, Arc<NetworkPolicy>>,
+    admin: HashMap<String, Arc<AdminNetworkPolicy>>,
+}
+
+/// Whether `now` holds a different object for `key` than `before` did.
+fn moved<K: Eq + std::hash::Hash, V>(before: &HashMap<K, Arc<V>>, key: &K, now: &Arc<V>) -> bool {
+    before.get(key).is_none_or(|old| !Arc::ptr_eq(old, now))
 }
 
 /// Reconciles the cluster's NetworkPolicies; keeps what it reported last so Events fire on changes only.
@@ -98,6 +140,21 @@ pub struct Reconciler {
     recorder: Recorder,
     resolver: Resolver,
     reported: HashMap<(String, String), Vec<(String, String)>>,
+    /// Every agent's inputs and plan, planned again only where they change.
+    index: IncrementalPlan,
+    /// The cluster-wide inputs of the last pass.
+    cluster: Option<ClusterInputs>,
+    /// When the last pass that looked at every agent ran.
+    last_full: Option<Instant>,
+    seen: Seen,
+    /// Agents whose writes failed: looked at again by the next pass.
+    pending: HashSet<Key>,
+    /// Agents whose egress other NetworkPolicies widen (marked when an AdminNetworkPolicy overrides them).
+    widened: HashMap<Key, Vec<String>>,
+    /// Agents whose AdminNetworkPolicy is in force as desired.
+    enforced: HashSet<Key>,
+    /// Agents without an AdminNetworkPolicy, and why.
+    fallbacks: HashMap<Key, String>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -112,6 +169,7 @@ type Key = (String, String);
 
 /// The result of one write, with the mode before and after.
 struct Written {
+    agent: Key,
     key: Key,
     before: Option<Mode>,
     after: Option<Mode>,
@@ -133,11 +191,40 @@ impl Reconciler {
             recorder,
             resolver,
             reported: HashMap::new(),
+            index: IncrementalPlan::default(),
+            cluster: None,
+            last_full: None,
+            seen: Seen::default(),
+            pending: HashSet::new(),
+            widened: HashMap::new(),
+            enforced: HashSet::new(),
+            fallbacks: HashMap::new(),
         }
     }
 
-    /// One full pass. With `hold`, the NetworkPolicies in force are kept exactly as they are (there is no intent to
+    /// Every agent's plan, by namespace then name.
+    pub fn planned(&self) -> impl Iterator<Item = &PlannedAgent> {
+        self.index.agents()
+    }
+
+    /// The planner's input for one agent, as the last pass saw it.
+    pub fn input(&self, key: &Key) -> Option<&planner::Agent> {
+        self.index.input(key)
+    }
+
+    /// The NetworkPolicies that widen an agent, as the last pass found them.
+    pub fn widened_by(&self, key: &Key) -> Vec<String> {
+        self.widened.get(key).cloned().unwrap_or_default()
+    }
+
+    /// One pass. With `hold`, the NetworkPolicies in force are kept exactly as they are (there is no intent to
     /// enforce yet): only agents without any policy get one, which can only narrow their egress.
+    ///
+    /// Every agent's inputs are read, but only the agents whose inputs changed (and those sharing their workload)
+    /// are planned again, and only they and the agents whose own objects (AgentRuntime, NetworkPolicy,
+    /// AdminNetworkPolicy, a co-selecting NetworkPolicy of their namespace) changed are written, annotated and
+    /// evented. The first pass, a change of the cluster-wide inputs (endpoints, resolved names, intent, holding) and
+    /// the full resync every [`Settings::full_resync`] look at every agent.
     pub async fn reconcile(&mut self, world: &World, intent: &Intent, hold: bool) -> PassReport {
         let started = Instant::now();
         let now_unix = tollgate_process::unix_secs();
@@ -150,8 +237,57 @@ impl Reconciler {
             .sync(&crate::fqdn::wanted(intent, &agents), cluster_dns)
             .await;
         facts.names = names.addresses();
-        let plan = planner::plan(&self.settings.planner, &facts, &agents, intent);
-        let widened = widening(world, &plan);
+        let planner = planner::Planner::new(&self.settings.planner, &facts, intent);
+        let resync_due = self
+            .last_full
+            .is_none_or(|at| at.elapsed() >= self.settings.full_resync);
+        let statuses = names.statuses();
+        let cluster_changed = self
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.hold != hold || c.facts != facts || c.intent != *intent || c.names != statuses);
+        let full = cluster_changed || resync_due;
+        let changes = if full {
+            self.index.replan_all(&planner, agents)
+        } else {
+            self.index.update(&planner, agents)
+        };
+        if cluster_changed {
+            self.cluster = Some(ClusterInputs {
+                facts: facts.clone(),
+                intent: intent.clone(),
+                names: statuses,
+                hold,
+            });
+        }
+        let existing: HashMap<Key, Arc<ObservedPolicy>> = world
+            .policies
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+            .collect();
+        let touched = self.observe(world, &runtimes, &existing);
+        let focus: Option<HashSet<Key>> = (!full).then(|| {
+            let mut focus = touched;
+            focus.extend(changes.changed.iter().cloned());
+            focus.extend(changes.removed.iter().cloned());
+            focus.extend(std::mem::take(&mut self.pending));
+            focus
+        });
+        if full {
+            self.pending.clear();
+            self.last_full = Some(Instant::now());
+        }
+        let covers = |key: &Key| focus.as_ref().is_none_or(|f| f.contains(key));
+        let view = View {
+            agents: self
+                .index
+                .agents()
+                .filter(|a| covers(&(a.outcome.namespace.clone(), a.outcome.name.clone())))
+                .collect(),
+            problems: self.index.problems(),
+        };
+        let widened = widening(world, &view);
         // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
         let unplanned: HashSet<Key> = runtimes
             .iter()
@@ -159,51 +295,102 @@ impl Reconciler {
             .map(|rt| (rt.namespace().unwrap_or_default(), rt.name_any()))
             .collect();
 
-        let mut report = PassReport::default();
+        let mut report = PassReport {
+            full,
+            looked_at: view.agents.len(),
+            ..PassReport::default()
+        };
         let mode_changes = self
-            .apply_network_policies(world, &plan, hold, &unplanned, &mut report)
+            .apply_network_policies(&view, &existing, hold, &unplanned, &mut report)
             .await;
-        let mut admin = self.reconcile_admin(world, &plan, hold, &unplanned).await;
+        let mut admin = self.reconcile_admin(world, &view, hold, &unplanned).await;
         report.written += admin.written;
         report.deleted += admin.deleted;
         report.errors.append(&mut admin.errors);
+        // The agents looked at replace what the last passes found for them.
+        let looked_at: Vec<Key> = view
+            .outcomes()
+            .map(|o| (o.namespace.clone(), o.name.clone()))
+            .chain(changes.removed.iter().cloned())
+            .collect();
+        for key in &looked_at {
+            self.enforced.remove(key);
+            self.fallbacks.remove(key);
+            self.widened.remove(key);
+        }
+        self.enforced.extend(admin.enforced.iter().cloned());
+        self.fallbacks.extend(admin.fallbacks.clone());
         // With an AdminNetworkPolicy, a widening NetworkPolicy has no effect on the agent's egress: reported as
         // overridden, not counted.
-        let widened: HashMap<Key, Vec<String>> = widened
-            .into_iter()
-            .map(|(key, by)| {
-                let by = if admin.enforced.contains(&key) {
-                    by.into_iter().map(|p| format!("{p} (overridden)")).collect()
-                } else {
-                    by
-                };
-                (key, by)
-            })
-            .collect();
+        for (key, by) in widened {
+            let by = if self.enforced.contains(&key) {
+                by.into_iter().map(|p| format!("{p} (overridden)")).collect()
+            } else {
+                by
+            };
+            self.widened.insert(key, by);
+        }
         self.metrics
             .agents_widened
-            .set(widened.keys().filter(|k| !admin.enforced.contains(*k)).count() as i64);
-        self.publish_events(&runtimes, &plan, &mode_changes, &names, &widened, &admin)
-            .await;
+            .set(self.widened.keys().filter(|k| !self.enforced.contains(*k)).count() as i64);
+        let view = View {
+            agents: self
+                .index
+                .agents()
+                .filter(|a| covers(&(a.outcome.namespace.clone(), a.outcome.name.clone())))
+                .collect(),
+            problems: self.index.problems(),
+        };
+        let focus_runtimes: Vec<Arc<ObservedRuntime>> = runtimes
+            .iter()
+            .filter(|rt| covers(&(rt.namespace().unwrap_or_default(), rt.name_any())))
+            .cloned()
+            .collect();
+        let events = problem_events(
+            &mut self.reported,
+            &focus_runtimes,
+            &view,
+            &mode_changes,
+            &names,
+            &Agents {
+                widened: &self.widened,
+                enforced: &self.enforced,
+                fallbacks: &self.fallbacks,
+            },
+            &changes.removed,
+            full,
+        );
+        publish(&self.recorder, events).await;
         if !hold {
-            self.annotate(&runtimes, &plan, intent.revision, &widened).await;
+            let failed = self.annotate(&focus_runtimes, &view, intent.revision).await;
+            self.pending.extend(failed);
+        }
+        self.pending
+            .extend(report.errors.iter().filter_map(|e| e.agent.clone()));
+        let mut modes: HashMap<Mode, i64> = HashMap::new();
+        for planned in self.index.agents().filter(|a| a.policy.is_some()) {
+            *modes.entry(planned.outcome.mode).or_default() += 1;
         }
         for mode in Mode::ALL {
-            let count = plan
-                .agents
-                .iter()
-                .filter(|a| a.outcome.mode == mode && a.policy.is_some())
-                .count();
             self.metrics
                 .agents
                 .get_or_create(&ModeLabel { mode: mode.as_str() })
-                .set(count as i64);
+                .set(modes.get(&mode).copied().unwrap_or(0));
         }
         self.metrics.reconciles.inc();
+        if full && !cluster_changed {
+            // The safety net: a resync that finds something to write means an incremental pass missed it.
+            self.metrics.full_resyncs.inc();
+            self.metrics
+                .full_resync_writes
+                .inc_by((report.written + report.deleted) as u64);
+        }
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         if report.written > 0 || report.deleted > 0 || !report.errors.is_empty() {
             tracing::info!(
-                agents = plan.agents.len(),
+                agents = self.index.len(),
+                looked_at = report.looked_at,
+                full,
                 written = report.written,
                 deleted = report.deleted,
                 errors = report.errors.len(),
@@ -211,15 +398,103 @@ impl Reconciler {
                 "Reconciled"
             );
         }
-        report.plan = plan;
+        self.seen.policies = existing;
         report.facts = facts;
         report.names = names;
-        report.widened = widened;
-        report.agents = agents
-            .into_iter()
-            .map(|a| ((a.namespace.clone(), a.name.clone()), a))
-            .collect();
         report
+    }
+
+    /// The agents a watch event touched since the last pass: their AgentRuntime, NetworkPolicy or
+    /// AdminNetworkPolicy changed, appeared or went, or a NetworkPolicy of their namespace that is not the spoke's
+    /// did (it may widen them).
+    fn observe(
+        &mut self,
+        world: &World,
+        runtimes: &[Arc<ObservedRuntime>],
+        existing: &HashMap<Key, Arc<ObservedPolicy>>,
+    ) -> HashSet<Key> {
+        let mut touched = HashSet::new();
+        let runtimes: HashMap<Key, Arc<ObservedRuntime>> = runtimes
+            .iter()
+            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt.clone()))
+            .collect();
+        for (key, runtime) in &runtimes {
+            if moved(&self.seen.runtimes, key, runtime) {
+                touched.insert(key.clone());
+            }
+        }
+        touched.extend(
+            self.seen
+                .runtimes
+                .keys()
+                .filter(|k| !runtimes.contains_key(*k))
+                .cloned(),
+        );
+        let owner =
+            |key: &Key, policy: &ObservedPolicy| policy.labels().get(LABEL_AGENT).map(|a| (key.0.clone(), a.clone()));
+        for (key, policy) in existing {
+            if moved(&self.seen.policies, key, policy) {
+                touched.extend(owner(key, policy));
+            }
+        }
+        for (key, policy) in &self.seen.policies {
+            if !existing.contains_key(key) {
+                touched.extend(owner(key, policy));
+            }
+        }
+        let others: HashMap<Key, Arc<NetworkPolicy>> = world
+            .others
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
+            .collect();
+        let mut namespaces: HashSet<String> = others
+            .iter()
+            .filter(|(key, policy)| moved(&self.seen.others, key, policy))
+            .map(|(key, _)| key.0.clone())
+            .collect();
+        namespaces.extend(
+            self.seen
+                .others
+                .keys()
+                .filter(|k| !others.contains_key(*k))
+                .map(|k| k.0.clone()),
+        );
+        if !namespaces.is_empty() {
+            touched.extend(
+                self.index
+                    .agents()
+                    .filter(|a| namespaces.contains(&a.outcome.namespace))
+                    .map(|a| (a.outcome.namespace.clone(), a.outcome.name.clone())),
+            );
+        }
+        let admin: HashMap<String, Arc<AdminNetworkPolicy>> = world
+            .admin_policies
+            .iter()
+            .flat_map(|s| s.state())
+            .map(|p| (p.name_any(), p))
+            .collect();
+        let agent_of = |policy: &AdminNetworkPolicy| {
+            let labels = policy.labels();
+            Some((
+                labels.get(crate::anp::LABEL_AGENT_NAMESPACE)?.clone(),
+                labels.get(LABEL_AGENT)?.clone(),
+            ))
+        };
+        for (name, policy) in &admin {
+            if moved(&self.seen.admin, name, policy) {
+                touched.extend(agent_of(policy));
+            }
+        }
+        for (name, policy) in &self.seen.admin {
+            if !admin.contains_key(name) {
+                touched.extend(agent_of(policy));
+            }
+        }
+        self.seen.runtimes = runtimes;
+        self.seen.others = others;
+        self.seen.admin = admin;
+        touched
     }
 
     /// Writes the NetworkPolicies that differ from the plan and deletes the managed ones no agent has any more;
@@ -227,30 +502,37 @@ impl Reconciler {
     /// agents without any policy get one.
     async fn apply_network_policies(
         &self,
-        world: &World,
-        plan: &Plan,
+        view: &View<'_>,
+        existing: &HashMap<Key, Arc<ObservedPolicy>>,
         hold: bool,
         unplanned: &HashSet<Key>,
         report: &mut PassReport,
     ) -> HashMap<Key, (Option<Mode>, Mode)> {
-        let existing: HashMap<Key, Arc<ObservedPolicy>> = world
-            .policies
-            .iter()
-            .flat_map(|s| s.state())
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
-            .collect();
-        let desired_keys: HashSet<Key> = plan
-            .policies()
-            .map(|p| (p.namespace().unwrap_or_default(), p.name_any()))
+        // Every agent's policy, for the sweep (not only the ones looked at).
+        let desired_keys: HashSet<(&str, &str)> = self
+            .index
+            .agents()
+            .filter_map(|a| a.policy.as_ref())
+            .map(|p| {
+                (
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                )
+            })
             .collect();
 
-        let writes: Vec<(NetworkPolicy, Option<Arc<ObservedPolicy>>)> = plan
-            .policies()
-            .filter_map(|desired| {
+        let writes: Vec<(Key, NetworkPolicy, Option<Arc<ObservedPolicy>>)> = view
+            .agents
+            .iter()
+            .filter_map(|a| {
+                let desired = a.policy.as_ref()?;
                 let key = (desired.namespace().unwrap_or_default(), desired.name_any());
                 let current = existing.get(&key).cloned();
                 let allowed = !hold || current.is_none();
-                (allowed && needs_apply(desired, current.as_deref())).then(|| (desired.clone(), current))
+                (allowed && needs_apply(desired, current.as_deref())).then(|| {
+                    let agent = (a.outcome.namespace.clone(), a.outcome.name.clone());
+                    (agent, desired.clone(), current)
+                })
             })
             .collect();
         // The sweep: only policies carrying both Tollgate labels that no agent has any more, each deleted only if it
@@ -261,7 +543,7 @@ impl Reconciler {
         } else {
             existing
                 .iter()
-                .filter(|(key, _)| !desired_keys.contains(*key))
+                .filter(|(key, _)| !desired_keys.contains(&(key.0.as_str(), key.1.as_str())))
                 .filter_map(|(key, policy)| {
                     let agent = policy.labels().get(LABEL_AGENT)?;
                     let owner = (key.0.clone(), agent.clone());
@@ -271,19 +553,22 @@ impl Reconciler {
         };
 
         let client = &self.client;
-        let results: Vec<Written> = futures::stream::iter(writes.into_iter().map(|(desired, current)| async move {
-            Written {
-                key: (desired.namespace().unwrap_or_default(), desired.name_any()),
-                before: current.as_deref().and_then(mode_of),
-                after: mode_of(&desired),
-                result: apply(client, &desired, current.is_some()).await,
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
+        let results: Vec<Written> =
+            futures::stream::iter(writes.into_iter().map(|(agent, desired, current)| async move {
+                Written {
+                    agent,
+                    key: (desired.namespace().unwrap_or_default(), desired.name_any()),
+                    before: current.as_deref().and_then(mode_of),
+                    after: mode_of(&desired),
+                    result: apply(client, &desired, current.is_some()).await,
+                }
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
         let mut mode_changes: HashMap<Key, (Option<Mode>, Mode)> = HashMap::new();
         for Written {
+            agent,
             key,
             before,
             after,
@@ -300,7 +585,10 @@ impl Reconciler {
                         mode_changes.insert(key, (before, after));
                     }
                 }
-                Err(error) => report.errors.push(self.failed("NetworkPolicy", &key.0, &key.1, error)),
+                Err(error) => report.errors.push(WriteError {
+                    agent: Some(agent),
+                    ..self.failed("NetworkPolicy", &key.0, &key.1, error)
+                }),
             }
         }
         let delete_results: Vec<(Key, Result<(), kube::Error>)> =
@@ -328,7 +616,13 @@ impl Reconciler {
     /// The AdminNetworkPolicies: one per restricted, scoped or baseline-only agent when enabled, written and repaired
     /// by server-side apply like the NetworkPolicies; every managed one no agent wants is deleted (UID
     /// precondition), also when the mode is off. With `hold`, nothing changes.
-    async fn reconcile_admin(&self, world: &World, plan: &Plan, hold: bool, unplanned: &HashSet<Key>) -> AdminReport {
+    async fn reconcile_admin(
+        &self,
+        world: &World,
+        view: &View<'_>,
+        hold: bool,
+        unplanned: &HashSet<Key>,
+    ) -> AdminReport {
         let mut report = AdminReport::default();
         let Some(store) = &world.admin_policies else {
             return report;
@@ -336,8 +630,23 @@ impl Reconciler {
         let existing: HashMap<String, Arc<AdminNetworkPolicy>> =
             store.state().into_iter().map(|p| (p.name_any(), p)).collect();
         let mut desired: Vec<(Key, AdminNetworkPolicy)> = Vec::new();
+        // The AdminNetworkPolicies of the agents not looked at stay wanted, as the passes that looked at them left them.
+        let mut wanted: HashSet<String> = HashSet::new();
         if let Some(settings) = &self.settings.admin {
-            for planned in plan.agents.iter().filter(|a| a.outcome.mode != Mode::AllowAll) {
+            let looked_at: HashSet<(&str, &str)> = view
+                .outcomes()
+                .map(|o| (o.namespace.as_str(), o.name.as_str()))
+                .collect();
+            wanted.extend(
+                self.index
+                    .agents()
+                    .filter(|a| a.outcome.mode != Mode::AllowAll && a.policy.is_some())
+                    .map(|a| &a.outcome)
+                    .filter(|o| !looked_at.contains(&(o.namespace.as_str(), o.name.as_str())))
+                    .filter(|o| !self.fallbacks.contains_key(&(o.namespace.clone(), o.name.clone())))
+                    .map(|o| crate::anp::name(&o.namespace, &o.name)),
+            );
+            for planned in view.agents.iter().filter(|a| a.outcome.mode != Mode::AllowAll) {
                 let (outcome, Some(policy)) = (&planned.outcome, &planned.policy) else {
                     continue;
                 };
@@ -357,7 +666,7 @@ impl Reconciler {
                 }
             }
         }
-        let wanted: HashSet<String> = desired.iter().map(|(_, p)| p.name_any()).collect();
+        wanted.extend(desired.iter().map(|(_, p)| p.name_any()));
         // Already in force as desired: enforced. The others are enforced once their write succeeds.
         let mut writes: Vec<(Key, AdminNetworkPolicy, Option<String>)> = Vec::new();
         for (key, anp) in desired {
@@ -424,7 +733,10 @@ impl Reconciler {
                             .errors
                             .push(self.failed("AdminNetworkPolicy", "", &name, delete_error));
                     }
-                    report.errors.push(self.failed("AdminNetworkPolicy", "", &name, error));
+                    report.errors.push(WriteError {
+                        agent: Some(key.clone()),
+                        ..self.failed("AdminNetworkPolicy", "", &name, error)
+                    });
                     report.fallbacks.insert(key, reason);
                 }
             }
@@ -459,6 +771,7 @@ impl Reconciler {
             .inc();
         tracing::warn!(namespace, name, reason = kind.as_str(), %error, "{what} write failed");
         WriteError {
+            agent: None,
             namespace: namespace.to_string(),
             name: name.to_string(),
             kind,
@@ -469,18 +782,14 @@ impl Reconciler {
     /// Records each agent's effective egress on its AgentRuntime, where `kubectl get agentruntimes` shows it:
     /// annotations only, by server-side apply with a field manager of their own (the agent operator owns `spec` and
     /// `status`), and only when they differ from what the watch observed.
-    async fn annotate(
-        &self,
-        runtimes: &[Arc<ObservedRuntime>],
-        plan: &Plan,
-        revision: Option<u64>,
-        widened: &HashMap<Key, Vec<String>>,
-    ) {
+    /// Returns the agents whose annotations could not be written (the next pass tries again).
+    async fn annotate(&self, runtimes: &[Arc<ObservedRuntime>], view: &View<'_>, revision: Option<u64>) -> Vec<Key> {
+        let widened = &self.widened;
         let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
             .iter()
             .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
             .collect();
-        let patches: Vec<(Key, BTreeMap<String, String>)> = plan
+        let patches: Vec<(Key, BTreeMap<String, String>)> = view
             .outcomes()
             .filter_map(|outcome| {
                 let key = (outcome.namespace.clone(), outcome.name.clone());
@@ -510,6 +819,7 @@ impl Reconciler {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let mut failed = Vec::new();
         for (key, result) in results {
             if let Err(error) = result {
                 let kind = ErrorKind::of(&error);
@@ -518,8 +828,10 @@ impl Reconciler {
                     .get_or_create(&ReasonLabel { reason: kind.as_str() })
                     .inc();
                 tracing::warn!(namespace = %key.0, name = %key.1, reason = kind.as_str(), %error, "Could not annotate AgentRuntime");
+                failed.push(key);
             }
         }
+        failed
     }
 
     /// What the planner needs from the watches: the cluster's facts (without names) and every agent.
@@ -616,119 +928,135 @@ impl Reconciler {
             .collect();
         (cluster, agents)
     }
+}
 
-    /// Events on each AgentRuntime: the mode when its policy was written with a new mode, and its problems when
-    /// they change.
-    async fn publish_events(
-        &mut self,
-        runtimes: &[Arc<ObservedRuntime>],
-        plan: &Plan,
-        mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
-        names: &Snapshot,
-        widened: &HashMap<Key, Vec<String>>,
-        admin: &AdminReport,
-    ) {
-        let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
-            .iter()
-            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
-            .collect();
-        let mut events: Vec<(ObjectReference, Event)> = Vec::new();
-        let mut seen = HashSet::new();
-        // A malformed agent whose target cannot be read has no outcome: its problem is reported all the same.
-        for (key, runtime) in &by_key {
-            if let ObservedRuntime::Malformed(malformed) = &***runtime
-                && malformed.target_name.is_none()
-            {
-                seen.insert(key.clone());
-                let problems = vec![(
-                    "MalformedAgentRuntime".to_string(),
-                    format!(
-                        "{}; no NetworkPolicy can be named without spec.targetRef.name",
-                        malformed.message()
-                    ),
-                )];
-                if self.reported.get(key) != Some(&problems) {
-                    for (reason, note) in &problems {
-                        events.push((runtime.object_ref(&()), event(EventType::Warning, reason, note.clone())));
-                    }
-                    self.reported.insert(key.clone(), problems);
-                }
-            }
-        }
-        for outcome in plan.outcomes() {
-            let key = (outcome.namespace.clone(), outcome.name.clone());
+/// What the last passes decided for each agent besides its plan.
+struct Agents<'a> {
+    widened: &'a HashMap<Key, Vec<String>>,
+    enforced: &'a HashSet<Key>,
+    fallbacks: &'a HashMap<Key, String>,
+}
+
+/// Events on each AgentRuntime looked at: the mode when its policy was written with a new mode, and its problems
+/// when they change (`reported` keeps what was said last, per agent).
+#[allow(clippy::too_many_arguments)]
+fn problem_events(
+    reported: &mut HashMap<Key, Vec<(String, String)>>,
+    runtimes: &[Arc<ObservedRuntime>],
+    view: &View<'_>,
+    mode_changes: &HashMap<Key, (Option<Mode>, Mode)>,
+    names: &Snapshot,
+    agents: &Agents<'_>,
+    removed: &BTreeSet<Key>,
+    full: bool,
+) -> Vec<(ObjectReference, Event)> {
+    let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
+        .iter()
+        .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
+        .collect();
+    let mut events: Vec<(ObjectReference, Event)> = Vec::new();
+    let mut seen = HashSet::new();
+    // A malformed agent whose target cannot be read has no outcome: its problem is reported all the same.
+    for (key, runtime) in &by_key {
+        if let ObservedRuntime::Malformed(malformed) = &***runtime
+            && malformed.target_name.is_none()
+        {
             seen.insert(key.clone());
-            let Some(runtime) = by_key.get(&key) else { continue };
-            let reference = runtime.object_ref(&());
-            if let Some(policy) = &outcome.policy_name
-                && let Some((before, after)) = mode_changes.get(&(outcome.namespace.clone(), policy.clone()))
-            {
-                let note = match before {
-                    Some(before) => format!(
-                        "NetworkPolicy {policy}: egress mode {before} -> {after}; {}",
-                        summary(outcome)
-                    ),
-                    None => format!(
-                        "NetworkPolicy {policy} created: egress mode {after}; {}",
-                        summary(outcome)
-                    ),
-                };
-                // The action names the change: the recorder folds Events of one action into one series (keeping the
-                // first note), so each distinct change must be its own Event to read true in `kubectl describe`.
-                let action = match before {
-                    Some(before) => format!("{}To{}", camel(before.as_str()), camel(after.as_str())),
-                    None => format!("Create{}", camel(after.as_str())),
-                };
-                let mut changed = event(EventType::Normal, "EgressModeChanged", note);
-                changed.action = action;
-                events.push((reference.clone(), changed));
-            }
-            let mut problems = problems(outcome, &plan.problems);
-            if let Some(by) = widened.get(&key) {
-                if admin.enforced.contains(&key) {
-                    problems.push(("EgressWidenedOverridden".to_string(), overridden_note(by)));
-                } else {
-                    problems.push(("EgressWidened".to_string(), widened_note(by)));
-                }
-            }
-            if let Some(reason) = admin.fallbacks.get(&key) {
-                problems.push((
-                    "AdminNetworkPolicyFallback".to_string(),
-                    format!(
-                        "no AdminNetworkPolicy for this agent ({reason}): its NetworkPolicy alone enforces its egress"
-                    ),
-                ));
-            }
-            // The problems of the names its policy relies on (lookups failing, too many addresses, …).
-            let mut seen_names = HashSet::new();
-            for used in &outcome.names {
-                if seen_names.insert(&used.name)
-                    && let Some(state) = names.get(&used.name)
-                {
-                    problems.extend(state.problems(&used.name).into_iter().map(|(r, m)| (r.to_string(), m)));
-                }
-            }
-            if let ObservedRuntime::Malformed(malformed) = &***runtime {
-                problems.insert(0, ("MalformedAgentRuntime".to_string(), malformed.message()));
-            }
-            if self.reported.get(&key) != Some(&problems) {
+            let problems = vec![(
+                "MalformedAgentRuntime".to_string(),
+                format!(
+                    "{}; no NetworkPolicy can be named without spec.targetRef.name",
+                    malformed.message()
+                ),
+            )];
+            if reported.get(key) != Some(&problems) {
                 for (reason, note) in &problems {
-                    events.push((reference.clone(), event(EventType::Warning, reason, note.clone())));
+                    events.push((runtime.object_ref(&()), event(EventType::Warning, reason, note.clone())));
                 }
-                self.reported.insert(key, problems);
+                reported.insert(key.clone(), problems);
             }
         }
-        self.reported.retain(|k, _| seen.contains(k));
-        let recorder = &self.recorder;
-        futures::stream::iter(events.into_iter().map(|(reference, event)| async move {
-            if let Err(error) = recorder.publish(&event, &reference).await {
-                tracing::debug!(%error, "Publishing an event failed");
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
     }
+    for outcome in view.outcomes() {
+        let key = (outcome.namespace.clone(), outcome.name.clone());
+        seen.insert(key.clone());
+        let Some(runtime) = by_key.get(&key) else { continue };
+        let reference = runtime.object_ref(&());
+        if let Some(policy) = &outcome.policy_name
+            && let Some((before, after)) = mode_changes.get(&(outcome.namespace.clone(), policy.clone()))
+        {
+            let note = match before {
+                Some(before) => format!(
+                    "NetworkPolicy {policy}: egress mode {before} -> {after}; {}",
+                    summary(outcome)
+                ),
+                None => format!(
+                    "NetworkPolicy {policy} created: egress mode {after}; {}",
+                    summary(outcome)
+                ),
+            };
+            // The action names the change: the recorder folds Events of one action into one series (keeping the
+            // first note), so each distinct change must be its own Event to read true in `kubectl describe`.
+            let action = match before {
+                Some(before) => format!("{}To{}", camel(before.as_str()), camel(after.as_str())),
+                None => format!("Create{}", camel(after.as_str())),
+            };
+            let mut changed = event(EventType::Normal, "EgressModeChanged", note);
+            changed.action = action;
+            events.push((reference.clone(), changed));
+        }
+        let mut problems = problems(outcome, view.problems);
+        if let Some(by) = agents.widened.get(&key) {
+            if agents.enforced.contains(&key) {
+                problems.push(("EgressWidenedOverridden".to_string(), overridden_note(by)));
+            } else {
+                problems.push(("EgressWidened".to_string(), widened_note(by)));
+            }
+        }
+        if let Some(reason) = agents.fallbacks.get(&key) {
+            problems.push((
+                "AdminNetworkPolicyFallback".to_string(),
+                format!("no AdminNetworkPolicy for this agent ({reason}): its NetworkPolicy alone enforces its egress"),
+            ));
+        }
+        // The problems of the names its policy relies on (lookups failing, too many addresses, …).
+        let mut seen_names = HashSet::new();
+        for used in &outcome.names {
+            if seen_names.insert(&used.name)
+                && let Some(state) = names.get(&used.name)
+            {
+                problems.extend(state.problems(&used.name).into_iter().map(|(r, m)| (r.to_string(), m)));
+            }
+        }
+        if let ObservedRuntime::Malformed(malformed) = &***runtime {
+            problems.insert(0, ("MalformedAgentRuntime".to_string(), malformed.message()));
+        }
+        if reported.get(&key) != Some(&problems) {
+            for (reason, note) in &problems {
+                events.push((reference.clone(), event(EventType::Warning, reason, note.clone())));
+            }
+            reported.insert(key, problems);
+        }
+    }
+    // Agents gone are forgotten; with every agent looked at, so is every one not seen.
+    if full {
+        reported.retain(|k, _| seen.contains(k));
+    } else {
+        reported.retain(|k, _| !removed.contains(k) || seen.contains(k));
+    }
+    events
+}
+
+/// Publishes Events, a few at a time; a failure is logged, not retried.
+async fn publish(recorder: &Recorder, events: Vec<(ObjectReference, Event)>) {
+    futures::stream::iter(events.into_iter().map(|(reference, event)| async move {
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "Publishing an event failed");
+        }
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .collect::<Vec<()>>()
+    .await;
 }
 
 /// The field manager of the annotations on AgentRuntimes (apart from the policies' own).
@@ -762,7 +1090,7 @@ fn overridden_note(by: &[String]) -> String {
 
 /// Per agent, the other NetworkPolicies of its namespace that co-select its pods and allow egress its own policy
 /// does not (docs/design.md, "Least privilege as enforced"). Allow-all agents have nothing to widen.
-fn widening(world: &World, plan: &Plan) -> HashMap<Key, Vec<String>> {
+fn widening(world: &World, view: &View<'_>) -> HashMap<Key, Vec<String>> {
     let others: Vec<Arc<NetworkPolicy>> = world.others.iter().flat_map(|s| s.state()).collect();
     if others.is_empty() {
         return HashMap::new();
@@ -774,7 +1102,7 @@ fn widening(world: &World, plan: &Plan) -> HashMap<Key, Vec<String>> {
             .or_default()
             .push(policy);
     }
-    plan.agents
+    view.agents
         .iter()
         .filter(|a| a.outcome.mode != Mode::AllowAll)
         .filter_map(|a| {

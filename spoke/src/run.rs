@@ -29,8 +29,6 @@ use crate::reconcile::{AdminSettings, PassReport, Reconciler, Settings};
 use crate::retry::Backoff;
 use crate::world::{Scope, World};
 
-/// A full pass runs at least this often, even when nothing changed.
-const RESYNC: Duration = Duration::from_secs(300);
 /// How often an unreadable intent cache is read again while the policies are held.
 const CACHE_RETRY: Duration = Duration::from_secs(10);
 
@@ -171,6 +169,7 @@ impl Config {
             fqdn_grace,
             enforcement,
             enforcement_recheck,
+            full_resync_interval,
             anp_priority,
             metrics_addr,
             log_level: _,
@@ -249,6 +248,7 @@ impl Config {
                 max_card_age,
                 admin: None,
                 watched_namespaces: namespaces.clone(),
+                full_resync: full_resync_interval,
             },
             namespaces,
             resolver: ResolverSettings {
@@ -449,13 +449,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Resolves the names of `fqdn` peers; a refresh that changes a name's addresses wakes the loop below.
     let resolver = Resolver::new(resolver_settings, trigger.clone(), metrics.clone());
     tasks.spawn(resolver.clone().refresh());
+    let full_resync = settings.full_resync;
     let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder, resolver);
     let mut backoff = Backoff::default();
     loop {
         let state = intent_rx.borrow_and_update().clone();
         let report = reconciler.reconcile(&world, &state.intent, state.hold.is_some()).await;
         metrics.set_ready();
-        publish_reports(&report, &state, &reported_settings, &facts_tx, &inventory_tx, &ack_tx);
+        publish_reports(
+            &report,
+            &reconciler,
+            &state,
+            &reported_settings,
+            &facts_tx,
+            &inventory_tx,
+            &ack_tx,
+        );
         let failed: HashSet<_> = report.errors.iter().map(|e| e.kind).collect();
         // The pass's plan and inputs are not needed while waiting for the next change: free them now rather than
         // hold a copy of every policy through an idle period.
@@ -467,7 +476,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         // With a maximum card age, the first card to turn stale wakes the loop: card refreshes do not.
         let stale_in =
             max_card_age.and_then(|age| world.next_card_staleness(age.as_secs(), tollgate_process::unix_secs()));
-        let wait = retry.unwrap_or(RESYNC).min(stale_in.unwrap_or(RESYNC));
+        // Idle, the loop wakes for the full resync (a pass that looks at every agent).
+        let wait = retry.unwrap_or(full_resync).min(stale_in.unwrap_or(full_resync));
         tokio::select! {
             () = trigger.notified() => {}
             Ok(()) = intent_rx.changed() => {}
@@ -568,6 +578,7 @@ async fn retry_cache(
 /// While policies are held there is no intent to acknowledge or to describe the agents by: only facts are sent.
 fn publish_reports(
     report: &PassReport,
+    reconciler: &Reconciler,
     state: &IntentState,
     (restricted_allow_dns, policy_name_suffix): &(bool, String),
     facts: &tokio::sync::watch::Sender<Option<pb::ClusterFacts>>,
@@ -586,19 +597,22 @@ fn publish_reports(
         return;
     }
     let applied = state.latest_revision;
-    let agents = report
-        .plan
-        .outcomes()
-        .filter_map(|o| {
-            let key = (o.namespace.clone(), o.name.clone());
-            let agent = report.agents.get(&key)?;
-            Some(pb::AgentStatus {
-                widened_by: report.widened.get(&key).cloned().unwrap_or_default(),
-                ..wire::agent_status_to_wire(o, agent, applied)
+    // The inventory changes only with the agents a pass looked at (or a new revision, which looks at every agent).
+    if report.looked_at > 0 || inventory.borrow().is_none() {
+        let agents = reconciler
+            .planned()
+            .filter_map(|planned| {
+                let o = &planned.outcome;
+                let key = (o.namespace.clone(), o.name.clone());
+                let agent = reconciler.input(&key)?;
+                Some(pb::AgentStatus {
+                    widened_by: reconciler.widened_by(&key),
+                    ..wire::agent_status_to_wire(o, agent, applied)
+                })
             })
-        })
-        .collect();
-    inventory.send_if_modified(|current| replace_if_different(current, Some(pb::AgentInventory { agents })));
+            .collect();
+        inventory.send_if_modified(|current| replace_if_different(current, Some(pb::AgentInventory { agents })));
+    }
     if applied > 0 {
         let errors = report
             .errors

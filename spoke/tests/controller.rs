@@ -281,7 +281,8 @@ async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<
     agent(&client, "removed", None, None).await?;
 
     let dir = tempfile::tempdir()?;
-    let _spoke = Spoke::start(cluster, dir.path(), &[]).await?;
+    // Passes look only at what changed; a full resync every 2 s checks that they missed nothing.
+    let spoke = Spoke::start(cluster, dir.path(), &["--full-resync-interval", "2s"]).await?;
     wait_for_deletion(&api, "gone-signature-policy", WAIT).await?;
     wait_policy(&client, "kept-signature-policy", "allow-all", |p| {
         mode(p) == "allow-all"
@@ -320,6 +321,17 @@ async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<
         &BTreeMap::new(),
         "the unmanaged policy is untouched"
     );
+    // Every repair above was made by an incremental pass: the full resyncs since found nothing to write.
+    let metric = async |name: &str| {
+        let (_, metrics) = spoke.get("/metrics").await.unwrap_or_default();
+        tollgate_e2e::procfs::metric(&metrics, name).unwrap_or(-1.0)
+    };
+    let before = metric("tollgate_spoke_full_resyncs_total").await;
+    wait_until("two more full resyncs", WAIT, || async {
+        metric("tollgate_spoke_full_resyncs_total").await >= before + 2.0
+    })
+    .await?;
+    assert_eq!(metric("tollgate_spoke_full_resync_writes_total").await, 0.0);
     assert!(
         unmanaged
             .managed_fields()
