@@ -53,6 +53,7 @@ on_both_backends!(
     the_store_id_is_created_once_and_shared_by_every_opener,
     reports_of_many_clusters_are_written_in_one_call,
     adoption_requests_are_set_read_and_cleared_per_cluster,
+    hellos_of_many_clusters_are_one_call_with_one_answer_each,
 );
 
 /// The backend a test runs on.
@@ -235,14 +236,8 @@ impl Store for AnyStore {
     async fn take_join_token(&self, id: &str, digest: &str, now: i64) -> Result<TokenUse, StoreError> {
         delegate!(self, s => s.take_join_token(id, digest, now))
     }
-    async fn hello(
-        &self,
-        id: &str,
-        reported: &BTreeMap<String, String>,
-        not_after: i64,
-        now: i64,
-    ) -> Result<Option<Registration>, StoreError> {
-        delegate!(self, s => s.hello(id, reported, not_after, now))
+    async fn hellos(&self, hellos: &[Hello], now: i64) -> Result<Vec<Option<Registration>>, StoreError> {
+        delegate!(self, s => s.hellos(hellos, now))
     }
     async fn record_reports(&self, reports: &[ClusterReport]) -> Result<Vec<String>, StoreError> {
         delegate!(self, s => s.record_reports(reports))
@@ -620,6 +615,7 @@ async fn clusters_inventory_and_applied_revision_round_trip_and_persist_across_r
             id: "west".to_string(),
             labels: labels(&[("env", "prod")]),
             refuse_certificates_before_unix_millis: 0,
+            adopt_requested: false,
         }),
         "the registry's labels, not the reported ones"
     );
@@ -789,11 +785,13 @@ async fn the_registry_adds_labels_and_removes_clusters_and_remembers_removals(ba
                 id: "east".to_string(),
                 labels: BTreeMap::new(),
                 refuse_certificates_before_unix_millis: 0,
+                adopt_requested: false,
             },
             Registration {
                 id: "west".to_string(),
                 labels: BTreeMap::new(),
                 refuse_certificates_before_unix_millis: 30,
+                adopt_requested: false,
             },
         ]
     );
@@ -1529,6 +1527,17 @@ async fn adoption_requests_are_set_read_and_cleared_per_cluster(backend: Backend
     assert!(store.request_adopt("c1").await.unwrap());
     assert!(store.adopt_requested("c1").await.unwrap());
     assert!(!store.adopt_requested("c2").await.unwrap());
+    // A hello says so too.
+    let hello = store.hello("c1", &BTreeMap::new(), 0, 2).await.unwrap().unwrap();
+    assert!(hello.adopt_requested);
+    assert!(
+        !store
+            .hello("c2", &BTreeMap::new(), 0, 2)
+            .await
+            .unwrap()
+            .unwrap()
+            .adopt_requested
+    );
     // Survives a restart, and shows in the cluster's record.
     let store = fixture.reopen().await;
     let flags = |clusters: Vec<ClusterRecord>| clusters.into_iter().map(|c| c.adopt_requested).collect::<Vec<_>>();
@@ -1536,6 +1545,39 @@ async fn adoption_requests_are_set_read_and_cleared_per_cluster(backend: Backend
     store.clear_adopt("c1").await.unwrap();
     assert!(!store.adopt_requested("c1").await.unwrap());
     assert_eq!(flags(store.clusters().await.unwrap()), [false, false]);
+}
+
+async fn hellos_of_many_clusters_are_one_call_with_one_answer_each(backend: Backend) {
+    let (store, _fixture) = open(backend).await;
+    for (id, env) in [("a", "prod"), ("b", "dev")] {
+        store.register_cluster(id, &labels(&[("env", env)]), 1).await.unwrap();
+    }
+    let hello = |id: &str, reported: &str, not_after: i64| Hello {
+        id: id.to_string(),
+        reported: labels(&[("env", reported)]),
+        certificate_not_after_unix_millis: not_after,
+    };
+    let answers = store
+        .hellos(&[hello("b", "x", 7), hello("ghost", "y", 0), hello("a", "z", 9)], 50)
+        .await
+        .unwrap();
+    let ids: Vec<Option<(&str, &str)>> = answers
+        .iter()
+        .map(|r| r.as_ref().map(|r| (r.id.as_str(), r.labels["env"].as_str())))
+        .collect();
+    assert_eq!(
+        ids,
+        [Some(("b", "dev")), None, Some(("a", "prod"))],
+        "in order, the registry's labels"
+    );
+    let clusters = store.clusters().await.unwrap();
+    assert_eq!(clusters.len(), 2, "an unregistered id creates nothing");
+    for (cluster, reported, not_after) in [(&clusters[0], "z", 9), (&clusters[1], "x", 7)] {
+        assert_eq!(cluster.reported_labels, labels(&[("env", reported)]));
+        assert_eq!(cluster.certificate_not_after_unix_millis, not_after);
+        assert_eq!(cluster.last_seen_unix_millis, 50);
+    }
+    assert!(store.hellos(&[], 60).await.unwrap().is_empty());
 }
 
 /// The embedded store's backup and restore (`tollgate-hub store backup | restore`).

@@ -15,9 +15,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{ServeOptions, caller};
 use crate::certs::{PeerCertificate, PeerIdentity};
+use crate::server::hellos::Hellos;
 use crate::server::sessions::{Control, Sessions};
 use crate::server::state::{Hub, Snapshot};
-use crate::server::store::{AgentRecord, Store, StoredCondition};
+use crate::server::store::{AgentRecord, Hello, Store, StoredCondition};
 
 /// Outbound messages buffered per stream; a spoke that falls further behind is dropped and resyncs.
 const QUEUE: usize = 8;
@@ -29,13 +30,16 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SpokeSyncService<S> {
     hub: Arc<Hub<S>>,
     sessions: Arc<Sessions>,
+    hellos: Hellos,
     options: ServeOptions,
     plaintext: bool,
 }
 
 impl<S: Store> SpokeSyncService<S> {
+    /// The service; starts the task that writes hellos (call inside the runtime).
     pub fn new(hub: Arc<Hub<S>>, sessions: Arc<Sessions>, options: ServeOptions, plaintext: bool) -> Self {
         Self {
+            hellos: Hellos::start(hub.clone()),
             hub,
             sessions,
             options,
@@ -115,11 +119,12 @@ impl<S: Store> SpokeSyncService<S> {
     /// its last removal. Catches up with the store when the spoke is ahead of this replica.
     async fn register(&self, hello: &pb::Hello, certificate: Option<&PeerCertificate>) -> Result<Registered, Status> {
         let cluster = &hello.cluster_id;
-        let reported: BTreeMap<String, String> = hello.labels.clone().into_iter().collect();
-        let now = tollgate_process::unix_millis();
-        let store = self.hub.store();
-        let not_after = certificate.map_or(0, |c| c.not_after_unix_millis);
-        let Some(registration) = store.hello(cluster, &reported, not_after, now).await? else {
+        let recorded = Hello {
+            id: cluster.clone(),
+            reported: hello.labels.clone().into_iter().collect(),
+            certificate_not_after_unix_millis: certificate.map_or(0, |c| c.not_after_unix_millis),
+        };
+        let Some(registration) = self.hellos.hello(recorded).await? else {
             tracing::warn!(cluster = %cluster, "Refused a hello of a cluster that is not registered");
             return Err(Status::permission_denied(format!(
                 "cluster {cluster:?} is not registered on this hub: an admin registers it with `tollgate-hub clusters \
@@ -136,7 +141,9 @@ impl<S: Store> SpokeSyncService<S> {
                  back: issue it at least five minutes after the removal)"
             )));
         }
-        let adopt = store.adopt_requested(cluster).await?;
+        let now = tollgate_process::unix_millis();
+        let store = self.hub.store();
+        let adopt = registration.adopt_requested;
         let conditions = stored_conditions(&hello.conditions);
         let diverged = is_diverged(&conditions);
         self.sessions.reports().conditions(cluster, conditions, now);

@@ -146,6 +146,18 @@ pub struct Registration {
     /// Certificates of this cluster valid from this time or earlier (milliseconds since the Unix epoch) are
     /// refused: the id was removed then, and those certificates were issued before the removal. 0: none refused.
     pub refuse_certificates_before_unix_millis: i64,
+    /// An admin asked the cluster to adopt this hub's latest revision (`clusters adopt`).
+    pub adopt_requested: bool,
+}
+
+/// What a spoke says in its hello that the store records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hello {
+    pub id: String,
+    /// The labels the spoke reports (shown, never selected by).
+    pub reported: BTreeMap<String, String>,
+    /// When its client certificate expires (0: plaintext).
+    pub certificate_not_after_unix_millis: i64,
 }
 
 /// What the hub knows about one registered cluster (one spoke).
@@ -452,7 +464,25 @@ pub trait Store: Send + Sync + 'static {
         reported: &BTreeMap<String, String>,
         certificate_not_after_unix_millis: i64,
         now_unix_millis: i64,
-    ) -> impl Future<Output = Result<Option<Registration>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Registration>, StoreError>> + Send {
+        let hello = Hello {
+            id: id.to_string(),
+            reported: reported.clone(),
+            certificate_not_after_unix_millis,
+        };
+        async move {
+            let mut registrations = self.hellos(std::slice::from_ref(&hello), now_unix_millis).await?;
+            Ok(registrations.pop().flatten())
+        }
+    }
+
+    /// [`Store::hello`] for many spokes in one transaction (a reconnect storm commits once, not once per spoke): one
+    /// registration (or `None`) per hello, in order.
+    fn hellos(
+        &self,
+        hellos: &[Hello],
+        now_unix_millis: i64,
+    ) -> impl Future<Output = Result<Vec<Option<Registration>>, StoreError>> + Send;
 
     /// Writes the reports of many clusters in one transaction: for each, the fields it holds, and `last_seen`.
     /// Returns the ids that are not registered (nothing is written for them). A report whose inventory names one

@@ -34,7 +34,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AGENT_COLUMNS, AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedAgent, EncodedReport,
+    AGENT_COLUMNS, AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedAgent, EncodedReport, Hello,
     HistoryEntry, NewRevision, Operation, REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError,
     TokenUse, from_json, report_sql, to_json, to_sql_u64,
 };
@@ -672,7 +672,8 @@ impl Store for PgStore {
             .client()
             .await?
             .query(
-                "SELECT id, labels_json, refuse_certificates_before_unix_millis FROM clusters ORDER BY id",
+                "SELECT id, labels_json, refuse_certificates_before_unix_millis, adopt_requested FROM clusters \
+                 ORDER BY id",
                 &[],
             )
             .await
@@ -684,24 +685,18 @@ impl Store for PgStore {
                 Ok(Registration {
                     labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
                     refuse_certificates_before_unix_millis: row.get(2),
+                    adopt_requested: row.get(3),
                     id,
                 })
             })
             .collect()
     }
 
-    async fn hello(
-        &self,
-        id: &str,
-        reported: &BTreeMap<String, String>,
-        certificate_not_after_unix_millis: i64,
-        now_unix_millis: i64,
-    ) -> Result<Option<Registration>, StoreError> {
-        let reported = to_json(reported)?;
-        let row = self
-            .client()
-            .await?
-            .query_opt(
+    async fn hellos(&self, hellos: &[Hello], now_unix_millis: i64) -> Result<Vec<Option<Registration>>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        let update = tx
+            .prepare(
                 "UPDATE clusters SET
                      reported_labels_json = $2,
                      certificate_not_after_unix_millis = $4,
@@ -709,20 +704,40 @@ impl Store for PgStore {
                                                    ELSE first_seen_unix_millis END,
                      last_seen_unix_millis = GREATEST(last_seen_unix_millis, $3)
                  WHERE id = $1
-                 RETURNING labels_json, refuse_certificates_before_unix_millis",
-                &[&id, &reported, &now_unix_millis, &certificate_not_after_unix_millis],
+                 RETURNING labels_json, refuse_certificates_before_unix_millis, adopt_requested",
             )
             .await
             .map_err(pg)?;
-        row.map(|row| {
-            let labels: String = row.get(0);
-            Ok(Registration {
-                id: id.to_string(),
-                labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
-                refuse_certificates_before_unix_millis: row.get(1),
-            })
-        })
-        .transpose()
+        let mut registrations = Vec::with_capacity(hellos.len());
+        for hello in hellos {
+            let reported = to_json(&hello.reported)?;
+            let row = tx
+                .query_opt(
+                    &update,
+                    &[
+                        &hello.id,
+                        &reported,
+                        &now_unix_millis,
+                        &hello.certificate_not_after_unix_millis,
+                    ],
+                )
+                .await
+                .map_err(pg)?;
+            registrations.push(
+                row.map(|row| {
+                    let labels: String = row.get(0);
+                    Ok::<_, StoreError>(Registration {
+                        id: hello.id.clone(),
+                        labels: from_json(&labels, &format!("labels of cluster {:?}", hello.id))?,
+                        refuse_certificates_before_unix_millis: row.get(1),
+                        adopt_requested: row.get(2),
+                    })
+                })
+                .transpose()?,
+            );
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(registrations)
     }
 
     async fn record_reports(&self, reports: &[ClusterReport]) -> Result<Vec<String>, StoreError> {

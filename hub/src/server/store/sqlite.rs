@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use tollgate_common::document::DocumentSet;
 
 use super::{
-    AGENT_COLUMNS, AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedAgent, EncodedReport,
+    AGENT_COLUMNS, AgentRecord, CLUSTER_COLUMNS, ClusterRecord, ClusterReport, EncodedAgent, EncodedReport, Hello,
     HistoryEntry, NewRevision, Operation, REVISION_COLUMNS, Registration, Revision, RevisionInfo, Store, StoreError,
     TokenUse, from_json, report_sql, to_json, to_sql_u64,
 };
@@ -121,6 +121,15 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     ALTER TABLE agents ADD COLUMN plan_inputs BLOB;",
     ),
 ];
+
+/// A hello: reported labels, certificate expiry, first and last seen; the registration back.
+const HELLO: &str = "UPDATE clusters SET
+         reported_labels_json = ?2,
+         certificate_not_after_unix_millis = ?4,
+         first_seen_unix_millis = CASE WHEN first_seen_unix_millis = 0 THEN ?3 ELSE first_seen_unix_millis END,
+         last_seen_unix_millis = MAX(last_seen_unix_millis, ?3)
+     WHERE id = ?1
+     RETURNING labels_json, refuse_certificates_before_unix_millis, adopt_requested";
 
 /// The embedded SQLite store. Cheap to clone: clones share one connection.
 #[derive(Clone)]
@@ -593,23 +602,27 @@ impl Store for SqliteStore {
 
     async fn registrations(&self) -> Result<Vec<Registration>, StoreError> {
         self.run(|connection| {
-            let mut statement = connection
-                .prepare("SELECT id, labels_json, refuse_certificates_before_unix_millis FROM clusters ORDER BY id")?;
+            let mut statement = connection.prepare(
+                "SELECT id, labels_json, refuse_certificates_before_unix_millis, adopt_requested FROM clusters \
+                 ORDER BY id",
+            )?;
             let rows = statement
                 .query_map([], |row| {
                     Ok((
                         row.get::<_, String>(0)?,
                         row.get::<_, String>(1)?,
                         row.get::<_, i64>(2)?,
+                        row.get::<_, bool>(3)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(id, labels, refuse)| {
+                .map(|(id, labels, refuse, adopt)| {
                     Ok(Registration {
                         labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
                         id,
                         refuse_certificates_before_unix_millis: refuse,
+                        adopt_requested: adopt,
                     })
                 })
                 .collect()
@@ -617,38 +630,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn hello(
-        &self,
-        id: &str,
-        reported: &BTreeMap<String, String>,
-        certificate_not_after_unix_millis: i64,
-        now_unix_millis: i64,
-    ) -> Result<Option<Registration>, StoreError> {
-        let id = id.to_string();
-        let reported = to_json(reported)?;
+    async fn hellos(&self, hellos: &[Hello], now_unix_millis: i64) -> Result<Vec<Option<Registration>>, StoreError> {
+        let hellos: Vec<(String, String, i64)> = hellos
+            .iter()
+            .map(|h| Ok((h.id.clone(), to_json(&h.reported)?, h.certificate_not_after_unix_millis)))
+            .collect::<Result<_, StoreError>>()?;
         self.run(move |connection| {
-            let row = connection
-                .query_row(
-                    "UPDATE clusters SET
-                         reported_labels_json = ?2,
-                         certificate_not_after_unix_millis = ?4,
-                         first_seen_unix_millis = CASE WHEN first_seen_unix_millis = 0 THEN ?3
-                                                       ELSE first_seen_unix_millis END,
-                         last_seen_unix_millis = MAX(last_seen_unix_millis, ?3)
-                     WHERE id = ?1
-                     RETURNING labels_json, refuse_certificates_before_unix_millis",
-                    params![id, reported, now_unix_millis, certificate_not_after_unix_millis],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
-                )
-                .optional()?;
-            row.map(|(labels, refuse)| {
-                Ok(Registration {
-                    labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
-                    refuse_certificates_before_unix_millis: refuse,
-                    id: id.clone(),
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut rows = Vec::with_capacity(hellos.len());
+            {
+                let mut update = tx.prepare_cached(HELLO)?;
+                for (id, reported, not_after) in &hellos {
+                    let row = update
+                        .query_row(params![id, reported, now_unix_millis, not_after], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, bool>(2)?))
+                        })
+                        .optional()?;
+                    rows.push((id, row));
+                }
+            }
+            tx.commit()?;
+            rows.into_iter()
+                .map(|(id, row)| {
+                    row.map(|(labels, refuse, adopt)| {
+                        Ok(Registration {
+                            labels: from_json(&labels, &format!("labels of cluster {id:?}"))?,
+                            refuse_certificates_before_unix_millis: refuse,
+                            adopt_requested: adopt,
+                            id: id.clone(),
+                        })
+                    })
+                    .transpose()
                 })
-            })
-            .transpose()
+                .collect()
         })
         .await
     }
