@@ -690,7 +690,7 @@ fn digest(rule: &EgressRule) -> u64 {
 }
 
 /// Whether a hub policy selects an agent by namespace and labels.
-fn selects(policy: &EgressPolicy, agent: &Agent) -> bool {
+pub fn selects(policy: &EgressPolicy, agent: &Agent) -> bool {
     let spec = &policy.spec;
     let namespace_ok = match (&spec.namespaces, &spec.namespace_selector) {
         (Some(names), _) => names.iter().any(|n| n == &agent.namespace),

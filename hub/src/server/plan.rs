@@ -21,8 +21,24 @@ pub async fn preview<S: Store>(
 ) -> Result<Vec<pb::ClusterPlan>, StoreError> {
     let mut out = Vec::new();
     for cluster in store.clusters().await? {
-        let records = store.agents(&cluster.id).await?;
         let (facts, config) = cluster_facts(&cluster);
+        let (before, after) = (
+            current.for_cluster(&cluster.labels, None),
+            proposed.for_cluster(&cluster.labels, None),
+        );
+        // The same documents select this cluster before and after: nothing changes there, and its inventory is
+        // not even read.
+        if before == after {
+            out.push(pb::ClusterPlan {
+                cluster_id: cluster.id.clone(),
+                baseline: planner::baseline_destinations(&facts, config.restricted_allow_dns)
+                    .into_iter()
+                    .collect(),
+                agents: Vec::new(),
+            });
+            continue;
+        }
+        let records = store.agents(&cluster.id).await?;
         let mut agents = Vec::new();
         let mut unreadable = Vec::new();
         for record in records {
@@ -40,13 +56,7 @@ pub async fn preview<S: Store>(
             baseline: planner::baseline_destinations(&facts, config.restricted_allow_dns)
                 .into_iter()
                 .collect(),
-            agents: changes(
-                &config,
-                &facts,
-                &agents,
-                &current.for_cluster(&cluster.labels, None),
-                &proposed.for_cluster(&cluster.labels, None),
-            ),
+            agents: changes(&config, &facts, &agents, &before, &after),
         });
     }
     Ok(out)
@@ -55,7 +65,63 @@ pub async fn preview<S: Store>(
 /// The agents of one cluster whose policy changes from `current` to `proposed`, in agent order. Each agent is
 /// compared through its own policy (the planner returns them together): an agent whose workload another agent
 /// already holds has no policy of its own, so no destinations.
+///
+/// Only the agents the change can touch are planned: every agent when a guardrail changed, else those an added,
+/// removed or changed policy selects before or after, with the agents sharing their workload (one policy per
+/// workload). The others plan the same under both intents.
 pub fn changes(
+    config: &PlannerConfig,
+    facts: &planner::ClusterFacts,
+    agents: &[planner::Agent],
+    current: &Intent,
+    proposed: &Intent,
+) -> Vec<pb::AgentPlan> {
+    let touched = touched(agents, current, proposed);
+    if touched.len() == agents.len() {
+        return compare(config, facts, agents, current, proposed);
+    }
+    let subset: Vec<planner::Agent> = touched.into_iter().map(|i| agents[i].clone()).collect();
+    compare(config, facts, &subset, current, proposed)
+}
+
+/// The indexes of the agents whose plan the change from `current` to `proposed` may change.
+fn touched(agents: &[planner::Agent], current: &Intent, proposed: &Intent) -> Vec<usize> {
+    if current.guardrails != proposed.guardrails {
+        return (0..agents.len()).collect();
+    }
+    let by_name = |intent: &'_ Intent| -> BTreeMap<String, usize> {
+        intent
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.metadata.name.clone(), i))
+            .collect()
+    };
+    let (old, new) = (by_name(current), by_name(proposed));
+    let mut changed: Vec<&tollgate_common::document::EgressPolicy> = Vec::new();
+    for name in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+        let before = old.get(name).map(|&i| &current.policies[i]);
+        let after = new.get(name).map(|&i| &proposed.policies[i]);
+        if before != after {
+            changed.extend(before);
+            changed.extend(after);
+        }
+    }
+    let selected: BTreeSet<(&str, &str)> = agents
+        .iter()
+        .filter(|a| changed.iter().any(|p| planner::selects(p, a)))
+        .map(|a| (a.namespace.as_str(), a.target_name.as_str()))
+        .collect();
+    agents
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| selected.contains(&(a.namespace.as_str(), a.target_name.as_str())))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Plans `agents` under both intents and lists those whose policy differs.
+fn compare(
     config: &PlannerConfig,
     facts: &planner::ClusterFacts,
     agents: &[planner::Agent],
@@ -170,6 +236,76 @@ mod tests {
             .iter()
             .map(|a| (a.name.as_str(), mode_name(a.mode_before), mode_name(a.mode_after)))
             .collect()
+    }
+
+    /// Planning only the agents a change can touch gives the same preview as planning every agent, whatever changes:
+    /// policies added, removed, edited, re-selected (by labels or namespace), guardrails, agents sharing a
+    /// workload with a touched one.
+    #[test]
+    fn planning_only_touched_agents_answers_as_planning_every_agent() {
+        let policy = |name: &str, selector: &str, cidr: &str| {
+            format!(
+                "---\napiVersion: tollgate.dev/v1alpha1\nkind: EgressPolicy\nmetadata: {{name: {name}}}\nspec:\n  \
+                 {selector}\n  egress: [{{to: [{{ipBlock: {{cidr: {cidr}}}}}], ports: [{{port: 443}}]}}]\n"
+            )
+        };
+        let guardrail = "---\napiVersion: tollgate.dev/v1alpha1\nkind: EgressGuardrail\nmetadata: {name: g}\nspec:\n  \
+                         verifiedDefault: BaselineOnly\n";
+        let llm = policy("llm", "agentSelector: {matchLabels: {tier: llm}}", "104.18.0.0/16");
+        let llm2 = policy("llm", "agentSelector: {matchLabels: {tier: llm}}", "104.19.0.0/16");
+        let tools = policy("tools", "agentSelector: {matchLabels: {tier: tool}}", "203.0.113.0/24");
+        let retiered = policy("tools", "agentSelector: {matchLabels: {tier: llm}}", "203.0.113.0/24");
+        let team_b = policy("team", "namespaces: [team-b]", "198.51.100.0/24");
+        let intents: Vec<Intent> = [
+            String::new(),
+            llm.clone(),
+            llm2.clone(),
+            format!("{llm}{tools}"),
+            format!("{llm2}{retiered}"),
+            format!("{tools}{team_b}"),
+            format!("{llm}{guardrail}"),
+            format!("{team_b}{guardrail}"),
+        ]
+        .iter()
+        .map(|yaml| {
+            if yaml.is_empty() {
+                Intent::default()
+            } else {
+                intent(yaml)
+            }
+        })
+        .collect();
+        let mut agents = vec![
+            agent("a", "shared", "tool"),
+            agent("b", "shared", "llm"),
+            agent("c", "own-c", "llm"),
+            agent("d", "own-d", "tool"),
+            agent("e", "own-e", "none"),
+        ];
+        let mut other = agent("f", "shared", "none");
+        other.namespace = "team-b".into();
+        agents.push(other);
+        let mut unverified = agent("g", "own-g", "llm");
+        unverified.verification = Verification::unverified(Reason::NotVerified, "test");
+        agents.push(unverified);
+        let facts = planner::ClusterFacts::default();
+        let config = PlannerConfig::default();
+        let mut compared = 0;
+        for current in &intents {
+            for proposed in &intents {
+                let fast = changes(&config, &facts, &agents, current, proposed);
+                let every = compare(&config, &facts, &agents, current, proposed);
+                assert_eq!(fast, every, "{current:?} -> {proposed:?}");
+                compared += usize::from(!every.is_empty());
+            }
+        }
+        assert!(compared > 20, "most pairs change something ({compared})");
+        // An edit of one policy plans only the agents it selects (and their workload's).
+        assert_eq!(
+            touched(&agents, &intents[1], &intents[2]),
+            [0, 1, 2, 6],
+            "a and b share a workload"
+        );
     }
 
     /// Agent names and workload names sort in opposite orders: pairing outcomes with policies by position would
