@@ -49,7 +49,7 @@ fn documents(cidr: &str, default: &str) -> anyhow::Result<DocumentSet> {
 
 /// Agent `i` of a cluster: a tenth are `tier=llm`, a third declare one local rule, one in twenty is not verified.
 fn agent(i: usize) -> AgentRecord {
-    let local_egress = if i % 3 == 0 {
+    let local_egress = if i.is_multiple_of(3) {
         LocalEgress::Rules(
             tollgate_common::egress_rule::parse_egress_rules(
                 serde_json::json!([{"to": [{"ipBlock": {"cidr": format!("10.{}.0.0/16", i % 250)}}]}]),
@@ -65,7 +65,7 @@ fn agent(i: usize) -> AgentRecord {
         name: format!("agent-{i}"),
         uid: String::new(),
         target_name: format!("agent-{i}"),
-        labels: BTreeMap::from([("tier".to_string(), if i % 10 == 0 { "llm" } else { "tool" }.to_string())]),
+        labels: BTreeMap::from([("tier".to_string(), if i.is_multiple_of(10) { "llm" } else { "tool" }.to_string())]),
         namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), format!("team-{}", i % 10))]),
         pod_labels: None,
         local_egress,
@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         let mut reports = Vec::new();
         for c in 0..clusters {
             let id = format!("cluster-{c}");
-            let env = if c % 2 == 0 { "prod" } else { "dev" };
+            let env = if c.is_multiple_of(2) { "prod" } else { "dev" };
             store
                 .register_cluster(&id, &BTreeMap::from([("env".to_string(), env.to_string())]), 1)
                 .await?;
