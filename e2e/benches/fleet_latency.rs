@@ -87,9 +87,7 @@ impl Samples {
 
     /// Nearest-rank percentile.
     fn percentile(&self, p: f64) -> f64 {
-        let sorted = self.sorted();
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-        sorted[rank.min(sorted.len()) - 1]
+        tollgate_e2e::stats::percentile(&self.sorted(), p)
     }
 
     fn summary(&self) -> String {

@@ -20,8 +20,10 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::binaries::binary;
-use crate::{ChildProcess, Cluster, ControlPlane, Postgres, free_port, http_get, wait_for, wait_until, workspace_root};
+use crate::cli::Cli;
+use crate::hub::ServeArgs;
+use crate::spoke::{LOG_LEVEL, Spoke, VanillaCluster};
+use crate::{ChildProcess, Cluster, ControlPlane, Postgres, free_port, http_get, wait_for};
 
 /// The namespace of the agents.
 pub const TEAM_NS: &str = "team-a";
@@ -117,14 +119,7 @@ pub fn numbered_clusters(count: usize) -> Vec<FleetCluster> {
         .collect()
 }
 
-pub use crate::hub::CliOutput;
-
-/// A running spoke.
-#[derive(Debug)]
-pub struct SpokeProcess {
-    pub process: ChildProcess,
-    pub metrics_port: u16,
-}
+pub use crate::cli::CliOutput;
 
 /// How [`Fleet::start_spoke_with`] starts a spoke; the default is the cluster's own spoke.
 #[derive(Clone, Debug, Default)]
@@ -146,7 +141,7 @@ pub struct SpokeStart {
 /// The fleet. Field order is drop order: spokes, then the hub replicas, their database, the clusters, the folder.
 #[derive(Debug)]
 pub struct Fleet {
-    spokes: Vec<Option<SpokeProcess>>,
+    spokes: Vec<Option<Spoke>>,
     hubs: Vec<Option<ChildProcess>>,
     postgres: Option<Postgres>,
     control_plane: ControlPlane,
@@ -155,8 +150,6 @@ pub struct Fleet {
     hub_ports: Vec<(u16, u16)>,
     /// The shared store of the replicas; `None`: one hub on its embedded store.
     store_url: Option<String>,
-    hub_binary: PathBuf,
-    spoke_binary: PathBuf,
     starts: u32,
     dir: TempDir,
 }
@@ -192,8 +185,6 @@ impl Fleet {
             Some(server) => Some(server.create_database().await?),
             None => None,
         };
-        let hub_binary = binary("tollgate-hub")?;
-        let spoke_binary = binary("tollgate-spoke")?;
         // Many API servers starting at once on two cores take longer than one.
         let startup = crate::DEFAULT_STARTUP_TIMEOUT.max(Duration::from_secs(10 * clusters.len() as u64));
         let control_plane = ControlPlane::builder()
@@ -202,20 +193,14 @@ impl Fleet {
             .startup_timeout(startup)
             .start()
             .await?;
-        let crd = std::fs::read_to_string(workspace_root().join("deploy/crds/agentruntimes.agent.kagenti.dev.yaml"))
-            .context("reading the AgentRuntime CRD from deploy/crds")?;
+        let crd = crate::fixtures::agent_runtime_crd()?;
+        let vanilla = VanillaCluster::from_yaml(&crd)?.namespaces([TEAM_NS.to_string(), SPOKE_NS.to_string()]);
         let prepare = clusters.iter().map(|spec| {
-            let crd = &crd;
+            let vanilla = vanilla.clone().api_address(spec.api_address);
             let cluster = control_plane.cluster(&spec.name);
             async move {
                 let cluster = cluster?;
-                cluster.install_crd_yaml(crd).await?;
-                cluster.set_api_endpoints(&[spec.api_address], API_PORT).await?;
-                cluster.create_namespace(TEAM_NS).await?;
-                cluster.create_namespace(SPOKE_NS).await?;
-                cluster
-                    .create_dns_service("kube-system", "kube-dns", DNS_SERVICE_IP, DNS_POD_IP, 53)
-                    .await?;
+                vanilla.prepare(cluster).await?;
                 for agent in STANDARD_AGENTS {
                     let egress = agent.local_egress.map(serde_json::from_str).transpose()?;
                     let card = agent.verified.then(mtls_card);
@@ -240,8 +225,6 @@ impl Fleet {
             hub_ports,
             store_url,
             clusters,
-            hub_binary,
-            spoke_binary,
             starts: 0,
             dir,
         };
@@ -324,22 +307,13 @@ impl Fleet {
             hub.kill();
         }
         let (port, metrics_port) = self.hub_ports[replica];
-        let mut args = crate::hub::serve_args(port, metrics_port, &self.hub_data_dir(), &self.certs_dir());
+        let mut serve = ServeArgs::new(port, metrics_port, &self.hub_data_dir(), &self.certs_dir());
         if let Some(url) = &self.store_url {
-            args.extend([
-                "--store".into(),
-                url.clone(),
-                "--replica-id".into(),
-                format!("hub-{replica}"),
-            ]);
+            serve = serve.store(url, replica);
         }
         self.starts += 1;
         let log = self.dir.path().join(format!("hub-{replica}.{}.log", self.starts));
-        let hub = ChildProcess::spawn("tollgate-hub", &self.hub_binary, &args, &log)?;
-        wait_until(format!("hub /readyz (log: {})", log.display()), WAIT, || async move {
-            matches!(http_get(metrics_port, "/readyz").await, Ok((200, _)))
-        })
-        .await?;
+        let hub = crate::hub::start_serving(&serve.to_args(), &[], metrics_port, &log, WAIT).await?;
         self.hubs[replica] = Some(hub);
         self.register_clusters(replica).await
     }
@@ -473,58 +447,51 @@ impl Fleet {
             "--metrics-addr".into(),
             format!("127.0.0.1:{metrics_port}"),
             "--log-level".into(),
-            "info,tollgate_spoke=debug".into(),
+            LOG_LEVEL.into(),
         ];
         args.extend(start.extra_args.iter().cloned());
         self.starts += 1;
         let log = self.dir.path().join(format!("spoke-{}.{}.log", spec.name, self.starts));
-        let process = ChildProcess::spawn("tollgate-spoke", &self.spoke_binary, &args, &log)?;
-        let answering = start.answering;
-        wait_until(format!("spoke /readyz (log: {})", log.display()), WAIT, || async move {
-            match http_get(metrics_port, "/readyz").await {
-                Ok((200, _)) => true,
-                Ok(_) => answering,
-                Err(_) => false,
-            }
-        })
-        .await?;
-        self.spokes[index] = Some(SpokeProcess { process, metrics_port });
+        let spoke = Spoke::spawn_logging_to(&args, metrics_port, &log)?;
+        if start.answering {
+            spoke.wait_answering().await?;
+        } else {
+            spoke.wait_ready().await?;
+        }
+        self.spokes[index] = Some(spoke);
         Ok(())
     }
 
     /// `GET /readyz` of cluster `index`'s spoke: the status code and the body.
     pub async fn spoke_readyz(&self, index: usize) -> Result<(u16, String)> {
         let spoke = self.spokes[index].as_ref().context("the spoke is not running")?;
-        http_get(spoke.metrics_port, "/readyz").await
+        spoke.get("/readyz").await
     }
 
     /// SIGKILLs cluster `index`'s spoke.
     pub fn kill_spoke(&mut self, index: usize) {
         if let Some(mut spoke) = self.spokes[index].take() {
-            spoke.process.kill();
+            spoke.kill();
         }
     }
 
     /// The log of cluster `index`'s spoke (its latest start).
     pub fn spoke_log(&self, index: usize) -> String {
-        self.spokes[index]
-            .as_ref()
-            .map(|s| std::fs::read_to_string(s.process.log_path()).unwrap_or_default())
-            .unwrap_or_default()
+        self.spokes[index].as_ref().map(Spoke::log).unwrap_or_default()
     }
 
     /// The last lines of cluster `index`'s spoke log, for failure messages.
     pub fn spoke_log_tail(&self, index: usize) -> String {
         self.spokes[index]
             .as_ref()
-            .map(|s| crate::log_tail(s.process.log_path(), crate::LOG_TAIL_LINES))
+            .map(|s| crate::log_tail(s.log_path(), crate::LOG_TAIL_LINES))
             .unwrap_or_default()
     }
 
     /// `/metrics` of cluster `index`'s spoke.
     pub async fn spoke_metrics(&self, index: usize) -> Result<String> {
         let spoke = self.spokes[index].as_ref().context("the spoke is not running")?;
-        Ok(http_get(spoke.metrics_port, "/metrics").await?.1)
+        Ok(spoke.get("/metrics").await?.1)
     }
 
     /// SIGKILLs cluster `index`'s kube-apiserver.
@@ -550,14 +517,12 @@ impl Fleet {
 
     /// [`Self::cli`] against hub replica `replica`.
     pub async fn cli_on(&self, replica: usize, args: &[&str]) -> Result<CliOutput> {
-        let certs = self.certs_dir();
-        let output = tokio::process::Command::new(&self.hub_binary)
-            .args(args)
-            .args(crate::fixtures::admin_flags(&self.replica_url(replica), &certs))
-            .output()
-            .await
-            .with_context(|| format!("running tollgate-hub {args:?}"))?;
-        Ok(output.into())
+        self.admin_cli(replica).run_async(args).await
+    }
+
+    /// The admin CLI against hub replica `replica` with the admin certificate.
+    pub fn admin_cli(&self, replica: usize) -> Cli {
+        Cli::admin(&self.replica_url(replica), &self.certs_dir())
     }
 
     /// [`Self::cli`] that must succeed: its standard output.
@@ -567,11 +532,7 @@ impl Fleet {
 
     /// [`Self::cli_on`] that must succeed: its standard output.
     pub async fn cli_ok_on(&self, replica: usize, args: &[&str]) -> Result<String> {
-        let output = self.cli_on(replica, args).await?;
-        if !output.success {
-            bail!("tollgate-hub {args:?} failed:\n{}{}", output.stdout, output.stderr);
-        }
-        Ok(output.stdout)
+        self.admin_cli(replica).run_ok_async(args).await
     }
 
     /// Writes `yaml` to a file of the fleet's folder and returns its path, for `-f`.

@@ -27,10 +27,21 @@
 //! they cannot be had, [`ControlPlaneBuilder::start`] fails saying how to get them: tests never skip.
 //! Limits of v1.20 to plan around: no `discovery.k8s.io/v1` EndpointSlices, no streaming lists
 //! (`sendInitialEvents`), server-side apply rejects fields newer than 1.20, no pods (no kubelet).
+//!
+//! It is also the one test-support library of every crate's tests and benchmarks (each has it as a
+//! dev-dependency):
+//! - [`hub`]: certificates from `tollgate-hub certs`, the flags of `tollgate-hub serve` ([`hub::ServeArgs`]), the
+//!   launcher ([`hub::HubServer`], [`hub::spawn_hub`], [`hub::start_serving`]);
+//! - [`spoke`]: a cluster prepared like a vanilla one ([`spoke::VanillaCluster`]) and the spoke binary run against it
+//!   ([`spoke::Spoke`]);
+//! - [`cli`]: the admin CLI as a user runs it ([`cli::Cli`]), optionally isolated from the user's configuration;
+//! - [`fixtures`]: CRDs, kube-dns objects, hand-written NetworkPolicies, the admin CLI's flags;
+//! - [`rules`]: the egress rules the spoke writes, to compare with; [`fleet`]: a whole fleet; [`stats`]: percentiles.
 
 mod apiserver;
 mod assets;
 mod binaries;
+pub mod cli;
 mod cluster;
 mod control_plane;
 mod controller_manager;
@@ -50,6 +61,9 @@ mod ports;
 pub mod postgres;
 mod process;
 pub mod procfs;
+pub mod rules;
+pub mod spoke;
+pub mod stats;
 mod users;
 mod wait;
 
@@ -63,6 +77,8 @@ pub use helpers::{FIELD_MANAGER, SETUP_TIMEOUT, is_established};
 pub use http::http_get;
 pub use ports::free_port;
 pub use postgres::{POSTGRES_BIN_ENV, POSTGRES_USER, Postgres};
-pub use process::{ChildProcess, LOG_TAIL_LINES, log_tail, pids_with_cmdline_containing, process_is_alive};
+pub use process::{
+    ChildProcess, LOG_TAIL_LINES, RAISE_NOFILE, log_tail, pids_with_cmdline_containing, process_is_alive,
+};
 pub use users::{ADMIN_USER, User};
 pub use wait::{POLL_INTERVAL, wait_for, wait_for_deletion, wait_for_object, wait_until};

@@ -18,6 +18,10 @@ use tokio::time::Instant;
 
 use crate::assets::last_lines;
 
+/// A shell script that raises the soft open-file limit to the hard one, then runs `$0 "$@"` in place of the shell:
+/// `sh -c RAISE_NOFILE PROGRAM ARGS…` runs `PROGRAM ARGS…` (same process id) able to hold many connections.
+pub const RAISE_NOFILE: &str = r#"ulimit -n "$(ulimit -Hn)" && exec "$0" "$@""#;
+
 /// How many log lines an error or a dump shows.
 pub const LOG_TAIL_LINES: usize = 40;
 

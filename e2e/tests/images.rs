@@ -11,8 +11,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 use serde_json::Value;
+use tollgate_e2e::cli::Cli;
+use tollgate_e2e::fixtures::agent_runtime_crd;
 use tollgate_e2e::fleet::{TEAM_NS, apply_agent, mtls_card, wait_for_policy};
-use tollgate_e2e::{ChildProcess, ControlPlane, binary, free_port, http_get, wait_until, workspace_root};
+use tollgate_e2e::hub::issue_certificates;
+use tollgate_e2e::rules::mode;
+use tollgate_e2e::spoke::{KubeDns, VanillaCluster};
+use tollgate_e2e::{ChildProcess, binary, free_port, http_get, wait_until, workspace_root};
 
 const WAIT: Duration = Duration::from_secs(30);
 const USER: &str = "65532:65532";
@@ -211,10 +216,7 @@ async fn the_hub_image_serves_and_answers_status() -> Result<()> {
 
     // What the StatefulSet mounts: the TLS Secret (from `tollgate-hub certs`) and the data volume.
     let certs = out.path().join("certs");
-    let hub_cli = binary("tollgate-hub")?;
-    for step in [&["init"][..], &["hub"], &["admin"]] {
-        run(Command::new(&hub_cli).arg("certs").args(step).arg("--dir").arg(&certs))?;
-    }
+    issue_certificates(&certs, &[])?;
     let tls = image.rootfs.join("etc/tollgate/tls");
     std::fs::create_dir_all(&tls)?;
     for (from, to) in [("hub.pem", "tls.crt"), ("hub-key.pem", "tls.key"), ("ca.pem", "ca.crt")] {
@@ -227,18 +229,12 @@ async fn the_hub_image_serves_and_answers_status() -> Result<()> {
 
     let (port, metrics) = (free_port()?, free_port()?);
     let args = on_loopback(chart_args, &[("--listen", port), ("--metrics-addr", metrics)]);
-    let _hub = spawn_in(&image, "hub", &args, &[], &out.path().join("hub.log"))?;
-    wait_until("the hub image's /readyz", WAIT, || async {
-        matches!(http_get(metrics, "/readyz").await, Ok((200, _)))
-    })
-    .await
-    .map_err(|e| e.context(tollgate_e2e::log_tail(&out.path().join("hub.log"), 20)))?;
-    let status = run(Command::new(&hub_cli)
-        .args(["status", "-o", "json"])
-        .args(tollgate_e2e::fixtures::admin_flags(
-            &format!("https://localhost:{port}"),
-            &certs,
-        )))?;
+    let log = out.path().join("hub.log");
+    let _hub = spawn_in(&image, "hub", &args, &[], &log)?;
+    tollgate_e2e::hub::wait_ready(metrics, &log, WAIT)
+        .await
+        .map_err(|e| e.context(tollgate_e2e::log_tail(&log, 20)))?;
+    let status = Cli::admin(&format!("https://localhost:{port}"), &certs).run_ok(&["status", "-o", "json"])?;
     assert_eq!(status.trim(), "[]");
     // Its store was written in its data volume, by its user.
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(data.join("tollgate-hub.db"))?);
@@ -254,16 +250,11 @@ async fn the_spoke_image_reconciles_a_real_cluster_with_the_charts_arguments() -
     check_image(&image, "spoke")?;
     let chart_args = check_chart("tollgate-spoke", "spoke", "run", &["cluster: {id: image-test}"])?;
 
-    let control_plane = ControlPlane::builder()
-        .clusters(1)
-        .endpoint_reconciler_none(true)
+    let control_plane = VanillaCluster::from_yaml(&agent_runtime_crd()?)?
+        .kube_dns(KubeDns::None)
         .start()
         .await?;
     let cluster = &control_plane.clusters()[0];
-    let crd = std::fs::read_to_string(workspace_root().join("deploy/crds/agentruntimes.agent.kagenti.dev.yaml"))?;
-    cluster.install_crd_yaml(&crd).await?;
-    cluster.set_api_endpoints(&["192.0.2.10".parse()?], 6443).await?;
-    cluster.create_namespace(TEAM_NS).await?;
     let client = cluster.client();
     apply_agent(&client, "verified", &[("tier", "llm")], None, Some(mtls_card())).await?;
     apply_agent(&client, "unverified", &[("tier", "llm")], None, None).await?;
@@ -289,12 +280,6 @@ async fn the_spoke_image_reconciles_a_real_cluster_with_the_charts_arguments() -
     .await
     .map_err(|e| e.context(tollgate_e2e::log_tail(&log, 30)))?;
     let api = kube::Api::namespaced(client.clone(), TEAM_NS);
-    let mode = |p: &Value| {
-        p["metadata"]["labels"]["tollgate.dev/mode"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     wait_for_policy(&api, "verified-signature-policy", "allow-all", |p| {
         mode(p) == "allow-all"
     })

@@ -40,9 +40,6 @@ const SWARM_CERTS_ENV: &str = "TOLLGATE_FANOUT_CERTS";
 const SWARM_N_ENV: &str = "TOLLGATE_FANOUT_N";
 const SWARM_ACK_ENV: &str = "TOLLGATE_FANOUT_ACK";
 
-/// Raises the soft open-file limit to the hard one, then runs `$0 "$@"` in place of the shell.
-const RAISE_NOFILE: &str = r#"ulimit -n "$(ulimit -Hn)" && exec "$0" "$@""#;
-
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(SWARM_ENV).is_some() {
         return swarm::run();
@@ -64,6 +61,9 @@ fn spoke_id(index: usize) -> String {
 mod bench {
     use super::*;
 
+    use tollgate_e2e::hub::{BENCH_ADMIN, ServeArgs, run_certs};
+    use tollgate_e2e::stats::p50_p99;
+    use tollgate_e2e::{RAISE_NOFILE, free_port};
     use tollgate_hub::certs::{Leaf, issue};
     use tollgate_proto::v1::{self as pb, admin_client::AdminClient};
     use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -178,20 +178,6 @@ mod bench {
         env!("CARGO_BIN_EXE_tollgate-hub")
     }
 
-    fn hub_cli(args: &[&str], dir: &Path) -> anyhow::Result<()> {
-        let output = Command::new(hub_bin()).args(args).arg("--dir").arg(dir).output()?;
-        ensure!(
-            output.status.success(),
-            "tollgate-hub {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    fn free_port() -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-    }
-
     /// utime + stime of a process, in clock ticks (threads that exited included).
     fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -237,34 +223,16 @@ mod bench {
         let started = Instant::now();
         // For profiling: `TOLLGATE_FANOUT_HUB_WRAPPER="valgrind --tool=massif"` runs the hub under that command.
         let wrapper = std::env::var("TOLLGATE_FANOUT_HUB_WRAPPER").unwrap_or_default();
+        let mut serve = ServeArgs::bench(port, metrics_port, data, certs);
+        if let Some((url, replica)) = store {
+            serve = serve.store(url, replica);
+        }
         let child = Command::new("sh")
             .arg("-c")
             .arg(RAISE_NOFILE)
             .args(wrapper.split_whitespace())
             .arg(hub_bin())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--metrics-addr"])
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--tls-cert")
-            .arg(certs.join("hub.pem"))
-            .arg("--tls-key")
-            .arg(certs.join("hub-key.pem"))
-            .arg("--client-ca")
-            .arg(certs.join("ca.pem"))
-            .args(["--admin", "bench"])
-            .args(
-                store
-                    .map(|(url, replica)| {
-                        vec![
-                            "--store".to_string(),
-                            url.to_string(),
-                            "--replica-id".into(),
-                            format!("hub-{replica}"),
-                        ]
-                    })
-                    .unwrap_or_default(),
-            )
+            .args(serve.to_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -406,18 +374,6 @@ mod bench {
             .connect()
             .await?;
         Ok(AdminClient::new(channel))
-    }
-
-    /// Nearest-rank percentile of sorted values.
-    fn percentile(sorted: &[f64], p: f64) -> f64 {
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-        sorted[rank.min(sorted.len()) - 1]
-    }
-
-    fn summary(values: &[f64]) -> (f64, f64) {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        (percentile(&sorted, 50.0), percentile(&sorted, 99.0))
     }
 
     #[derive(Debug, Default)]
@@ -640,11 +596,11 @@ mod bench {
 
     fn report(outcome: &Outcome) {
         let n = outcome.n;
-        let (last_p50, last_p99) = summary(&outcome.last_ms);
-        let (first_p50, first_p99) = summary(&outcome.first_ms);
-        let (rpc_p50, rpc_p99) = summary(&outcome.rpc_ms);
+        let (last_p50, last_p99) = p50_p99(&outcome.last_ms);
+        let (first_p50, first_p99) = p50_p99(&outcome.first_ms);
+        let (rpc_p50, rpc_p99) = p50_p99(&outcome.rpc_ms);
         let (cpu_raw, cpu_net, cpu_marginal) = outcome.cpu_us_per_delivery();
-        let (base_p50, _) = summary(&outcome.baseline_rpc_ms);
+        let (base_p50, _) = p50_p99(&outcome.baseline_rpc_ms);
         let deliveries = (n * outcome.last_ms.len()) as f64;
         println!(
             "== N = {n}, {}: {} applies, IntentRevision {} bytes",
@@ -734,10 +690,15 @@ mod bench {
             .tempdir_in(&options.data_root)?;
         let certs = work.path().join("certs");
         let at = Instant::now();
-        hub_cli(&["certs", "init"], &certs)?;
-        hub_cli(&["certs", "hub"], &certs)?;
-        hub_cli(&["certs", "admin", "--name", "bench"], &certs)?;
-        hub_cli(&["certs", "spoke", "--cluster-id", &spoke_id(0)], &certs)?;
+        run_certs(
+            &certs,
+            &[
+                &["init"],
+                &["hub"],
+                &["admin", "--name", BENCH_ADMIN],
+                &["spoke", "--cluster-id", &spoke_id(0)],
+            ],
+        )?;
         let cli_certs = at.elapsed();
         let at = Instant::now();
         for index in 1..max_n {

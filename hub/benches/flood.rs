@@ -10,7 +10,7 @@
 //! [--inventory-agents 200]`
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_hub::certs::{Leaf, init_ca, issue};
+use tollgate_e2e::hub::{BENCH_ADMIN, ServeArgs, issue_certificates_as, spawn_hub, wait_ready};
+use tollgate_e2e::stats::p50_p99;
+use tollgate_e2e::{RAISE_NOFILE, free_port};
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
@@ -26,8 +28,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Set in the re-executed bench, once its open-file limit is raised.
 const RAISED_ENV: &str = "TOLLGATE_FLOOD_RAISED";
-/// Raises the soft open-file limit to the hard one, then runs `$0 "$@"` in place of the shell.
-const RAISE_NOFILE: &str = r#"ulimit -n "$(ulimit -Hn)" && exec "$0" "$@""#;
 const WATCHERS: usize = 10;
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -83,20 +83,6 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(run(options))
-}
-
-/// A child process killed (SIGKILL) when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn tls(certs: &Path, identity: &str) -> anyhow::Result<ClientTlsConfig> {
@@ -200,18 +186,6 @@ fn policy(apply: usize) -> pb::ApplyRequest {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-fn summary(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (percentile(&sorted, 50.0), percentile(&sorted, 99.0))
-}
-
 #[derive(Default)]
 struct Samples {
     apply_ms: Vec<f64>,
@@ -223,61 +197,22 @@ async fn run(options: Options) -> anyhow::Result<()> {
         .prefix("tollgate-flood-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let certs = dir.path().join("certs");
-    init_ca(&certs)?;
-    issue(
-        &certs,
-        &certs,
-        &Leaf::Hub {
-            dns_names: vec!["localhost".into()],
-            addresses: vec!["127.0.0.1".parse()?],
-        },
-    )?;
-    issue(&certs, &certs, &Leaf::Admin { name: "bench".into() })?;
     let clusters: Vec<String> = (0..WATCHERS)
         .map(|i| format!("watch-{i:02}"))
         .chain(["flood".to_string(), "idle".to_string()])
         .collect();
-    for cluster in &clusters {
-        issue(
-            &certs,
-            &certs,
-            &Leaf::Spoke {
-                cluster_id: cluster.clone(),
-            },
-        )?;
-    }
+    issue_certificates_as(
+        &certs,
+        BENCH_ADMIN,
+        &clusters.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
 
     let (port, metrics_port) = (free_port()?, free_port()?);
-    let log = std::fs::File::create(dir.path().join("hub.log"))?;
-    let _hub = Killed(
-        Command::new("sh")
-            .arg("-c")
-            .arg(RAISE_NOFILE)
-            .arg(env!("CARGO_BIN_EXE_tollgate-hub"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--metrics-addr"])
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--tls-cert")
-            .arg(certs.join("hub.pem"))
-            .arg("--tls-key")
-            .arg(certs.join("hub-key.pem"))
-            .arg("--client-ca")
-            .arg(certs.join("ca.pem"))
-            .args(["--admin", "bench"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?,
-    );
-    let deadline = Instant::now() + WAIT;
-    let mut admin = loop {
-        match channel(port, &certs, "admin-bench").await {
-            Ok(channel) => break AdminClient::new(channel),
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(error) => return Err(error.context("the hub never served")),
-        }
-    };
+    let serve = ServeArgs::bench(port, metrics_port, &dir.path().join("data"), &certs);
+    let log = dir.path().join("hub.log");
+    let _hub = spawn_hub(&serve.to_args(), &[("RUST_LOG".into(), "warn".into())], true, &log)?;
+    wait_ready(metrics_port, &log, WAIT).await?;
+    let mut admin = AdminClient::new(channel(port, &certs, "admin-bench").await?);
     admin
         .add_cluster(pb::AddClusterRequest {
             cluster_ids: clusters.clone(),
@@ -414,7 +349,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
         ("apply RPC (ms)", &idle.apply_ms, &flooded.apply_ms),
         ("last receipt, 10 spokes (ms)", &idle.receipt_ms, &flooded.receipt_ms),
     ] {
-        let ((a50, a99), (b50, b99)) = (summary(a), summary(b));
+        let ((a50, a99), (b50, b99)) = (p50_p99(a), p50_p99(b));
         println!("{name:<28} {a50:>12.1} {b50:>12.1} {a99:>12.1} {b99:>12.1}");
         println!(
             "{:<28} {:>12} {:>12.2} {:>12} {:>12.2}   (target: within 2x)",

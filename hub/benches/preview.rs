@@ -65,7 +65,10 @@ fn agent(i: usize) -> AgentRecord {
         name: format!("agent-{i}"),
         uid: String::new(),
         target_name: format!("agent-{i}"),
-        labels: BTreeMap::from([("tier".to_string(), if i.is_multiple_of(10) { "llm" } else { "tool" }.to_string())]),
+        labels: BTreeMap::from([(
+            "tier".to_string(),
+            if i.is_multiple_of(10) { "llm" } else { "tool" }.to_string(),
+        )]),
         namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), format!("team-{}", i % 10))]),
         pod_labels: None,
         local_egress,

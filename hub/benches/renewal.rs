@@ -7,13 +7,13 @@
 //! `cargo bench -p tollgate-hub --bench renewal [-- --renewals 200 --batches 5]`
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use rcgen::{CertificateParams, KeyPair, SanType};
+use tollgate_e2e::free_port;
+use tollgate_e2e::hub::{BENCH_ADMIN, START_TIMEOUT, ServeArgs, issue_certificates_as, spawn_hub, wait_ready};
 use tollgate_e2e::procfs::cpu_seconds;
-use tollgate_hub::certs::{Leaf, init_ca, issue};
 use tollgate_hub::server::membership::Signer;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::membership_client::MembershipClient;
@@ -65,23 +65,7 @@ fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let certs = dir.path().join("certs");
-    init_ca(&certs)?;
-    issue(
-        &certs,
-        &certs,
-        &Leaf::Hub {
-            dns_names: vec!["localhost".into()],
-            addresses: vec!["127.0.0.1".parse()?],
-        },
-    )?;
-    issue(&certs, &certs, &Leaf::Admin { name: "bench".into() })?;
-    issue(
-        &certs,
-        &certs,
-        &Leaf::Spoke {
-            cluster_id: CLUSTER.into(),
-        },
-    )?;
+    issue_certificates_as(&certs, BENCH_ADMIN, &[CLUSTER])?;
 
     // Signing alone, in-process: CSR parse and signature check, certificate signed.
     let signer = Signer::load(
@@ -100,40 +84,18 @@ fn main() -> anyhow::Result<()> {
         signing.push(started.elapsed().as_secs_f64() * 1e6);
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut hub = Command::new(env!("CARGO_BIN_EXE_tollgate-hub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--tls-cert")
-        .arg(certs.join("hub.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("hub-key.pem"))
-        .arg("--client-ca")
-        .arg(certs.join("ca.pem"))
-        .arg("--client-ca-key")
-        .arg(certs.join("ca-key.pem"))
-        .args(["--admin", "bench"])
-        .env("TOLLGATE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = hub.id();
+    let (port, metrics) = (free_port()?, free_port()?);
+    let serve = ServeArgs::bench(port, metrics, &dir.path().join("data"), &certs).signing();
+    let log = dir.path().join("hub.log");
+    let mut hub = spawn_hub(&serve.to_args(), &[("TOLLGATE_LOG".into(), "warn".into())], false, &log)?;
+    let pid = hub.pid();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut admin = loop {
-            match channel(port, &certs, "admin-bench").await {
-                Ok(channel) => break AdminClient::new(channel),
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(error) => return Err(error.context("the hub never served")),
-            }
-        };
+        wait_ready(metrics, &log, START_TIMEOUT).await?;
+        let mut admin = AdminClient::new(channel(port, &certs, "admin-bench").await?);
         admin
             .add_cluster(pb::AddClusterRequest {
                 cluster_ids: vec![CLUSTER.into()],
@@ -161,8 +123,7 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok((per_renewal, wall))
     });
-    let _ = hub.kill();
-    let _ = hub.wait();
+    hub.kill();
     let (per_renewal, wall) = outcome?;
     let cpu_us = median(per_renewal.clone());
     let share = FLEET / RENEW_EVERY_SECS * cpu_us / 1e6 * 100.0;

@@ -3,15 +3,17 @@
 //! (server-side apply), and the real hub started with exactly the arguments the chart gives it.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use tollgate_e2e::{ChildProcess, ControlPlane, free_port, helm, http_get, monitoring, wait_until, workspace_root};
+use tollgate_e2e::hub::{run_certs, start_serving};
+use tollgate_e2e::{ControlPlane, free_port, helm, monitoring, workspace_root};
 
 const CHART: &str = "deploy/charts/tollgate-hub";
 const NS: &str = "tollgate-system";
+/// How long the hub started with the chart's arguments may take to answer `/readyz`.
+const START: Duration = Duration::from_secs(20);
 
 /// Every optional object: ServiceMonitor, PrometheusRule (linking runbooks), dashboard ConfigMap, OpenShift Route.
 const EVERYTHING: &str = "admins: [alice]\ntlsSecretName: hub-tls
@@ -455,13 +457,7 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
     // loopback, as servers in tests listen on loopback only).
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
-    let hub = env!("CARGO_BIN_EXE_tollgate-hub");
-    for args in [
-        vec!["certs", "init", "--dir", certs.to_str().unwrap()],
-        vec!["certs", "hub", "--dir", certs.to_str().unwrap()],
-    ] {
-        assert!(Command::new(hub).args(&args).status()?.success());
-    }
+    run_certs(&certs, &[&["init"], &["hub"]])?;
     let (grpc, metrics) = (free_port()?, free_port()?);
     let sts = &objects(&rendered)?["StatefulSet/tollgate-hub"];
     let data = dir.path().join("data");
@@ -474,18 +470,7 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
             .replace("/etc/tollgate/tls/ca.crt", certs.join("ca.pem").to_str().unwrap())
     };
     let args: Vec<String> = args_of(sts).into_iter().map(|arg| local(&arg)).collect();
-    let process = ChildProcess::spawn(
-        "tollgate-hub",
-        std::path::Path::new(hub),
-        &args,
-        &dir.path().join("hub.log"),
-    )?;
-    wait_until(
-        format!("hub /readyz (log: {})", process.log_path().display()),
-        Duration::from_secs(20),
-        || async { matches!(http_get(metrics, "/readyz").await, Ok((200, _))) },
-    )
-    .await?;
+    let process = start_serving(&args, &[], metrics, &dir.path().join("hub.log"), START).await?;
     let log = std::fs::read_to_string(process.log_path()).context("reading the hub log")?;
     assert!(
         log.contains("\"Hub serving\""),
@@ -533,19 +518,7 @@ async fn the_api_server_accepts_the_chart_and_the_hub_runs_with_its_arguments() 
         .into_iter()
         .map(|arg| local(&arg).replace("/etc/tollgate/store-ca/ca.crt", &store_ca))
         .collect();
-    let process = ChildProcess::spawn_with_env(
-        "tollgate-hub",
-        std::path::Path::new(hub),
-        &args,
-        &env,
-        &dir.path().join("hub-postgres.log"),
-    )?;
-    wait_until(
-        format!("hub on PostgreSQL /readyz (log: {})", process.log_path().display()),
-        Duration::from_secs(20),
-        || async { matches!(http_get(metrics, "/readyz").await, Ok((200, _))) },
-    )
-    .await?;
+    let process = start_serving(&args, &env, metrics, &dir.path().join("hub-postgres.log"), START).await?;
     let log = std::fs::read_to_string(process.log_path()).context("reading the hub log")?;
     assert!(
         log.contains("\"replica\":\"tollgate-hub-1\"") && log.contains("postgres://"),

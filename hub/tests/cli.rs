@@ -2,89 +2,27 @@
 //! `get`, `history`, `rollback`, `status`, bad input refused with the store unchanged, and an acknowledged
 //! apply surviving SIGKILL.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// The binary, with no CLI configuration of the user's (a test that wants one sets `TOLLGATE_CONFIG` again).
-fn hub() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate-hub"));
-    command.env("TOLLGATE_CONFIG", "/nonexistent/tollgate-test-config.yaml");
-    for variable in [
-        "TOLLGATE_HUB",
-        "TOLLGATE_CA",
-        "TOLLGATE_CERT",
-        "TOLLGATE_KEY",
-        "TOLLGATE_CONTEXT",
-    ] {
-        command.env_remove(variable);
-    }
-    command
+use tollgate_e2e::cli::{Cli, isolated_hub as hub};
+use tollgate_e2e::free_port;
+use tollgate_e2e::hub::{HubServer, ServeArgs, issue_certificates};
+
+/// The hub of `dir` (certificates in `dir/certs`, data in `dir/data`, logs in `dir`) serving on `port` with the
+/// hub's own heartbeat period.
+fn serve(dir: &Path, port: u16) -> HubServer {
+    let serve =
+        ServeArgs::new(port, free_port().unwrap(), &dir.join("data"), &dir.join("certs")).heartbeat_seconds(None);
+    HubServer::serve_blocking(dir, serve).expect("the hub started")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(dir: &Path, port: u16) -> Server {
-    let certs = dir.join("certs");
-    let mut child = hub()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .arg("--tls-cert")
-        .arg(certs.join("hub.pem"))
-        .arg("--tls-key")
-        .arg(certs.join("hub-key.pem"))
-        .arg("--client-ca")
-        .arg(certs.join("ca.pem"))
-        .args(["--admin", "admin"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the "Hub serving" log line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Hub serving") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(20)).expect("the hub started");
-    Server(child)
-}
-
+/// The admin CLI against the hub of `dir` on `port`, with no CLI configuration of the user's.
 fn cli(dir: &Path, port: u16, args: &[&str]) -> Output {
-    let certs = dir.join("certs");
-    hub()
-        .args(args)
-        .args(tollgate_e2e::fixtures::admin_flags(
-            &format!("https://localhost:{port}"),
-            &certs,
-        ))
-        .output()
+    Cli::admin(&format!("https://localhost:{port}"), &dir.join("certs"))
+        .isolated()
+        .output(args)
         .unwrap()
 }
 
@@ -123,7 +61,7 @@ fn certificates_serve_apply_get_history_rollback_and_sigkill_durability() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let port = free_port();
+    let port = free_port().unwrap();
     let server = serve(dir.path(), port);
     let file = dir.path().join("intent.yaml");
     std::fs::write(&file, POLICY).unwrap();
@@ -202,8 +140,7 @@ fn certificates_serve_apply_get_history_rollback_and_sigkill_durability() {
         "EgressPolicy/llm-apis configured\nrevision 4\n"
     );
     let mut server = server;
-    server.0.kill().unwrap(); // SIGKILL
-    server.0.wait().unwrap();
+    server.kill(); // SIGKILL
     let started = Instant::now();
     let _server = serve(dir.path(), port);
     let yaml = stdout(&cli(dir.path(), port, &["get", "policies", "-o", "yaml"]));
@@ -326,7 +263,7 @@ fn a_second_hub_on_a_served_data_folder_is_refused() {
             "127.0.0.1:0",
             "--listen",
         ])
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{}", free_port().unwrap()))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .output()
@@ -342,24 +279,11 @@ fn a_second_hub_on_a_served_data_folder_is_refused() {
     let _again = serve(dir.path(), port);
 }
 
-/// Certificates for a hub in `dir/certs` (CA, hub, admin).
-fn certificates(dir: &Path) {
-    let certs = dir.join("certs");
-    let certs = certs.to_str().unwrap();
-    for args in [
-        vec!["certs", "init", "--dir", certs],
-        vec!["certs", "hub", "--dir", certs],
-        vec!["certs", "admin", "--dir", certs],
-    ] {
-        assert!(hub().args(&args).output().unwrap().status.success(), "{args:?}");
-    }
-}
-
 /// A hub with certificates in a new folder, serving on a free port.
-fn served() -> (tempfile::TempDir, u16, Server) {
+fn served() -> (tempfile::TempDir, u16, HubServer) {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let port = free_port();
+    issue_certificates(&dir.path().join("certs"), &[]).unwrap();
+    let port = free_port().unwrap();
     let server = serve(dir.path(), port);
     (dir, port, server)
 }
@@ -377,30 +301,27 @@ fn contexts_switch_between_two_hubs() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let home = tempfile::tempdir().unwrap();
     let config = home.path().join("config.yaml");
-    let (port_one, port_two) = (free_port(), free_port());
+    let (port_one, port_two) = (free_port().unwrap(), free_port().unwrap());
     for dir in [one.path(), two.path()] {
-        certificates(dir);
+        issue_certificates(&dir.join("certs"), &[]).unwrap();
     }
     let _hubs = (serve(one.path(), port_one), serve(two.path(), port_two));
     // Only hub one holds a policy.
     let file = write(one.path(), "p.yaml", POLICY);
     stdout(&cli(one.path(), port_one, &["apply", "-f", &file]));
     let tollgate = |args: &[&str]| hub().env("TOLLGATE_CONFIG", &config).args(args).output().unwrap();
+    // `ARGS --hub … --ca … --cert … --key …` naming the hub of `dir` on `port` and its admin certificate.
+    let flagged_for = |dir: &Path, port: u16, args: &[&str]| {
+        Cli::admin(&format!("https://localhost:{port}"), &dir.join("certs"))
+            .isolated()
+            .command(args)
+            .unwrap()
+            .env("TOLLGATE_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
     for (name, dir, port) in [("one", one.path(), port_one), ("two", two.path(), port_two)] {
-        let certs = dir.join("certs");
-        let set = tollgate(&[
-            "config",
-            "set-context",
-            name,
-            "--hub",
-            &format!("https://localhost:{port}"),
-            "--ca",
-            certs.join("ca.pem").to_str().unwrap(),
-            "--cert",
-            certs.join("admin-admin.pem").to_str().unwrap(),
-            "--key",
-            certs.join("admin-admin-key.pem").to_str().unwrap(),
-        ]);
+        let set = flagged_for(dir, port, &["config", "set-context", name]);
         assert_eq!(stdout(&set), format!("context \"{name}\" created\n"));
     }
     use std::os::unix::fs::PermissionsExt as _;
@@ -424,21 +345,7 @@ fn contexts_switch_between_two_hubs() {
     assert_eq!(names(tollgate(&["get", "ep", "-o", "name"])), "", "hub two");
     // A flag wins over the context (hub one's address; hub one's CA and admin certificate are the context's own
     // files of hub two, which hub one refuses: the flags must also name hub one's files).
-    let certs = one.path().join("certs");
-    let flagged = tollgate(&[
-        "get",
-        "ep",
-        "-o",
-        "name",
-        "--hub",
-        &format!("https://localhost:{port_one}"),
-        "--ca",
-        certs.join("ca.pem").to_str().unwrap(),
-        "--cert",
-        certs.join("admin-admin.pem").to_str().unwrap(),
-        "--key",
-        certs.join("admin-admin-key.pem").to_str().unwrap(),
-    ]);
+    let flagged = flagged_for(one.path(), port_one, &["get", "ep", "-o", "name"]);
     assert_eq!(names(flagged), "egresspolicy/llm-apis\n");
     let missing = tollgate(&["get", "ep", "--context", "three"]);
     assert!(!missing.status.success());
@@ -624,7 +531,7 @@ fn bash_completion_completes_commands_kinds_and_the_hubs_names() {
         );
         let output = Command::new("bash")
             .args(["--norc", "--noprofile", "-c", &driver])
-            .env("TOLLGATE_CONFIG", "/nonexistent/tollgate-test-config.yaml")
+            .env("TOLLGATE_CONFIG", tollgate_e2e::cli::NO_CONFIG)
             .env("TOLLGATE_HUB", format!("https://localhost:{port}"))
             .env("TOLLGATE_CA", certs.join("ca.pem"))
             .env("TOLLGATE_CERT", certs.join("admin-admin.pem"))

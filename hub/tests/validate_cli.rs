@@ -1,10 +1,6 @@
 //! The `tollgate-hub validate` binary as a user runs it.
 
-use std::process::Command;
-
-fn hub() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tollgate-hub"))
-}
+use tollgate_e2e::cli::hub;
 
 #[test]
 fn valid_folder_prints_a_summary_and_exits_zero() {

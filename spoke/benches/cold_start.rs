@@ -9,8 +9,7 @@
 //! `lastCardFetchTime` moves) with the spoke as it runs by default and, side by side, with `--max-card-age`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -26,7 +25,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tollgate_common::planner::{LABEL_MANAGED_BY, LABEL_MODE, MANAGED_BY};
 use tollgate_e2e::procfs::{clock_ticks, cpu_seconds, load_average, metric, proc_status_kib, self_cpu_seconds};
-use tollgate_e2e::{ChildProcess, Cluster, ControlPlane, free_port, log_tail};
+use tollgate_e2e::spoke::{Spoke, VanillaCluster};
+use tollgate_e2e::{Cluster, ControlPlane, log_tail};
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
 const NAMESPACES: usize = 4;
@@ -220,8 +220,8 @@ async fn main() -> Result<()> {
         let window = Duration::from_secs(options.churn_secs);
         let quiet = churn(&client, &spoke, options.agents, options.churn_per_minute, window, 0).await?;
         drop(spoke);
-        let aged = Spoke::start_with(cluster, &logs, &["--max-card-age", "3650d"])?;
-        aged.wait_ready().await?;
+        let aged = start_spoke(cluster, &logs, &["--max-card-age", "3650d"])?;
+        aged.wait_ready_within(CONVERGE_TIMEOUT).await?;
         tokio::time::sleep(SETTLE).await;
         let every = churn(
             &client,
@@ -321,25 +321,10 @@ async fn churn(
 /// One cluster whose `default/kubernetes` Endpoints the bench owns, with kube-dns, the CRD and the namespaces (as
 /// `spoke/tests/support` prepares it).
 async fn cluster() -> Result<ControlPlane> {
-    let control_plane = ControlPlane::builder()
-        .clusters(1)
-        .endpoint_reconciler_none(true)
+    VanillaCluster::new(AgentRuntime::crd())
+        .namespaces((0..NAMESPACES).map(namespace))
         .start()
-        .await?;
-    let cluster = &control_plane.clusters()[0];
-    cluster.install_crd(&AgentRuntime::crd()).await?;
-    cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
-    for i in 0..NAMESPACES {
-        cluster.create_namespace(&namespace(i)).await?;
-    }
-    cluster
-        .create_dns_service("kube-system", "kube-dns", "10.0.0.10", "10.244.0.5", 53)
-        .await?;
-    Ok(control_plane)
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("a valid IP address")
+        .await
 }
 
 /// Creates every AgentRuntime, then writes `status.card` of the verified ones through the status subresource.
@@ -480,74 +465,11 @@ async fn delete_policies(client: &Client, progress: &mut watch::Receiver<Progres
     Ok(())
 }
 
-/// The spoke process and its metrics port.
-#[derive(Debug)]
-struct Spoke {
-    process: ChildProcess,
-    metrics_port: u16,
-}
-
-impl Spoke {
-    fn start(cluster: &Cluster, log_dir: &Path) -> Result<Self> {
-        Self::start_with(cluster, log_dir, &[])
-    }
-
-    fn start_with(cluster: &Cluster, log_dir: &Path, extra: &[&str]) -> Result<Self> {
-        let metrics_port = free_port()?;
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--standalone".into(),
-            "--cluster-id".into(),
-            cluster.name().into(),
-            "--kubeconfig".into(),
-            cluster.kubeconfig_path().display().to_string(),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{metrics_port}"),
-            "--log-level".into(),
-            "info".into(),
-        ];
-        args.extend(extra.iter().map(ToString::to_string));
-        let log = log_dir.join(format!("spoke-{metrics_port}.log"));
-        let process = ChildProcess::spawn(
-            "tollgate-spoke",
-            Path::new(env!("CARGO_BIN_EXE_tollgate-spoke")),
-            &args,
-            &log,
-        )?;
-        Ok(Self { process, metrics_port })
-    }
-
-    /// Waits until `/readyz` answers 200.
-    async fn wait_ready(&self) -> Result<()> {
-        let started = Instant::now();
-        while !matches!(self.get("/readyz").await, Ok((200, _))) {
-            if started.elapsed() > CONVERGE_TIMEOUT {
-                bail!("the spoke never became ready: {}", log_tail(&self.log_path(), 20));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        Ok(())
-    }
-
-    /// A plain HTTP GET on the metrics listener: (status, body).
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        tollgate_e2e::http_get(self.metrics_port, path).await
-    }
-
-    async fn metrics(&self) -> Result<String> {
-        match self.get("/metrics").await? {
-            (200, body) => Ok(body),
-            (status, body) => bail!("/metrics answered {status}: {body}"),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.pid()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.process.log_path().to_path_buf()
-    }
+/// The release spoke, standalone, against `cluster` (`info` logs), with more flags; not waited for.
+fn start_spoke(cluster: &Cluster, log_dir: &Path, extra: &[&str]) -> Result<Spoke> {
+    let mut args = vec!["--standalone"];
+    args.extend_from_slice(extra);
+    Spoke::spawn_against(cluster, log_dir, Some("info"), &args)
 }
 
 /// One cold start.
@@ -581,7 +503,7 @@ async fn cold_start(
     let etcd_pid = control_plane.etcd().process().pid();
     let cpu_before = (cpu_seconds(apiserver_pid)?, cpu_seconds(etcd_pid)?, self_cpu_seconds()?);
     let spawned = Instant::now();
-    let mut spoke = Spoke::start(cluster, log_dir)?;
+    let mut spoke = start_spoke(cluster, log_dir, &[])?;
     let mut ready_at = None;
     let converged = loop {
         if ready_at.is_none() && matches!(spoke.get("/readyz").await, Ok((200, _))) {
@@ -598,7 +520,7 @@ async fn cold_start(
                 ready_at.is_some(),
                 state.present,
                 state.matching,
-                log_tail(&spoke.log_path(), 40)
+                log_tail(spoke.log_path(), 40)
             );
         }
         tokio::time::sleep(POLL).await;
@@ -619,7 +541,7 @@ async fn cold_start(
             etcd_cpu: cpu_seconds(etcd_pid)? - cpu_before.1,
             bench_cpu: self_cpu_seconds()? - cpu_before.2,
             spoke_peak_rss_kib: peak,
-            first_pass: first_pass_elapsed(&spoke.log_path()),
+            first_pass: first_pass_elapsed(spoke.log_path()),
         },
         spoke,
     ))

@@ -18,7 +18,8 @@ use kube::{Client, CustomResourceExt, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
 use tollgate_e2e::procfs::{cpu_seconds, load_average, metric, proc_status_kib};
-use tollgate_e2e::{ChildProcess, ControlPlane, DnsServer, free_port, http_get, wait_until};
+use tollgate_e2e::spoke::{Spoke, VanillaCluster, run_args};
+use tollgate_e2e::{DnsServer, free_port, wait_until};
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
 const NAMESPACES: usize = 4;
@@ -162,20 +163,11 @@ async fn main() -> Result<()> {
     let refs: Vec<(&str, &str)> = dns_records.iter().map(|(n, a)| (n.as_str(), a.as_str())).collect();
     let dns = DnsServer::start(&refs, options.ttl).await?;
 
-    let control_plane = ControlPlane::builder()
-        .clusters(1)
-        .endpoint_reconciler_none(true)
+    let control_plane = VanillaCluster::new(AgentRuntime::crd())
+        .namespaces((0..NAMESPACES).map(namespace))
         .start()
         .await?;
     let cluster = &control_plane.clusters()[0];
-    cluster.install_crd(&AgentRuntime::crd()).await?;
-    cluster.set_api_endpoints(&["192.0.2.10".parse()?], 6443).await?;
-    for i in 0..NAMESPACES {
-        cluster.create_namespace(&namespace(i)).await?;
-    }
-    cluster
-        .create_dns_service("kube-system", "kube-dns", "10.0.0.10", "10.244.0.5", 53)
-        .await?;
     let client = cluster.client();
     let created: Vec<Result<()>> =
         futures::stream::iter((0..options.agents).map(|i| create_agent(&client, i, options.names)))
@@ -189,24 +181,18 @@ async fn main() -> Result<()> {
         .tempdir()?
         .keep();
     let metrics_port = free_port()?;
-    let args: Vec<String> = [
-        "run",
-        "--standalone",
-        "--cluster-id",
-        "bench",
-        "--kubeconfig",
-        &cluster.kubeconfig_path().display().to_string(),
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-        "--fqdn-resolver",
-        &dns.addr().to_string(),
-        "--fqdn-min-ttl",
-        &format!("{}s", options.ttl),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let spoke = ChildProcess::spawn("tollgate-spoke", spoke_binary, &args, &logs.join("spoke.log"))?;
+    let mut args = run_args("bench", cluster.kubeconfig_path(), metrics_port, None);
+    args.extend(
+        [
+            "--standalone",
+            "--fqdn-resolver",
+            &dns.addr().to_string(),
+            "--fqdn-min-ttl",
+            &format!("{}s", options.ttl),
+        ]
+        .map(String::from),
+    );
+    let spoke = Spoke::spawn_logging_to(&args, metrics_port, &logs.join("spoke.log"))?;
     let started = Instant::now();
     wait_until(
         "every policy with its name's addresses",
@@ -227,7 +213,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(u64::from(options.ttl) + 2)).await;
 
     let spoke_metrics = || async {
-        let (_, text) = http_get(metrics_port, "/metrics").await?;
+        let (_, text) = spoke.get("/metrics").await?;
         anyhow::Ok(text)
     };
     let (before, _) = policies(&client).await?;

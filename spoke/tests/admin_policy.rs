@@ -4,11 +4,11 @@
 
 mod support;
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, ResourceExt};
 use serde_json::{Value, json};
 use support::*;
+use tollgate_e2e::rules::rule;
 use tollgate_e2e::wait_until;
 use tollgate_spoke::agent_runtime::AgentRuntime;
 use tollgate_spoke::anp::{AdminNetworkPolicy, name};
@@ -120,12 +120,7 @@ async fn admin_network_policies_enforce_override_and_are_swept() -> anyhow::Resu
     .await?;
 
     // A tenant's allow-all-egress is reported as overridden, not as widening.
-    let allow_all: NetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": "allow-all-egress", "namespace": NS},
-        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
-    }))?;
+    let allow_all = tollgate_e2e::fixtures::allow_all_egress(NS)?;
     policies(&client).create(&PostParams::default(), &allow_all).await?;
     wait_until("the overridden report", WAIT, || async {
         event_reasons(&client, "scoped")
@@ -234,7 +229,7 @@ async fn auto_follows_the_api_and_adminnetworkpolicy_refuses_to_start_without_it
     })
     .await?;
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate-spoke"))
+    let output = tokio::process::Command::from(tollgate_e2e::spoke::command()?)
         .args([
             "run",
             "--standalone",
@@ -264,11 +259,10 @@ async fn an_adminnetworkpolicy_that_cannot_be_updated_is_deleted() -> anyhow::Re
     let cluster = &cp.clusters()[0];
     cluster.install_crd(&AdminNetworkPolicy::crd()).await?;
     let client = cluster.client();
-    let rule = |cidr: &str| json!({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": 443}]});
     agent(
         &client,
         "scoped",
-        Some(json!({"rules": [rule("203.0.113.0/24")]})),
+        Some(json!({"rules": [rule("203.0.113.0/24", 443)]})),
         Some(mtls_card()),
     )
     .await?;
@@ -288,7 +282,7 @@ async fn an_adminnetworkpolicy_that_cannot_be_updated_is_deleted() -> anyhow::Re
     agent(
         &client,
         "scoped",
-        Some(json!({"rules": [rule("203.0.113.0/24"), rule("198.51.100.0/24")]})),
+        Some(json!({"rules": [rule("203.0.113.0/24", 443), rule("198.51.100.0/24", 443)]})),
         Some(mtls_card()),
     )
     .await?;

@@ -10,78 +10,16 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::*;
-use tollgate_e2e::{ControlPlane, wait_until};
+use tollgate_e2e::fixtures::upstream_agent_runtime_crd;
+use tollgate_e2e::spoke::VanillaCluster;
+use tollgate_e2e::wait_until;
 use tollgate_spoke::agent_runtime::AgentRuntime;
-
-/// A CRD like the agent operator's own: `spec.targetRef` and `type` typed; `status` (and, with `spec_open`, the
-/// rest of `spec`) kept as written, so a field of the wrong type is stored and only a strict reader notices.
-fn upstream_crd(spec_open: bool) -> String {
-    let spec = if spec_open {
-        "type: object\n                x-kubernetes-preserve-unknown-fields: true"
-    } else {
-        "type: object"
-    };
-    format!(
-        r#"
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: agentruntimes.agent.kagenti.dev}}
-spec:
-  group: agent.kagenti.dev
-  names: {{kind: AgentRuntime, plural: agentruntimes, singular: agentruntime}}
-  scope: Namespaced
-  versions:
-    - name: v1alpha1
-      served: true
-      storage: true
-      subresources: {{status: {{}}}}
-      schema:
-        openAPIV3Schema:
-          type: object
-          properties:
-            spec:
-                {spec}
-                properties:
-                  type: {{type: string}}
-                  targetRef:
-                    type: object
-                    properties:
-                      apiVersion: {{type: string}}
-                      kind: {{type: string}}
-                      name: {{type: string}}
-            status:
-              type: object
-              x-kubernetes-preserve-unknown-fields: true
-"#
-    )
-}
-
-/// One cluster prepared like [`cluster`], but with `crd` as the AgentRuntime CRD.
-async fn cluster_with_crd(crd: &str) -> Result<ControlPlane> {
-    let control_plane = ControlPlane::builder()
-        .clusters(1)
-        .endpoint_reconciler_none(true)
-        .start()
-        .await?;
-    let cluster = &control_plane.clusters()[0];
-    cluster.install_crd_yaml(crd).await?;
-    cluster.set_api_endpoints(&[ip("192.0.2.10")], 6443).await?;
-    cluster.create_namespace(NS).await?;
-    cluster
-        .create_dns_service("kube-system", "kube-dns", "10.0.0.10", "10.244.0.5", 53)
-        .await?;
-    Ok(control_plane)
-}
 
 /// The notes of the Warning Events with `reason` about `agent`.
 async fn event_notes(client: &Client, agent: &str, reason: &str) -> Result<Vec<String>> {
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    Ok(api
-        .list(&Default::default())
+    Ok(events_about(client, agent)
         .await?
-        .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(agent))
         .filter(|e| e.reason.as_deref() == Some(reason))
         .filter_map(|e| e.note)
         .collect())
@@ -116,7 +54,9 @@ fn card_with(extra: Value) -> Value {
 /// whose `spec.egress` is a string gets the API server and DNS only, like any invalid local rules.
 #[tokio::test]
 async fn malformed_agent_runtimes_are_restricted_and_never_stall_the_others() -> Result<()> {
-    let cp = cluster_with_crd(&upstream_crd(true)).await?;
+    let cp = VanillaCluster::from_yaml(&upstream_agent_runtime_crd(true))?
+        .start()
+        .await?;
     let cluster = &cp.clusters()[0];
     let client = cluster.client();
     agent(&client, "good", None, Some(mtls_card())).await?;
@@ -196,7 +136,9 @@ async fn condition_gauge(spoke: &Spoke, condition: &str) -> Option<String> {
 /// `default`, since this cluster has no spoke namespace). Under Tollgate's own CRD it does not.
 #[tokio::test]
 async fn a_crd_that_prunes_local_rules_is_reported() -> Result<()> {
-    let cp = cluster_with_crd(&upstream_crd(false)).await?;
+    let cp = VanillaCluster::from_yaml(&upstream_agent_runtime_crd(false))?
+        .start()
+        .await?;
     let cluster = &cp.clusters()[0];
     let client = cluster.client();
     // Created the way most clients write (a POST, not a server-side apply, which 1.20 refuses outright for an

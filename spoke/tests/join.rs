@@ -13,7 +13,8 @@ use kube::Api;
 use support::*;
 use tollgate_common::join::JoinToken;
 use tollgate_e2e::hub::{HubServer, issue_certificates};
-use tollgate_e2e::{free_port, wait_until};
+use tollgate_e2e::spoke::LOG_LEVEL;
+use tollgate_e2e::wait_until;
 
 const SPOKE_NS: &str = "tollgate-system";
 const SECRET: &str = "tollgate-spoke-identity";
@@ -30,25 +31,14 @@ fn spawn_joining(
     token_file: &Path,
     dir: &Path,
 ) -> anyhow::Result<Spoke> {
-    let port = free_port()?;
-    let args: Vec<String> = [
-        "run",
-        "--cluster-id",
-        cluster.name(),
-        "--kubeconfig",
-        &cluster.kubeconfig_path().display().to_string(),
-        "--metrics-addr",
-        &format!("127.0.0.1:{port}"),
-        "--hub",
-        &hub.url(),
-        "--join-token-file",
-        &token_file.display().to_string(),
-        "--log-level",
-        "info,tollgate_spoke=debug",
-    ]
-    .map(String::from)
-    .to_vec();
-    Spoke::spawn(&args, port, dir)
+    let hub = hub.url();
+    let token_file = token_file.display().to_string();
+    Spoke::spawn_against(
+        cluster,
+        dir,
+        Some(LOG_LEVEL),
+        &["--hub", &hub, "--join-token-file", &token_file],
+    )
 }
 
 async fn identity(client: &kube::Client) -> anyhow::Result<Option<Secret>> {
@@ -71,8 +61,7 @@ async fn a_spoke_joins_with_a_token_keeps_its_key_and_restarts_without_the_token
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     issue_certificates(&certs, &[])?;
-    let key = certs.join("ca-key.pem").display().to_string();
-    let hub = HubServer::start_with(dir.path(), &certs, &["--client-ca-key", &key]).await?;
+    let hub = HubServer::start_signing(dir.path(), &certs, &[]).await?;
     let printed = hub.cli_ok(&["clusters", "add", cluster.name(), "--labels", "env=prod"])?;
     assert!(printed.contains("join token for"), "{printed}");
     let token = JoinToken::parse(&token_of(&printed)).map_err(anyhow::Error::msg)?;
@@ -172,13 +161,7 @@ async fn a_short_lived_certificate_is_renewed_without_a_reconnect_or_a_rewrite()
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     issue_certificates(&certs, &[])?;
-    let key = certs.join("ca-key.pem").display().to_string();
-    let hub = HubServer::start_with(
-        dir.path(),
-        &certs,
-        &["--client-ca-key", &key, "--spoke-cert-ttl", "60s"],
-    )
-    .await?;
+    let hub = HubServer::start_signing(dir.path(), &certs, &["--spoke-cert-ttl", "60s"]).await?;
     let token = token_of(&hub.cli_ok(&["clusters", "add", cluster.name(), "--labels", "env=prod"])?);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token)?;
@@ -232,8 +215,7 @@ async fn an_identity_the_secret_cannot_hold_yet_is_used_from_memory_and_written_
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     issue_certificates(&certs, &[])?;
-    let key = certs.join("ca-key.pem").display().to_string();
-    let hub = HubServer::start_with(dir.path(), &certs, &["--client-ca-key", &key]).await?;
+    let hub = HubServer::start_signing(dir.path(), &certs, &[]).await?;
     let token = token_of(&hub.cli_ok(&["clusters", "add", cluster.name()])?);
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token)?;

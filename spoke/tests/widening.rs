@@ -6,21 +6,13 @@ mod support;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
+use tollgate_e2e::fixtures::{allow_all_egress, network_policy};
 use tollgate_e2e::wait_until;
 use tollgate_spoke::agent_runtime::AgentRuntime;
 
 const WIDENED_BY: &str = "tollgate.dev/egress-widened-by";
-
-fn network_policy(name: &str, pod_selector: Value, egress: Value) -> anyhow::Result<NetworkPolicy> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"podSelector": pod_selector, "policyTypes": ["Egress"], "egress": egress},
-    }))?)
-}
 
 async fn widened_by(client: &kube::Client, agent: &str) -> Option<String> {
     let api: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
@@ -50,6 +42,7 @@ async fn a_policy_that_widens_an_agent_is_reported_until_it_is_gone() -> anyhow:
     // A policy narrower than the scoped agent's own, selecting only its pods: nothing to report.
     let policies: Api<NetworkPolicy> = policies(&client);
     let narrower = network_policy(
+        NS,
         "scoped-https-subset",
         json!({"matchLabels": {"app": "scoped"}}),
         json!([{"to": [{"ipBlock": {"cidr": "203.0.113.0/25"}}], "ports": [{"protocol": "TCP", "port": 443}]}]),
@@ -57,7 +50,7 @@ async fn a_policy_that_widens_an_agent_is_reported_until_it_is_gone() -> anyhow:
     policies.create(&PostParams::default(), &narrower).await?;
     // A team's allow-all-egress for every pod of the namespace widens the scoped and the restricted agent.
     // It carries a copy of an agent's label (not the spoke's manager label): that must not hide it.
-    let mut allow_all = network_policy("allow-all-egress", json!({}), json!([{}]))?;
+    let mut allow_all = allow_all_egress(NS)?;
     allow_all.metadata.labels = Some([("tollgate.dev/agent".to_string(), "scoped".to_string())].into());
     policies.create(&PostParams::default(), &allow_all).await?;
     wait_until("both agents reported as widened", WAIT, || async {

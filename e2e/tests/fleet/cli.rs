@@ -11,22 +11,15 @@ use tollgate_e2e::fleet::{Fleet, WAIT, three_clusters};
 
 use crate::support::*;
 
-/// `tollgate-hub ARGS` with the fleet's admin certificate, as a command to spawn.
-fn command(fleet: &Fleet, args: &[&str]) -> Result<tokio::process::Command> {
-    let certs = fleet.certs_dir();
-    let mut command = tokio::process::Command::new(tollgate_e2e::binary("tollgate-hub")?);
-    command
-        .args(args)
-        .args(tollgate_e2e::fixtures::admin_flags(&fleet.hub_url(), &certs))
-        .env("TOLLGATE_CONFIG", "/nonexistent/tollgate-test-config.yaml")
-        .kill_on_drop(true);
-    Ok(command)
-}
-
 #[tokio::test]
 async fn status_watch_to_a_pipe_and_fail_on_disconnected() -> Result<()> {
     let mut fleet = Fleet::start_with(three_clusters().into_iter().take(1).collect()).await?;
-    let healthy = command(&fleet, &["status", "--fail-on-disconnected"])?.output().await?;
+    let healthy = fleet
+        .admin_cli(0)
+        .isolated()
+        .async_command(&["status", "--fail-on-disconnected"])?
+        .output()
+        .await?;
     ensure!(
         healthy.status.code() == Some(0),
         "{}",
@@ -37,16 +30,29 @@ async fn status_watch_to_a_pipe_and_fail_on_disconnected() -> Result<()> {
     // after the spoke is ready: the hub writes reports once per tick).
     let v = env!("CARGO_PKG_VERSION");
     let expected = format!("client: {v}\nhub:    {v}\nCLUSTER     SPOKE\nprod-east   {v}\n");
-    let mut version = command(&fleet, &["version"])?.output().await?;
+    let mut version = fleet
+        .admin_cli(0)
+        .isolated()
+        .async_command(&["version"])?
+        .output()
+        .await?;
     let deadline = std::time::Instant::now() + WAIT;
     while String::from_utf8_lossy(&version.stdout) != expected && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        version = command(&fleet, &["version"])?.output().await?;
+        version = fleet
+            .admin_cli(0)
+            .isolated()
+            .async_command(&["version"])?
+            .output()
+            .await?;
     }
     assert_eq!(String::from_utf8_lossy(&version.stdout), expected);
     assert_eq!(String::from_utf8_lossy(&version.stderr), "", "no skew warning");
 
-    let mut watch = command(&fleet, &["status", "--watch", "-o", "json"])?
+    let mut watch = fleet
+        .admin_cli(0)
+        .isolated()
+        .async_command(&["status", "--watch", "-o", "json"])?
         .stdout(Stdio::piped())
         .spawn()?;
     let mut lines = BufReader::new(watch.stdout.take().context("stdout")?).lines();
@@ -73,7 +79,10 @@ async fn status_watch_to_a_pipe_and_fail_on_disconnected() -> Result<()> {
     );
     watch.kill().await?;
 
-    let unhealthy = command(&fleet, &["status", "--fail-on-disconnected", "--no-headers"])?
+    let unhealthy = fleet
+        .admin_cli(0)
+        .isolated()
+        .async_command(&["status", "--fail-on-disconnected", "--no-headers"])?
         .output()
         .await?;
     assert_eq!(unhealthy.status.code(), Some(3));

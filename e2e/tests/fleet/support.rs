@@ -23,49 +23,9 @@ spec:
       ports: [{port: 443}]
 ";
 
-pub fn policy_name(agent: &str) -> String {
-    format!("{agent}-signature-policy")
-}
-
-pub fn mode(policy: &Value) -> &str {
-    policy["metadata"]["labels"]["tollgate.dev/mode"].as_str().unwrap_or("")
-}
-
-pub fn egress(policy: &Value) -> Value {
-    policy["spec"]["egress"].clone()
-}
-
-pub fn annotation<'a>(policy: &'a Value, key: &str) -> &'a str {
-    policy["metadata"]["annotations"][key].as_str().unwrap_or("")
-}
-
-/// One ipBlock peer per address on the API port.
-pub fn api_rule(addresses: &[&str]) -> Value {
-    json!({
-        "to": addresses.iter().map(|a| json!({"ipBlock": {"cidr": format!("{a}/32")}})).collect::<Vec<_>>(),
-        "ports": [{"protocol": "TCP", "port": API_PORT}],
-    })
-}
-
-pub fn api_service_rule() -> Value {
-    json!({"to": [{"ipBlock": {"cidr": format!("{API_SERVICE_IP}/32")}}], "ports": [{"protocol": "TCP", "port": 443}]})
-}
-
-pub fn dns_rule() -> Value {
-    json!({
-        "to": [
-            {"ipBlock": {"cidr": format!("{DNS_SERVICE_IP}/32")}},
-            {"ipBlock": {"cidr": format!("{DNS_POD_IP}/32")}},
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}},
-        ],
-        "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "UDP", "port": 53}],
-    })
-}
-
-/// A TCP rule to one CIDR.
-pub fn rule(cidr: &str, port: u16) -> Value {
-    json!({"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": port}]})
-}
+pub use tollgate_e2e::rules::{
+    allow_all, annotation, api_rule, api_service_rule, dns_rule, egress, mode, policy_name, rule,
+};
 
 fn api_address(fleet: &Fleet, index: usize) -> String {
     fleet.specs()[index].api_address.to_string()
@@ -73,19 +33,12 @@ fn api_address(fleet: &Fleet, index: usize) -> String {
 
 /// The egress of a restricted agent in cluster `index`.
 pub fn restricted(fleet: &Fleet, index: usize) -> Value {
-    json!([api_rule(&[&api_address(fleet, index)]), api_service_rule()])
+    tollgate_e2e::rules::restricted(&api_address(fleet, index))
 }
 
 /// The baseline (API server, API Service, DNS) of cluster `index`, followed by `rules`.
 pub fn baseline_and(fleet: &Fleet, index: usize, rules: &[Value]) -> Value {
-    let mut all = vec![api_rule(&[&api_address(fleet, index)]), api_service_rule(), dns_rule()];
-    all.extend_from_slice(rules);
-    Value::Array(all)
-}
-
-/// The egress of an allow-all agent.
-pub fn allow_all() -> Value {
-    json!([{}])
+    tollgate_e2e::rules::baseline_and(&api_address(fleet, index), rules)
 }
 
 /// Per cluster: agent name → (mode, destinations as the planner prints them).

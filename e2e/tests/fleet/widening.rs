@@ -11,12 +11,7 @@ async fn status_counts_the_widened_agents_of_each_cluster() -> anyhow::Result<()
     let fleet = Fleet::start().await?;
     fleet.wait_converged().await?;
     let policies: Api<NetworkPolicy> = Api::namespaced(fleet.client(1), TEAM_NS);
-    let allow_all: NetworkPolicy = serde_json::from_value(json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {"name": "allow-all-egress", "namespace": TEAM_NS},
-        "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
-    }))?;
+    let allow_all = tollgate_e2e::fixtures::allow_all_egress(TEAM_NS)?;
     policies.create(&PostParams::default(), &allow_all).await?;
 
     // `search` (scoped) and `untrusted` (restricted) are widened; `chat` is allow-all already.

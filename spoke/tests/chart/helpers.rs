@@ -478,13 +478,9 @@ pub(crate) async fn orphan_admin_policy(client: &Client, name: &str) -> Result<(
 
 /// The highest `series.count` of an agent's Events with this reason (1 for an Event never repeated, 0 for none).
 pub(crate) async fn event_count(client: &Client, agent: &str, reason: &str) -> Result<i32> {
-    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
-    Ok(api
-        .list(&Default::default())
+    Ok(events_about(client, agent)
         .await?
-        .items
         .iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(agent))
         .filter(|e| e.reason.as_deref() == Some(reason))
         .map(|e| e.series.as_ref().map_or(1, |s| s.count))
         .max()

@@ -179,8 +179,7 @@ async fn a_spoke_installed_with_a_join_token_joins_with_the_charts_identity() ->
     let dir = tempfile::tempdir()?;
     let certs = dir.path().join("certs");
     tollgate_e2e::hub::issue_certificates(&certs, &[])?;
-    let key = certs.join("ca-key.pem").display().to_string();
-    let hub = tollgate_e2e::hub::HubServer::start_with(dir.path(), &certs, &["--client-ca-key", &key]).await?;
+    let hub = tollgate_e2e::hub::HubServer::start_signing(dir.path(), &certs, &[]).await?;
     let printed = hub.cli_ok(&["clusters", "add", cluster.name(), "--labels", "env=prod"])?;
     let token = printed.lines().last().unwrap_or_default().to_string();
     let values = format!(
