@@ -7,6 +7,10 @@
 //! created before the spoke starts and their creation is timed separately; each run kills the spoke, deletes every
 //! managed NetworkPolicy and starts the spoke again. The churn then refreshes verified agents' cards (only
 //! `lastCardFetchTime` moves) with the spoke as it runs by default and, side by side, with `--max-card-age`.
+//! `--edits N` then changes the rules of N agents one at a time and measures, per edit, the time from the
+//! API server's answer to the patch until the watch sees the agent's NetworkPolicy with the new rule, and the cost
+//! of a pass with nothing to write: with the spoke as it runs (incremental passes) and, side by side, with
+//! `--full-resync-interval 0s` (every pass plans and compares every agent, as before incremental passes).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,8 +39,8 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(25);
 /// Pause between convergence and the idle window, so the passes triggered by the spoke's own writes are over.
 const SETTLE: Duration = Duration::from_secs(5);
-/// The spoke's full-pass resync period (`RESYNC` in spoke/src/run.rs).
-const RESYNC_SECS: f64 = 300.0;
+/// The spoke's full resync period (`--full-resync-interval`, `FULL_RESYNC` in spoke/src/reconcile.rs).
+const RESYNC_SECS: f64 = 600.0;
 const TARGET_CONVERGE_SECS: f64 = 20.0;
 const TARGET_RSS_MIB: f64 = 50.0;
 const TARGET_CPU_PERCENT: f64 = 1.0;
@@ -52,6 +56,8 @@ struct Options {
     /// does); 0: no churn measured.
     churn_per_minute: u64,
     churn_secs: u64,
+    /// Agents whose rules are changed one at a time, per spoke mode; 0: not measured.
+    edits: u64,
 }
 
 impl Options {
@@ -63,6 +69,7 @@ impl Options {
             idle_secs: 30,
             churn_per_minute: 0,
             churn_secs: 60,
+            edits: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -76,6 +83,7 @@ impl Options {
                 "--idle-secs" => options.idle_secs = value()?.max(1),
                 "--churn-per-minute" => options.churn_per_minute = value()?,
                 "--churn-secs" => options.churn_secs = value()?.max(1),
+                "--edits" => options.edits = value()?,
                 _ => {}
             }
         }
@@ -214,6 +222,49 @@ async fn main() -> Result<()> {
     let resync = noop_pass(cluster, &spoke).await?;
     tracker.abort();
     report(&options, setup, &runs, &idle, &resync, &spoke);
+    let spoke = if options.edits > 0 {
+        // Side by side in one run: the spoke as it runs, then every pass a full one.
+        let incremental = edits(&client, &spoke, options.agents, options.edits, 0).await?;
+        let incremental_noop = noop_pass(cluster, &spoke).await?;
+        drop(spoke);
+        let full = start_spoke(cluster, &logs, &["--full-resync-interval", "0s"])?;
+        full.wait_ready_within(CONVERGE_TIMEOUT).await?;
+        tokio::time::sleep(SETTLE).await;
+        let full_edits = edits(&client, &full, options.agents, options.edits, 1).await?;
+        let full_noop = noop_pass(cluster, &full).await?;
+        println!();
+        println!(
+            "## One agent's rules changed, {} edits one at a time, {} agents",
+            options.edits, options.agents
+        );
+        println!();
+        println!(
+            "| spoke | edit → its NetworkPolicy: p50 | p99 | max | pass with nothing to write: wall | spoke CPU |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (name, latencies, noop) in [
+            ("incremental passes (default)", &incremental, &incremental_noop),
+            ("`--full-resync-interval 0s` (every pass full)", &full_edits, &full_noop),
+        ] {
+            println!(
+                "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+                percentile_ms(latencies, 0.50),
+                percentile_ms(latencies, 0.99),
+                percentile_ms(latencies, 1.0),
+                noop.wall_seconds * 1000.0 / noop.passes.max(1) as f64,
+                noop.cpu_seconds * 1000.0
+            );
+        }
+        println!();
+        println!(
+            "reproduce: cargo bench -p tollgate-spoke --bench cold_start -- --agents {} --runs {} --idle-secs {} \
+             --edits {}",
+            options.agents, options.runs, options.idle_secs, options.edits
+        );
+        full
+    } else {
+        spoke
+    };
     if options.churn_per_minute > 0 {
         // Side by side in one run: the spoke as it runs by default, then with a maximum card age (where a refresh of a
         // fresh card costs no pass either, and a staleness timer wakes the spoke instead).
@@ -257,6 +308,70 @@ async fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The p-th percentile (0..=1) of latencies, in milliseconds.
+fn percentile_ms(latencies: &[Duration], p: f64) -> f64 {
+    let mut sorted: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(rank).copied().unwrap_or(f64::NAN)
+}
+
+/// Changes the first rule's CIDR of `count` scoped agents, one at a time, and measures from the API server's
+/// answer to the patch until the NetworkPolicy watch sees the agent's policy with the new CIDR. `round` keeps the
+/// CIDRs of successive calls distinct.
+async fn edits(client: &Client, spoke: &Spoke, agents: usize, count: u64, round: u64) -> Result<Vec<Duration>> {
+    let scoped: Vec<usize> = (0..agents).filter(|i| AgentKind::of(*i) == AgentKind::Scoped).collect();
+    anyhow::ensure!(!scoped.is_empty(), "no scoped agent to edit");
+    let mut latencies = Vec::new();
+    for n in 0..count {
+        let index = scoped[(n as usize * 7919 + round as usize * 104_729) % scoped.len()];
+        let (ns, name) = (namespace(index), agent_name(index));
+        let cidr = format!("100.{}.{}.0/24", 64 + round, n % 250);
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        let policy = format!("{name}-signature-policy");
+        let config = watcher::Config::default().fields(&format!("metadata.name={policy}"));
+        let stream = watch_stream(policies, config).default_backoff();
+        futures::pin_mut!(stream);
+        // Synced before the edit, so that the change is an event after it.
+        while let Some(event) = stream.next().await {
+            if matches!(event, Ok(Event::InitDone)) {
+                break;
+            }
+        }
+        let runtimes: Api<AgentRuntime> = Api::namespaced(client.clone(), &ns);
+        let mut runtime = runtimes.get(&name).await?;
+        let egress = runtime.spec.egress.as_mut().context("a scoped agent has rules")?;
+        let mut rules = serde_json::to_value(&*egress)?;
+        rules["rules"][0]["to"][0]["ipBlock"]["cidr"] = json!(cidr);
+        let patch = json!({"spec": {"egress": rules}});
+        runtimes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("editing the rules of {ns}/{name}"))?;
+        let edited = Instant::now();
+        let seen = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(event) = stream.next().await {
+                if let Ok(Event::Apply(p)) = event
+                    && serde_json::to_string(&p.spec)?.contains(&cidr)
+                {
+                    return Ok(Instant::now());
+                }
+            }
+            bail!("the watch of {policy} ended")
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "{policy} not rewritten within 30 s; spoke log:\n{}",
+                log_tail(spoke.log_path(), 20)
+            )
+        })??;
+        latencies.push(seen - edited);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(latencies)
 }
 
 /// What a card-refresh churn cost the spoke.
@@ -564,7 +679,7 @@ fn first_pass_elapsed(log: &Path) -> Option<Duration> {
     Some(Duration::from_millis(ms.parse().ok()?))
 }
 
-/// The cost of one full pass that writes nothing (what the 300 s resync costs at idle).
+/// The cost of a pass that writes nothing.
 #[derive(Debug)]
 struct NoopPass {
     passes: u64,
@@ -573,8 +688,9 @@ struct NoopPass {
     cpu_seconds: f64,
 }
 
-/// Annotates the kube-dns Service (the planner ignores annotations), which triggers one full pass with no writes,
-/// and measures its duration (the spoke's histogram) and the spoke's CPU time around it.
+/// Annotates the kube-dns Service (the planner ignores annotations), which triggers one pass with no writes (an
+/// incremental one looks at no agent; with `--full-resync-interval 0s` it looks at every agent), and measures its
+/// duration (the spoke's histogram) and the spoke's CPU time around it.
 async fn noop_pass(cluster: &Cluster, spoke: &Spoke) -> Result<NoopPass> {
     let pid = spoke.pid();
     let before = spoke.metrics().await?;
@@ -737,8 +853,8 @@ fn report(options: &Options, setup: Duration, runs: &[ColdStart], idle: &Idle, r
         100.0 / clock_ticks() / idle.window.as_secs_f64()
     );
     println!(
-        "one full pass with nothing to write (triggered by annotating kube-dns): {:.0} ms wall, {:.0} ms spoke CPU, \
-         {} pass(es), {} writes; as the {} s resync: {:.3}% of a core on average",
+        "one pass with nothing to write (triggered by annotating kube-dns): {:.0} ms wall, {:.0} ms spoke CPU, \
+         {} pass(es), {} writes; if it were the {} s full resync: {:.3}% of a core on average",
         resync.wall_seconds * 1000.0,
         resync.cpu_seconds * 1000.0,
         resync.passes,
