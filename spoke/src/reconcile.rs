@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::DynamicObject;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -121,7 +123,6 @@ struct ClusterInputs {
 /// object's `Arc` on every event).
 #[derive(Debug, Default)]
 struct Seen {
-    runtimes: HashMap<Key, Arc<ObservedRuntime>>,
     policies: HashMap<Key, Arc<ObservedPolicy>>,
     others: HashMap<Key, Arc<NetworkPolicy>>,
     admin: HashMap<String, Arc<AdminNetworkPolicy>>,
@@ -142,6 +143,8 @@ pub struct Reconciler {
     reported: HashMap<(String, String), Vec<(String, String)>>,
     /// Every agent's inputs and plan, planned again only where they change.
     index: IncrementalPlan,
+    /// What each agent's input was built from.
+    built: HashMap<Key, Sources>,
     /// The cluster-wide inputs of the last pass.
     cluster: Option<ClusterInputs>,
     /// When the last pass that looked at every agent ran.
@@ -192,6 +195,7 @@ impl Reconciler {
             resolver,
             reported: HashMap::new(),
             index: IncrementalPlan::default(),
+            built: HashMap::new(),
             cluster: None,
             last_full: None,
             seen: Seen::default(),
@@ -229,18 +233,18 @@ impl Reconciler {
         let started = Instant::now();
         let now_unix = tollgate_process::unix_secs();
         let runtimes: Vec<Arc<ObservedRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
-        let (mut facts, agents) = self.inputs(world, &runtimes, now_unix);
-        // The names of the rules, resolved in this cluster (the planner receives addresses, never looks up).
-        let cluster_dns = facts.dns.as_ref().and_then(|d| d.cluster_ip);
-        let names = self
-            .resolver
-            .sync(&crate::fqdn::wanted(intent, &agents), cluster_dns)
-            .await;
-        facts.names = names.addresses();
-        let planner = planner::Planner::new(&self.settings.planner, &facts, intent);
+        let mut facts = Self::facts(world);
         let resync_due = self
             .last_full
             .is_none_or(|at| at.elapsed() >= self.settings.full_resync);
+        // The full resync builds every agent's input again; other passes only those whose objects changed.
+        let touched_runtimes = self.stage_inputs(world, &runtimes, now_unix, resync_due);
+        // The names of the rules, resolved in this cluster (the planner receives addresses, never looks up).
+        let cluster_dns = facts.dns.as_ref().and_then(|d| d.cluster_ip);
+        let wanted = crate::fqdn::wanted(intent, self.index.inputs());
+        let names = self.resolver.sync(&wanted, cluster_dns).await;
+        facts.names = names.addresses();
+        let planner = planner::Planner::new(&self.settings.planner, &facts, intent);
         let statuses = names.statuses();
         let cluster_changed = self
             .cluster
@@ -248,9 +252,9 @@ impl Reconciler {
             .is_none_or(|c| c.hold != hold || c.facts != facts || c.intent != *intent || c.names != statuses);
         let full = cluster_changed || resync_due;
         let changes = if full {
-            self.index.replan_all(&planner, agents)
+            self.index.plan_all(&planner)
         } else {
-            self.index.update(&planner, agents)
+            self.index.plan_staged(&planner)
         };
         if cluster_changed {
             self.cluster = Some(ClusterInputs {
@@ -266,9 +270,10 @@ impl Reconciler {
             .flat_map(|s| s.state())
             .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
             .collect();
-        let touched = self.observe(world, &runtimes, &existing);
+        let touched = self.observe(world, &existing);
         let focus: Option<HashSet<Key>> = (!full).then(|| {
             let mut focus = touched;
+            focus.extend(touched_runtimes);
             focus.extend(changes.changed.iter().cloned());
             focus.extend(changes.removed.iter().cloned());
             focus.extend(std::mem::take(&mut self.pending));
@@ -404,32 +409,11 @@ impl Reconciler {
         report
     }
 
-    /// The agents a watch event touched since the last pass: their AgentRuntime, NetworkPolicy or
+    /// The agents a watch event touched since the last pass through their own objects: their NetworkPolicy or
     /// AdminNetworkPolicy changed, appeared or went, or a NetworkPolicy of their namespace that is not the spoke's
-    /// did (it may widen them).
-    fn observe(
-        &mut self,
-        world: &World,
-        runtimes: &[Arc<ObservedRuntime>],
-        existing: &HashMap<Key, Arc<ObservedPolicy>>,
-    ) -> HashSet<Key> {
+    /// did (it may widen them). Their AgentRuntimes are compared in [`Self::stage_inputs`].
+    fn observe(&mut self, world: &World, existing: &HashMap<Key, Arc<ObservedPolicy>>) -> HashSet<Key> {
         let mut touched = HashSet::new();
-        let runtimes: HashMap<Key, Arc<ObservedRuntime>> = runtimes
-            .iter()
-            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt.clone()))
-            .collect();
-        for (key, runtime) in &runtimes {
-            if moved(&self.seen.runtimes, key, runtime) {
-                touched.insert(key.clone());
-            }
-        }
-        touched.extend(
-            self.seen
-                .runtimes
-                .keys()
-                .filter(|k| !runtimes.contains_key(*k))
-                .cloned(),
-        );
         let owner =
             |key: &Key, policy: &ObservedPolicy| policy.labels().get(LABEL_AGENT).map(|a| (key.0.clone(), a.clone()));
         for (key, policy) in existing {
@@ -491,7 +475,6 @@ impl Reconciler {
                 touched.extend(agent_of(policy));
             }
         }
-        self.seen.runtimes = runtimes;
         self.seen.others = others;
         self.seen.admin = admin;
         touched
@@ -834,13 +817,8 @@ impl Reconciler {
         failed
     }
 
-    /// What the planner needs from the watches: the cluster's facts (without names) and every agent.
-    fn inputs(
-        &self,
-        world: &World,
-        runtimes: &[Arc<ObservedRuntime>],
-        now_unix: i64,
-    ) -> (planner::ClusterFacts, Vec<planner::Agent>) {
+    /// The cluster's facts as the watches show them (without resolved names).
+    fn facts(world: &World) -> planner::ClusterFacts {
         let api_endpoints = world.api_endpoints.state().into_iter().next();
         let api_service = world.api_service.state().into_iter().next();
         let api_slices: Vec<_> = world.api_slices.iter().flat_map(|s| s.state()).collect();
@@ -863,70 +841,115 @@ impl Reconciler {
             };
             facts::dns(&candidate.namespace, sources, Some(&service))
         });
-        let cluster = planner::ClusterFacts {
+        planner::ClusterFacts {
             api,
             dns,
             names: planner::ResolvedNames::new(),
-        };
+        }
+    }
 
-        let pod_labels = |kind: &str, ns: &str, name: &str| -> Option<BTreeMap<String, String>> {
-            let template_labels = |meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
-                meta.and_then(|m| m.labels.clone())
-            };
-            match kind {
-                "Deployment" => world.deployments.iter().find_map(|s| {
-                    let d = s.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))?;
-                    template_labels(d.spec.as_ref()?.template.metadata.as_ref())
-                }),
-                "StatefulSet" => world.statefulsets.iter().find_map(|s| {
-                    let d = s.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))?;
-                    template_labels(d.spec.as_ref()?.template.metadata.as_ref())
-                }),
-                _ => None,
-            }
-        };
-        let namespace_labels: HashMap<String, BTreeMap<String, String>> = world
+    /// Builds the planner input of every agent whose AgentRuntime, namespace, target workload or AgentCards changed
+    /// since the last pass (or whose card turned stale), all of them with `rebuild`, and stages them in the index
+    /// with the agents gone. Returns the agents whose AgentRuntime changed, appeared or went.
+    fn stage_inputs(
+        &mut self,
+        world: &World,
+        runtimes: &[Arc<ObservedRuntime>],
+        now_unix: i64,
+        rebuild: bool,
+    ) -> HashSet<Key> {
+        let namespaces: HashMap<String, Arc<Namespace>> = world
             .namespaces
             .state()
-            .iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
+            .into_iter()
+            .map(|n| (n.name_any(), n))
             .collect();
-        let cards = agent_cards(world);
+        let mut cards: HashMap<Key, Vec<Arc<DynamicObject>>> = HashMap::new();
+        for card in world.agent_cards.iter().flat_map(|s| s.state()) {
+            if let Some((target, _)) = agents::agent_card(&card) {
+                cards
+                    .entry((card.namespace().unwrap_or_default(), target))
+                    .or_default()
+                    .push(card);
+            }
+        }
         let verification = VerificationSettings {
             trust_domain: self.settings.trust_domain.clone(),
             max_card_age_secs: self.settings.max_card_age.map(|d| d.as_secs()),
             now_unix,
         };
-        let agents: Vec<planner::Agent> = runtimes
-            .iter()
-            .filter_map(|observed| {
-                let ns = observed.namespace().unwrap_or_default();
-                let mut ns_labels = namespace_labels.get(&ns).cloned().unwrap_or_default();
-                ns_labels
-                    .entry(planner::LABEL_NAMESPACE_NAME.to_string())
-                    .or_insert_with(|| ns.clone());
-                match &**observed {
-                    ObservedRuntime::Valid(rt) => {
-                        let target = &rt.spec.target_ref;
-                        Some(agents::agent(
-                            rt,
-                            pod_labels(&target.kind, &ns, &target.name),
-                            ns_labels,
-                            cards.get(&(ns.clone(), target.name.clone())).cloned(),
-                            &verification,
-                        ))
-                    }
-                    ObservedRuntime::Malformed(malformed) => {
-                        let labels = match (&malformed.target_kind, &malformed.target_name) {
-                            (Some(kind), Some(name)) => pod_labels(kind, &ns, name),
-                            _ => None,
-                        };
-                        agents::malformed_agent(malformed, labels, ns_labels)
-                    }
+        let mut touched = HashSet::new();
+        let mut upserts = Vec::new();
+        let mut unplannable = Vec::new();
+        let mut present: HashSet<Key> = HashSet::with_capacity(runtimes.len());
+        for runtime in runtimes {
+            let key = (runtime.namespace().unwrap_or_default(), runtime.name_any());
+            let target = match &**runtime {
+                ObservedRuntime::Valid(rt) => {
+                    Some((rt.spec.target_ref.kind.as_str(), rt.spec.target_ref.name.as_str()))
                 }
-            })
-            .collect();
-        (cluster, agents)
+                ObservedRuntime::Malformed(m) => m.target_kind.as_deref().zip(m.target_name.as_deref()),
+            };
+            let sources = Sources {
+                runtime: runtime.clone(),
+                namespace: namespaces.get(&key.0).cloned(),
+                workload: target.and_then(|(kind, name)| workload(world, kind, &key.0, name)),
+                cards: target
+                    .and_then(|(_, name)| cards.get(&(key.0.clone(), name.to_string())))
+                    .cloned()
+                    .unwrap_or_default(),
+                stale_at: self.settings.max_card_age.and_then(|age| {
+                    runtime
+                        .card_fetched_unix()
+                        .map(|f| f.saturating_add(age.as_secs() as i64 + 1))
+                }),
+            };
+            present.insert(key.clone());
+            let unchanged = self.built.get(&key);
+            if unchanged.is_none_or(|b| !Arc::ptr_eq(&b.runtime, runtime)) {
+                touched.insert(key.clone());
+            }
+            let fresh = unchanged.is_some_and(|b| b.same(&sources) && b.stale_at.is_none_or(|at| at > now_unix));
+            if fresh && !rebuild {
+                continue;
+            }
+            let mut namespace_labels = sources
+                .namespace
+                .as_ref()
+                .map(|n| n.labels().clone())
+                .unwrap_or_default();
+            namespace_labels
+                .entry(planner::LABEL_NAMESPACE_NAME.to_string())
+                .or_insert_with(|| key.0.clone());
+            let pod_labels = sources.workload.as_ref().and_then(Workload::template_labels);
+            let agent = match &**runtime {
+                ObservedRuntime::Valid(rt) => Some(agents::agent(
+                    rt,
+                    pod_labels,
+                    namespace_labels,
+                    merged_card_status(&sources.cards),
+                    &verification,
+                )),
+                ObservedRuntime::Malformed(malformed) => {
+                    agents::malformed_agent(malformed, pod_labels, namespace_labels)
+                }
+            };
+            match agent {
+                Some(agent) => upserts.push(agent),
+                // Its target cannot be read: no input (its policies are kept, see `unplanned`).
+                None => unplannable.push(key.clone()),
+            }
+            self.built.insert(key, sources);
+        }
+        let removed: Vec<Key> = self.built.keys().filter(|k| !present.contains(*k)).cloned().collect();
+        for key in &removed {
+            self.built.remove(key);
+            touched.insert(key.clone());
+        }
+        let mut removals = unplannable;
+        removals.extend(removed);
+        self.index.stage(upserts, removals);
+        touched
     }
 }
 
@@ -1264,26 +1287,99 @@ async fn apply(client: &Client, desired: &NetworkPolicy, managed: bool) -> Resul
     Ok(())
 }
 
-/// Verification status of the deprecated AgentCards, by (namespace, workload): verified only while every card
-/// of the workload is.
-fn agent_cards(world: &World) -> HashMap<Key, AgentCardStatus> {
-    let mut out: HashMap<Key, AgentCardStatus> = HashMap::new();
-    for card in world.agent_cards.iter().flat_map(|s| s.state()) {
-        let Some((target, status)) = agents::agent_card(&card) else {
+/// The verification status of a workload's deprecated AgentCards: verified only while every card of the workload is.
+fn merged_card_status(cards: &[Arc<DynamicObject>]) -> Option<AgentCardStatus> {
+    let mut merged: Option<AgentCardStatus> = None;
+    for card in cards {
+        let Some((_, status)) = agents::agent_card(card) else {
             continue;
         };
-        let key = (card.namespace().unwrap_or_default(), target);
-        out.entry(key)
-            .and_modify(|current| {
+        merged = Some(match merged {
+            None => status,
+            Some(mut current) => {
                 current.verified_condition = match (current.verified_condition, status.verified_condition) {
                     (Some(true), Some(true)) => Some(true),
                     (Some(false), _) | (_, Some(false)) => Some(false),
                     _ => None,
                 };
-            })
-            .or_insert(status);
+                current
+            }
+        });
     }
-    out
+    merged
+}
+
+/// The workload an agent targets, when it is a Deployment or StatefulSet that exists.
+#[derive(Clone, Debug)]
+enum Workload {
+    Deployment(Arc<Deployment>),
+    StatefulSet(Arc<StatefulSet>),
+}
+
+impl Workload {
+    fn template_labels(&self) -> Option<BTreeMap<String, String>> {
+        let template = match self {
+            Self::Deployment(d) => &d.spec.as_ref()?.template,
+            Self::StatefulSet(s) => &s.spec.as_ref()?.template,
+        };
+        template.metadata.as_ref()?.labels.clone()
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Deployment(a), Self::Deployment(b)) => Arc::ptr_eq(a, b),
+            (Self::StatefulSet(a), Self::StatefulSet(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+fn workload(world: &World, kind: &str, namespace: &str, name: &str) -> Option<Workload> {
+    use kube::runtime::reflector::ObjectRef;
+    match kind {
+        "Deployment" => world
+            .deployments
+            .iter()
+            .find_map(|s| s.get(&ObjectRef::new(name).within(namespace)))
+            .map(Workload::Deployment),
+        "StatefulSet" => world
+            .statefulsets
+            .iter()
+            .find_map(|s| s.get(&ObjectRef::new(name).within(namespace)))
+            .map(Workload::StatefulSet),
+        _ => None,
+    }
+}
+
+/// The objects an agent's planner input was built from (kept, so that an unchanged object keeps its `Arc`).
+#[derive(Debug)]
+struct Sources {
+    runtime: Arc<ObservedRuntime>,
+    namespace: Option<Arc<Namespace>>,
+    workload: Option<Workload>,
+    cards: Vec<Arc<DynamicObject>>,
+    /// When its card turns stale under `--max-card-age` (Unix seconds).
+    stale_at: Option<i64>,
+}
+
+impl Sources {
+    /// Whether `other` was built from the same objects.
+    fn same(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.runtime, &other.runtime)
+            && match (&self.namespace, &other.namespace) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+            && match (&self.workload, &other.workload) {
+                (Some(a), Some(b)) => a.same(b),
+                (None, None) => true,
+                _ => false,
+            }
+            && self.cards.len() == other.cards.len()
+            && self.cards.iter().zip(&other.cards).all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.stale_at == other.stale_at
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,10 @@ pub struct IncrementalPlan {
     /// Agent names by the workload their policy is named after.
     workloads: HashMap<Workload, BTreeSet<String>>,
     problems: Vec<ClusterProblem>,
+    /// Workloads whose agents' inputs changed since the last plan.
+    dirty: BTreeSet<Workload>,
+    /// Agents removed since the last plan.
+    removed: BTreeSet<AgentKey>,
 }
 
 /// The agents whose plan an update changed or removed.
@@ -53,79 +57,89 @@ impl IncrementalPlan {
     /// Plans every agent anew: the cluster-wide inputs changed. Every agent whose result differs, and every agent
     /// gone, is in the changes.
     pub fn replan_all(&mut self, planner: &Planner<'_>, agents: Vec<Agent>) -> Changes {
-        let before = std::mem::take(&mut self.planned);
-        self.inputs.clear();
-        self.workloads.clear();
-        for agent in agents {
-            self.workloads
-                .entry(workload(&agent))
-                .or_default()
-                .insert(agent.name.clone());
-            self.inputs.insert(key(&agent), agent);
-        }
-        self.problems = planner.baseline.problems();
-        let workloads: Vec<Workload> = self.workloads.keys().cloned().collect();
-        for workload in workloads {
-            self.plan_workload(planner, &workload);
-        }
-        let mut changes = Changes::default();
-        for (key, old) in &before {
-            match self.planned.get(key) {
-                None => {
-                    changes.removed.insert(key.clone());
-                }
-                Some(new) if new != old => {
-                    changes.changed.insert(key.clone());
-                }
-                Some(_) => {}
-            }
-        }
-        changes
-            .changed
-            .extend(self.planned.keys().filter(|k| !before.contains_key(*k)).cloned());
-        changes
+        let present: BTreeSet<AgentKey> = agents.iter().map(key).collect();
+        let gone: Vec<AgentKey> = self.inputs.keys().filter(|k| !present.contains(*k)).cloned().collect();
+        self.stage(agents, gone);
+        self.plan_all(planner)
     }
 
     /// Brings the plan up to date with `agents` (every agent of the cluster now), under the same cluster-wide
     /// inputs as the last pass: plans again the agents whose inputs differ from the last ones, new agents, and the
     /// agents sharing a workload with any of them or with an agent gone.
     pub fn update(&mut self, planner: &Planner<'_>, agents: Vec<Agent>) -> Changes {
-        let mut present: BTreeSet<AgentKey> = BTreeSet::new();
-        let mut dirty: BTreeSet<Workload> = BTreeSet::new();
-        for agent in agents {
+        let present: BTreeSet<AgentKey> = agents.iter().map(key).collect();
+        let gone: Vec<AgentKey> = self.inputs.keys().filter(|k| !present.contains(*k)).cloned().collect();
+        self.stage(agents, gone);
+        self.plan_staged(planner)
+    }
+
+    /// Takes new inputs for some agents (`upserts`; one equal to the last is ignored) and removes others, without
+    /// planning yet: [`Self::plan_staged`] plans what they touch, [`Self::plan_all`] everything.
+    pub fn stage(&mut self, upserts: Vec<Agent>, removals: impl IntoIterator<Item = AgentKey>) {
+        for agent in upserts {
             let key = key(&agent);
-            present.insert(key.clone());
             match self.inputs.get(&key) {
                 Some(old) if *old == agent => continue,
                 Some(old) => {
                     let before = workload(old);
                     if before != workload(&agent) {
                         self.leave(&before, &key.1);
-                        dirty.insert(before);
+                        self.dirty.insert(before);
                     }
                 }
                 None => {}
             }
             let now = workload(&agent);
             self.workloads.entry(now.clone()).or_default().insert(key.1.clone());
-            dirty.insert(now);
+            self.dirty.insert(now);
             self.inputs.insert(key, agent);
         }
-        let gone: Vec<AgentKey> = self.inputs.keys().filter(|k| !present.contains(*k)).cloned().collect();
-        let mut changes = Changes::default();
-        for key in gone {
+        for key in removals {
             if let Some(agent) = self.inputs.remove(&key) {
                 let before = workload(&agent);
                 self.leave(&before, &key.1);
-                dirty.insert(before);
+                self.dirty.insert(before);
             }
-            self.planned.remove(&key);
-            changes.removed.insert(key);
+            if self.planned.contains_key(&key) {
+                self.removed.insert(key);
+            }
         }
-        for workload in dirty {
+    }
+
+    /// Plans the agents the staged inputs touch (under the same cluster-wide inputs as the last plan).
+    pub fn plan_staged(&mut self, planner: &Planner<'_>) -> Changes {
+        let mut changes = Changes::default();
+        for key in std::mem::take(&mut self.removed) {
+            if self.planned.remove(&key).is_some() {
+                changes.removed.insert(key);
+            }
+        }
+        for workload in std::mem::take(&mut self.dirty) {
             changes.changed.extend(self.plan_workload(planner, &workload));
         }
         changes
+    }
+
+    /// Plans every agent (the cluster-wide inputs changed); staged inputs are taken.
+    pub fn plan_all(&mut self, planner: &Planner<'_>) -> Changes {
+        self.dirty.clear();
+        let mut changes = Changes::default();
+        for key in std::mem::take(&mut self.removed) {
+            if self.planned.remove(&key).is_some() {
+                changes.removed.insert(key);
+            }
+        }
+        self.problems = planner.baseline.problems();
+        let workloads: Vec<Workload> = self.workloads.keys().cloned().collect();
+        for workload in workloads {
+            changes.changed.extend(self.plan_workload(planner, &workload));
+        }
+        changes
+    }
+
+    /// Every agent's inputs, staged ones included.
+    pub fn inputs(&self) -> impl Iterator<Item = &Agent> {
+        self.inputs.values()
     }
 
     /// Removes agent `name` from `workload`'s members.

@@ -455,14 +455,24 @@ proptest! {
         let mut incremental = IncrementalPlan::default();
         let mut before = plan(&config, &facts, &[], &intent);
         incremental.replan_all(&Planner::new(&config, &facts, &intent), Vec::new());
-        for step in steps {
+        for (n, step) in steps.into_iter().enumerate() {
             let cluster_wide = matches!(step, Step::Cluster(..));
+            // Every other step gives only what changed (as the spoke does), the others every agent.
+            let (mut upserts, mut removals) = (Vec::new(), Vec::new());
             match step {
                 Step::Upsert { index, verified, local, tier, namespace, workload } => {
-                    agents.insert(index, stepped_agent(index, verified, local, tier, namespace, workload));
+                    let agent = stepped_agent(index, verified, local, tier, namespace, workload);
+                    if let Some(old) = agents.insert(index, agent.clone())
+                        && old.namespace != agent.namespace
+                    {
+                        removals.push((old.namespace, old.name));
+                    }
+                    upserts.push(agent);
                 }
                 Step::Remove(index) => {
-                    agents.remove(&index);
+                    if let Some(old) = agents.remove(&index) {
+                        removals.push((old.namespace, old.name));
+                    }
                 }
                 Step::Cluster(f, p, g) => {
                     facts = f;
@@ -473,6 +483,9 @@ proptest! {
             let planner = Planner::new(&config, &facts, &intent);
             let changes = if cluster_wide {
                 incremental.replan_all(&planner, all.clone())
+            } else if n % 2 == 0 {
+                incremental.stage(upserts, removals);
+                incremental.plan_staged(&planner)
             } else {
                 incremental.update(&planner, all.clone())
             };
