@@ -96,6 +96,8 @@ pub struct PassReport {
     pub full: bool,
     /// How many agents it looked at.
     pub looked_at: usize,
+    /// The agents it looked at (every agent after a full pass), and those gone: whose reported status may differ.
+    pub agents: Vec<Key>,
 }
 
 /// The agents of a pass: the plans it looks at, and the cluster's problems.
@@ -143,8 +145,12 @@ pub struct Reconciler {
     reported: HashMap<(String, String), Vec<(String, String)>>,
     /// Every agent's inputs and plan, planned again only where they change.
     index: IncrementalPlan,
-    /// What each agent's input was built from.
-    built: HashMap<Key, Sources>,
+    /// What each agent's input was built from, by namespace and name.
+    built: HashMap<String, HashMap<String, Sources>>,
+    /// The pass number, to tell which agents a pass saw.
+    generation: u64,
+    /// The namespaces, workloads and AgentCards the last pass saw.
+    dependencies: Dependencies,
     /// The cluster-wide inputs of the last pass.
     cluster: Option<ClusterInputs>,
     /// When the last pass that looked at every agent ran.
@@ -196,6 +202,8 @@ impl Reconciler {
             reported: HashMap::new(),
             index: IncrementalPlan::default(),
             built: HashMap::new(),
+            generation: 0,
+            dependencies: Dependencies::default(),
             cluster: None,
             last_full: None,
             seen: Seen::default(),
@@ -209,6 +217,11 @@ impl Reconciler {
     /// Every agent's plan, by namespace then name.
     pub fn planned(&self) -> impl Iterator<Item = &PlannedAgent> {
         self.index.agents()
+    }
+
+    /// The plan of one agent, as the last pass left it.
+    pub fn plan_of(&self, key: &Key) -> Option<&PlannedAgent> {
+        self.index.get(key)
     }
 
     /// The planner's input for one agent, as the last pass saw it.
@@ -323,6 +336,7 @@ impl Reconciler {
             self.fallbacks.remove(key);
             self.widened.remove(key);
         }
+        report.agents.clone_from(&looked_at);
         self.enforced.extend(admin.enforced.iter().cloned());
         self.fallbacks.extend(admin.fallbacks.clone());
         // With an AdminNetworkPolicy, a widening NetworkPolicy has no effect on the agent's egress: reported as
@@ -858,6 +872,36 @@ impl Reconciler {
         now_unix: i64,
         rebuild: bool,
     ) -> HashSet<Key> {
+        // When no namespace, workload or AgentCard changed, an agent whose AgentRuntime is the same object needs no
+        // lookup at all: the common pass after one agent's change touches nothing else.
+        let dependencies_moved = self.dependencies.moved(world);
+        self.generation += 1;
+        let generation = self.generation;
+        let mut touched = HashSet::new();
+        let mut remaining = Vec::with_capacity(runtimes.len());
+        for runtime in runtimes {
+            let meta = runtime.meta();
+            let (ns, name) = (
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default(),
+            );
+            match self.built.get_mut(ns).and_then(|by_name| by_name.get_mut(name)) {
+                Some(built)
+                    if !rebuild
+                        && !dependencies_moved
+                        && Arc::ptr_eq(&built.runtime, runtime)
+                        && built.stale_at.is_none_or(|at| at > now_unix) =>
+                {
+                    built.generation = generation;
+                }
+                _ => remaining.push(runtime),
+            }
+        }
+        if remaining.is_empty() {
+            let removals = self.sweep_built(generation, &mut touched);
+            self.index.stage(Vec::new(), removals);
+            return touched;
+        }
         let namespaces: HashMap<String, Arc<Namespace>> = world
             .namespaces
             .state()
@@ -878,11 +922,9 @@ impl Reconciler {
             max_card_age_secs: self.settings.max_card_age.map(|d| d.as_secs()),
             now_unix,
         };
-        let mut touched = HashSet::new();
         let mut upserts = Vec::new();
         let mut unplannable = Vec::new();
-        let mut present: HashSet<Key> = HashSet::with_capacity(runtimes.len());
-        for runtime in runtimes {
+        for runtime in remaining {
             let key = (runtime.namespace().unwrap_or_default(), runtime.name_any());
             let target = match &**runtime {
                 ObservedRuntime::Valid(rt) => {
@@ -903,14 +945,16 @@ impl Reconciler {
                         .card_fetched_unix()
                         .map(|f| f.saturating_add(age.as_secs() as i64 + 1))
                 }),
+                generation,
             };
-            present.insert(key.clone());
-            let unchanged = self.built.get(&key);
+            let unchanged = self.built.get(&key.0).and_then(|by_name| by_name.get(&key.1));
             if unchanged.is_none_or(|b| !Arc::ptr_eq(&b.runtime, runtime)) {
                 touched.insert(key.clone());
             }
             let fresh = unchanged.is_some_and(|b| b.same(&sources) && b.stale_at.is_none_or(|at| at > now_unix));
             if fresh && !rebuild {
+                // Built from the same objects: kept, as seen by this pass.
+                self.built.entry(key.0).or_default().insert(key.1, sources);
                 continue;
             }
             let mut namespace_labels = sources
@@ -939,17 +983,29 @@ impl Reconciler {
                 // Its target cannot be read: no input (its policies are kept, see `unplanned`).
                 None => unplannable.push(key.clone()),
             }
-            self.built.insert(key, sources);
-        }
-        let removed: Vec<Key> = self.built.keys().filter(|k| !present.contains(*k)).cloned().collect();
-        for key in &removed {
-            self.built.remove(key);
-            touched.insert(key.clone());
+            self.built.entry(key.0).or_default().insert(key.1, sources);
         }
         let mut removals = unplannable;
-        removals.extend(removed);
+        removals.extend(self.sweep_built(generation, &mut touched));
         self.index.stage(upserts, removals);
         touched
+    }
+
+    /// Forgets the agents whose AgentRuntime this pass did not see (an older `generation`): they are gone.
+    fn sweep_built(&mut self, generation: u64, touched: &mut HashSet<Key>) -> Vec<Key> {
+        let mut gone = Vec::new();
+        for (namespace, by_name) in &mut self.built {
+            by_name.retain(|name, built| {
+                let keep = built.generation == generation;
+                if !keep {
+                    gone.push((namespace.clone(), name.clone()));
+                }
+                keep
+            });
+        }
+        self.built.retain(|_, by_name| !by_name.is_empty());
+        touched.extend(gone.iter().cloned());
+        gone
     }
 }
 
@@ -1351,6 +1407,38 @@ fn workload(world: &World, kind: &str, namespace: &str, name: &str) -> Option<Wo
     }
 }
 
+/// The objects agents' inputs depend on besides their AgentRuntime, as one pass saw them: a set of `Arc` addresses
+/// (the `Arc`s are kept, so that no address is reused while it is remembered).
+#[derive(Debug, Default)]
+struct Dependencies {
+    addresses: HashSet<usize>,
+    kept: Vec<AnyObject>,
+}
+
+type AnyObject = Arc<dyn std::any::Any + Send + Sync>;
+
+impl Dependencies {
+    /// Whether any namespace, Deployment, StatefulSet or AgentCard changed, appeared or went since the last call.
+    fn moved(&mut self, world: &World) -> bool {
+        let mut kept: Vec<AnyObject> = Vec::new();
+        kept.extend(world.namespaces.state().into_iter().map(|o| o as AnyObject));
+        for store in &world.deployments {
+            kept.extend(store.state().into_iter().map(|o| o as AnyObject));
+        }
+        for store in &world.statefulsets {
+            kept.extend(store.state().into_iter().map(|o| o as AnyObject));
+        }
+        for store in &world.agent_cards {
+            kept.extend(store.state().into_iter().map(|o| o as AnyObject));
+        }
+        let addresses: HashSet<usize> = kept.iter().map(|o| Arc::as_ptr(o).cast::<()>() as usize).collect();
+        let moved = addresses != self.addresses;
+        self.addresses = addresses;
+        self.kept = kept;
+        moved
+    }
+}
+
 /// The objects an agent's planner input was built from (kept, so that an unchanged object keeps its `Arc`).
 #[derive(Debug)]
 struct Sources {
@@ -1360,6 +1448,8 @@ struct Sources {
     cards: Vec<Arc<DynamicObject>>,
     /// When its card turns stale under `--max-card-age` (Unix seconds).
     stale_at: Option<i64>,
+    /// The last pass that saw its AgentRuntime.
+    generation: u64,
 }
 
 impl Sources {

@@ -414,6 +414,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (facts_tx, facts_rx) = tokio::sync::watch::channel(None);
     let (inventory_tx, inventory_rx) = tokio::sync::watch::channel(None);
     let (ack_tx, ack_rx) = tokio::sync::watch::channel(None);
+    let has_hub = hub.is_some();
     if let Some(hub) = hub {
         if held {
             tasks.spawn(retry_cache(persisted.clone(), intent_tx.clone(), conditions.clone()));
@@ -452,6 +453,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let full_resync = settings.full_resync;
     let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder, resolver);
     let mut backoff = Backoff::default();
+    // Without a hub nothing reads the inventory.
+    let mut inventory_cache = has_hub.then(Inventory::default);
     loop {
         let state = intent_rx.borrow_and_update().clone();
         let report = reconciler.reconcile(&world, &state.intent, state.hold.is_some()).await;
@@ -459,6 +462,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         publish_reports(
             &report,
             &reconciler,
+            inventory_cache.as_mut(),
             &state,
             &reported_settings,
             &facts_tx,
@@ -466,8 +470,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &ack_tx,
         );
         let failed: HashSet<_> = report.errors.iter().map(|e| e.kind).collect();
-        // The pass's plan and inputs are not needed while waiting for the next change: free them now rather than
-        // hold a copy of every policy through an idle period.
         drop(report);
         let retry = backoff.next(&failed);
         if let Some(delay) = retry {
@@ -576,9 +578,11 @@ async fn retry_cache(
 
 /// Facts, inventory and the acknowledgement of the intent revision, for the hub (sent only when they change).
 /// While policies are held there is no intent to acknowledge or to describe the agents by: only facts are sent.
+#[allow(clippy::too_many_arguments)]
 fn publish_reports(
     report: &PassReport,
     reconciler: &Reconciler,
+    cache: Option<&mut Inventory>,
     state: &IntentState,
     (restricted_allow_dns, policy_name_suffix): &(bool, String),
     facts: &tokio::sync::watch::Sender<Option<pb::ClusterFacts>>,
@@ -597,21 +601,10 @@ fn publish_reports(
         return;
     }
     let applied = state.latest_revision;
-    // The inventory changes only with the agents a pass looked at (or a new revision, which looks at every agent).
-    if report.looked_at > 0 || inventory.borrow().is_none() {
-        let agents = reconciler
-            .planned()
-            .filter_map(|planned| {
-                let o = &planned.outcome;
-                let key = (o.namespace.clone(), o.name.clone());
-                let agent = reconciler.input(&key)?;
-                Some(pb::AgentStatus {
-                    widened_by: reconciler.widened_by(&key),
-                    ..wire::agent_status_to_wire(o, agent, applied)
-                })
-            })
-            .collect();
-        inventory.send_if_modified(|current| replace_if_different(current, Some(pb::AgentInventory { agents })));
+    if let Some(cache) = cache
+        && cache.update(report, reconciler, applied)
+    {
+        inventory.send_replace(Some(cache.message()));
     }
     if applied > 0 {
         let errors = report
@@ -629,6 +622,62 @@ fn publish_reports(
                 }),
             )
         });
+    }
+}
+
+/// The agent statuses the hub is sent, kept per agent: a pass rebuilds only the statuses of the agents it looked
+/// at, and the inventory is sent only when one of them changed.
+#[derive(Debug, Default)]
+struct Inventory {
+    statuses: std::collections::BTreeMap<(String, String), pb::AgentStatus>,
+    applied: u64,
+    sent: bool,
+}
+
+impl Inventory {
+    /// Brings the statuses up to date with the pass; whether the inventory changed (or was never sent).
+    fn update(&mut self, report: &PassReport, reconciler: &Reconciler, applied: u64) -> bool {
+        let status = |key: &(String, String)| {
+            let planned = reconciler.plan_of(key)?;
+            let agent = reconciler.input(key)?;
+            Some(pb::AgentStatus {
+                widened_by: reconciler.widened_by(key),
+                ..wire::agent_status_to_wire(&planned.outcome, agent, applied)
+            })
+        };
+        let mut changed = !self.sent;
+        if report.full || applied != self.applied {
+            let fresh: std::collections::BTreeMap<_, _> = reconciler
+                .planned()
+                .filter_map(|p| {
+                    let key = (p.outcome.namespace.clone(), p.outcome.name.clone());
+                    Some((key.clone(), status(&key)?))
+                })
+                .collect();
+            changed |= fresh != self.statuses;
+            self.statuses = fresh;
+        } else {
+            for key in &report.agents {
+                match status(key) {
+                    Some(fresh) => {
+                        if self.statuses.get(key) != Some(&fresh) {
+                            self.statuses.insert(key.clone(), fresh);
+                            changed = true;
+                        }
+                    }
+                    None => changed |= self.statuses.remove(key).is_some(),
+                }
+            }
+        }
+        self.applied = applied;
+        self.sent = true;
+        changed
+    }
+
+    fn message(&self) -> pb::AgentInventory {
+        pb::AgentInventory {
+            agents: self.statuses.values().cloned().collect(),
+        }
     }
 }
 
