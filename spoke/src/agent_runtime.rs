@@ -316,7 +316,9 @@ impl ObservedRuntime {
                 .card_fetched_unix()
                 .is_some_and(|fetched| now_unix.saturating_sub(fetched) <= i64::try_from(max).unwrap_or(i64::MAX)),
         };
-        self.differs_only_in_card_fetch_time(newer) && fresh(self) && fresh(newer)
+        // An earlier fetch time than stored would bring the moment the card turns stale forward: not quiet.
+        let forward = max_card_age_secs.is_none() || newer.card_fetched_unix() >= self.card_fetched_unix();
+        self.differs_only_in_card_fetch_time(newer) && fresh(self) && fresh(newer) && forward
     }
 
     /// Whether `newer` says nothing new but a later `status.card.lastCardFetchTime`. Anything else (spec, labels,
@@ -493,6 +495,10 @@ mod tests {
         assert!(
             !newer.refresh_changes_nothing(&old, Some(420), now),
             "fresh before, stale after (an older time written back)"
+        );
+        assert!(
+            !newer.refresh_changes_nothing(&old, Some(3600), now),
+            "an older time written back, still fresh: the moment it turns stale moves forward"
         );
     }
 

@@ -154,7 +154,9 @@ pub struct Reconciler {
     /// The cluster-wide inputs of the last pass.
     cluster: Option<ClusterInputs>,
     /// When the last pass that looked at every agent ran.
-    last_full: Option<Instant>,
+    last_resync: Option<Instant>,
+    /// The next moment an agent's card turns stale under `--max-card-age` (Unix seconds), as of the last pass.
+    next_stale: Option<i64>,
     seen: Seen,
     /// Agents whose writes failed: looked at again by the next pass.
     pending: HashSet<Key>,
@@ -205,7 +207,8 @@ impl Reconciler {
             generation: 0,
             dependencies: Dependencies::default(),
             cluster: None,
-            last_full: None,
+            last_resync: None,
+            next_stale: None,
             seen: Seen::default(),
             pending: HashSet::new(),
             widened: HashMap::new(),
@@ -247,11 +250,12 @@ impl Reconciler {
         let now_unix = tollgate_process::unix_secs();
         let runtimes: Vec<Arc<ObservedRuntime>> = world.runtimes.iter().flat_map(|s| s.state()).collect();
         let mut facts = Self::facts(world);
+        // Its own clock: passes that are full because cluster-wide inputs changed do not rebuild every input.
         let resync_due = self
-            .last_full
+            .last_resync
             .is_none_or(|at| at.elapsed() >= self.settings.full_resync);
         // The full resync builds every agent's input again; other passes only those whose objects changed.
-        let touched_runtimes = self.stage_inputs(world, &runtimes, now_unix, resync_due);
+        let staged = self.stage_inputs(world, &runtimes, now_unix, resync_due);
         // The names of the rules, resolved in this cluster (the planner receives addresses, never looks up).
         let cluster_dns = facts.dns.as_ref().and_then(|d| d.cluster_ip);
         let wanted = crate::fqdn::wanted(intent, self.index.inputs());
@@ -286,7 +290,7 @@ impl Reconciler {
         let touched = self.observe(world, &existing);
         let focus: Option<HashSet<Key>> = (!full).then(|| {
             let mut focus = touched;
-            focus.extend(touched_runtimes);
+            focus.extend(staged.touched);
             focus.extend(changes.changed.iter().cloned());
             focus.extend(changes.removed.iter().cloned());
             focus.extend(std::mem::take(&mut self.pending));
@@ -294,7 +298,9 @@ impl Reconciler {
         });
         if full {
             self.pending.clear();
-            self.last_full = Some(Instant::now());
+        }
+        if resync_due {
+            self.last_resync = Some(Instant::now());
         }
         let covers = |key: &Key| focus.as_ref().is_none_or(|f| f.contains(key));
         let view = View {
@@ -337,6 +343,8 @@ impl Reconciler {
             self.widened.remove(key);
         }
         report.agents.clone_from(&looked_at);
+        // An input that changed without changing the plan (a namespace's labels) still changes the status reported.
+        report.agents.extend(staged.inputs);
         self.enforced.extend(admin.enforced.iter().cloned());
         self.fallbacks.extend(admin.fallbacks.clone());
         // With an AdminNetworkPolicy, a widening NetworkPolicy has no effect on the agent's egress: reported as
@@ -376,7 +384,7 @@ impl Reconciler {
                 enforced: &self.enforced,
                 fallbacks: &self.fallbacks,
             },
-            &changes.removed,
+            &changes.removed.iter().chain(&staged.gone).cloned().collect(),
             full,
         );
         publish(&self.recorder, events).await;
@@ -397,7 +405,7 @@ impl Reconciler {
                 .set(modes.get(&mode).copied().unwrap_or(0));
         }
         self.metrics.reconciles.inc();
-        if full && !cluster_changed {
+        if resync_due && !cluster_changed {
             // The safety net: a resync that finds something to write means an incremental pass missed it.
             self.metrics.full_resyncs.inc();
             self.metrics
@@ -428,16 +436,29 @@ impl Reconciler {
     /// did (it may widen them). Their AgentRuntimes are compared in [`Self::stage_inputs`].
     fn observe(&mut self, world: &World, existing: &HashMap<Key, Arc<ObservedPolicy>>) -> HashSet<Key> {
         let mut touched = HashSet::new();
-        let owner =
-            |key: &Key, policy: &ObservedPolicy| policy.labels().get(LABEL_AGENT).map(|a| (key.0.clone(), a.clone()));
+        // The agents an object of theirs may be: the one its label names now, the one it named before (a relabelled
+        // policy), and the agents whose policy bears its name (labels can be edited; names cannot).
+        let suffix = self.settings.planner.name_suffix.as_str();
+        let index = &self.index;
+        let owners = |key: &Key, now: Option<&ObservedPolicy>, before: Option<&Arc<ObservedPolicy>>| {
+            let mut owners: Vec<Key> = [now, before.map(|p| &**p)]
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.labels().get(LABEL_AGENT).map(|a| (key.0.clone(), a.clone())))
+                .collect();
+            if let Some(target) = key.1.strip_suffix(suffix) {
+                owners.extend(index.workload_agents(&key.0, target));
+            }
+            owners
+        };
         for (key, policy) in existing {
             if moved(&self.seen.policies, key, policy) {
-                touched.extend(owner(key, policy));
+                touched.extend(owners(key, Some(policy), self.seen.policies.get(key)));
             }
         }
         for (key, policy) in &self.seen.policies {
             if !existing.contains_key(key) {
-                touched.extend(owner(key, policy));
+                touched.extend(owners(key, None, Some(policy)));
             }
         }
         let others: HashMap<Key, Arc<NetworkPolicy>> = world
@@ -479,15 +500,29 @@ impl Reconciler {
                 labels.get(LABEL_AGENT)?.clone(),
             ))
         };
+        let mut moved_names: HashSet<&str> = HashSet::new();
         for (name, policy) in &admin {
             if moved(&self.seen.admin, name, policy) {
                 touched.extend(agent_of(policy));
+                touched.extend(self.seen.admin.get(name).and_then(|old| agent_of(old)));
+                moved_names.insert(name);
             }
         }
         for (name, policy) in &self.seen.admin {
             if !admin.contains_key(name) {
                 touched.extend(agent_of(policy));
+                moved_names.insert(name);
             }
+        }
+        // By name too (labels can be edited, or stripped): the agents whose AdminNetworkPolicy bears a moved name.
+        if !moved_names.is_empty() {
+            touched.extend(
+                self.index
+                    .agents()
+                    .map(|a| &a.outcome)
+                    .filter(|o| moved_names.contains(crate::anp::name(&o.namespace, &o.name).as_str()))
+                    .map(|o| (o.namespace.clone(), o.name.clone())),
+            );
         }
         self.seen.others = others;
         self.seen.admin = admin;
@@ -871,7 +906,7 @@ impl Reconciler {
         runtimes: &[Arc<ObservedRuntime>],
         now_unix: i64,
         rebuild: bool,
-    ) -> HashSet<Key> {
+    ) -> Staged {
         // When no namespace, workload or AgentCard changed, an agent whose AgentRuntime is the same object needs no
         // lookup at all: the common pass after one agent's change touches nothing else.
         let dependencies_moved = self.dependencies.moved(world);
@@ -898,9 +933,14 @@ impl Reconciler {
             }
         }
         if remaining.is_empty() {
-            let removals = self.sweep_built(generation, &mut touched);
-            self.index.stage(Vec::new(), removals);
-            return touched;
+            let gone = self.sweep_built(generation, &mut touched);
+            self.index.stage(Vec::new(), gone.clone());
+            self.next_stale = self.next_stale.filter(|at| *at > now_unix);
+            return Staged {
+                touched,
+                gone,
+                inputs: Vec::new(),
+            };
         }
         let namespaces: HashMap<String, Arc<Namespace>> = world
             .namespaces
@@ -940,11 +980,16 @@ impl Reconciler {
                     .and_then(|(_, name)| cards.get(&(key.0.clone(), name.to_string())))
                     .cloned()
                     .unwrap_or_default(),
-                stale_at: self.settings.max_card_age.and_then(|age| {
-                    runtime
-                        .card_fetched_unix()
-                        .map(|f| f.saturating_add(age.as_secs() as i64 + 1))
-                }),
+                // Only while in the future: a stale card needs no more rebuilding.
+                stale_at: self
+                    .settings
+                    .max_card_age
+                    .and_then(|age| {
+                        runtime
+                            .card_fetched_unix()
+                            .map(|f| f.saturating_add(age.as_secs() as i64 + 1))
+                    })
+                    .filter(|at| *at > now_unix),
                 generation,
             };
             let unchanged = self.built.get(&key.0).and_then(|by_name| by_name.get(&key.1));
@@ -985,10 +1030,23 @@ impl Reconciler {
             }
             self.built.entry(key.0).or_default().insert(key.1, sources);
         }
+        let gone = self.sweep_built(generation, &mut touched);
         let mut removals = unplannable;
-        removals.extend(self.sweep_built(generation, &mut touched));
-        self.index.stage(upserts, removals);
-        touched
+        removals.extend(gone.iter().cloned());
+        let inputs = self.index.stage(upserts, removals);
+        self.next_stale = self
+            .built
+            .values()
+            .flat_map(|by_name| by_name.values())
+            .filter_map(|b| b.stale_at)
+            .min();
+        Staged { touched, gone, inputs }
+    }
+
+    /// When the loop must wake for the next card to turn stale (under `--max-card-age`), from the pass's view.
+    pub fn next_staleness(&self, now_unix: i64) -> Option<Duration> {
+        self.next_stale
+            .map(|at| Duration::from_secs(u64::try_from(at.saturating_sub(now_unix)).unwrap_or(0)))
     }
 
     /// Forgets the agents whose AgentRuntime this pass did not see (an older `generation`): they are gone.
@@ -1405,6 +1463,17 @@ fn workload(world: &World, kind: &str, namespace: &str, name: &str) -> Option<Wo
             .map(Workload::StatefulSet),
         _ => None,
     }
+}
+
+/// What staging the inputs found.
+#[derive(Debug, Default)]
+struct Staged {
+    /// Agents whose AgentRuntime changed, appeared or went.
+    touched: HashSet<Key>,
+    /// Agents whose AgentRuntime went.
+    gone: Vec<Key>,
+    /// Agents whose planner input changed.
+    inputs: Vec<Key>,
 }
 
 /// The objects agents' inputs depend on besides their AgentRuntime, as one pass saw them: a set of `Arc` addresses

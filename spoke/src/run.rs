@@ -476,8 +476,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!(delay_ms = delay.as_millis() as u64, "Retrying failed writes");
         }
         // With a maximum card age, the first card to turn stale wakes the loop: card refreshes do not.
-        let stale_in =
-            max_card_age.and_then(|age| world.next_card_staleness(age.as_secs(), tollgate_process::unix_secs()));
+        let stale_in = max_card_age.and_then(|_| reconciler.next_staleness(tollgate_process::unix_secs()));
         // Idle, the loop wakes for the full resync (a pass that looks at every agent).
         let wait = retry.unwrap_or(full_resync).min(stale_in.unwrap_or(full_resync));
         tokio::select! {

@@ -80,20 +80,6 @@ pub struct Scope {
 }
 
 impl World {
-    /// How long until the first card that is fresh now turns stale under `max_card_age_secs` (a card fetched at
-    /// `t` is stale from `t + max + 1`): the loop wakes for it, since no event marks that moment.
-    pub fn next_card_staleness(&self, max_card_age_secs: u64, now_unix: i64) -> Option<std::time::Duration> {
-        let max = i64::try_from(max_card_age_secs).unwrap_or(i64::MAX);
-        self.runtimes
-            .iter()
-            .flat_map(|store| store.state())
-            .filter_map(|runtime| runtime.card_fetched_unix())
-            .map(|fetched| fetched.saturating_add(max).saturating_add(1))
-            .filter(|stale_at| *stale_at > now_unix)
-            .min()
-            .map(|stale_at| std::time::Duration::from_secs(u64::try_from(stale_at - now_unix).unwrap_or(0)))
-    }
-
     /// Starts every watch; each change notifies `trigger`.
     pub fn start(client: &Client, scope: &Scope, trigger: &Arc<Notify>, tasks: &mut JoinSet<()>) -> Self {
         let per_namespace = |f: &mut dyn FnMut(Option<&str>)| {

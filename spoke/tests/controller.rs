@@ -310,6 +310,30 @@ async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<
     })
     .await?;
 
+    // An attack on an agent's own policy: widened to everything and relabelled as another agent's, so that its
+    // label no longer names it. The spoke finds it by its name and restores it (not left to the full resync: the
+    // resync check below requires that it wrote nothing).
+    let mut attacked = api.get("removed-signature-policy").await?;
+    attacked.spec.as_mut().unwrap().egress = Some(vec![Default::default()]);
+    attacked
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("tollgate.dev/agent".into(), "kept".into());
+    api.replace("removed-signature-policy", &PostParams::default(), &attacked)
+        .await?;
+    wait_policy(
+        &client,
+        "removed-signature-policy",
+        "restored after a relabelled widening",
+        |p| {
+            mode(p) == "restricted"
+                && egress(p) != json!([{}])
+                && p["metadata"]["labels"]["tollgate.dev/agent"] == "removed"
+        },
+    )
+    .await?;
+
     // The agent goes: its policy goes (label sweep; there is no garbage collector in this cluster).
     let runtimes: Api<AgentRuntime> = Api::namespaced(client.clone(), NS);
     runtimes.delete("removed", &DeleteParams::default()).await?;

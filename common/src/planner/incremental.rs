@@ -74,8 +74,10 @@ impl IncrementalPlan {
     }
 
     /// Takes new inputs for some agents (`upserts`; one equal to the last is ignored) and removes others, without
-    /// planning yet: [`Self::plan_staged`] plans what they touch, [`Self::plan_all`] everything.
-    pub fn stage(&mut self, upserts: Vec<Agent>, removals: impl IntoIterator<Item = AgentKey>) {
+    /// planning yet: [`Self::plan_staged`] plans what they touch, [`Self::plan_all`] everything. Returns the agents
+    /// whose input changed (their plan may not).
+    pub fn stage(&mut self, upserts: Vec<Agent>, removals: impl IntoIterator<Item = AgentKey>) -> Vec<AgentKey> {
+        let mut staged = Vec::new();
         for agent in upserts {
             let key = key(&agent);
             match self.inputs.get(&key) {
@@ -92,6 +94,7 @@ impl IncrementalPlan {
             let now = workload(&agent);
             self.workloads.entry(now.clone()).or_default().insert(key.1.clone());
             self.dirty.insert(now);
+            staged.push(key.clone());
             self.inputs.insert(key, agent);
         }
         for key in removals {
@@ -104,6 +107,15 @@ impl IncrementalPlan {
                 self.removed.insert(key);
             }
         }
+        staged
+    }
+
+    /// The agents whose policy is named after `workload` (namespace, target name).
+    pub fn workload_agents(&self, namespace: &str, target: &str) -> Vec<AgentKey> {
+        self.workloads
+            .get(&(namespace.to_string(), target.to_string()))
+            .map(|names| names.iter().map(|n| (namespace.to_string(), n.clone())).collect())
+            .unwrap_or_default()
     }
 
     /// Plans the agents the staged inputs touch (under the same cluster-wide inputs as the last plan).
@@ -223,5 +235,51 @@ impl IncrementalPlan {
             agents: self.planned.values().cloned().collect(),
             problems: self.problems.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::intent::Intent;
+    use crate::planner::{ClusterFacts, LocalEgress, PlannerConfig};
+    use crate::verification::{Reason, Verification};
+
+    fn agent(name: &str, tier: &str) -> Agent {
+        Agent {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: String::new(),
+            target_name: name.into(),
+            labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+            namespace_labels: BTreeMap::new(),
+            pod_labels: None,
+            local_egress: LocalEgress::Absent,
+            verification: Verification::verified(Reason::SignatureVerified, "test"),
+        }
+    }
+
+    /// Staging says which inputs changed, whether or not their plan does; an equal input is no change.
+    #[test]
+    fn staging_reports_the_inputs_that_changed() {
+        let (config, facts, intent) = (PlannerConfig::default(), ClusterFacts::default(), Intent::default());
+        let planner = Planner::new(&config, &facts, &intent);
+        let mut plan = IncrementalPlan::default();
+        assert_eq!(plan.stage(vec![agent("a", "x"), agent("b", "x")], []).len(), 2);
+        plan.plan_all(&planner);
+        assert!(plan.stage(vec![agent("a", "x")], []).is_empty(), "the same input");
+        assert_eq!(
+            plan.stage(vec![agent("a", "y")], []),
+            [("ns".to_string(), "a".to_string())]
+        );
+        let changes = plan.plan_staged(&planner);
+        assert!(
+            changes.is_empty(),
+            "labels no policy selects: the plan stays (allow-all)"
+        );
+        assert_eq!(plan.workload_agents("ns", "b"), [("ns".to_string(), "b".to_string())]);
+        assert!(plan.workload_agents("ns", "c").is_empty());
     }
 }
