@@ -106,7 +106,23 @@ struct View<'a> {
     problems: &'a [ClusterProblem],
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    /// The agents of `focus` (every agent without one), by namespace then name.
+    fn of(index: &'a IncrementalPlan, focus: Option<&HashSet<Key>>) -> Self {
+        let agents = match focus {
+            None => index.agents().collect(),
+            Some(focus) => {
+                let mut keys: Vec<&Key> = focus.iter().collect();
+                keys.sort();
+                keys.into_iter().filter_map(|key| index.get(key)).collect()
+            }
+        };
+        Self {
+            agents,
+            problems: index.problems(),
+        }
+    }
+
     fn outcomes(&self) -> impl Iterator<Item = &AgentOutcome> {
         self.agents.iter().map(|a| &a.outcome)
     }
@@ -303,14 +319,7 @@ impl Reconciler {
             self.last_resync = Some(Instant::now());
         }
         let covers = |key: &Key| focus.as_ref().is_none_or(|f| f.contains(key));
-        let view = View {
-            agents: self
-                .index
-                .agents()
-                .filter(|a| covers(&(a.outcome.namespace.clone(), a.outcome.name.clone())))
-                .collect(),
-            problems: self.index.problems(),
-        };
+        let view = View::of(&self.index, focus.as_ref());
         let widened = widening(world, &view);
         // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
         let unplanned: HashSet<Key> = runtimes
@@ -360,14 +369,7 @@ impl Reconciler {
         self.metrics
             .agents_widened
             .set(self.widened.keys().filter(|k| !self.enforced.contains(*k)).count() as i64);
-        let view = View {
-            agents: self
-                .index
-                .agents()
-                .filter(|a| covers(&(a.outcome.namespace.clone(), a.outcome.name.clone())))
-                .collect(),
-            problems: self.index.problems(),
-        };
+        let view = View::of(&self.index, focus.as_ref());
         let focus_runtimes: Vec<Arc<ObservedRuntime>> = runtimes
             .iter()
             .filter(|rt| covers(&(rt.namespace().unwrap_or_default(), rt.name_any())))
