@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 use tollgate_common::egress_rule::parse_local_egress;
+use tollgate_common::field_error::FieldError;
 use tollgate_common::planner::{Agent, LocalEgress};
 use tollgate_common::verification::{
     AgentCardStatus, CardStatus, IdentityBinding, Reason, Verification, VerificationInput, VerificationSettings, verify,
@@ -23,9 +24,10 @@ pub fn agent(
 ) -> Agent {
     let local_egress = match &runtime.spec.egress {
         None => LocalEgress::Absent,
-        Some(value) => match parse_local_egress(value, "spec.egress") {
-            Ok(rules) => LocalEgress::Rules(rules),
-            Err(errors) => LocalEgress::Invalid(errors),
+        Some(raw) => match raw.parse().map(|value| parse_local_egress(&value, "spec.egress")) {
+            Ok(Ok(rules)) => LocalEgress::Rules(rules),
+            Ok(Err(errors)) => LocalEgress::Invalid(errors),
+            Err(error) => LocalEgress::Invalid(vec![FieldError::new("spec.egress", error.to_string())]),
         },
     };
     Agent {
