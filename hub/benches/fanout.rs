@@ -20,7 +20,8 @@
 //! 0, so the spokes of the other replicas are reached through the database's `NOTIFY`. Hub CPU and RSS are summed
 //! over the replicas; the reconnect storm runs for `embedded` only.
 //!
-//! `--ack`: spokes acknowledge every revision (as the real spoke does after applying it), which the hub records.
+//! `--ack`: spokes acknowledge every revision (as the real spoke does after applying it), which the hub records;
+//! on the embedded store the bench then polls the database (read-only) until every acknowledgement is recorded.
 //! `--data-dir`: where the hub's data folder and the certificates go (default: the target's tmp folder, on disk).
 //! `TOLLGATE_FANOUT_HUB_WRAPPER="valgrind --tool=massif"` runs the hub under a profiler.
 
@@ -396,6 +397,9 @@ mod bench {
         swarm_cpu_s: f64,
         swarm_rss_kib: u64,
         drops: u64,
+        /// With `--ack` on the embedded store: per apply, from the last spoke's receipt until the store holds every
+        /// spoke's acknowledgement of the revision.
+        acks_recorded_ms: Vec<f64>,
         storm: Option<Storm>,
     }
 
@@ -537,6 +541,12 @@ mod bench {
             let ms = |ns: u64| ns.saturating_sub(start) as f64 / 1e6;
             outcome.first_ms.push(ms(number(&reached, 1)?));
             outcome.last_ms.push(ms(number(&reached, 2)?));
+            if options.ack && setup == Setup::Embedded {
+                let recorded = acks_recorded(&data, revision, n)?;
+                outcome
+                    .acks_recorded_ms
+                    .push(recorded.saturating_sub(number(&reached, 2)?) as f64 / 1e6);
+            }
             outcome.message_bytes = number(&reached, 3)?;
             outcome.rpc_ms.push(rpc.as_secs_f64() * 1e3);
             eprintln!(
@@ -594,6 +604,32 @@ mod bench {
         Ok(outcome)
     }
 
+    /// Polls the embedded store (read-only, beside the serving hub: WAL mode lets a reader in) until `n` clusters
+    /// have `revision` recorded as applied; returns that instant (CLOCK_REALTIME nanoseconds).
+    fn acks_recorded(data: &Path, revision: u64, n: usize) -> anyhow::Result<u64> {
+        let path = data.join(tollgate_hub::server::store::sqlite::DATABASE_FILE);
+        let db = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("opening {}", path.display()))?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        let revision = i64::try_from(revision)?;
+        let deadline = Instant::now() + REACHED_TIMEOUT;
+        loop {
+            let recorded: i64 = db.query_row(
+                "SELECT COUNT(*) FROM clusters WHERE applied_revision >= ?1",
+                [revision],
+                |row| row.get(0),
+            )?;
+            if usize::try_from(recorded)? >= n {
+                return Ok(now_ns());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "only {recorded} of {n} acknowledgements of revision {revision} recorded"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn report(outcome: &Outcome) {
         let n = outcome.n;
         let (last_p50, last_p99) = p50_p99(&outcome.last_ms);
@@ -636,6 +672,13 @@ mod bench {
             (outcome.rss_after_applies_kib as f64 - outcome.rss_idle_kib as f64) / n as f64
         );
         println!("   reconnects during the applies (streams dropped): {}", outcome.drops);
+        if !outcome.acks_recorded_ms.is_empty() {
+            let (p50, _) = p50_p99(&outcome.acks_recorded_ms);
+            println!(
+                "   all {n} acknowledgements in the store after the last receipt: median {p50:.1} ms  max {:.1} ms",
+                outcome.acks_recorded_ms.iter().copied().fold(0.0, f64::max)
+            );
+        }
         if let Some(storm) = &outcome.storm {
             println!(
                 "   reconnect storm: serving after {:.0} ms, all {n} back with their intent after {:.2} s \

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::DynamicObject;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_common::Intent;
 use tollgate_common::planner::{
@@ -156,6 +156,7 @@ pub struct Reconciler {
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    reporter: Reporter,
     recorder: Recorder,
     resolver: Resolver,
     reported: HashMap<(String, String), Vec<(String, String)>>,
@@ -208,14 +209,15 @@ impl Reconciler {
         client: Client,
         settings: Settings,
         metrics: Arc<Metrics>,
-        recorder: Recorder,
+        reporter: Reporter,
         resolver: Resolver,
     ) -> Self {
         Self {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
             client,
             settings,
             metrics,
-            recorder,
+            reporter,
             resolver,
             reported: HashMap::new(),
             index: IncrementalPlan::default(),
@@ -389,7 +391,17 @@ impl Reconciler {
             &changes.removed.iter().chain(&staged.gone).cloned().collect(),
             full,
         );
-        publish(&self.recorder, events).await;
+        // kube's recorder keeps every Event it published for six minutes, to count repeats as a series, and scans them
+        // all on every publish: a pass that changes thousands of agents (the first one, a new intent) publishes
+        // through a recorder of its own, dropped after the pass, so the long-lived one stays small.
+        let batch_recorder;
+        let recorder = if events.len() > LARGE_EVENT_BATCH {
+            batch_recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+            &batch_recorder
+        } else {
+            &self.recorder
+        };
+        publish(recorder, events).await;
         if !hold {
             let failed = self.annotate(&focus_runtimes, &view, intent.revision).await;
             self.pending.extend(failed);
@@ -1187,6 +1199,9 @@ fn problem_events(
 }
 
 /// Publishes Events, a few at a time; a failure is logged, not retried.
+/// More Events than this in one pass are published through a recorder of the pass's own.
+const LARGE_EVENT_BATCH: usize = 256;
+
 async fn publish(recorder: &Recorder, events: Vec<(ObjectReference, Event)>) {
     futures::stream::iter(events.into_iter().map(|(reference, event)| async move {
         if let Err(error) = recorder.publish(&event, &reference).await {

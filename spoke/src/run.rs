@@ -393,13 +393,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         controller: "tollgate-spoke".into(),
         instance: std::env::var("HOSTNAME").ok().or(Some(cluster_id.clone())),
     };
-    let recorder = Recorder::new(client.clone(), reporter);
+    // The conditions' Events; the reconciler makes its own recorder(s) from the same reporter.
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     // The spoke's own conditions, published as Events on its intent ConfigMap, metrics and to the hub.
     let persisted = PersistedIntent::new(client.clone(), &spoke_namespace, &intent_configmap);
     let conditions = Conditions::default();
     tasks.spawn(crate::conditions::publish(
         conditions.subscribe(),
-        recorder.clone(),
+        recorder,
         persisted.reference(),
         metrics.clone(),
     ));
@@ -451,7 +452,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let resolver = Resolver::new(resolver_settings, trigger.clone(), metrics.clone());
     tasks.spawn(resolver.clone().refresh());
     let full_resync = settings.full_resync;
-    let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), recorder, resolver);
+    let mut reconciler = Reconciler::new(client.clone(), settings, metrics.clone(), reporter, resolver);
     let mut backoff = Backoff::default();
     // Without a hub nothing reads the inventory.
     let mut inventory_cache = has_hub.then(Inventory::default);
