@@ -26,6 +26,7 @@ pub mod facts;
 pub mod fqdn;
 pub mod hub_client;
 pub mod local_rules;
+pub mod managed;
 pub mod membership;
 pub mod metrics;
 pub mod reconcile;

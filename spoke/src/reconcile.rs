@@ -23,6 +23,7 @@ use crate::agent_runtime::ObservedRuntime;
 use crate::anp::{AdminNetworkPolicy, Capabilities};
 use crate::diff::{ObservedPolicy, needs_apply};
 use crate::fqdn::{Resolver, Snapshot};
+use crate::managed::{self, ManagedPolicies};
 use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
 use crate::retry::ErrorKind;
 use crate::world::World;
@@ -141,9 +142,13 @@ struct ClusterInputs {
 /// object's `Arc` on every event).
 #[derive(Debug, Default)]
 struct Seen {
-    policies: HashMap<Key, Arc<ObservedPolicy>>,
     others: HashMap<Key, Arc<NetworkPolicy>>,
     admin: HashMap<String, Arc<AdminNetworkPolicy>>,
+}
+
+/// An object's address, its identity in a reflector store (every event replaces the `Arc`).
+fn address<T>(object: &Arc<T>) -> usize {
+    Arc::as_ptr(object) as usize
 }
 
 /// Whether `now` holds a different object for `key` than `before` did.
@@ -164,8 +169,9 @@ pub struct Reconciler {
     index: IncrementalPlan,
     /// What each agent's input was built from, by namespace and name.
     built: HashMap<String, HashMap<String, Sources>>,
-    /// The pass number, to tell which agents a pass saw.
-    generation: u64,
+    /// Each AgentRuntime object an input was built from, by its address (held, so the address is not reused): a
+    /// pass finds the AgentRuntimes that changed, appeared or went without a lookup by name.
+    built_at: HashMap<usize, Arc<ObservedRuntime>>,
     /// The namespaces, workloads and AgentCards the last pass saw.
     dependencies: Dependencies,
     /// The cluster-wide inputs of the last pass.
@@ -175,6 +181,8 @@ pub struct Reconciler {
     /// The next moment an agent's card turns stale under `--max-card-age` (Unix seconds), as of the last pass.
     next_stale: Option<i64>,
     seen: Seen,
+    /// The managed NetworkPolicies, as of this pass.
+    policies: ManagedPolicies,
     /// Agents whose writes failed: looked at again by the next pass.
     pending: HashSet<Key>,
     /// Agents whose egress other NetworkPolicies widen (marked when an AdminNetworkPolicy overrides them).
@@ -222,12 +230,13 @@ impl Reconciler {
             reported: HashMap::new(),
             index: IncrementalPlan::default(),
             built: HashMap::new(),
-            generation: 0,
+            built_at: HashMap::new(),
             dependencies: Dependencies::default(),
             cluster: None,
             last_resync: None,
             next_stale: None,
             seen: Seen::default(),
+            policies: ManagedPolicies::default(),
             pending: HashSet::new(),
             widened: HashMap::new(),
             enforced: HashSet::new(),
@@ -299,13 +308,10 @@ impl Reconciler {
                 hold,
             });
         }
-        let existing: HashMap<Key, Arc<ObservedPolicy>> = world
+        let policy_changes = self
             .policies
-            .iter()
-            .flat_map(|s| s.state())
-            .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), p))
-            .collect();
-        let touched = self.observe(world, &existing);
+            .update(world.policies.iter().flat_map(|s| s.state()).collect());
+        let touched = self.observe(world, &policy_changes);
         let focus: Option<HashSet<Key>> = (!full).then(|| {
             let mut focus = touched;
             focus.extend(staged.touched);
@@ -320,7 +326,6 @@ impl Reconciler {
         if resync_due {
             self.last_resync = Some(Instant::now());
         }
-        let covers = |key: &Key| focus.as_ref().is_none_or(|f| f.contains(key));
         let view = View::of(&self.index, focus.as_ref());
         let widened = widening(world, &view);
         // Agents whose target cannot be read have no policy in the plan; the policies they had are kept.
@@ -336,7 +341,7 @@ impl Reconciler {
             ..PassReport::default()
         };
         let mode_changes = self
-            .apply_network_policies(&view, &existing, hold, &unplanned, &mut report)
+            .apply_network_policies(&view, &policy_changes, focus.as_ref(), hold, &unplanned, &mut report)
             .await;
         let mut admin = self.reconcile_admin(world, &view, hold, &unplanned).await;
         report.written += admin.written;
@@ -372,9 +377,19 @@ impl Reconciler {
             .agents_widened
             .set(self.widened.keys().filter(|k| !self.enforced.contains(*k)).count() as i64);
         let view = View::of(&self.index, focus.as_ref());
+        let focus_names: Option<HashSet<(&str, &str)>> = focus
+            .as_ref()
+            .map(|f| f.iter().map(|(ns, name)| (ns.as_str(), name.as_str())).collect());
         let focus_runtimes: Vec<Arc<ObservedRuntime>> = runtimes
             .iter()
-            .filter(|rt| covers(&(rt.namespace().unwrap_or_default(), rt.name_any())))
+            .filter(|rt| {
+                let meta = rt.meta();
+                let key = (
+                    meta.namespace.as_deref().unwrap_or_default(),
+                    meta.name.as_deref().unwrap_or_default(),
+                );
+                focus_names.as_ref().is_none_or(|f| f.contains(&key))
+            })
             .cloned()
             .collect();
         let events = problem_events(
@@ -439,16 +454,27 @@ impl Reconciler {
                 "Reconciled"
             );
         }
-        self.seen.policies = existing;
         report.facts = facts;
         report.names = names;
         report
     }
 
+    /// Whether some agent's plan has the NetworkPolicy `key` (policies are named after their workload).
+    fn desired(&self, key: &Key) -> bool {
+        let Some(target) = key.1.strip_suffix(self.settings.planner.name_suffix.as_str()) else {
+            return false;
+        };
+        self.index
+            .workload_agents(&key.0, target)
+            .iter()
+            .filter_map(|agent| self.index.get(agent)?.policy.as_ref())
+            .any(|p| p.metadata.namespace.as_ref() == Some(&key.0) && p.metadata.name.as_ref() == Some(&key.1))
+    }
+
     /// The agents a watch event touched since the last pass through their own objects: their NetworkPolicy or
     /// AdminNetworkPolicy changed, appeared or went, or a NetworkPolicy of their namespace that is not the spoke's
     /// did (it may widen them). Their AgentRuntimes are compared in [`Self::stage_inputs`].
-    fn observe(&mut self, world: &World, existing: &HashMap<Key, Arc<ObservedPolicy>>) -> HashSet<Key> {
+    fn observe(&mut self, world: &World, policy_changes: &[managed::Change]) -> HashSet<Key> {
         let mut touched = HashSet::new();
         // The agents an object of theirs may be: the one its label names now, the one it named before (a relabelled
         // policy), and the agents whose policy bears its name (labels can be edited; names cannot).
@@ -465,15 +491,8 @@ impl Reconciler {
             }
             owners
         };
-        for (key, policy) in existing {
-            if moved(&self.seen.policies, key, policy) {
-                touched.extend(owners(key, Some(policy), self.seen.policies.get(key)));
-            }
-        }
-        for (key, policy) in &self.seen.policies {
-            if !existing.contains_key(key) {
-                touched.extend(owners(key, None, Some(policy)));
-            }
+        for change in policy_changes {
+            touched.extend(owners(&change.key, change.now.as_deref(), change.before.as_ref()));
         }
         let others: HashMap<Key, Arc<NetworkPolicy>> = world
             .others
@@ -549,23 +568,13 @@ impl Reconciler {
     async fn apply_network_policies(
         &self,
         view: &View<'_>,
-        existing: &HashMap<Key, Arc<ObservedPolicy>>,
+        policy_changes: &[managed::Change],
+        focus: Option<&HashSet<Key>>,
         hold: bool,
         unplanned: &HashSet<Key>,
         report: &mut PassReport,
     ) -> HashMap<Key, (Option<Mode>, Mode)> {
-        // Every agent's policy, for the sweep (not only the ones looked at).
-        let desired_keys: HashSet<(&str, &str)> = self
-            .index
-            .agents()
-            .filter_map(|a| a.policy.as_ref())
-            .map(|p| {
-                (
-                    p.metadata.namespace.as_deref().unwrap_or_default(),
-                    p.metadata.name.as_deref().unwrap_or_default(),
-                )
-            })
-            .collect();
+        let existing = &self.policies;
 
         let writes: Vec<(Key, NetworkPolicy, Option<Arc<ObservedPolicy>>)> = view
             .agents
@@ -583,19 +592,37 @@ impl Reconciler {
             .collect();
         // The sweep: only policies carrying both Tollgate labels that no agent has any more, each deleted only if it
         // is still the object observed (UID precondition). A policy that merely copies the managed-by label, or
-        // that belongs to an agent whose target cannot be read, stays.
+        // that belongs to an agent whose target cannot be read, stays. A pass that looks at every agent sweeps every
+        // policy; another can only have orphaned the policies that changed since the last pass and those of the
+        // agents it looks at (an agent gone, or whose policy is now named after another workload).
         let deletes: Vec<(Key, String)> = if hold {
             Vec::new()
         } else {
-            existing
-                .iter()
-                .filter(|(key, _)| !desired_keys.contains(&(key.0.as_str(), key.1.as_str())))
-                .filter_map(|(key, policy)| {
-                    let agent = policy.labels().get(LABEL_AGENT)?;
-                    let owner = (key.0.clone(), agent.clone());
-                    (!unplanned.contains(&owner)).then(|| (key.clone(), policy.uid().unwrap_or_default()))
-                })
-                .collect()
+            let orphan = |key: &Key, policy: &ObservedPolicy| {
+                if self.desired(key) {
+                    return None;
+                }
+                let agent = policy.labels().get(LABEL_AGENT)?;
+                let owner = (key.0.clone(), agent.clone());
+                (!unplanned.contains(&owner)).then(|| (key.clone(), policy.uid().unwrap_or_default()))
+            };
+            match focus {
+                None => existing
+                    .iter()
+                    .filter_map(|(key, policy)| orphan(key, policy))
+                    .collect(),
+                Some(focus) => {
+                    let candidates: BTreeSet<Key> = policy_changes
+                        .iter()
+                        .map(|c| c.key.clone())
+                        .chain(focus.iter().flat_map(|agent| existing.of_agent(agent)))
+                        .collect();
+                    candidates
+                        .iter()
+                        .filter_map(|key| orphan(key, existing.get(key)?))
+                        .collect()
+                }
+            }
         };
 
         let client = &self.client;
@@ -921,33 +948,19 @@ impl Reconciler {
         now_unix: i64,
         rebuild: bool,
     ) -> Staged {
-        // When no namespace, workload or AgentCard changed, an agent whose AgentRuntime is the same object needs no
-        // lookup at all: the common pass after one agent's change touches nothing else.
+        // When no namespace, workload or AgentCard changed and no card turned stale, an agent whose AgentRuntime is
+        // the same object needs no lookup at all: the common pass after one agent's change touches nothing else.
         let dependencies_moved = self.dependencies.moved(world);
-        self.generation += 1;
-        let generation = self.generation;
+        let stale_due = self.next_stale.is_some_and(|at| at <= now_unix);
+        let look_at_all = rebuild || dependencies_moved || stale_due;
+        let present: HashSet<usize> = runtimes.iter().map(address).collect();
         let mut touched = HashSet::new();
-        let mut remaining = Vec::with_capacity(runtimes.len());
-        for runtime in runtimes {
-            let meta = runtime.meta();
-            let (ns, name) = (
-                meta.namespace.as_deref().unwrap_or_default(),
-                meta.name.as_deref().unwrap_or_default(),
-            );
-            match self.built.get_mut(ns).and_then(|by_name| by_name.get_mut(name)) {
-                Some(built)
-                    if !rebuild
-                        && !dependencies_moved
-                        && Arc::ptr_eq(&built.runtime, runtime)
-                        && built.stale_at.is_none_or(|at| at > now_unix) =>
-                {
-                    built.generation = generation;
-                }
-                _ => remaining.push(runtime),
-            }
-        }
+        let remaining: Vec<&Arc<ObservedRuntime>> = runtimes
+            .iter()
+            .filter(|runtime| look_at_all || !self.built_at.contains_key(&address(runtime)))
+            .collect();
         if remaining.is_empty() {
-            let gone = self.sweep_built(generation, &mut touched);
+            let gone = self.sweep_built(&present, &mut touched);
             self.index.stage(Vec::new(), gone.clone());
             self.next_stale = self.next_stale.filter(|at| *at > now_unix);
             return Staged {
@@ -1004,7 +1017,6 @@ impl Reconciler {
                             .map(|f| f.saturating_add(age.as_secs() as i64 + 1))
                     })
                     .filter(|at| *at > now_unix),
-                generation,
             };
             let unchanged = self.built.get(&key.0).and_then(|by_name| by_name.get(&key.1));
             if unchanged.is_none_or(|b| !Arc::ptr_eq(&b.runtime, runtime)) {
@@ -1012,8 +1024,8 @@ impl Reconciler {
             }
             let fresh = unchanged.is_some_and(|b| b.same(&sources) && b.stale_at.is_none_or(|at| at > now_unix));
             if fresh && !rebuild {
-                // Built from the same objects: kept, as seen by this pass.
-                self.built.entry(key.0).or_default().insert(key.1, sources);
+                // Built from the same objects: kept.
+                self.remember(key, sources);
                 continue;
             }
             let mut namespace_labels = sources
@@ -1042,18 +1054,20 @@ impl Reconciler {
                 // Its target cannot be read: no input (its policies are kept, see `unplanned`).
                 None => unplannable.push(key.clone()),
             }
-            self.built.entry(key.0).or_default().insert(key.1, sources);
+            self.remember(key, sources);
         }
-        let gone = self.sweep_built(generation, &mut touched);
+        let gone = self.sweep_built(&present, &mut touched);
         let mut removals = unplannable;
         removals.extend(gone.iter().cloned());
         let inputs = self.index.stage(upserts, removals);
-        self.next_stale = self
-            .built
-            .values()
-            .flat_map(|by_name| by_name.values())
-            .filter_map(|b| b.stale_at)
-            .min();
+        if self.settings.max_card_age.is_some() {
+            self.next_stale = self
+                .built
+                .values()
+                .flat_map(|by_name| by_name.values())
+                .filter_map(|b| b.stale_at)
+                .min();
+        }
         Staged { touched, gone, inputs }
     }
 
@@ -1063,19 +1077,38 @@ impl Reconciler {
             .map(|at| Duration::from_secs(u64::try_from(at.saturating_sub(now_unix)).unwrap_or(0)))
     }
 
-    /// Forgets the agents whose AgentRuntime this pass did not see (an older `generation`): they are gone.
-    fn sweep_built(&mut self, generation: u64, touched: &mut HashSet<Key>) -> Vec<Key> {
-        let mut gone = Vec::new();
-        for (namespace, by_name) in &mut self.built {
-            by_name.retain(|name, built| {
-                let keep = built.generation == generation;
-                if !keep {
-                    gone.push((namespace.clone(), name.clone()));
-                }
-                keep
-            });
+    /// Keeps what an agent's input was built from, in place of what it was built from before.
+    fn remember(&mut self, key: Key, sources: Sources) {
+        let runtime = sources.runtime.clone();
+        if let Some(before) = self.built.entry(key.0).or_default().insert(key.1, sources) {
+            self.built_at.remove(&address(&before.runtime));
         }
-        self.built.retain(|_, by_name| !by_name.is_empty());
+        self.built_at.insert(address(&runtime), runtime);
+    }
+
+    /// Forgets the agents whose AgentRuntime object is no longer `present` and was not replaced by another: they
+    /// are gone.
+    fn sweep_built(&mut self, present: &HashSet<usize>, touched: &mut HashSet<Key>) -> Vec<Key> {
+        let went: Vec<usize> = self
+            .built_at
+            .keys()
+            .filter(|at| !present.contains(at))
+            .copied()
+            .collect();
+        let mut gone = Vec::with_capacity(went.len());
+        for at in went {
+            let Some(runtime) = self.built_at.remove(&at) else {
+                continue;
+            };
+            let key = (runtime.namespace().unwrap_or_default(), runtime.name_any());
+            if let Some(by_name) = self.built.get_mut(&key.0) {
+                by_name.remove(&key.1);
+                if by_name.is_empty() {
+                    self.built.remove(&key.0);
+                }
+            }
+            gone.push(key);
+        }
         touched.extend(gone.iter().cloned());
         gone
     }
@@ -1534,8 +1567,6 @@ struct Sources {
     cards: Vec<Arc<DynamicObject>>,
     /// When its card turns stale under `--max-card-age` (Unix seconds).
     stale_at: Option<i64>,
-    /// The last pass that saw its AgentRuntime.
-    generation: u64,
 }
 
 impl Sources {

@@ -339,6 +339,32 @@ async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<
     runtimes.delete("removed", &DeleteParams::default()).await?;
     wait_for_deletion(&api, "removed-signature-policy", WAIT).await?;
 
+    // An agent retargeted to another workload: its policy is named after the new one, the old one is swept.
+    runtimes
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"targetRef": {"name": "kept-v2"}}})),
+        )
+        .await?;
+    wait_policy(
+        &client,
+        "kept-v2-signature-policy",
+        "named after the new workload",
+        |p| mode(p) == "allow-all",
+    )
+    .await?;
+    wait_for_deletion(&api, "kept-signature-policy", WAIT).await?;
+
+    // A stray policy with both labels, for an agent that does not exist, appears while the spoke runs: swept.
+    let stray: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"name": "stray-signature-policy", "namespace": NS,
+                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "stray"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+    }))?;
+    api.create(&PostParams::default(), &stray).await?;
+    wait_for_deletion(&api, "stray-signature-policy", WAIT).await?;
+
     let unmanaged = api.get("team-default-deny").await?;
     assert_eq!(
         unmanaged.labels(),
