@@ -24,7 +24,7 @@ use crate::verification::Verification;
 
 pub use baseline::Baseline;
 use guardrail::Guardrails;
-pub use incremental::{AgentKey, Changes, IncrementalPlan};
+pub use incremental::{AgentKey, Changes, IncrementalPlan, KeptAgent, KeptPolicy};
 
 /// `app.kubernetes.io/managed-by` value on every NetworkPolicy the spoke writes.
 pub const MANAGED_BY: &str = "tollgate-spoke";

@@ -15,7 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use tollgate_common::Intent;
 use tollgate_common::planner::{
-    self, AgentOutcome, ClusterProblem, IncrementalPlan, LABEL_AGENT, LABEL_MODE, Mode, PlannedAgent, PlannerConfig,
+    self, AgentOutcome, ClusterProblem, IncrementalPlan, KeptAgent, LABEL_AGENT, LABEL_MODE, Mode, PlannerConfig,
 };
 use tollgate_common::verification::{AgentCardStatus, VerificationSettings};
 
@@ -103,7 +103,7 @@ pub struct PassReport {
 
 /// The agents of a pass: the plans it looks at, and the cluster's problems.
 struct View<'a> {
-    agents: Vec<&'a PlannedAgent>,
+    agents: Vec<&'a KeptAgent>,
     problems: &'a [ClusterProblem],
 }
 
@@ -245,12 +245,12 @@ impl Reconciler {
     }
 
     /// Every agent's plan, by namespace then name.
-    pub fn planned(&self) -> impl Iterator<Item = &PlannedAgent> {
+    pub fn planned(&self) -> impl Iterator<Item = &KeptAgent> {
         self.index.agents()
     }
 
     /// The plan of one agent, as the last pass left it.
-    pub fn plan_of(&self, key: &Key) -> Option<&PlannedAgent> {
+    pub fn plan_of(&self, key: &Key) -> Option<&KeptAgent> {
         self.index.get(key)
     }
 
@@ -468,7 +468,7 @@ impl Reconciler {
             .workload_agents(&key.0, target)
             .iter()
             .filter_map(|agent| self.index.get(agent)?.policy.as_ref())
-            .any(|p| p.metadata.namespace.as_ref() == Some(&key.0) && p.metadata.name.as_ref() == Some(&key.1))
+            .any(|p| p.namespace() == key.0 && p.name() == key.1)
     }
 
     /// The agents a watch event touched since the last pass through their own objects: their NetworkPolicy or
@@ -576,20 +576,6 @@ impl Reconciler {
     ) -> HashMap<Key, (Option<Mode>, Mode)> {
         let existing = &self.policies;
 
-        let writes: Vec<(Key, NetworkPolicy, Option<Arc<ObservedPolicy>>)> = view
-            .agents
-            .iter()
-            .filter_map(|a| {
-                let desired = a.policy.as_ref()?;
-                let key = (desired.namespace().unwrap_or_default(), desired.name_any());
-                let current = existing.get(&key).cloned();
-                let allowed = !hold || current.is_none();
-                (allowed && needs_apply(desired, current.as_deref())).then(|| {
-                    let agent = (a.outcome.namespace.clone(), a.outcome.name.clone());
-                    (agent, desired.clone(), current)
-                })
-            })
-            .collect();
         // The sweep: only policies carrying both Tollgate labels that no agent has any more, each deleted only if it
         // is still the object observed (UID precondition). A policy that merely copies the managed-by label, or
         // that belongs to an agent whose target cannot be read, stays. A pass that looks at every agent sweeps every
@@ -625,20 +611,34 @@ impl Reconciler {
             }
         };
 
+        // Read back from the index as the writes go (the stream pulls the next one when one finishes), so that only
+        // the policies of the writes in flight are held whole.
+        let writes = view.agents.iter().filter_map(|a| {
+            let kept = a.policy.as_ref()?;
+            let key = (kept.namespace().to_string(), kept.name().to_string());
+            let current = existing.get(&key).cloned();
+            if hold && current.is_some() {
+                return None;
+            }
+            let desired = kept.policy();
+            needs_apply(&desired, current.as_deref()).then(|| {
+                let agent = (a.outcome.namespace.clone(), a.outcome.name.clone());
+                (agent, key, desired, current)
+            })
+        });
         let client = &self.client;
-        let results: Vec<Written> =
-            futures::stream::iter(writes.into_iter().map(|(agent, desired, current)| async move {
-                Written {
-                    agent,
-                    key: (desired.namespace().unwrap_or_default(), desired.name_any()),
-                    before: current.as_deref().and_then(mode_of),
-                    after: mode_of(&desired),
-                    result: apply(client, &desired, current.is_some()).await,
-                }
-            }))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let results: Vec<Written> = futures::stream::iter(writes.map(|(agent, key, desired, current)| async move {
+            Written {
+                agent,
+                key,
+                before: current.as_deref().and_then(mode_of),
+                after: mode_of(&desired),
+                result: apply(client, &desired, current.is_some()).await,
+            }
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
         let mut mode_changes: HashMap<Key, (Option<Mode>, Mode)> = HashMap::new();
         for Written {
             agent,
@@ -728,7 +728,7 @@ impl Reconciler {
                     &outcome.namespace,
                     &outcome.name,
                     outcome.mode,
-                    policy,
+                    &policy.policy(),
                     settings.priority,
                     &settings.capabilities,
                 ) {
@@ -1295,7 +1295,7 @@ fn widening(world: &World, view: &View<'_>) -> HashMap<Key, Vec<String>> {
         .filter_map(|a| {
             let (o, policy) = (&a.outcome, a.policy.as_ref()?);
             let candidates = by_namespace.get(o.namespace.as_str())?;
-            let by = tollgate_common::widening::widened_by(policy, candidates.iter().copied());
+            let by = tollgate_common::widening::widened_by(&policy.policy(), candidates.iter().copied());
             (!by.is_empty()).then(|| ((o.namespace.clone(), o.name.clone()), by))
         })
         .collect()

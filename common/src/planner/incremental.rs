@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::{Agent, ClusterProblem, Plan, PlannedAgent, Planner, Problem};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::{Agent, AgentOutcome, ClusterProblem, Plan, PlannedAgent, Planner, Problem};
 
 /// An agent: (namespace, name).
 pub type AgentKey = (String, String);
@@ -20,7 +22,7 @@ type Workload = (String, String);
 #[derive(Clone, Debug, Default)]
 pub struct IncrementalPlan {
     inputs: BTreeMap<AgentKey, Agent>,
-    planned: BTreeMap<AgentKey, PlannedAgent>,
+    planned: BTreeMap<AgentKey, KeptAgent>,
     /// Agent names by the workload their policy is named after.
     workloads: HashMap<Workload, BTreeSet<String>>,
     problems: Vec<ClusterProblem>,
@@ -28,6 +30,58 @@ pub struct IncrementalPlan {
     dirty: BTreeSet<Workload>,
     /// Agents removed since the last plan.
     removed: BTreeSet<AgentKey>,
+}
+
+/// A planned NetworkPolicy as the index keeps it: its JSON text, with its namespace and name. A whole
+/// `NetworkPolicy` costs ~4.5 KiB, mostly in label-selector maps; the text ~1.3 KiB. A pass reads the policies of
+/// the few agents it looks at ([`KeptPolicy::policy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptPolicy {
+    namespace: String,
+    name: String,
+    json: Box<str>,
+}
+
+impl KeptPolicy {
+    pub fn new(policy: &NetworkPolicy) -> Self {
+        Self {
+            namespace: policy.metadata.namespace.clone().unwrap_or_default(),
+            name: policy.metadata.name.clone().unwrap_or_default(),
+            json: serde_json::to_string(policy)
+                .expect("a NetworkPolicy serializes to JSON")
+                .into_boxed_str(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The policy, read back from its text.
+    pub fn policy(&self) -> NetworkPolicy {
+        serde_json::from_str(&self.json).expect("the text was written from a NetworkPolicy")
+    }
+}
+
+/// One agent's plan as the index keeps it ([`PlannedAgent`] with a [`KeptPolicy`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptAgent {
+    pub outcome: AgentOutcome,
+    pub policy: Option<KeptPolicy>,
+}
+
+impl KeptAgent {
+    /// The plan with its whole policy.
+    pub fn planned(&self) -> PlannedAgent {
+        PlannedAgent {
+            outcome: self.outcome.clone(),
+            policy: self.policy.as_ref().map(KeptPolicy::policy),
+        }
+    }
 }
 
 /// The agents whose plan an update changed or removed.
@@ -179,9 +233,9 @@ impl IncrementalPlan {
             let planned = match owner {
                 None => {
                     owner = Some(name);
-                    PlannedAgent {
+                    KeptAgent {
                         outcome,
-                        policy: Some(policy),
+                        policy: Some(KeptPolicy::new(&policy)),
                     }
                 }
                 Some(owner) => {
@@ -190,7 +244,7 @@ impl IncrementalPlan {
                         policy,
                         owner: owner.to_string(),
                     });
-                    PlannedAgent { outcome, policy: None }
+                    KeptAgent { outcome, policy: None }
                 }
             };
             if self.planned.get(&key) != Some(&planned) {
@@ -202,12 +256,12 @@ impl IncrementalPlan {
     }
 
     /// The plan of one agent.
-    pub fn get(&self, key: &AgentKey) -> Option<&PlannedAgent> {
+    pub fn get(&self, key: &AgentKey) -> Option<&KeptAgent> {
         self.planned.get(key)
     }
 
     /// Every agent's plan, by namespace then name.
-    pub fn agents(&self) -> impl Iterator<Item = &PlannedAgent> {
+    pub fn agents(&self) -> impl Iterator<Item = &KeptAgent> {
         self.planned.values()
     }
 
@@ -232,7 +286,7 @@ impl IncrementalPlan {
     /// The whole plan, as [`super::plan`] returns it.
     pub fn plan(&self) -> Plan {
         Plan {
-            agents: self.planned.values().cloned().collect(),
+            agents: self.planned.values().map(KeptAgent::planned).collect(),
             problems: self.problems.clone(),
         }
     }
