@@ -407,16 +407,18 @@ impl Reconciler {
             full,
         );
         // kube's recorder keeps every Event it published for six minutes, to count repeats as a series, and scans them
-        // all on every publish: a pass that changes thousands of agents (the first one, a new intent) publishes
-        // through a recorder of its own, dropped after the pass, so the long-lived one stays small.
-        let batch_recorder;
-        let recorder = if events.len() > LARGE_EVENT_BATCH {
-            batch_recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-            &batch_recorder
+        // all on every publish: a pass that changes thousands of agents (the first one, a new intent) publishes them
+        // in chunks, each through a recorder of its own dropped after it, so no recorder holds more than one chunk.
+        if events.len() > LARGE_EVENT_BATCH {
+            let mut events = events;
+            while !events.is_empty() {
+                let rest = events.split_off(events.len().min(LARGE_EVENT_BATCH));
+                let chunk = std::mem::replace(&mut events, rest);
+                publish(&Recorder::new(self.client.clone(), self.reporter.clone()), chunk).await;
+            }
         } else {
-            &self.recorder
-        };
-        publish(recorder, events).await;
+            publish(&self.recorder, events).await;
+        }
         if !hold {
             let failed = self.annotate(&focus_runtimes, &view, intent.revision).await;
             self.pending.extend(failed);
@@ -1232,7 +1234,7 @@ fn problem_events(
 }
 
 /// Publishes Events, a few at a time; a failure is logged, not retried.
-/// More Events than this in one pass are published through a recorder of the pass's own.
+/// More Events than this in one pass are published in chunks of this many, each through a recorder of its own.
 const LARGE_EVENT_BATCH: usize = 256;
 
 async fn publish(recorder: &Recorder, events: Vec<(ObjectReference, Event)>) {
