@@ -2,7 +2,7 @@
 //! report problems as Events. Level-triggered: it never looks at which event woke it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -169,9 +169,10 @@ pub struct Reconciler {
     index: IncrementalPlan,
     /// What each agent's input was built from, by namespace and name.
     built: HashMap<String, HashMap<String, Sources>>,
-    /// Each AgentRuntime object an input was built from, by its address (held, so the address is not reused): a
-    /// pass finds the AgentRuntimes that changed, appeared or went without a lookup by name.
-    built_at: HashMap<usize, Arc<ObservedRuntime>>,
+    /// The agent of each AgentRuntime object an input was built from, by the object's address (`built` holds a
+    /// `Weak` to it, so the address is not reused): a pass finds the AgentRuntimes that changed, appeared or went
+    /// without a lookup by name.
+    built_at: HashMap<usize, Key>,
     /// The namespaces, workloads and AgentCards the last pass saw.
     dependencies: Dependencies,
     /// The cluster-wide inputs of the last pass.
@@ -864,23 +865,21 @@ impl Reconciler {
             .iter()
             .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
             .collect();
-        let patches: Vec<(Key, BTreeMap<String, String>)> = view
-            .outcomes()
-            .filter_map(|outcome| {
-                let key = (outcome.namespace.clone(), outcome.name.clone());
-                let runtime = by_key.get(&key)?;
-                let by = widened.get(&key).map_or(&[][..], Vec::as_slice);
-                let desired = egress_annotations(outcome, revision, by);
-                let observed = runtime.annotations();
-                // An annotation left out of the apply is removed by it (this field manager owned it).
-                let current = desired.iter().all(|(k, v)| observed.get(k) == Some(v))
-                    && (desired.contains_key(ANNOTATION_WIDENED_BY) || !observed.contains_key(ANNOTATION_WIDENED_BY));
-                (!current).then_some((key, desired))
-            })
-            .collect();
+        // Built as the stream pulls them, so that a pass that annotates every agent does not hold every patch.
+        let patches = view.outcomes().filter_map(|outcome| {
+            let key = (outcome.namespace.clone(), outcome.name.clone());
+            let runtime = by_key.get(&key)?;
+            let by = widened.get(&key).map_or(&[][..], Vec::as_slice);
+            let desired = egress_annotations(outcome, revision, by);
+            let observed = runtime.annotations();
+            // An annotation left out of the apply is removed by it (this field manager owned it).
+            let current = desired.iter().all(|(k, v)| observed.get(k) == Some(v))
+                && (desired.contains_key(ANNOTATION_WIDENED_BY) || !observed.contains_key(ANNOTATION_WIDENED_BY));
+            (!current).then_some((key, desired))
+        });
         let client = &self.client;
         let results: Vec<(Key, Result<(), kube::Error>)> =
-            futures::stream::iter(patches.into_iter().map(|(key, annotations)| async move {
+            futures::stream::iter(patches.map(|(key, annotations)| async move {
                 let api: Api<ObservedRuntime> = Api::namespaced(client.clone(), &key.0);
                 let patch = serde_json::json!({
                     "apiVersion": "agent.kagenti.dev/v1alpha1",
@@ -1002,7 +1001,7 @@ impl Reconciler {
                 ObservedRuntime::Malformed(m) => m.target_kind.as_deref().zip(m.target_name.as_deref()),
             };
             let sources = Sources {
-                runtime: runtime.clone(),
+                runtime: Arc::downgrade(runtime),
                 namespace: namespaces.get(&key.0).cloned(),
                 workload: target.and_then(|(kind, name)| workload(world, kind, &key.0, name)),
                 cards: target
@@ -1021,7 +1020,7 @@ impl Reconciler {
                     .filter(|at| *at > now_unix),
             };
             let unchanged = self.built.get(&key.0).and_then(|by_name| by_name.get(&key.1));
-            if unchanged.is_none_or(|b| !Arc::ptr_eq(&b.runtime, runtime)) {
+            if unchanged.is_none_or(|b| !std::ptr::eq(b.runtime.as_ptr(), Arc::as_ptr(runtime))) {
                 touched.insert(key.clone());
             }
             let fresh = unchanged.is_some_and(|b| b.same(&sources) && b.stale_at.is_none_or(|at| at > now_unix));
@@ -1081,11 +1080,12 @@ impl Reconciler {
 
     /// Keeps what an agent's input was built from, in place of what it was built from before.
     fn remember(&mut self, key: Key, sources: Sources) {
-        let runtime = sources.runtime.clone();
-        if let Some(before) = self.built.entry(key.0).or_default().insert(key.1, sources) {
-            self.built_at.remove(&address(&before.runtime));
+        let at = sources.runtime.as_ptr() as usize;
+        let by_name = self.built.entry(key.0.clone()).or_default();
+        if let Some(before) = by_name.insert(key.1.clone(), sources) {
+            self.built_at.remove(&(before.runtime.as_ptr() as usize));
         }
-        self.built_at.insert(address(&runtime), runtime);
+        self.built_at.insert(at, key);
     }
 
     /// Forgets the agents whose AgentRuntime object is no longer `present` and was not replaced by another: they
@@ -1099,10 +1099,9 @@ impl Reconciler {
             .collect();
         let mut gone = Vec::with_capacity(went.len());
         for at in went {
-            let Some(runtime) = self.built_at.remove(&at) else {
+            let Some(key) = self.built_at.remove(&at) else {
                 continue;
             };
-            let key = (runtime.namespace().unwrap_or_default(), runtime.name_any());
             if let Some(by_name) = self.built.get_mut(&key.0) {
                 by_name.remove(&key.1);
                 if by_name.is_empty() {
@@ -1560,10 +1559,13 @@ impl Dependencies {
     }
 }
 
-/// The objects an agent's planner input was built from (kept, so that an unchanged object keeps its `Arc`).
+/// The objects an agent's planner input was built from, held so that their addresses are not reused (the same address
+/// is the same object).
 #[derive(Debug)]
 struct Sources {
-    runtime: Arc<ObservedRuntime>,
+    /// Weak: the object itself is freed once the store replaces it (the pass after the spoke annotated every
+    /// AgentRuntime would otherwise hold two copies of each); the allocation, and so the address, stays ours.
+    runtime: Weak<ObservedRuntime>,
     namespace: Option<Arc<Namespace>>,
     workload: Option<Workload>,
     cards: Vec<Arc<DynamicObject>>,
@@ -1574,7 +1576,7 @@ struct Sources {
 impl Sources {
     /// Whether `other` was built from the same objects.
     fn same(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.runtime, &other.runtime)
+        self.runtime.ptr_eq(&other.runtime)
             && match (&self.namespace, &other.namespace) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (None, None) => true,

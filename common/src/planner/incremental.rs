@@ -21,8 +21,9 @@ type Workload = (String, String);
 /// What a pass planned, per agent, and what it needs to plan again only what changed.
 #[derive(Clone, Debug, Default)]
 pub struct IncrementalPlan {
-    inputs: BTreeMap<AgentKey, Agent>,
-    planned: BTreeMap<AgentKey, KeptAgent>,
+    // Boxed: a B-tree node has room for eleven values inline and is often half full.
+    inputs: BTreeMap<AgentKey, Box<Agent>>,
+    planned: BTreeMap<AgentKey, Box<KeptAgent>>,
     /// Agent names by the workload their policy is named after.
     workloads: HashMap<Workload, BTreeSet<String>>,
     problems: Vec<ClusterProblem>,
@@ -135,7 +136,7 @@ impl IncrementalPlan {
         for agent in upserts {
             let key = key(&agent);
             match self.inputs.get(&key) {
-                Some(old) if *old == agent => continue,
+                Some(old) if **old == agent => continue,
                 Some(old) => {
                     let before = workload(old);
                     if before != workload(&agent) {
@@ -149,7 +150,7 @@ impl IncrementalPlan {
             self.workloads.entry(now.clone()).or_default().insert(key.1.clone());
             self.dirty.insert(now);
             staged.push(key.clone());
-            self.inputs.insert(key, agent);
+            self.inputs.insert(key, Box::new(agent));
         }
         for key in removals {
             if let Some(agent) = self.inputs.remove(&key) {
@@ -205,7 +206,7 @@ impl IncrementalPlan {
 
     /// Every agent's inputs, staged ones included.
     pub fn inputs(&self) -> impl Iterator<Item = &Agent> {
-        self.inputs.values()
+        self.inputs.values().map(|agent| &**agent)
     }
 
     /// Removes agent `name` from `workload`'s members.
@@ -247,8 +248,8 @@ impl IncrementalPlan {
                     KeptAgent { outcome, policy: None }
                 }
             };
-            if self.planned.get(&key) != Some(&planned) {
-                self.planned.insert(key.clone(), planned);
+            if self.planned.get(&key).is_none_or(|old| **old != planned) {
+                self.planned.insert(key.clone(), Box::new(planned));
                 changed.push(key);
             }
         }
@@ -257,17 +258,17 @@ impl IncrementalPlan {
 
     /// The plan of one agent.
     pub fn get(&self, key: &AgentKey) -> Option<&KeptAgent> {
-        self.planned.get(key)
+        self.planned.get(key).map(|planned| &**planned)
     }
 
     /// Every agent's plan, by namespace then name.
     pub fn agents(&self) -> impl Iterator<Item = &KeptAgent> {
-        self.planned.values()
+        self.planned.values().map(|planned| &**planned)
     }
 
     /// The planner's input for one agent, as last given.
     pub fn input(&self, key: &AgentKey) -> Option<&Agent> {
-        self.inputs.get(key)
+        self.inputs.get(key).map(|agent| &**agent)
     }
 
     /// The cluster-wide problems of the last full plan.
@@ -286,7 +287,7 @@ impl IncrementalPlan {
     /// The whole plan, as [`super::plan`] returns it.
     pub fn plan(&self) -> Plan {
         Plan {
-            agents: self.planned.values().map(KeptAgent::planned).collect(),
+            agents: self.planned.values().map(|planned| planned.planned()).collect(),
             problems: self.problems.clone(),
         }
     }
