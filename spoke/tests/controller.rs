@@ -265,13 +265,16 @@ async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<
     let cluster = &cp.clusters()[0];
     let client = cluster.client();
     let api = policies(&client);
+    // A policy with both Tollgate labels, for an agent that does not exist.
+    let orphan = |agent: &str| -> serde_json::Result<NetworkPolicy> {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{agent}-signature-policy"), "namespace": NS,
+                         "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": agent}},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+        }))
+    };
     // Before the spoke starts: an orphan it once wrote, and a policy it never managed.
-    let orphan: NetworkPolicy = serde_json::from_value(json!({
-        "metadata": {"name": "gone-signature-policy", "namespace": NS,
-                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "gone"}},
-        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
-    }))?;
-    api.create(&PostParams::default(), &orphan).await?;
+    api.create(&PostParams::default(), &orphan("gone")?).await?;
     let unmanaged: NetworkPolicy = serde_json::from_value(json!({
         "metadata": {"name": "team-default-deny", "namespace": NS},
         "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
@@ -357,12 +360,7 @@ async fn drift_repair_deletion_sweep_and_unmanaged_policies() -> anyhow::Result<
     wait_for_deletion(&api, "kept-signature-policy", WAIT).await?;
 
     // A stray policy with both labels, for an agent that does not exist, appears while the spoke runs: swept.
-    let stray: NetworkPolicy = serde_json::from_value(json!({
-        "metadata": {"name": "stray-signature-policy", "namespace": NS,
-                     "labels": {"app.kubernetes.io/managed-by": "tollgate-spoke", "tollgate.dev/agent": "stray"}},
-        "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
-    }))?;
-    api.create(&PostParams::default(), &stray).await?;
+    api.create(&PostParams::default(), &orphan("stray")?).await?;
     wait_for_deletion(&api, "stray-signature-policy", WAIT).await?;
 
     let unmanaged = api.get("team-default-deny").await?;
