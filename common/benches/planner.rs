@@ -39,7 +39,7 @@ fn agents() -> Vec<Agent> {
             uid: format!("00000000-0000-0000-0000-{i:012}"),
             target_name: format!("agent-{i}"),
             labels: BTreeMap::from([("tier".to_string(), if i % 2 == 0 { "llm" } else { "tool" }.to_string())]),
-            namespace_labels: BTreeMap::new(),
+            namespace_labels: Default::default(),
             pod_labels: Some(BTreeMap::from([("app".to_string(), format!("agent-{i}"))])),
             local_egress: LocalEgress::Rules((0..RULES).map(|j| rule(i, j)).collect()),
             verification: Verification::verified(Reason::MtlsVerified, "bench"),

@@ -11,6 +11,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule};
@@ -122,8 +123,8 @@ pub struct Agent {
     pub target_name: String,
     /// `AgentRuntime` labels (for `agentSelector`).
     pub labels: BTreeMap<String, String>,
-    /// Labels of the agent's namespace (for `namespaceSelector`).
-    pub namespace_labels: BTreeMap<String, String>,
+    /// Labels of the agent's namespace (for `namespaceSelector`); shared by the agents of one namespace.
+    pub namespace_labels: Arc<BTreeMap<String, String>>,
     /// Pod-template labels of the target workload, when it is a Deployment or StatefulSet that exists.
     pub pod_labels: Option<BTreeMap<String, String>>,
     pub local_egress: LocalEgress,

@@ -2,6 +2,7 @@
 //! place where protobuf types meet domain types: the planner never sees either side's transport.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use tollgate_proto::v1 as pb;
 
@@ -265,7 +266,11 @@ pub fn reason_name(value: i32) -> &'static str {
 pub fn plan_inputs(agent: &Agent) -> pb::PlanInputs {
     pb::PlanInputs {
         target_name: agent.target_name.clone(),
-        namespace_labels: agent.namespace_labels.clone().into_iter().collect(),
+        namespace_labels: agent
+            .namespace_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         local_egress: match &agent.local_egress {
             LocalEgress::Absent => None,
             LocalEgress::Rules(rules) => Some(pb::plan_inputs::LocalEgress::Rules(pb::LocalRules {
@@ -418,7 +423,7 @@ impl TryFrom<&pb::AgentStatus> for Agent {
             uid: String::new(),
             target_name: inputs.target_name.clone(),
             labels: status.labels.clone().into_iter().collect(),
-            namespace_labels: inputs.namespace_labels.clone().into_iter().collect(),
+            namespace_labels: Arc::new(inputs.namespace_labels.clone().into_iter().collect()),
             pod_labels: None,
             local_egress,
             verification: Verification {
@@ -533,7 +538,7 @@ mod tests {
             uid: String::new(),
             target_name: "researcher-deploy".into(),
             labels: BTreeMap::from([("tier".into(), "gold".into())]),
-            namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".into(), "team-a".into())]),
+            namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".into(), "team-a".into())]).into(),
             pod_labels: None,
             local_egress,
             verification: Verification::verified(Reason::SignatureVerified, ""),

@@ -69,7 +69,8 @@ fn agent(i: usize) -> AgentRecord {
             "tier".to_string(),
             if i.is_multiple_of(10) { "llm" } else { "tool" }.to_string(),
         )]),
-        namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), format!("team-{}", i % 10))]),
+        namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), format!("team-{}", i % 10))])
+            .into(),
         pod_labels: None,
         local_egress,
         verification: if i % 20 == 7 {

@@ -1,6 +1,7 @@
 //! `AgentRuntime` objects (with their workload, namespace and deprecated `AgentCard`) → planner agents.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -18,7 +19,7 @@ use crate::agent_runtime::{AgentRuntime, MalformedRuntime};
 pub fn agent(
     runtime: &AgentRuntime,
     pod_labels: Option<BTreeMap<String, String>>,
-    namespace_labels: BTreeMap<String, String>,
+    namespace_labels: Arc<BTreeMap<String, String>>,
     agent_card: Option<AgentCardStatus>,
     settings: &VerificationSettings,
 ) -> Agent {
@@ -48,7 +49,7 @@ pub fn agent(
 pub fn malformed_agent(
     runtime: &MalformedRuntime,
     pod_labels: Option<BTreeMap<String, String>>,
-    namespace_labels: BTreeMap<String, String>,
+    namespace_labels: Arc<BTreeMap<String, String>>,
 ) -> Option<Agent> {
     Some(Agent {
         namespace: runtime.metadata.namespace.clone().unwrap_or_default(),
@@ -158,7 +159,7 @@ mod tests {
                 "lastCardFetchTime": "2026-11-28T12:00:00Z",
             }},
         }));
-        let agent = agent(&rt, None, BTreeMap::new(), None, &settings());
+        let agent = agent(&rt, None, Default::default(), None, &settings());
         assert_eq!(agent.namespace, "team-a");
         assert_eq!(agent.uid, "u1");
         assert_eq!(agent.target_name, "weather-deploy");
@@ -182,7 +183,7 @@ mod tests {
             "spec": {"type": "agent", "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "old"}},
             "status": {"card": {"validSignature": true, "lastCardFetchTime": "2026-11-28T10:00:00Z"}},
         }));
-        let agent_one = agent(&rt, None, BTreeMap::new(), None, &settings());
+        let agent_one = agent(&rt, None, Default::default(), None, &settings());
         assert_eq!(agent_one.verification.reason, Reason::CardStale);
         assert_eq!(agent_one.local_egress, LocalEgress::Absent);
 
@@ -201,7 +202,7 @@ mod tests {
         let (target, status) = agent_card(&card).unwrap();
         assert_eq!(target, "bare");
         assert_eq!(status.verified_condition, Some(false));
-        let fallback = agent(&bare, None, BTreeMap::new(), Some(status), &settings());
+        let fallback = agent(&bare, None, Default::default(), Some(status), &settings());
         assert!(
             !fallback.verification.verified,
             "Verified=False wins over validSignature"

@@ -992,6 +992,7 @@ impl Reconciler {
         };
         let mut upserts = Vec::new();
         let mut unplannable = Vec::new();
+        let mut namespace_labels: HashMap<String, Arc<BTreeMap<String, String>>> = HashMap::new();
         for runtime in remaining {
             let key = (runtime.namespace().unwrap_or_default(), runtime.name_any());
             let target = match &**runtime {
@@ -1029,14 +1030,21 @@ impl Reconciler {
                 self.remember(key, sources);
                 continue;
             }
-            let mut namespace_labels = sources
-                .namespace
-                .as_ref()
-                .map(|n| n.labels().clone())
-                .unwrap_or_default();
-            namespace_labels
-                .entry(planner::LABEL_NAMESPACE_NAME.to_string())
-                .or_insert_with(|| key.0.clone());
+            // One map per namespace, shared by its agents' inputs.
+            let namespace_labels = namespace_labels
+                .entry(key.0.clone())
+                .or_insert_with(|| {
+                    let mut labels = sources
+                        .namespace
+                        .as_ref()
+                        .map(|n| n.labels().clone())
+                        .unwrap_or_default();
+                    labels
+                        .entry(planner::LABEL_NAMESPACE_NAME.to_string())
+                        .or_insert_with(|| key.0.clone());
+                    Arc::new(labels)
+                })
+                .clone();
             let pod_labels = sources.workload.as_ref().and_then(Workload::template_labels);
             let agent = match &**runtime {
                 ObservedRuntime::Valid(rt) => Some(agents::agent(
@@ -1216,10 +1224,15 @@ fn problem_events(
         if let ObservedRuntime::Malformed(malformed) = &***runtime {
             problems.insert(0, ("MalformedAgentRuntime".to_string(), malformed.message()));
         }
-        if reported.get(&key) != Some(&problems) {
+        // Only agents with something to say are kept: nothing reported and no problems are the same.
+        if reported.get(&key).map_or(&[][..], Vec::as_slice) != problems.as_slice() {
             for (reason, note) in &problems {
                 events.push((reference.clone(), event(EventType::Warning, reason, note.clone())));
             }
+        }
+        if problems.is_empty() {
+            reported.remove(&key);
+        } else {
             reported.insert(key, problems);
         }
     }
@@ -1232,10 +1245,10 @@ fn problem_events(
     events
 }
 
-/// Publishes Events, a few at a time; a failure is logged, not retried.
 /// More Events than this in one pass are published in chunks of this many, each through a recorder of its own.
 const LARGE_EVENT_BATCH: usize = 256;
 
+/// Publishes Events, a few at a time; a failure is logged, not retried.
 async fn publish(recorder: &Recorder, events: Vec<(ObjectReference, Event)>) {
     futures::stream::iter(events.into_iter().map(|(reference, event)| async move {
         if let Err(error) = recorder.publish(&event, &reference).await {

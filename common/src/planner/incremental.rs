@@ -309,7 +309,7 @@ mod tests {
             uid: String::new(),
             target_name: name.into(),
             labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
-            namespace_labels: BTreeMap::new(),
+            namespace_labels: Default::default(),
             pod_labels: None,
             local_egress: LocalEgress::Absent,
             verification: Verification::verified(Reason::SignatureVerified, "test"),

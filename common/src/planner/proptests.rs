@@ -97,7 +97,7 @@ fn agents() -> impl Strategy<Value = Vec<Agent>> {
                 uid: format!("uid-{i}"),
                 target_name: format!("workload-{i}"),
                 labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
-                namespace_labels: BTreeMap::from([(LABEL_NAMESPACE_NAME.to_string(), namespace.to_string())]),
+                namespace_labels: BTreeMap::from([(LABEL_NAMESPACE_NAME.to_string(), namespace.to_string())]).into(),
                 pod_labels: None,
                 local_egress,
                 verification: if verified {
@@ -328,7 +328,7 @@ proptest! {
             uid: String::new(),
             target_name: "agent".into(),
             labels: BTreeMap::new(),
-            namespace_labels: BTreeMap::new(),
+            namespace_labels: Default::default(),
             pod_labels: None,
             local_egress: LocalEgress::Rules(rules.clone()),
             verification: Verification::verified(Reason::SignatureVerified, "generated"),
@@ -424,7 +424,7 @@ fn stepped_agent(
         uid: format!("uid-{index}"),
         target_name: format!("workload-{workload}"),
         labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
-        namespace_labels: BTreeMap::from([(LABEL_NAMESPACE_NAME.to_string(), namespace.to_string())]),
+        namespace_labels: BTreeMap::from([(LABEL_NAMESPACE_NAME.to_string(), namespace.to_string())]).into(),
         pod_labels: None,
         local_egress: local,
         verification: if verified {

@@ -55,7 +55,7 @@ fn mk_agent(name: &str, verification: Verification, local: LocalEgress) -> Agent
         uid: format!("uid-{name}"),
         target_name: format!("{name}-deploy"),
         labels: BTreeMap::from([("tier".to_string(), "llm".to_string())]),
-        namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "team-a".to_string())]),
+        namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "team-a".to_string())]).into(),
         pod_labels: Some(BTreeMap::from([("app".to_string(), name.to_string())])),
         local_egress: local,
         verification,

@@ -214,7 +214,7 @@ mod tests {
             uid: String::new(),
             target_name: workload.into(),
             labels: BTreeMap::from([("tier".to_string(), tier.to_string())]),
-            namespace_labels: BTreeMap::new(),
+            namespace_labels: Default::default(),
             pod_labels: None,
             local_egress: LocalEgress::Absent,
             verification: Verification::verified(Reason::MtlsVerified, "test"),
