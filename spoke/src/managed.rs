@@ -31,8 +31,14 @@ pub struct ManagedPolicies {
     by_agent: HashMap<Key, BTreeSet<String>>,
 }
 
-fn address(policy: &Arc<ObservedPolicy>) -> usize {
-    Arc::as_ptr(policy) as usize
+/// An object's address, its identity in a reflector store (every event replaces the `Arc`).
+pub fn address<T>(object: &Arc<T>) -> usize {
+    Arc::as_ptr(object) as usize
+}
+
+/// The addresses held in `held` that are not `present` any more.
+pub fn went<V>(held: &HashMap<usize, V>, present: &HashSet<usize>) -> Vec<usize> {
+    held.keys().filter(|at| !present.contains(at)).copied().collect()
 }
 
 fn key_of(policy: &ObservedPolicy) -> Key {
@@ -50,12 +56,7 @@ impl ManagedPolicies {
     /// Takes `now` (every managed policy in the stores) and returns what changed since the last update.
     pub fn update(&mut self, now: Vec<Arc<ObservedPolicy>>) -> Vec<Change> {
         let present: HashSet<usize> = now.iter().map(address).collect();
-        let went: Vec<usize> = self
-            .by_address
-            .keys()
-            .filter(|a| !present.contains(a))
-            .copied()
-            .collect();
+        let went = went(&self.by_address, &present);
         let mut before: HashMap<Key, Arc<ObservedPolicy>> = HashMap::with_capacity(went.len());
         for address in went {
             let Some(old) = self.by_address.remove(&address) else {

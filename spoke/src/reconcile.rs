@@ -23,7 +23,7 @@ use crate::agent_runtime::ObservedRuntime;
 use crate::anp::{AdminNetworkPolicy, Capabilities};
 use crate::diff::{ObservedPolicy, needs_apply};
 use crate::fqdn::{Resolver, Snapshot};
-use crate::managed::{self, ManagedPolicies};
+use crate::managed::{self, ManagedPolicies, address};
 use crate::metrics::{Metrics, ModeLabel, ReasonLabel};
 use crate::retry::ErrorKind;
 use crate::world::World;
@@ -144,11 +144,6 @@ struct ClusterInputs {
 struct Seen {
     others: HashMap<Key, Arc<NetworkPolicy>>,
     admin: HashMap<String, Arc<AdminNetworkPolicy>>,
-}
-
-/// An object's address, its identity in a reflector store (every event replaces the `Arc`).
-fn address<T>(object: &Arc<T>) -> usize {
-    Arc::as_ptr(object) as usize
 }
 
 /// Whether `now` holds a different object for `key` than `before` did.
@@ -1099,12 +1094,7 @@ impl Reconciler {
     /// Forgets the agents whose AgentRuntime object is no longer `present` and was not replaced by another: they
     /// are gone.
     fn sweep_built(&mut self, present: &HashSet<usize>, touched: &mut HashSet<Key>) -> Vec<Key> {
-        let went: Vec<usize> = self
-            .built_at
-            .keys()
-            .filter(|at| !present.contains(at))
-            .copied()
-            .collect();
+        let went = managed::went(&self.built_at, present);
         let mut gone = Vec::with_capacity(went.len());
         for at in went {
             let Some(key) = self.built_at.remove(&at) else {
