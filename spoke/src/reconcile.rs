@@ -402,6 +402,10 @@ impl Reconciler {
             &changes.removed.iter().chain(&staged.gone).cloned().collect(),
             full,
         );
+        // The annotations replace every AgentRuntime they patch in the watch's store: the pass holds none of the
+        // objects it started from while they do (a first pass annotates every agent), so each is held once.
+        drop(focus_runtimes);
+        drop(runtimes);
         // kube's recorder keeps every Event it published for six minutes, to count repeats as a series, and scans them
         // all on every publish: a pass that changes thousands of agents (the first one, a new intent) publishes them
         // in chunks, each through a recorder of its own dropped after it, so no recorder holds more than one chunk.
@@ -416,7 +420,7 @@ impl Reconciler {
             publish(&self.recorder, events).await;
         }
         if !hold {
-            let failed = self.annotate(&focus_runtimes, &view, intent.revision).await;
+            let failed = self.annotate(world, &view, intent.revision).await;
             self.pending.extend(failed);
         }
         self.pending
@@ -854,16 +858,13 @@ impl Reconciler {
     /// annotations only, by server-side apply with a field manager of their own (the agent operator owns `spec` and
     /// `status`), and only when they differ from what the watch observed.
     /// Returns the agents whose annotations could not be written (the next pass tries again).
-    async fn annotate(&self, runtimes: &[Arc<ObservedRuntime>], view: &View<'_>, revision: Option<u64>) -> Vec<Key> {
+    async fn annotate(&self, world: &World, view: &View<'_>, revision: Option<u64>) -> Vec<Key> {
         let widened = &self.widened;
-        let by_key: HashMap<Key, &Arc<ObservedRuntime>> = runtimes
-            .iter()
-            .map(|rt| ((rt.namespace().unwrap_or_default(), rt.name_any()), rt))
-            .collect();
-        // Built as the stream pulls them, so that a pass that annotates every agent does not hold every patch.
+        // Built as the stream pulls them, so that a pass that annotates every agent does not hold every patch, and
+        // compared with each AgentRuntime as the watch shows it then.
         let patches = view.outcomes().filter_map(|outcome| {
+            let runtime = world.runtime(&outcome.namespace, &outcome.name)?;
             let key = (outcome.namespace.clone(), outcome.name.clone());
-            let runtime = by_key.get(&key)?;
             let by = widened.get(&key).map_or(&[][..], Vec::as_slice);
             let desired = egress_annotations(outcome, revision, by);
             let observed = runtime.annotations();

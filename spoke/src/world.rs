@@ -199,6 +199,12 @@ impl World {
         }
         Ok(())
     }
+
+    /// The AgentRuntime `namespace/name` as the watch shows it now.
+    pub fn runtime(&self, namespace: &str, name: &str) -> Option<Arc<ObservedRuntime>> {
+        let reference = ObjectRef::new(name).within(namespace);
+        self.runtimes.iter().find_map(|store| store.get(&reference))
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
