@@ -284,6 +284,14 @@ impl HubServer {
         self.serve.url()
     }
 
+    /// Its `/metrics`, which must answer 200.
+    pub async fn metrics(&self) -> Result<String> {
+        match http_get(self.serve.metrics_port, "/metrics").await? {
+            (200, body) => Ok(body),
+            (status, body) => bail!("/metrics answered {status}: {body}"),
+        }
+    }
+
     /// Its gRPC port.
     pub fn port(&self) -> u16 {
         self.serve.port

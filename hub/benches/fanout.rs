@@ -411,6 +411,23 @@ mod bench {
         attempts: u64,
         hub_cpu_s: f64,
         rss_kib: u64,
+        /// TLS handshakes of the restarted hub: (full, resumed from a session ticket); `None` from a hub that does not
+        /// count them (an older one run through `TOLLGATE_FANOUT_HUB_WRAPPER`).
+        handshakes: Option<(f64, f64)>,
+    }
+
+    /// The restarted hub's handshake counts, from its `/metrics`.
+    fn handshakes(metrics_port: u16) -> anyhow::Result<Option<(f64, f64)>> {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        let count = |kind: &str| {
+            let series = format!("tollgate_hub_tls_handshakes_total{{kind=\"{kind}\"}}");
+            tollgate_e2e::procfs::metric(&text, &series)
+        };
+        Ok(count("full").zip(count("resumed")))
     }
 
     impl Outcome {
@@ -589,6 +606,7 @@ mod bench {
                 attempts: number(&stormed, 2)?,
                 hub_cpu_s,
                 rss_kib: rss_kib(hub_pid)?,
+                handshakes: handshakes(metrics_port)?,
             };
             eprintln!("[N={n}] storm settled in {:.2} s", storm.settled.as_secs_f64());
             outcome.storm = Some(storm);
@@ -682,11 +700,16 @@ mod bench {
         if let Some(storm) = &outcome.storm {
             println!(
                 "   reconnect storm: serving after {:.0} ms, all {n} back with their intent after {:.2} s \
-                 ({} unchanged, {} connection attempts); hub CPU {:.1} s, RSS {} KiB",
+                 ({} unchanged, {} connection attempts; TLS handshakes: {}); hub CPU {:.1} s, RSS {} KiB",
                 storm.serving_after.as_secs_f64() * 1e3,
                 storm.settled.as_secs_f64(),
                 storm.unchanged,
                 storm.attempts,
+                storm
+                    .handshakes
+                    .map_or("not counted".to_string(), |(full, resumed)| format!(
+                        "{full} full, {resumed} resumed"
+                    )),
                 storm.hub_cpu_s,
                 storm.rss_kib
             );
@@ -791,11 +814,13 @@ mod swarm {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
     use prost::Message as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
     use tokio_stream::wrappers::ReceiverStream;
     use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
     use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    use tonic::transport::Endpoint;
 
     /// As the real spoke (spoke/src/hub_client.rs).
     const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -934,18 +959,28 @@ mod swarm {
             attempts: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
         });
-        let ca = Certificate::from_pem(std::fs::read(certs.join("ca.pem"))?);
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(certs.join("ca.pem"))? {
+            roots.add(ca?)?;
+        }
+        let roots = Arc::new(roots);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let connecting = Arc::new(Semaphore::new(INITIAL_CONCURRENCY));
         for index in 0..n {
             let id = spoke_id(index);
-            let identity = Identity::from_pem(
-                std::fs::read(certs.join(format!("spoke-{id}.pem")))?,
-                std::fs::read(certs.join(format!("spoke-{id}-key.pem")))?,
-            );
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(ca.clone())
-                .identity(identity)
-                .domain_name("localhost");
+            let chain =
+                CertificateDer::pem_file_iter(certs.join(format!("spoke-{id}.pem")))?.collect::<Result<Vec<_>, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(certs.join(format!("spoke-{id}-key.pem")))?;
+            // As the real spoke (spoke/src/hub_tls.rs): the session the hub gave a ticket for is resumed at the next
+            // connection, from a store of this spoke's own.
+            let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(chain, key)?;
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            tls.resumption =
+                rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(1)));
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
             let urls: Vec<&str> = url.split(',').collect();
             let url = urls[index % urls.len()].to_string();
             tokio::spawn(spoke(shared.clone(), url, index, tls, connecting.clone()));
@@ -1045,7 +1080,13 @@ mod swarm {
         (now_ns() ^ (index as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7
     }
 
-    async fn spoke(shared: Arc<Shared>, url: String, index: usize, tls: ClientTlsConfig, connecting: Arc<Semaphore>) {
+    async fn spoke(
+        shared: Arc<Shared>,
+        url: String,
+        index: usize,
+        tls: tokio_rustls::TlsConnector,
+        connecting: Arc<Semaphore>,
+    ) {
         let mut state = SpokeState {
             index,
             ..SpokeState::default()
@@ -1076,17 +1117,25 @@ mod swarm {
     async fn session(
         shared: &Shared,
         url: &str,
-        tls: &ClientTlsConfig,
+        tls: &tokio_rustls::TlsConnector,
         state: &mut SpokeState,
         mut permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), String> {
-        let channel = Channel::from_shared(url.to_string())
+        let address = url.trim_start_matches("https://").to_string();
+        let tls = tls.clone();
+        let channel = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(HEARTBEAT)
-            .tls_config(tls.clone())
-            .map_err(|e| format!("TLS config: {e}"))?
-            .connect()
+            .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                let (tls, address) = (tls.clone(), address.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(address).await?;
+                    tcp.set_nodelay(true)?;
+                    let name = ServerName::try_from("localhost").expect("a DNS name");
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls.connect(name, tcp).await?))
+                }
+            }))
             .await
             .map_err(|e| format!("connect: {e:?}"))?;
         let (tx, rx) = mpsc::channel(4);

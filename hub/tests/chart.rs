@@ -200,6 +200,36 @@ fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret(
         ],
     )?;
     let objects = objects(&rendered)?;
+    // Replicas share a ticket secret only when given one.
+    let shared = helm::render(
+        CHART,
+        "tollgate-hub",
+        NS,
+        &[
+            "admins: [alice]\ntlsSecretName: hub-tls\nreplicas: 3\nstore: {type: postgres, postgres: {existingSecret: hub-db}}\n\
+             sessionTickets: {secretName: hub-tickets}\n",
+        ],
+    )?;
+    let shared = &self::objects(&shared)?["StatefulSet/tollgate-hub"];
+    assert!(
+        args_of(shared).contains(&"--session-ticket-key=/etc/tollgate/session-tickets/key".to_string()),
+        "{:?}",
+        args_of(shared)
+    );
+    let pod = &shared["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": "session-tickets", "secret": {"secretName": "hub-tickets"}})),
+        "{pod:#}"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"].as_array().unwrap().contains(
+            &serde_json::json!({"name": "session-tickets", "mountPath": "/etc/tollgate/session-tickets", "readOnly": true})
+        ),
+        "{pod:#}"
+    );
     let sts = &objects["StatefulSet/tollgate-hub"];
     assert_eq!(sts["spec"]["replicas"], 3);
     // Several replicas: drains take at most one at a time (policy/v1beta1 on a 1.20 server, policy/v1 where served).

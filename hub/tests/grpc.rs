@@ -166,6 +166,56 @@ impl TestHub {
             .await
     }
 
+    /// The TLS of a client presenting `identity` and trusting `ca` that resumes the sessions it began, as the spoke
+    /// connects (rustls resumes a session only through the configuration that began it).
+    fn resuming_config(&self, identity: &str, ca: &Path) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let chain = CertificateDer::pem_file_iter(self.path(&format!("{identity}.pem")))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(self.path(&format!("{identity}-key.pem"))).unwrap();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption =
+            rustls::client::Resumption::store(Arc::new(rustls::client::ClientSessionMemoryCache::new(4)));
+        Arc::new(config)
+    }
+
+    /// A channel over `config` ([`Self::resuming_config`]); each handshake's kind is added to `kinds`.
+    async fn resuming_channel(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        kinds: &Arc<std::sync::Mutex<Vec<rustls::HandshakeKind>>>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let (addr, kinds) = (self.addr, kinds.clone());
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+                let (connector, kinds) = (connector.clone(), kinds.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                    let tls = connector.connect(name, tcp).await?;
+                    kinds.lock().unwrap().extend(tls.get_ref().1.handshake_kind());
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            }))
+            .await
+    }
+
     async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel(Some("admin-alice"), &self.path("ca.pem")).await.unwrap())
     }
@@ -217,6 +267,16 @@ impl FakeSpoke {
             .channel(Some(cert), &hub.path("ca.pem"))
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Self::over(channel, cluster, labels, held).await
+    }
+
+    /// [`Self::connect_holding`] over `channel`.
+    async fn over(
+        channel: Channel,
+        cluster: &str,
+        labels: &[(&str, &str)],
+        held: &pb::IntentRevision,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
         let hello = pb::Hello {
             cluster_id: cluster.into(),
@@ -1213,4 +1273,108 @@ async fn one_connection_cannot_open_more_than_the_stream_limit() {
     );
     let queued = tokio::time::timeout(Duration::from_secs(2), status_call(channel)).await;
     assert!(queued.is_err(), "a stream beyond the limit was opened: {queued:?}");
+}
+
+/// A spoke that reconnects resumes its TLS session (no certificate signed or verified again), and the stream is
+/// accepted as after a full handshake. A session cannot outlive the certificate it began with: once that expired,
+/// a resumed session is refused, naming why (the attack: keep using a session after the certificate expired).
+#[tokio::test]
+async fn a_resumed_session_is_accepted_until_its_certificate_expires() {
+    let hub = start(Duration::from_secs(10)).await;
+    std::fs::create_dir_all(hub.path("short")).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    tollgate_hub::certs::issue_valid(
+        hub.dir.path(),
+        &hub.path("short"),
+        &Leaf::Spoke {
+            cluster_id: "prod-eu".into(),
+        },
+        now - time::Duration::minutes(1),
+        now + time::Duration::seconds(3),
+    )
+    .unwrap();
+    for name in ["spoke-prod-eu.pem", "spoke-prod-eu-key.pem"] {
+        std::fs::copy(hub.path("short").join(name), hub.path(&format!("short-{name}"))).unwrap();
+    }
+    let config = hub.resuming_config("short-spoke-prod-eu", &hub.path("ca.pem"));
+    let kinds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let connect = || async {
+        let channel = hub
+            .resuming_channel(&config, &kinds)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut spoke = FakeSpoke::over(channel, "prod-eu", &[], &pb::IntentRevision::default()).await?;
+        spoke.intent().await
+    };
+    connect().await.expect("a full handshake");
+    connect().await.expect("a resumed session");
+    assert_eq!(
+        *kinds.lock().unwrap(),
+        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+    );
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let refused = connect().await.expect_err("a session of an expired certificate");
+    assert_eq!(
+        kinds.lock().unwrap().last(),
+        Some(&rustls::HandshakeKind::Resumed),
+        "the hub resumed the session: the stream itself must refuse it"
+    );
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("expired"), "{refused:?}");
+}
+
+/// Session tickets are bound to the client CA: after a rotation, a session begun with a certificate of the old CA
+/// is not resumed, so the certificate is checked against the new CA and refused (the attack: keep a revoked CA's
+/// identity alive through its sessions).
+#[tokio::test]
+async fn no_session_outlives_a_rotation_of_the_client_ca() {
+    let hub = start(Duration::from_secs(10)).await;
+    let kinds = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server_ca = hub.path("server-ca.pem");
+    std::fs::copy(hub.path("ca.pem"), &server_ca).unwrap();
+    let config = hub.resuming_config("spoke-prod-eu", &server_ca);
+    let connect = || async {
+        let channel = hub
+            .resuming_channel(&config, &kinds)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut spoke = FakeSpoke::over(channel, "prod-eu", &[], &pb::IntentRevision::default()).await?;
+        spoke.intent().await
+    };
+    connect().await.expect("a full handshake");
+    connect().await.expect("a resumed session");
+    assert_eq!(
+        *kinds.lock().unwrap(),
+        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+    );
+
+    let rotated = tempfile::tempdir().unwrap();
+    init_ca(rotated.path()).unwrap();
+    std::fs::copy(rotated.path().join("ca.pem"), hub.path("ca.pem")).unwrap();
+    // Reloaded once a fresh handshake with the old CA's certificate is refused.
+    let reloaded = tokio::time::timeout(WAIT, async {
+        loop {
+            let refused = match hub.channel(Some("admin-alice"), &server_ca).await {
+                Err(_) => true,
+                Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
+            };
+            if refused {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(reloaded.is_ok(), "the new client CA was never used");
+    let before = kinds.lock().unwrap().len();
+    assert!(
+        connect().await.is_err(),
+        "a session of the old client CA was resumed and accepted"
+    );
+    assert!(
+        !kinds.lock().unwrap()[before..].contains(&rustls::HandshakeKind::Resumed),
+        "{:?}",
+        kinds.lock().unwrap()
+    );
 }

@@ -20,7 +20,7 @@ use tollgate_common::wire::intent_from_wire;
 use tollgate_proto::v1::spoke_sync_client::SpokeSyncClient;
 use tollgate_proto::v1::{self as pb, hub_message, spoke_message};
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::conditions::{Conditions, Kind};
 use crate::metrics::ReasonLabel;
@@ -341,6 +341,8 @@ pub struct HubConnection {
     pub reports: Reports,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub conditions: Conditions,
+    /// The TLS sessions the hub gave tickets for, resumed at the next connection.
+    pub sessions: crate::hub_tls::Sessions,
 }
 
 /// Runs the hub connection for as long as the spoke runs: reconnects with backoff after any failure. A refusal by
@@ -363,6 +365,10 @@ pub async fn run(mut connection: HubConnection) {
             status.code(),
             Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition
         );
+        // A refused identity is presented afresh, never through a session that began with it.
+        if refused || status.code() == Code::Unauthenticated {
+            connection.sessions.forget();
+        }
         let retry = rotation.after_session(refused, started.elapsed(), jitter_seed());
         let delay = retry.delay;
         if retry.refused_by_every_replica {
@@ -458,41 +464,49 @@ fn jitter_seed() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
+/// A channel to the hub at `url`; with TLS, a session the hub gave a ticket for is resumed (`sessions`).
 async fn connect(
     settings: &HubSettings,
     url: &str,
     metrics: &crate::metrics::Metrics,
+    sessions: &crate::hub_tls::Sessions,
 ) -> Result<Channel, tonic::Status> {
     let unavailable = |e: &dyn std::fmt::Display| tonic::Status::unavailable(format!("connecting to {url}: {e}"));
-    let mut endpoint = Channel::from_shared(url.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(format!("--hub {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(HEARTBEAT);
-    if let Some(HubTls::Joined(membership)) = &settings.tls {
-        let identity = membership.ensure(url).await?;
-        endpoint = endpoint
-            .tls_config(identity.tls(membership.server_name()))
-            .map_err(|e| unavailable(&e))?;
-    }
-    if let Some(HubTls::Files(tls)) = &settings.tls {
-        // A missing or unreadable file is not final: a Secret mounted late, or a certificate being renewed, is
-        // read again at the next attempt.
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| {
-                tonic::Status::unavailable(format!("reading {}: {e} (read again at the next attempt)", p.display()))
-            })
-        };
-        let cert = read(&tls.cert)?;
-        metrics.record_certificate("client", &cert);
-        let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
-            .identity(Identity::from_pem(cert, read(&tls.key)?));
-        if let Some(name) = &tls.server_name {
-            config = config.domain_name(name.clone());
+    let configure = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(HEARTBEAT)
+    };
+    let (config, server_name) = match &settings.tls {
+        None => {
+            let endpoint = Channel::from_shared(url.to_string())
+                .map_err(|e| tonic::Status::invalid_argument(format!("--hub {url:?}: {e}")))?;
+            return configure(endpoint).connect().await.map_err(|e| unavailable(&e));
         }
-        endpoint = endpoint.tls_config(config).map_err(|e| unavailable(&e))?;
-    }
-    endpoint.connect().await.map_err(|e| unavailable(&e))
+        Some(HubTls::Joined(membership)) => {
+            let identity = membership.ensure(url).await?;
+            let config = identity.client_config(sessions).map_err(|e| unavailable(&e))?;
+            (config, membership.server_name())
+        }
+        Some(HubTls::Files(tls)) => {
+            // A missing or unreadable file is not final: a Secret mounted late, or a certificate being renewed, is
+            // read again at the next attempt.
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| {
+                    tonic::Status::unavailable(format!("reading {}: {e} (read again at the next attempt)", p.display()))
+                })
+            };
+            let cert = read(&tls.cert)?;
+            metrics.record_certificate("client", &cert);
+            let config = sessions
+                .config(&read(&tls.ca)?, &cert, &read(&tls.key)?)
+                .map_err(|e| unavailable(&e))?;
+            (config, tls.server_name.as_deref())
+        }
+    };
+    crate::hub_tls::channel(url, server_name, config, configure)
+        .await
+        .map_err(|e| unavailable(&e))
 }
 
 async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic::Status> {
@@ -503,8 +517,9 @@ async fn session(connection: &mut HubConnection, url: &str) -> Result<(), tonic:
         reports,
         metrics,
         conditions,
+        sessions,
     } = connection;
-    let channel = connect(settings, url, metrics).await?;
+    let channel = connect(settings, url, metrics, sessions).await?;
     let (tx, rx) = mpsc::channel(16);
     let send = |msg: spoke_message::Msg| {
         let tx = tx.clone();

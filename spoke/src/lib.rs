@@ -25,6 +25,7 @@ pub mod diff;
 pub mod facts;
 pub mod fqdn;
 pub mod hub_client;
+pub mod hub_tls;
 pub mod local_rules;
 pub mod managed;
 pub mod membership;

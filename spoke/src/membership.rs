@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -21,7 +20,7 @@ use tollgate_common::join::{JoinToken, sha256_hex};
 use tollgate_proto::v1::membership_client::MembershipClient;
 use tollgate_proto::v1::{self as pb};
 use tonic::Status;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Channel;
 
 use crate::reconcile::FIELD_MANAGER;
 
@@ -83,15 +82,13 @@ impl Identity {
         self.not_before_unix_millis + (self.not_after_unix_millis - self.not_before_unix_millis) * 2 / 3
     }
 
-    /// The TLS configuration for a connection to the hub with this identity.
-    pub fn tls(&self, server_name: Option<&str>) -> ClientTlsConfig {
-        let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem));
-        if let Some(name) = server_name {
-            config = config.domain_name(name);
-        }
-        config
+    /// The TLS of connections to the hub with this identity, from `sessions` (the sessions begun with it resumed).
+    pub fn client_config(&self, sessions: &crate::hub_tls::Sessions) -> Result<Arc<rustls::ClientConfig>, String> {
+        sessions.config(
+            self.ca_pem.as_bytes(),
+            self.cert_pem.as_bytes(),
+            self.key_pem.as_bytes(),
+        )
     }
 }
 
@@ -171,19 +168,8 @@ impl ServerCertVerifier for PinnedCa {
 /// A channel to `url` whose TLS accepts only a hub presenting the pinned CA, and no client certificate.
 async fn pinned_channel(url: &str, pin: &str, server_name: Option<&str>) -> Result<Channel, Status> {
     let unavailable = |e: &dyn std::fmt::Display| Status::unavailable(format!("joining through {url}: {e}"));
-    let uri: tonic::codegen::http::Uri = url
-        .parse()
-        .map_err(|e| Status::invalid_argument(format!("--hub {url:?}: {e}")))?;
-    let host = uri
-        .host()
-        .ok_or_else(|| Status::invalid_argument(format!("--hub {url:?}: no host")))?
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let name = ServerName::try_from(server_name.unwrap_or(&host).to_string())
-        .map_err(|e| Status::invalid_argument(format!("the hub's TLS name: {e}")))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| unavailable(&e))?
         .dangerous()
@@ -192,31 +178,14 @@ async fn pinned_channel(url: &str, pin: &str, server_name: Option<&str>) -> Resu
             provider,
         }))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    // The TLS is this connector's, so the endpoint itself is plain HTTP/2 to the same authority.
-    let endpoint = Endpoint::from_shared(format!("http://{host}:{port}"))
-        .map_err(|e| unavailable(&e))?
-        .connect_timeout(Duration::from_secs(5));
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let (connector, name, address) = (connector.clone(), name.clone(), format!("{host}:{port}"));
-            async move {
-                let tcp = tokio::net::TcpStream::connect(address).await?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(inner) = source {
-                text = format!("{text}: {inner}");
-                source = inner.source();
-            }
-            unavailable(&text)
-        })
+    crate::hub_tls::channel(
+        url,
+        server_name,
+        Arc::new(crate::hub_tls::with_h2(config)),
+        |endpoint| endpoint.connect_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .map_err(|e| unavailable(&e))
 }
 
 /// The spoke's joined identity: in memory for every connection, in a Secret across restarts.
@@ -332,14 +301,19 @@ impl Membership {
 
     /// Renews the certificate through `url` with the current one; the new key is made here.
     async fn renew(&self, url: &str, current: &Identity) -> Result<Identity, Status> {
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|e| Status::invalid_argument(format!("--hub {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tls_config(current.tls(self.server_name.as_deref()))
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("connecting to {url}: {e}")))?;
+        // A connection of its own, once in a while: no session to resume.
+        let config = crate::hub_tls::client_config(
+            current.ca_pem.as_bytes(),
+            current.cert_pem.as_bytes(),
+            current.key_pem.as_bytes(),
+        )
+        .map(Arc::new)
+        .map_err(|e| Status::internal(format!("this cluster's identity: {e}")))?;
+        let channel = crate::hub_tls::channel(url, self.server_name.as_deref(), config, |endpoint| {
+            endpoint.connect_timeout(Duration::from_secs(5))
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("connecting to {url}: {e}")))?;
         let (key_pem, csr_pem) = request(&self.cluster_id).map_err(Status::internal)?;
         let issued = MembershipClient::new(channel)
             .renew(pb::RenewRequest { csr_pem })

@@ -434,6 +434,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             reports,
             metrics: metrics.clone(),
             conditions: conditions.clone(),
+            sessions: Default::default(),
         }));
     } else {
         tasks.spawn(async move {

@@ -153,5 +153,22 @@ spec:
         "resuming rewrote policies:\n{}",
         spoke.log()
     );
+
+    // The hub restarts under a running spoke: its session ticket, sealed with the secret the hub keeps in its data
+    // folder, resumes the TLS session (no certificate signed or verified again on either side).
+    hub.kill();
+    hub.restart().await?;
+    wait_until("the spoke reconnects with a resumed session", WAIT, || async {
+        let metrics = hub.metrics().await.unwrap_or_default();
+        tollgate_e2e::procfs::metric(&metrics, "tollgate_hub_tls_handshakes_total{kind=\"resumed\"}")
+            .is_some_and(|resumed| resumed >= 1.0)
+    })
+    .await?;
+    wait_until("the spoke is connected again", WAIT, || async {
+        let status = hub.cli_ok(&["status", "-o", "json"]).unwrap_or_default();
+        let rows: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+        rows[0]["connected"] == true && rows[0]["appliedRevision"] == 1
+    })
+    .await?;
     Ok(())
 }

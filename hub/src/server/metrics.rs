@@ -25,6 +25,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
     pub certificate: &'static str,
 }
@@ -50,6 +55,8 @@ pub struct Metrics {
     certificate_expiry: Family<CertificateLabel, Gauge>,
     /// `notBefore` of the same certificates, Unix seconds.
     certificate_issued: Family<CertificateLabel, Gauge>,
+    /// TLS handshakes completed, full or resumed from a session ticket.
+    handshakes: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -97,6 +104,15 @@ impl Default for Metrics {
             "Unix time the hub's certificates expire (serving: its server certificate; client-ca: the CA it trusts)",
             certificate_expiry.clone(),
         );
+        let handshakes = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed: full (certificates signed and verified) or resumed from a session ticket",
+            handshakes.clone(),
+        );
+        for kind in ["full", "resumed"] {
+            let _ = handshakes.get_or_create(&KindLabel { kind });
+        }
         registry.register(
             "build",
             "The hub's version",
@@ -120,11 +136,21 @@ impl Default for Metrics {
             last_seen,
             certificate_expiry,
             certificate_issued,
+            handshakes,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a completed TLS handshake.
+    pub fn record_handshake(&self, kind: Option<rustls::HandshakeKind>) {
+        let kind = match kind {
+            Some(rustls::HandshakeKind::Resumed) => "resumed",
+            _ => "full",
+        };
+        self.handshakes.get_or_create(&KindLabel { kind }).inc();
+    }
+
     /// Records when the certificate in `pem` (the first of a chain) became valid and when it expires (alerts compare
     /// the time left with its lifetime); unparsable PEM records nothing.
     pub fn record_certificate(&self, certificate: &'static str, pem: &[u8]) {

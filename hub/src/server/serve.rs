@@ -63,6 +63,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_HUB_SPOKE_CERT_TTL", value_parser = tollgate_process::parse_duration, default_value = "24h")]
     spoke_cert_ttl: std::time::Duration,
 
+    /// The secret that seals TLS session tickets, so that spokes resume their sessions after a restart (and on any
+    /// replica given the same file) instead of a full handshake each: at least 32 random bytes, made (mode 0600)
+    /// when the file does not exist. As sensitive as the client CA's key. Default with the embedded store:
+    /// `session-ticket.key` in --data-dir; with --store: a secret of each process (no resumption across restarts).
+    #[arg(long, env = "TOLLGATE_HUB_SESSION_TICKET_KEY", value_name = "FILE")]
+    session_ticket_key: Option<PathBuf>,
+
     /// Serve without TLS (development only; refused on a non-loopback address).
     #[arg(long, env = "TOLLGATE_HUB_INSECURE_DEV_PLAINTEXT")]
     insecure_dev_plaintext: bool,
@@ -100,6 +107,7 @@ impl ServeArgs {
             client_ca,
             client_ca_key,
             spoke_cert_ttl,
+            session_ticket_key,
             insecure_dev_plaintext,
             metrics_addr,
             heartbeat_seconds,
@@ -138,8 +146,21 @@ impl ServeArgs {
             (None, Some(_)) => bail!("--client-ca-key needs TLS: a plaintext hub signs no certificates"),
             (_, None) => None,
         };
+        // The embedded store's folder is the hub's own: its ticket secret lives there unless given elsewhere.
+        let session_ticket_key = match (&tls, session_ticket_key) {
+            (None, Some(_)) => bail!("--session-ticket-key needs TLS: a plaintext hub has no sessions to resume"),
+            (None, None) => None,
+            (Some(_), Some(path)) => Some(path),
+            (Some(_), None) if store.is_none() => {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("creating the data folder {}", data_dir.display()))?;
+                Some(data_dir.join("session-ticket.key"))
+            }
+            (Some(_), None) => None,
+        };
         let options = ServeOptions {
             tls,
+            session_ticket_key,
             heartbeat: std::time::Duration::from_secs(heartbeat_seconds),
             admins: Arc::new(admins),
             signer,

@@ -79,6 +79,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - "--client-ca-key=/etc/tollgate/client-ca-key/tls.key"
 - {{ printf "--spoke-cert-ttl=%s" (toString .Values.signing.spokeCertTtl) | quote }}
 {{- end }}
+{{- if .Values.sessionTickets.secretName }}
+- "--session-ticket-key=/etc/tollgate/session-tickets/key"
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ toString . | quote }}
 {{- end }}

@@ -3,6 +3,7 @@
 mod admin;
 mod membership;
 mod spoke_sync;
+mod tickets;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -60,6 +61,9 @@ pub struct ServeOptions {
     pub admins: Arc<std::collections::BTreeSet<String>>,
     /// Signs spoke certificates (joins, renewals) and makes join tokens; `None` without `--client-ca-key`.
     pub signer: Option<Arc<crate::server::membership::Signer>>,
+    /// The file of the secret that seals TLS session tickets (made when absent), so that spokes resume their
+    /// sessions after a restart or on another replica; `None`: a secret of this process only.
+    pub session_ticket_key: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -71,6 +75,7 @@ impl Default for ServeOptions {
             metrics: Arc::default(),
             admins: Arc::default(),
             signer: None,
+            session_ticket_key: None,
         }
     }
 }
@@ -98,11 +103,22 @@ pub async fn serve<S: Store>(
     // With a signer the hub presents its CA (join tokens pin it) and lets a handshake without a client certificate
     // through, for `Membership.Join` only.
     let signing = options.signer.is_some();
-    let tls = options
-        .tls
-        .clone()
-        .map(|files| tls::ReloadingTls::load(files, signing, signing, options.metrics.clone()))
-        .transpose()?;
+    let tls = match options.tls.clone() {
+        Some(files) => {
+            let tickets = match &options.session_ticket_key {
+                Some(path) => tickets::TicketSecret::load_or_create(path)?,
+                None => tickets::TicketSecret::random()?,
+            };
+            Some(tls::ReloadingTls::load(
+                files,
+                signing,
+                signing,
+                tickets,
+                options.metrics.clone(),
+            )?)
+        }
+        None => None,
+    };
     // Spoke reports are written for every spoke at once, one transaction per tick.
     let reports = sessions.reports();
     let flusher = tokio::spawn(reports.clone().run(hub.clone()));
@@ -141,7 +157,7 @@ pub async fn serve<S: Store>(
             let config = tls.server_config()?;
             let watcher = tokio::spawn(tls.watch());
             let served = router
-                .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
+                .serve_with_incoming_shutdown(tls::incoming(listener, config, options.metrics.clone()), shutdown)
                 .await;
             watcher.abort();
             served
@@ -192,9 +208,22 @@ fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerCertifi
         .and_then(|certs| certs.0.as_ref())
         .and_then(|certs| certs.first())
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    peer_certificate(leaf.as_ref())
-        .map(Some)
-        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))
+    let certificate = peer_certificate(leaf.as_ref())
+        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))?;
+    // A full handshake checked this already; a session resumed from a ticket carries the certificate of the handshake
+    // that began it, which may have expired since.
+    let now = tollgate_process::unix_millis();
+    if now > certificate.not_after_unix_millis {
+        return Err(Status::unauthenticated(format!(
+            "the client certificate expired {} (a resumed TLS session keeps the certificate it began with): \
+             connect again with a current one",
+            crate::cli::render::ago(certificate.not_after_unix_millis, now)
+        )));
+    }
+    if now < certificate.not_before_unix_millis {
+        return Err(Status::unauthenticated("the client certificate is not valid yet"));
+    }
+    Ok(Some(certificate))
 }
 
 /// Maps hub errors to status codes: InvalidArgument / NotFound / FailedPrecondition are final for clients;

@@ -15,7 +15,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::tickets::{self, TicketKey, TicketSecret};
 use super::{TLS_HANDSHAKE_TIMEOUT, TlsFiles};
 
 /// How often the files are checked for a change.
@@ -32,6 +33,8 @@ pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 struct Loaded {
     key: Arc<CertifiedKey>,
     verifier: Arc<dyn ClientCertVerifier>,
+    /// Seals and opens session tickets while this client CA is the one served.
+    tickets: Arc<TicketKey>,
     /// The files' modification times when read.
     stamps: Vec<Option<SystemTime>>,
 }
@@ -45,6 +48,7 @@ pub struct ReloadingTls {
     optional_client_auth: bool,
     provider: Arc<CryptoProvider>,
     metrics: Arc<crate::server::metrics::Metrics>,
+    tickets: TicketSecret,
     loaded: RwLock<Loaded>,
 }
 
@@ -73,16 +77,18 @@ impl ReloadingTls {
         files: TlsFiles,
         present_ca: bool,
         optional_client_auth: bool,
+        tickets: TicketSecret,
         metrics: Arc<crate::server::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let loaded = Self::read(&files, present_ca, optional_client_auth, &provider, &metrics)?;
+        let loaded = Self::read(&files, present_ca, optional_client_auth, &provider, &tickets, &metrics)?;
         Ok(Arc::new(Self {
             files,
             present_ca,
             optional_client_auth,
             provider,
             metrics,
+            tickets,
             loaded: RwLock::new(loaded),
         }))
     }
@@ -92,6 +98,7 @@ impl ReloadingTls {
         present_ca: bool,
         optional_client_auth: bool,
         provider: &Arc<CryptoProvider>,
+        tickets: &TicketSecret,
         metrics: &crate::server::metrics::Metrics,
     ) -> anyhow::Result<Loaded> {
         // Stamped before reading: a write during the read is seen at the next check.
@@ -140,6 +147,7 @@ impl ReloadingTls {
         Ok(Loaded {
             key: Arc::new(key),
             verifier,
+            tickets: Arc::new(tickets.key(&ca_pem)),
             stamps,
         })
     }
@@ -155,6 +163,7 @@ impl ReloadingTls {
             self.present_ca,
             self.optional_client_auth,
             &self.provider,
+            &self.tickets,
             &self.metrics,
         ) {
             Ok(loaded) => {
@@ -190,8 +199,43 @@ impl ReloadingTls {
             .with_client_cert_verifier(Arc::new(Verifier(self.clone())))
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // One ticket per handshake: a spoke holds one connection, and resumes it once after losing it.
+        config.ticketer = Arc::new(Tickets(self.clone()));
+        config.send_tls13_tickets = 1;
         Ok(config)
     }
+}
+
+/// Session tickets sealed with the ticket secret, for the client CA served now.
+#[derive(Debug)]
+struct Tickets(Arc<ReloadingTls>);
+
+impl Tickets {
+    fn key(&self) -> Arc<TicketKey> {
+        self.0.loaded.read().expect("tls lock").tickets.clone()
+    }
+}
+
+impl ProducesTickets for Tickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        u32::try_from(tickets::LIFETIME.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn encrypt(&self, state: &[u8]) -> Option<Vec<u8>> {
+        self.key().seal(state, now_secs())
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        self.key().open(ticket, now_secs())
+    }
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(tollgate_process::unix_secs()).unwrap_or(0)
 }
 
 impl ResolvesServerCert for ReloadingTls {
@@ -312,6 +356,7 @@ impl AsyncWrite for TlsConnection {
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
+    metrics: Arc<crate::server::metrics::Metrics>,
 ) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -332,10 +377,11 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
+                        metrics.record_handshake(tls.get_ref().1.handshake_kind());
                         let _ = tx.send(Ok(TlsConnection(tls))).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

@@ -1,0 +1,244 @@
+//! TLS 1.3 session tickets sealed with a secret that outlives the process: a spoke that reconnects after the hub
+//! restarted (or to another replica holding the same secret) resumes its session instead of a full handshake, which
+//! spares both sides the certificate signatures and their verification — what a fleet's reconnect storm costs.
+//!
+//! A ticket carries the client's certificate chain from the handshake that issued it. A resumed connection is
+//! therefore checked as a full one is, at every stream: the caller's certificate must be valid now (the handshake
+//! checked it only when the ticket was issued) and its cluster registered and not removed since. Tickets are bound
+//! to the client CA: after a rotation, no ticket from before it opens and every client does a full handshake
+//! against the new CA.
+//!
+//! The secret is as sensitive as the client CA's key: whoever holds it can seal a ticket naming any client
+//! certificate the hub would accept. It cannot make anyone the hub towards a spoke, nor sign intent.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hkdf;
+
+/// How long a ticket resumes a session: the longest TLS 1.3 allows.
+pub const LIFETIME: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// A ticket issued this far in the future (another replica's clock) is still accepted.
+const CLOCK_SKEW_SECS: u64 = 300;
+
+/// The ticket format: version, issue time (seconds since the Unix epoch, big-endian), nonce, then the sealed state.
+const VERSION: u8 = 1;
+const HEADER: usize = 1 + 8 + NONCE_LEN;
+
+/// The least secret accepted, in bytes.
+const MIN_SECRET: usize = 32;
+
+/// The key derivation's label: a key for tickets of this format, never reused for anything else.
+const LABEL: &[u8] = b"tollgate-hub TLS session tickets v1";
+
+/// The secret tickets are sealed with.
+pub struct TicketSecret(Vec<u8>);
+
+impl std::fmt::Debug for TicketSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketSecret(..)")
+    }
+}
+
+impl TicketSecret {
+    /// A secret of this process only: tickets resume sessions until it ends.
+    pub fn random() -> anyhow::Result<Self> {
+        let mut secret = vec![0; MIN_SECRET];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the ticket secret: {e}"))?;
+        Ok(Self(secret))
+    }
+
+    /// The secret in `path` (its whole content, surrounding white space aside), made there (readable by the hub's
+    /// user alone) when the file does not exist.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read(path) {
+            Ok(content) => Self::parse(path, &content),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut random = [0u8; MIN_SECRET];
+                getrandom::fill(&mut random)
+                    .map_err(|e| anyhow::anyhow!("no randomness for the ticket secret: {e}"))?;
+                let text: String = random.iter().map(|b| format!("{b:02x}")).collect();
+                let created = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                };
+                match created {
+                    Ok(mut file) => {
+                        file.write_all(format!("{text}\n").as_bytes())
+                            .and_then(|()| file.sync_all())
+                            .with_context(|| format!("writing the session ticket secret {}", path.display()))?;
+                        tracing::info!(path = %path.display(), "Created the TLS session ticket secret");
+                        Self::parse(path, text.as_bytes())
+                    }
+                    // Another replica made it first: theirs is the one.
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                        Self::parse(path, &content)
+                    }
+                    Err(error) => Err(error).with_context(|| format!("creating {}", path.display())),
+                }
+            }
+            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn parse(path: &Path, content: &[u8]) -> anyhow::Result<Self> {
+        let secret = content.trim_ascii();
+        if secret.len() < MIN_SECRET {
+            bail!(
+                "--session-ticket-key {}: {} bytes; at least {MIN_SECRET} random bytes are needed (for example \
+                 `head -c 32 /dev/urandom | base64`)",
+                path.display(),
+                secret.len()
+            );
+        }
+        Ok(Self(secret.to_vec()))
+    }
+
+    /// The key of tickets accepted while `client_ca` (the CA file's bytes) is the client CA.
+    pub fn key(&self, client_ca: &[u8]) -> TicketKey {
+        let salt = hkdf::Salt::new(hkdf::HKDF_SHA256, LABEL);
+        let ca = ring::digest::digest(&ring::digest::SHA256, client_ca);
+        let info = [ca.as_ref()];
+        let key = salt
+            .extract(&self.0)
+            .expand(&info, &AES_256_GCM)
+            .map(UnboundKey::from)
+            .expect("an AES-256 key is within HKDF-SHA256's output limit");
+        TicketKey(LessSafeKey::new(key))
+    }
+}
+
+/// Seals and opens tickets for one client CA.
+pub struct TicketKey(LessSafeKey);
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
+}
+
+impl TicketKey {
+    /// `state` sealed into a ticket issued at `now` (seconds since the Unix epoch).
+    pub fn seal(&self, state: &[u8], now: u64) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).ok()?;
+        let mut ticket = Vec::with_capacity(HEADER + state.len() + AES_256_GCM.tag_len());
+        ticket.push(VERSION);
+        ticket.extend_from_slice(&now.to_be_bytes());
+        ticket.extend_from_slice(&nonce);
+        let mut sealed = state.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&ticket[..1 + 8]),
+                &mut sealed,
+            )
+            .ok()?;
+        ticket.extend_from_slice(&sealed);
+        Some(ticket)
+    }
+
+    /// The state in `ticket` if this key sealed it, unaltered, within [`LIFETIME`] before `now`.
+    pub fn open(&self, ticket: &[u8], now: u64) -> Option<Vec<u8>> {
+        if ticket.len() < HEADER + AES_256_GCM.tag_len() || ticket[0] != VERSION {
+            return None;
+        }
+        let issued = u64::from_be_bytes(ticket[1..9].try_into().ok()?);
+        if issued > now.saturating_add(CLOCK_SKEW_SECS) || now.saturating_sub(issued) > LIFETIME.as_secs() {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&ticket[9..HEADER]).ok()?;
+        let mut sealed = ticket[HEADER..].to_vec();
+        let state = self.0.open_in_place(nonce, Aad::from(&ticket[..9]), &mut sealed).ok()?;
+        Some(state.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn secret(byte: u8) -> TicketSecret {
+        TicketSecret(vec![byte; 32])
+    }
+
+    #[test]
+    fn a_ticket_opens_with_the_same_secret_and_client_ca_only() {
+        let key = secret(1).key(b"ca one");
+        let ticket = key.seal(b"session state", NOW).unwrap();
+        assert!(
+            !ticket.windows(13).any(|w| w == b"session state"),
+            "the state is sealed"
+        );
+        assert_eq!(key.open(&ticket, NOW + 10).as_deref(), Some(&b"session state"[..]));
+        // The same secret read again (a restarted hub, another replica) opens it.
+        assert!(secret(1).key(b"ca one").open(&ticket, NOW).is_some());
+        assert!(secret(2).key(b"ca one").open(&ticket, NOW).is_none(), "another secret");
+        assert!(
+            secret(1).key(b"ca two").open(&ticket, NOW).is_none(),
+            "a rotated client CA"
+        );
+    }
+
+    #[test]
+    fn an_altered_old_or_future_ticket_does_not_open() {
+        let key = secret(1).key(b"ca");
+        let ticket = key.seal(b"state", NOW).unwrap();
+        for at in [0, 1, 9, HEADER, ticket.len() - 1] {
+            let mut altered = ticket.clone();
+            altered[at] ^= 1;
+            assert!(key.open(&altered, NOW).is_none(), "byte {at} altered");
+        }
+        assert!(key.open(&ticket[..ticket.len() - 1], NOW).is_none(), "truncated");
+        assert!(key.open(&[], NOW).is_none());
+        assert!(
+            key.open(&ticket, NOW + LIFETIME.as_secs()).is_some(),
+            "at the end of its lifetime"
+        );
+        assert!(
+            key.open(&ticket, NOW + LIFETIME.as_secs() + 1).is_none(),
+            "past its lifetime"
+        );
+        assert!(
+            key.open(&ticket, NOW - CLOCK_SKEW_SECS).is_some(),
+            "from a clock a little ahead"
+        );
+        assert!(
+            key.open(&ticket, NOW - CLOCK_SKEW_SECS - 1).is_none(),
+            "from the future"
+        );
+    }
+
+    #[test]
+    fn the_secret_file_is_made_once_readable_by_the_hub_alone_and_a_short_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session-ticket.key");
+        let made = TicketSecret::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = TicketSecret::load_or_create(&path).unwrap();
+        assert_eq!(made.0, again.0, "read back, not made again");
+        let other = dir.path().join("other.key");
+        assert_ne!(TicketSecret::load_or_create(&other).unwrap().0, made.0);
+
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "too short\n").unwrap();
+        let error = TicketSecret::load_or_create(&short).unwrap_err().to_string();
+        assert!(
+            error.contains("--session-ticket-key") && error.contains("9 bytes") && error.contains("at least 32"),
+            "{error}"
+        );
+    }
+}
