@@ -64,9 +64,10 @@ pub struct ServeArgs {
     spoke_cert_ttl: std::time::Duration,
 
     /// The secret that seals TLS session tickets, so that spokes resume their sessions after a restart (and on any
-    /// replica given the same file) instead of a full handshake each: at least 32 random bytes, made (mode 0600)
-    /// when the file does not exist. As sensitive as the client CA's key. Default with the embedded store:
-    /// `session-ticket.key` in --data-dir; with --store: a secret of each process (no resumption across restarts).
+    /// replica given the same file) instead of a full handshake each: at least 32 random bytes in hex or base64,
+    /// made (mode 0600) when the file does not exist, read again when it changes. As sensitive as the hub's key and
+    /// the client CA's key together. Default with the embedded store: `session-ticket.key` in --data-dir; with
+    /// --store: a secret of each process (no resumption across restarts or replicas).
     #[arg(long, env = "TOLLGATE_HUB_SESSION_TICKET_KEY", value_name = "FILE")]
     session_ticket_key: Option<PathBuf>,
 

@@ -106,8 +106,8 @@ pub async fn serve<S: Store>(
     let tls = match options.tls.clone() {
         Some(files) => {
             let tickets = match &options.session_ticket_key {
-                Some(path) => tickets::TicketSecret::load_or_create(path)?,
-                None => tickets::TicketSecret::random()?,
+                Some(path) => tickets::TicketSource::File(path.clone()),
+                None => tickets::TicketSource::Process(tickets::TicketSecret::random()?),
             };
             Some(tls::ReloadingTls::load(
                 files,
@@ -154,11 +154,9 @@ pub async fn serve<S: Store>(
         ));
     let served = match tls {
         Some(tls) => {
-            let config = tls.server_config()?;
+            let incoming = tls::incoming(listener, tls.clone(), options.metrics.clone())?;
             let watcher = tokio::spawn(tls.watch());
-            let served = router
-                .serve_with_incoming_shutdown(tls::incoming(listener, config, options.metrics.clone()), shutdown)
-                .await;
+            let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             watcher.abort();
             served
         }
@@ -185,16 +183,27 @@ pub const MAX_MEMBERSHIP_MESSAGE_BYTES: usize = 16 * 1024;
 /// tonic reads and decodes its body.
 #[allow(clippy::result_large_err)]
 fn require_certificate(request: Request<()>, plaintext: bool) -> Result<Request<()>, Status> {
-    let presented = request
-        .extensions()
-        .get::<tls::PeerCertificates>()
-        .and_then(|certs| certs.0.as_ref())
-        .is_some_and(|certs| !certs.is_empty());
-    if plaintext || presented {
+    if plaintext || presented(&request)?.is_some() {
         Ok(request)
     } else {
         Err(Status::unauthenticated("a client certificate is required"))
     }
+}
+
+/// The client certificate the request's connection presented, if any; refused, with the reason, when the connection
+/// resumed a TLS session whose certificate would not be accepted by a full handshake now.
+#[allow(clippy::result_large_err)]
+fn presented<T>(request: &Request<T>) -> Result<Option<&rustls::pki_types::CertificateDer<'static>>, Status> {
+    let Some(certs) = request.extensions().get::<tls::PeerCertificates>() else {
+        return Ok(None);
+    };
+    if let Some(reason) = &certs.refused {
+        return Err(Status::unauthenticated(format!(
+            "the client certificate of this resumed TLS session does not verify any more ({reason}): connect again \
+             with a current one"
+        )));
+    }
+    Ok(certs.chain.as_ref().and_then(|chain| chain.first()))
 }
 
 /// The caller's client certificate: its Tollgate identity and validity. `Ok(None)` only in plaintext mode.
@@ -202,28 +211,10 @@ fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerCertifi
     if plaintext {
         return Ok(None);
     }
-    let leaf = request
-        .extensions()
-        .get::<tls::PeerCertificates>()
-        .and_then(|certs| certs.0.as_ref())
-        .and_then(|certs| certs.first())
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let certificate = peer_certificate(leaf.as_ref())
-        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))?;
-    // A full handshake checked this already; a session resumed from a ticket carries the certificate of the handshake
-    // that began it, which may have expired since.
-    let now = tollgate_process::unix_millis();
-    if now > certificate.not_after_unix_millis {
-        return Err(Status::unauthenticated(format!(
-            "the client certificate expired {} (a resumed TLS session keeps the certificate it began with): \
-             connect again with a current one",
-            crate::cli::render::ago(certificate.not_after_unix_millis, now)
-        )));
-    }
-    if now < certificate.not_before_unix_millis {
-        return Err(Status::unauthenticated("the client certificate is not valid yet"));
-    }
-    Ok(Some(certificate))
+    let leaf = presented(request)?.ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    peer_certificate(leaf.as_ref())
+        .map(Some)
+        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))
 }
 
 /// Maps hub errors to status codes: InvalidArgument / NotFound / FailedPrecondition are final for clients;
@@ -270,9 +261,10 @@ mod tests {
     fn requests_without_a_certificate_are_refused_before_their_body() {
         let with = |certs: Option<Vec<rustls::pki_types::CertificateDer<'static>>>| {
             let mut request = Request::new(());
-            request
-                .extensions_mut()
-                .insert(tls::PeerCertificates(certs.map(Arc::new)));
+            request.extensions_mut().insert(tls::PeerCertificates {
+                chain: certs.map(Arc::new),
+                refused: None,
+            });
             request
         };
         let refused = require_certificate(with(None), false).unwrap_err();

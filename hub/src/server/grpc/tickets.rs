@@ -2,14 +2,13 @@
 //! restarted (or to another replica holding the same secret) resumes its session instead of a full handshake, which
 //! spares both sides the certificate signatures and their verification — what a fleet's reconnect storm costs.
 //!
-//! A ticket carries the client's certificate chain from the handshake that issued it. A resumed connection is
-//! therefore checked as a full one is, at every stream: the caller's certificate must be valid now (the handshake
-//! checked it only when the ticket was issued) and its cluster registered and not removed since. Tickets are bound
-//! to the client CA: after a rotation, no ticket from before it opens and every client does a full handshake
-//! against the new CA.
+//! A ticket carries the client's certificate chain from the handshake that issued it, which rustls does not verify
+//! again: the listener verifies a resumed session's chain against the client CA served now, and every stream checks
+//! the caller's certificate, registration and removal as after a full handshake. Tickets are also bound to the
+//! client CA: after a rotation, no ticket from before it opens.
 //!
-//! The secret is as sensitive as the client CA's key: whoever holds it can seal a ticket naming any client
-//! certificate the hub would accept. It cannot make anyone the hub towards a spoke, nor sign intent.
+//! The secret is as sensitive as the hub's key and the client CA's key together: whoever holds it can open a ticket
+//! a client offers (in the clear) and answer as the hub, or seal a ticket naming any client certificate.
 
 use std::io::Write;
 use std::path::Path;
@@ -52,55 +51,75 @@ impl TicketSecret {
         Ok(Self(secret))
     }
 
-    /// The secret in `path` (its whole content, surrounding white space aside), made there (readable by the hub's
-    /// user alone) when the file does not exist.
+    /// The secret in `path`, made there (readable by the hub's user alone) when the file does not exist.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read(path) {
+            // Not checked: a mounted Secret's mode says nothing (the pod has one user); who may read the Secret does.
             Ok(content) => Self::parse(path, &content),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let mut random = [0u8; MIN_SECRET];
-                getrandom::fill(&mut random)
-                    .map_err(|e| anyhow::anyhow!("no randomness for the ticket secret: {e}"))?;
-                let text: String = random.iter().map(|b| format!("{b:02x}")).collect();
-                let created = {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(path)
-                };
-                match created {
-                    Ok(mut file) => {
-                        file.write_all(format!("{text}\n").as_bytes())
-                            .and_then(|()| file.sync_all())
-                            .with_context(|| format!("writing the session ticket secret {}", path.display()))?;
-                        tracing::info!(path = %path.display(), "Created the TLS session ticket secret");
-                        Self::parse(path, text.as_bytes())
-                    }
-                    // Another replica made it first: theirs is the one.
-                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                        let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                        Self::parse(path, &content)
-                    }
-                    Err(error) => Err(error).with_context(|| format!("creating {}", path.display())),
-                }
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::create(path),
             Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
         }
     }
 
-    fn parse(path: &Path, content: &[u8]) -> anyhow::Result<Self> {
-        let secret = content.trim_ascii();
-        if secret.len() < MIN_SECRET {
-            bail!(
-                "--session-ticket-key {}: {} bytes; at least {MIN_SECRET} random bytes are needed (for example \
-                 `head -c 32 /dev/urandom | base64`)",
-                path.display(),
-                secret.len()
-            );
+    /// Writes a new secret to a file of its own, then links it in place: never a partial file at `path`, and when
+    /// another process made one first, that one is used.
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let mut random = [0u8; MIN_SECRET];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness for the ticket secret: {e}"))?;
+        let text: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{}.new", std::process::id()));
+        let draft = path.with_file_name(name);
+        let _ = std::fs::remove_file(&draft);
+        let written = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&draft)
+                .and_then(|mut file| {
+                    file.write_all(format!("{text}\n").as_bytes())?;
+                    file.sync_all()
+                })
+                .and_then(|()| std::fs::hard_link(&draft, path))
+        };
+        let _ = std::fs::remove_file(&draft);
+        match written {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "Created the TLS session ticket secret");
+                Ok(Self(random.to_vec()))
+            }
+            // Another replica made it first: theirs is the one.
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Self::parse(path, &content)
+            }
+            Err(error) => Err(error).with_context(|| format!("creating the session ticket secret {}", path.display())),
         }
-        Ok(Self(secret.to_vec()))
+    }
+
+    /// Hex or base64 of at least [`MIN_SECRET`] bytes (surrounding white space aside).
+    fn parse(path: &Path, content: &[u8]) -> anyhow::Result<Self> {
+        use base64::Engine;
+        let text = content.trim_ascii();
+        let decoded = if text.len().is_multiple_of(2) && text.iter().all(u8::is_ascii_hexdigit) {
+            text.chunks(2)
+                .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap_or_default(), 16).ok())
+                .collect::<Option<Vec<u8>>>()
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(text).ok()
+        };
+        let found = match decoded {
+            Some(secret) if secret.len() >= MIN_SECRET => return Ok(Self(secret)),
+            Some(secret) => format!("{} bytes", secret.len()),
+            None => "neither hex nor base64".to_string(),
+        };
+        bail!(
+            "--session-ticket-key {}: {found}; at least {MIN_SECRET} random bytes are needed, in hex or base64 (for \
+             example `head -c 32 /dev/urandom | base64`)",
+            path.display()
+        )
     }
 
     /// The key of tickets accepted while `client_ca` (the CA file's bytes) is the client CA.
@@ -114,6 +133,33 @@ impl TicketSecret {
             .map(UnboundKey::from)
             .expect("an AES-256 key is within HKDF-SHA256's output limit");
         TicketKey(LessSafeKey::new(key))
+    }
+}
+
+/// Where the ticket secret comes from.
+#[derive(Debug)]
+pub enum TicketSource {
+    /// A file, read again whenever the hub's TLS files are (a rotated secret is used for new tickets; sessions
+    /// sealed with the old one end with a full handshake).
+    File(std::path::PathBuf),
+    /// A secret of this process.
+    Process(TicketSecret),
+}
+
+impl TicketSource {
+    /// The key of tickets accepted while `client_ca` (the CA file's bytes) is the client CA.
+    pub fn key(&self, client_ca: &[u8]) -> anyhow::Result<TicketKey> {
+        Ok(match self {
+            Self::File(path) => TicketSecret::load_or_create(path)?.key(client_ca),
+            Self::Process(secret) => secret.key(client_ca),
+        })
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Process(_) => None,
+        }
     }
 }
 
@@ -233,12 +279,31 @@ mod tests {
         let other = dir.path().join("other.key");
         assert_ne!(TicketSecret::load_or_create(&other).unwrap().0, made.0);
 
-        let short = dir.path().join("short.key");
-        std::fs::write(&short, "too short\n").unwrap();
-        let error = TicketSecret::load_or_create(&short).unwrap_err().to_string();
-        assert!(
-            error.contains("--session-ticket-key") && error.contains("9 bytes") && error.contains("at least 32"),
-            "{error}"
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no draft left behind"
         );
+
+        let written = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            TicketSecret::load_or_create(&path)
+        };
+        let hex = written("hex.key", &format!("{}\n", "ab".repeat(32))).unwrap();
+        assert_eq!(hex.0, vec![0xab; 32]);
+        let base64 = written("base64.key", "q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=\n").unwrap();
+        assert_eq!(base64.0, vec![0xab; 32]);
+        for (content, reason) in [
+            ("too short\n".to_string(), "neither hex nor base64"),
+            ("a 32-character passphrase here!!".to_string(), "neither hex nor base64"),
+            ("ab".repeat(31), "31 bytes"),
+        ] {
+            let error = written("bad.key", &content).unwrap_err().to_string();
+            assert!(
+                error.contains("--session-ticket-key") && error.contains(reason) && error.contains("at least 32"),
+                "{content}: {error}"
+            );
+        }
     }
 }

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::tickets::{self, TicketKey, TicketSecret};
+use super::tickets::{self, TicketKey, TicketSource};
 use super::{TLS_HANDSHAKE_TIMEOUT, TlsFiles};
 
 /// How often the files are checked for a change.
@@ -48,7 +48,7 @@ pub struct ReloadingTls {
     optional_client_auth: bool,
     provider: Arc<CryptoProvider>,
     metrics: Arc<crate::server::metrics::Metrics>,
-    tickets: TicketSecret,
+    tickets: TicketSource,
     loaded: RwLock<Loaded>,
 }
 
@@ -60,9 +60,11 @@ impl std::fmt::Debug for ReloadingTls {
     }
 }
 
-fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+fn stamps(files: &TlsFiles, tickets: &TicketSource) -> Vec<Option<SystemTime>> {
     [&files.cert, &files.key, &files.client_ca]
-        .iter()
+        .into_iter()
+        .map(PathBuf::as_path)
+        .chain(tickets.file())
         .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
         .collect()
 }
@@ -77,7 +79,7 @@ impl ReloadingTls {
         files: TlsFiles,
         present_ca: bool,
         optional_client_auth: bool,
-        tickets: TicketSecret,
+        tickets: TicketSource,
         metrics: Arc<crate::server::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -98,11 +100,11 @@ impl ReloadingTls {
         present_ca: bool,
         optional_client_auth: bool,
         provider: &Arc<CryptoProvider>,
-        tickets: &TicketSecret,
+        tickets: &TicketSource,
         metrics: &crate::server::metrics::Metrics,
     ) -> anyhow::Result<Loaded> {
         // Stamped before reading: a write during the read is seen at the next check.
-        let stamps = stamps(files);
+        let stamps = stamps(files, tickets);
         let (cert_pem, key_pem, ca_pem) = (read(&files.cert)?, read(&files.key)?, read(&files.client_ca)?);
         let chain_pem = if present_ca {
             crate::server::membership::served_chain(
@@ -147,7 +149,7 @@ impl ReloadingTls {
         Ok(Loaded {
             key: Arc::new(key),
             verifier,
-            tickets: Arc::new(tickets.key(&ca_pem)),
+            tickets: Arc::new(tickets.key(&ca_pem)?),
             stamps,
         })
     }
@@ -155,7 +157,7 @@ impl ReloadingTls {
     /// Reads the files again if one changed since the last read; a file that cannot be used leaves the served ones
     /// in place (and is logged). Whether a change was taken.
     pub fn reload_if_changed(&self) -> bool {
-        if stamps(&self.files) == self.loaded.read().expect("tls lock").stamps {
+        if stamps(&self.files, &self.tickets) == self.loaded.read().expect("tls lock").stamps {
             return false;
         }
         match Self::read(
@@ -173,7 +175,7 @@ impl ReloadingTls {
             }
             Err(error) => {
                 // Marked as seen, so the error is logged once per change, not once a second.
-                self.loaded.write().expect("tls lock").stamps = stamps(&self.files);
+                self.loaded.write().expect("tls lock").stamps = stamps(&self.files, &self.tickets);
                 tracing::error!(
                     error = format!("{error:#}"),
                     "The hub's TLS files changed but cannot be used; serving with the previous ones"
@@ -194,8 +196,10 @@ impl ReloadingTls {
 
     /// The rustls configuration: certificate and client verification looked up at every handshake.
     pub fn server_config(self: &Arc<Self>) -> anyhow::Result<rustls::ServerConfig> {
+        // TLS 1.3 only: a TLS 1.2 session ticket would travel in the clear with the session's master secret, so a
+        // leaked ticket secret would open recorded sessions; every Tollgate client speaks TLS 1.3.
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
-            .with_safe_default_protocol_versions()?
+            .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(Verifier(self.clone())))
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
@@ -203,6 +207,20 @@ impl ReloadingTls {
         config.ticketer = Arc::new(Tickets(self.clone()));
         config.send_tls13_tickets = 1;
         Ok(config)
+    }
+}
+
+impl ReloadingTls {
+    /// Why the client certificate of a resumed session would not be accepted by a full handshake now (rustls does
+    /// not verify it again; the client CA may have been rotated, the certificate may have expired); `None` when it
+    /// would be, or when the session has no client certificate.
+    fn refuse_resumed(&self, chain: Option<&[CertificateDer<'static>]>) -> Option<String> {
+        let (leaf, intermediates) = chain?.split_first()?;
+        let verifier = self.loaded.read().expect("tls lock").verifier.clone();
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .err()
+            .map(|error| error.to_string())
     }
 }
 
@@ -296,12 +314,16 @@ impl ClientCertVerifier for Verifier {
     }
 }
 
-/// What a request knows of its TLS connection: the client's certificate chain, if it sent one.
+/// What a request knows of its TLS connection: the client's certificate chain, if it sent one, and why it is
+/// refused when a resumed session carries a certificate that does not verify any more.
 #[derive(Clone, Debug, Default)]
-pub struct PeerCertificates(pub Option<Arc<Vec<CertificateDer<'static>>>>);
+pub struct PeerCertificates {
+    pub chain: Option<Arc<Vec<CertificateDer<'static>>>>,
+    pub refused: Option<Arc<str>>,
+}
 
 /// An accepted TLS connection.
-pub struct TlsConnection(tokio_rustls::server::TlsStream<TcpStream>);
+pub struct TlsConnection(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>);
 
 impl std::fmt::Debug for TlsConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -315,7 +337,10 @@ impl Connected for TlsConnection {
     type ConnectInfo = PeerCertificates;
 
     fn connect_info(&self) -> PeerCertificates {
-        PeerCertificates(self.0.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec())))
+        PeerCertificates {
+            chain: self.0.get_ref().1.peer_certificates().map(|c| Arc::new(c.to_vec())),
+            refused: self.1.clone(),
+        }
     }
 }
 
@@ -355,10 +380,10 @@ impl AsyncWrite for TlsConnection {
 /// Small responses must not wait for Nagle's algorithm and a delayed ACK, so every socket has `TCP_NODELAY`.
 pub fn incoming(
     listener: TcpListener,
-    config: rustls::ServerConfig,
+    tls: Arc<ReloadingTls>,
     metrics: Arc<crate::server::metrics::Metrics>,
-) -> ReceiverStream<Result<TlsConnection, std::io::Error>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+) -> anyhow::Result<ReceiverStream<Result<TlsConnection, std::io::Error>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config()?));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -377,12 +402,21 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
+            let (acceptor, tx, metrics, reloading) = (acceptor.clone(), tx.clone(), metrics.clone(), tls.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        metrics.record_handshake(tls.get_ref().1.handshake_kind());
-                        let _ = tx.send(Ok(TlsConnection(tls))).await;
+                        let kind = tls.get_ref().1.handshake_kind();
+                        metrics.record_handshake(kind);
+                        // The connection stays open, its requests refused with the reason: a client told why
+                        // forgets the session, where one simply disconnected would resume it again.
+                        let refused = (kind == Some(rustls::HandshakeKind::Resumed))
+                            .then(|| reloading.refuse_resumed(tls.get_ref().1.peer_certificates()))
+                            .flatten();
+                        if let Some(reason) = &refused {
+                            tracing::info!(%peer, reason, "A resumed TLS session's client certificate does not verify any more");
+                        }
+                        let _ = tx.send(Ok(TlsConnection(tls, refused.map(Arc::from)))).await;
                     }
                     Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -390,5 +424,73 @@ pub fn incoming(
             });
         }
     });
-    ReceiverStream::new(rx)
+    Ok(ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::{Leaf, init_ca, issue, issue_valid};
+
+    fn chain(dir: &std::path::Path, stem: &str) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(dir.join(format!("{stem}.pem")))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// rustls does not verify a resumed session's client certificate again: the listener does, against the client
+    /// CA served now, so neither a rotation (a handshake that straddled it included) nor an expiry lets a session
+    /// outlive what a full handshake would accept.
+    #[test]
+    fn a_resumed_sessions_certificate_is_verified_against_the_client_ca_served_now() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let hub = Leaf::Hub {
+            dns_names: vec!["localhost".into()],
+            addresses: vec![],
+        };
+        issue(dir.path(), dir.path(), &hub).unwrap();
+        let spoke = Leaf::Spoke { cluster_id: "a".into() };
+        issue(dir.path(), dir.path(), &spoke).unwrap();
+        let expired = dir.path().join("expired");
+        std::fs::create_dir(&expired).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        issue_valid(
+            dir.path(),
+            &expired,
+            &spoke,
+            now - time::Duration::days(2),
+            now - time::Duration::days(1),
+        )
+        .unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("hub.pem"),
+            key: dir.path().join("hub-key.pem"),
+            client_ca: dir.path().join("ca.pem"),
+        };
+        let tickets = TicketSource::Process(tickets::TicketSecret::random().unwrap());
+        let tls = ReloadingTls::load(files, false, false, tickets, Arc::default()).unwrap();
+
+        let current = chain(dir.path(), "spoke-a");
+        assert_eq!(tls.refuse_resumed(Some(&current)), None);
+        assert_eq!(tls.refuse_resumed(None), None, "a session without a certificate");
+        let reason = tls.refuse_resumed(Some(&chain(&expired, "spoke-a"))).unwrap();
+        assert!(reason.contains("expired"), "{reason}");
+
+        let rotated = tempfile::tempdir().unwrap();
+        init_ca(rotated.path()).unwrap();
+        std::fs::copy(rotated.path().join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("ca.pem"))
+            .unwrap()
+            .set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+        assert!(tls.reload_if_changed());
+        assert!(
+            tls.refuse_resumed(Some(&current)).is_some(),
+            "a certificate of the old client CA"
+        );
+    }
 }
