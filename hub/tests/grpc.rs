@@ -216,6 +216,56 @@ impl TestHub {
             .await
     }
 
+    /// Replaces the client CA with a new one; whether the hub refused a fresh handshake with the old CA's admin
+    /// certificate (verifying the hub for `name` with `server_ca`) within [`WAIT`].
+    async fn rotate_client_ca(&self, name: &str, server_ca: &Path) -> bool {
+        let rotated = tempfile::tempdir().unwrap();
+        init_ca(rotated.path()).unwrap();
+        std::fs::copy(rotated.path().join("ca.pem"), self.path("ca.pem")).unwrap();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let refused = match self.channel_to(name, Some("admin-alice"), server_ca).await {
+                    Err(_) => true,
+                    Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
+                };
+                if refused {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Cluster prod-eu's first intent over a channel of [`Self::resuming_channel`].
+    async fn resumed_intent(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        kinds: &Arc<std::sync::Mutex<Vec<rustls::HandshakeKind>>>,
+    ) -> Result<pb::IntentRevision, tonic::Status> {
+        let channel = self
+            .resuming_channel(config, kinds)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut spoke = FakeSpoke::over(channel, "prod-eu", &[], &pb::IntentRevision::default()).await?;
+        spoke.intent().await
+    }
+
+    /// Cluster prod-eu connects twice with `config`: a full handshake, then a resumed session, both accepted.
+    async fn connect_then_resume(
+        &self,
+        config: &Arc<rustls::ClientConfig>,
+        kinds: &Arc<std::sync::Mutex<Vec<rustls::HandshakeKind>>>,
+    ) {
+        self.resumed_intent(config, kinds).await.expect("a full handshake");
+        self.resumed_intent(config, kinds).await.expect("a resumed session");
+        assert_eq!(
+            *kinds.lock().unwrap(),
+            [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+        );
+    }
+
     async fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel(Some("admin-alice"), &self.path("ca.pem")).await.unwrap())
     }
@@ -753,23 +803,10 @@ async fn the_hubs_certificate_and_client_ca_are_reloaded_without_a_restart() {
     // the old CA for the hub's own certificate, which it signed).
     let server_ca = hub.path("server-ca.pem");
     std::fs::copy(&ca, &server_ca).unwrap();
-    let rotated = tempfile::tempdir().unwrap();
-    init_ca(rotated.path()).unwrap();
-    std::fs::copy(rotated.path().join("ca.pem"), hub.path("ca.pem")).unwrap();
-    let refused = tokio::time::timeout(WAIT, async {
-        loop {
-            let refused = match hub.channel_to("renewed.example", Some("admin-alice"), &server_ca).await {
-                Err(_) => true,
-                Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
-            };
-            if refused {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(refused.is_ok(), "a certificate of the old client CA was still accepted");
+    assert!(
+        hub.rotate_client_ca("renewed.example", &server_ca).await,
+        "a certificate of the old client CA was still accepted"
+    );
 }
 
 /// A hub without its CA's key prints no token and refuses joins with the reason.
@@ -1298,20 +1335,8 @@ async fn a_resumed_session_is_accepted_until_its_certificate_expires() {
     }
     let config = hub.resuming_config("short-spoke-prod-eu", &hub.path("ca.pem"));
     let kinds = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let connect = || async {
-        let channel = hub
-            .resuming_channel(&config, &kinds)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut spoke = FakeSpoke::over(channel, "prod-eu", &[], &pb::IntentRevision::default()).await?;
-        spoke.intent().await
-    };
-    connect().await.expect("a full handshake");
-    connect().await.expect("a resumed session");
-    assert_eq!(
-        *kinds.lock().unwrap(),
-        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
-    );
+    let connect = || hub.resumed_intent(&config, &kinds);
+    hub.connect_then_resume(&config, &kinds).await;
 
     tokio::time::sleep(Duration::from_secs(4)).await;
     let refused = connect().await.expect_err("a session of an expired certificate");
@@ -1337,39 +1362,13 @@ async fn no_session_outlives_a_rotation_of_the_client_ca() {
     let server_ca = hub.path("server-ca.pem");
     std::fs::copy(hub.path("ca.pem"), &server_ca).unwrap();
     let config = hub.resuming_config("spoke-prod-eu", &server_ca);
-    let connect = || async {
-        let channel = hub
-            .resuming_channel(&config, &kinds)
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut spoke = FakeSpoke::over(channel, "prod-eu", &[], &pb::IntentRevision::default()).await?;
-        spoke.intent().await
-    };
-    connect().await.expect("a full handshake");
-    connect().await.expect("a resumed session");
-    assert_eq!(
-        *kinds.lock().unwrap(),
-        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
-    );
+    let connect = || hub.resumed_intent(&config, &kinds);
+    hub.connect_then_resume(&config, &kinds).await;
 
-    let rotated = tempfile::tempdir().unwrap();
-    init_ca(rotated.path()).unwrap();
-    std::fs::copy(rotated.path().join("ca.pem"), hub.path("ca.pem")).unwrap();
-    // Reloaded once a fresh handshake with the old CA's certificate is refused.
-    let reloaded = tokio::time::timeout(WAIT, async {
-        loop {
-            let refused = match hub.channel(Some("admin-alice"), &server_ca).await {
-                Err(_) => true,
-                Ok(channel) => AdminClient::new(channel).history(pb::HistoryRequest {}).await.is_err(),
-            };
-            if refused {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await;
-    assert!(reloaded.is_ok(), "the new client CA was never used");
+    assert!(
+        hub.rotate_client_ca("localhost", &server_ca).await,
+        "the new client CA was never used"
+    );
     let before = kinds.lock().unwrap().len();
     assert!(
         connect().await.is_err(),
