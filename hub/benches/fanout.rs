@@ -410,6 +410,8 @@ mod bench {
         unchanged: u64,
         attempts: u64,
         hub_cpu_s: f64,
+        /// The simulated spokes' CPU from the kill until they all had their intent again.
+        swarm_cpu_s: f64,
         rss_kib: u64,
         /// TLS handshakes of the restarted hub: (full, resumed from a session ticket); `None` from a hub that does not
         /// count them (an older one run through `TOLLGATE_FANOUT_HUB_WRAPPER`).
@@ -589,6 +591,7 @@ mod bench {
             swarm.send("storm")?;
             swarm.expect("armed-storm", Duration::from_secs(30))?;
             hubs.clear();
+            let swarm_ticks = cpu_ticks(swarm.pid())?;
             std::thread::sleep(options.outage);
             let start = now_ns();
             let hub = start_hub(port, metrics_port, &data, None, certs, &log)?;
@@ -599,12 +602,14 @@ mod bench {
             );
             let stormed = swarm.expect("stormed", STORM_TIMEOUT)?;
             let hub_cpu_s = cpu_ticks(hub_pid)? as f64 / clk_tck;
+            let swarm_cpu_s = (cpu_ticks(swarm.pid())? - swarm_ticks) as f64 / clk_tck;
             let storm = Storm {
                 serving_after: hub.serving_after,
                 settled: Duration::from_nanos(number(&stormed, 0)?.saturating_sub(start)),
                 unchanged: number(&stormed, 1)?,
                 attempts: number(&stormed, 2)?,
                 hub_cpu_s,
+                swarm_cpu_s,
                 rss_kib: rss_kib(hub_pid)?,
                 handshakes: handshakes(metrics_port)?,
             };
@@ -700,7 +705,8 @@ mod bench {
         if let Some(storm) = &outcome.storm {
             println!(
                 "   reconnect storm: serving after {:.0} ms, all {n} back with their intent after {:.2} s \
-                 ({} unchanged, {} connection attempts; TLS handshakes: {}); hub CPU {:.1} s, RSS {} KiB",
+                 ({} unchanged, {} connection attempts; TLS handshakes: {}); hub CPU {:.1} s, RSS {} KiB; \
+                 simulated spokes' CPU {:.1} s",
                 storm.serving_after.as_secs_f64() * 1e3,
                 storm.settled.as_secs_f64(),
                 storm.unchanged,
@@ -711,7 +717,8 @@ mod bench {
                         "{full} full, {resumed} resumed"
                     )),
                 storm.hub_cpu_s,
-                storm.rss_kib
+                storm.rss_kib,
+                storm.swarm_cpu_s
             );
         }
         let target_ms = match n {
