@@ -1380,3 +1380,26 @@ async fn no_session_outlives_a_rotation_of_the_client_ca() {
         kinds.lock().unwrap()
     );
 }
+
+/// The hub's order of cipher suites decides: AES-128-GCM with SHA-256 (its key schedule runs on the CPU's SHA
+/// extensions), even for a client that prefers AES-256-GCM, as rustls's defaults do.
+#[tokio::test]
+async fn the_hub_chooses_aes_128_gcm_over_the_clients_preference() {
+    let hub = start(Duration::from_secs(10)).await;
+    let config = hub.resuming_config("spoke-prod-eu", &hub.path("ca.pem"));
+    assert_eq!(
+        config.crypto_provider().cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client prefers AES-256-GCM"
+    );
+    let tcp = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(
+        tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}

@@ -82,7 +82,7 @@ impl ReloadingTls {
         tickets: TicketSource,
         metrics: Arc<crate::server::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let loaded = Self::read(&files, present_ca, optional_client_auth, &provider, &tickets, &metrics)?;
         Ok(Arc::new(Self {
             files,
@@ -203,6 +203,8 @@ impl ReloadingTls {
             .with_client_cert_verifier(Arc::new(Verifier(self.clone())))
             .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // The hub's order of cipher suites decides (see `provider`).
+        config.ignore_client_order = true;
         // One ticket per handshake: a spoke holds one connection, and resumes it once after losing it.
         config.ticketer = Arc::new(Tickets(self.clone()));
         config.send_tls13_tickets = 1;
@@ -254,6 +256,23 @@ impl ProducesTickets for Tickets {
 
 fn now_secs() -> u64 {
     u64::try_from(tollgate_process::unix_secs()).unwrap_or(0)
+}
+
+/// rustls's ring provider with the TLS 1.3 suites in the hub's order: AES-128-GCM with SHA-256 first, whose key
+/// schedule runs on the CPU's SHA extensions where SHA-384 (AES-256-GCM's) does not — the largest single cost of a
+/// resumed handshake in a reconnect storm. All three are TLS 1.3's standard suites.
+fn provider() -> CryptoProvider {
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::ring::default_provider()
+    }
 }
 
 impl ResolvesServerCert for ReloadingTls {
