@@ -1313,10 +1313,11 @@ async fn one_connection_cannot_open_more_than_the_stream_limit() {
 }
 
 /// A spoke that reconnects resumes its TLS session (no certificate signed or verified again), and the stream is
-/// accepted as after a full handshake. A session cannot outlive the certificate it began with: once that expired,
-/// a resumed session is refused, naming why (the attack: keep using a session after the certificate expired).
+/// accepted as after a full handshake. Neither a session nor a connection outlives the certificate it began with:
+/// once that expired, a new stream on the connection is refused, and so is a resumed session, both naming why (the
+/// attack: keep using a connection or a session after the certificate expired).
 #[tokio::test]
-async fn a_resumed_session_is_accepted_until_its_certificate_expires() {
+async fn neither_a_connection_nor_a_resumed_session_outlives_its_certificate() {
     let hub = start(Duration::from_secs(10)).await;
     std::fs::create_dir_all(hub.path("short")).unwrap();
     let now = time::OffsetDateTime::now_utc();
@@ -1335,15 +1336,39 @@ async fn a_resumed_session_is_accepted_until_its_certificate_expires() {
     }
     let config = hub.resuming_config("short-spoke-prod-eu", &hub.path("ca.pem"));
     let kinds = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let connect = || hub.resumed_intent(&config, &kinds);
-    hub.connect_then_resume(&config, &kinds).await;
+    let open = hub.resuming_channel(&config, &kinds).await.unwrap();
+    let held = pb::IntentRevision::default();
+    FakeSpoke::over(open.clone(), "prod-eu", &[], &held)
+        .await
+        .unwrap()
+        .intent()
+        .await
+        .expect("a full handshake");
+    hub.resumed_intent(&config, &kinds).await.expect("a resumed session");
+    assert_eq!(
+        *kinds.lock().unwrap(),
+        [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+    );
 
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let refused = connect().await.expect_err("a session of an expired certificate");
+    let refused = match FakeSpoke::over(open, "prod-eu", &[], &held).await {
+        Ok(mut spoke) => spoke
+            .intent()
+            .await
+            .expect_err("a stream after the certificate expired"),
+        Err(status) => status,
+    };
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("expired"), "{refused:?}");
+
+    let refused = hub
+        .resumed_intent(&config, &kinds)
+        .await
+        .expect_err("a session of an expired certificate");
     assert_eq!(
         kinds.lock().unwrap().last(),
         Some(&rustls::HandshakeKind::Resumed),
-        "the hub resumed the session: the stream itself must refuse it"
+        "the hub resumed the session: the listener must refuse its certificate"
     );
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     assert!(

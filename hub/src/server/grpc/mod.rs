@@ -106,8 +106,8 @@ pub async fn serve<S: Store>(
     let tls = match options.tls.clone() {
         Some(files) => {
             let tickets = match &options.session_ticket_key {
-                Some(path) => tickets::TicketSource::File(path.clone()),
-                None => tickets::TicketSource::Process(tickets::TicketSecret::random()?),
+                Some(path) => tickets::TicketSource::file(path)?,
+                None => tickets::TicketSource::process()?,
             };
             Some(tls::ReloadingTls::load(
                 files,
@@ -212,9 +212,20 @@ fn caller<T>(request: &Request<T>, plaintext: bool) -> Result<Option<PeerCertifi
         return Ok(None);
     }
     let leaf = presented(request)?.ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    peer_certificate(leaf.as_ref())
-        .map(Some)
-        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))
+    let certificate = peer_certificate(leaf.as_ref())
+        .ok_or_else(|| Status::permission_denied("the client certificate carries no Tollgate identity"))?;
+    // The handshake checked the validity when the connection opened; a connection outlives it.
+    let now = tollgate_process::unix_millis();
+    if now > certificate.not_after_unix_millis {
+        return Err(Status::unauthenticated(format!(
+            "the client certificate of this connection expired {}: connect again with a current one",
+            crate::cli::render::ago(certificate.not_after_unix_millis, now)
+        )));
+    }
+    if now < certificate.not_before_unix_millis {
+        return Err(Status::unauthenticated("the client certificate is not valid yet"));
+    }
+    Ok(Some(certificate))
 }
 
 /// Maps hub errors to status codes: InvalidArgument / NotFound / FailedPrecondition are final for clients;

@@ -61,42 +61,53 @@ impl TicketSecret {
         }
     }
 
-    /// Writes a new secret to a file of its own, then links it in place: never a partial file at `path`, and when
-    /// another process made one first, that one is used.
+    /// Writes a new secret to a draft file of its own, then links it in place, so that `path` is never seen
+    /// partly written; where the file system has no hard links, the file is created in place. Whichever process
+    /// made the file first, its content is the secret (read back).
     fn create(path: &Path) -> anyhow::Result<Self> {
-        let mut random = [0u8; MIN_SECRET];
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut random = [0u8; MIN_SECRET + 8];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness for the ticket secret: {e}"))?;
-        let text: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{}.new", std::process::id()));
-        let draft = path.with_file_name(name);
-        let _ = std::fs::remove_file(&draft);
-        let written = {
-            use std::os::unix::fs::OpenOptionsExt;
+        let (secret, suffix) = random.split_at(MIN_SECRET);
+        let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let write = |file: &Path| {
             std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&draft)
+                .open(file)
                 .and_then(|mut file| {
                     file.write_all(format!("{text}\n").as_bytes())?;
                     file.sync_all()
                 })
-                .and_then(|()| std::fs::hard_link(&draft, path))
         };
+        // Replicas sharing a volume may all be process 1: the draft's name is random.
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(
+            ".{}.new",
+            suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        let draft = path.with_file_name(name);
+        write(&draft).with_context(|| format!("writing the session ticket secret to {}", draft.display()))?;
+        let linked = std::fs::hard_link(&draft, path);
         let _ = std::fs::remove_file(&draft);
-        match written {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "Created the TLS session ticket secret");
-                Ok(Self(random.to_vec()))
+        let made = match linked {
+            Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                tracing::debug!(%error, "No hard link for the ticket secret: writing it in place");
+                write(path)
             }
+            other => other,
+        };
+        match made {
+            Ok(()) => tracing::info!(path = %path.display(), "Created the TLS session ticket secret"),
             // Another replica made it first: theirs is the one.
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                Self::parse(path, &content)
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("creating the session ticket secret {}", path.display()));
             }
-            Err(error) => Err(error).with_context(|| format!("creating the session ticket secret {}", path.display())),
         }
+        let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(path, &content)
     }
 
     /// Hex or base64 of at least [`MIN_SECRET`] bytes (surrounding white space aside).
@@ -136,30 +147,51 @@ impl TicketSecret {
     }
 }
 
-/// Where the ticket secret comes from.
+/// Where the ticket secret comes from, and the last one read.
 #[derive(Debug)]
-pub enum TicketSource {
-    /// A file, read again whenever the hub's TLS files are (a rotated secret is used for new tickets; sessions
-    /// sealed with the old one end with a full handshake).
-    File(std::path::PathBuf),
-    /// A secret of this process.
-    Process(TicketSecret),
+pub struct TicketSource {
+    /// Read again whenever the hub's TLS files are: a rotated secret seals new tickets, and sessions sealed with
+    /// the old one end with a full handshake. `None`: a secret of this process.
+    file: Option<std::path::PathBuf>,
+    current: std::sync::Mutex<std::sync::Arc<TicketSecret>>,
 }
 
 impl TicketSource {
-    /// The key of tickets accepted while `client_ca` (the CA file's bytes) is the client CA.
-    pub fn key(&self, client_ca: &[u8]) -> anyhow::Result<TicketKey> {
-        Ok(match self {
-            Self::File(path) => TicketSecret::load_or_create(path)?.key(client_ca),
-            Self::Process(secret) => secret.key(client_ca),
+    /// The secret in `path` (made when absent); an unusable file stops the hub from starting.
+    pub fn file(path: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            file: Some(path.to_path_buf()),
+            current: std::sync::Mutex::new(std::sync::Arc::new(TicketSecret::load_or_create(path)?)),
         })
     }
 
-    pub fn file(&self) -> Option<&Path> {
-        match self {
-            Self::File(path) => Some(path),
-            Self::Process(_) => None,
+    /// A secret of this process only.
+    pub fn process() -> anyhow::Result<Self> {
+        Ok(Self {
+            file: None,
+            current: std::sync::Mutex::new(std::sync::Arc::new(TicketSecret::random()?)),
+        })
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The key of tickets accepted while `client_ca` (the CA file's bytes) is the client CA, with the secret read
+    /// again from its file. A file that cannot be used now keeps the last secret (logged), so that it never holds
+    /// back a new certificate or client CA read at the same time.
+    pub fn key(&self, client_ca: &[u8]) -> TicketKey {
+        let mut current = self.current.lock().expect("ticket secret lock");
+        if let Some(path) = &self.file {
+            match TicketSecret::load_or_create(path) {
+                Ok(secret) => *current = std::sync::Arc::new(secret),
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "The TLS session ticket secret cannot be read again; tickets are sealed with the previous one"
+                ),
+            }
         }
+        current.key(client_ca)
     }
 }
 
@@ -263,6 +295,25 @@ mod tests {
         assert!(
             key.open(&ticket, NOW - CLOCK_SKEW_SECS - 1).is_none(),
             "from the future"
+        );
+    }
+
+    /// A secret file replaced by one that cannot be used keeps the last secret (so it never holds back a new
+    /// certificate read at the same time); a usable new one rotates it.
+    #[test]
+    fn a_secret_file_that_cannot_be_used_any_more_keeps_the_last_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session-ticket.key");
+        let source = TicketSource::file(&path).unwrap();
+        let ticket = source.key(b"ca").seal(b"state", NOW).unwrap();
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(source.key(b"ca").open(&ticket, NOW).is_some(), "the last secret");
+        std::fs::write(&path, "cd".repeat(32)).unwrap();
+        let rotated = source.key(b"ca");
+        assert!(rotated.open(&ticket, NOW).is_none(), "a rotated secret");
+        assert_eq!(
+            rotated.open(&rotated.seal(b"state", NOW).unwrap(), NOW).as_deref(),
+            Some(&b"state"[..])
         );
     }
 

@@ -64,7 +64,7 @@ fn stamps(files: &TlsFiles, tickets: &TicketSource) -> Vec<Option<SystemTime>> {
     [&files.cert, &files.key, &files.client_ca]
         .into_iter()
         .map(PathBuf::as_path)
-        .chain(tickets.file())
+        .chain(tickets.path())
         .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
         .collect()
 }
@@ -149,7 +149,7 @@ impl ReloadingTls {
         Ok(Loaded {
             key: Arc::new(key),
             verifier,
-            tickets: Arc::new(tickets.key(&ca_pem)?),
+            tickets: Arc::new(tickets.key(&ca_pem)),
             stamps,
         })
     }
@@ -488,7 +488,7 @@ mod tests {
             key: dir.path().join("hub-key.pem"),
             client_ca: dir.path().join("ca.pem"),
         };
-        let tickets = TicketSource::Process(tickets::TicketSecret::random().unwrap());
+        let tickets = TicketSource::process().unwrap();
         let tls = ReloadingTls::load(files, false, false, tickets, Arc::default()).unwrap();
 
         let current = chain(dir.path(), "spoke-a");
