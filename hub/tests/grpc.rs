@@ -75,12 +75,11 @@ async fn start_signing(heartbeat: Duration, spoke_cert_ttl: Option<Duration>) ->
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path());
     let signer = spoke_cert_ttl.map(|ttl| {
-        let chain = std::fs::read_to_string(dir.path().join("hub.pem")).unwrap();
         Arc::new(
-            tollgate_hub::server::membership::Signer::load(
+            tollgate_hub::server::membership::ReloadingSigner::load(
                 &dir.path().join("ca.pem"),
                 &dir.path().join("ca-key.pem"),
-                &chain,
+                &dir.path().join("hub.pem"),
                 ttl,
             )
             .unwrap(),
@@ -1426,5 +1425,90 @@ async fn the_hub_chooses_aes_128_gcm_over_the_clients_preference() {
     assert_eq!(
         tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()),
         Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+}
+
+/// A client CA rotated on disk signs renewals from then on, without a restart (docs/runbooks.md, "Rotate the client
+/// CA"). During the rotation the CA file holds the new CA first and the old one after it (both verify clients), the
+/// key is the new CA's, and the hub keeps serving its certificate with the old CA after it (the CA joined spokes
+/// verify the hub with). A spoke renewing with its old certificate gets one of the new CA, which still opens its
+/// stream once the old CA no longer verifies clients.
+#[tokio::test]
+async fn a_rotated_client_ca_signs_renewals_without_a_restart() {
+    let hub = start_signing(Duration::from_secs(10), Some(Duration::from_secs(3600))).await;
+    let old_ca = std::fs::read_to_string(hub.path("ca.pem")).unwrap();
+    std::fs::write(hub.path("server-ca.pem"), &old_ca).unwrap();
+    let rotated = tempfile::tempdir().unwrap();
+    init_ca(rotated.path()).unwrap();
+    let new_ca = std::fs::read_to_string(rotated.path().join("ca.pem")).unwrap();
+    let hub_cert = std::fs::read_to_string(hub.path("hub.pem")).unwrap();
+    std::fs::write(hub.path("hub.pem"), format!("{}\n{old_ca}", hub_cert.trim_end())).unwrap();
+    std::fs::copy(rotated.path().join("ca-key.pem"), hub.path("ca-key.pem")).unwrap();
+    std::fs::write(hub.path("ca.pem"), format!("{new_ca}{old_ca}")).unwrap();
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI("tollgate://cluster/prod-eu".try_into().unwrap())];
+    let csr_pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    let signed_by_new_ca = |certificate: &str| {
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(certificate.as_bytes()).unwrap();
+        let (_, ca) = x509_parser::pem::parse_x509_pem(new_ca.as_bytes()).unwrap();
+        let ca = ca.parse_x509().unwrap();
+        leaf.parse_x509()
+            .unwrap()
+            .verify_signature(Some(ca.public_key()))
+            .is_ok()
+    };
+    let server_ca = hub.path("server-ca.pem");
+    let renewed = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(channel) = hub.channel(Some("spoke-prod-eu"), &server_ca).await
+                && let Ok(issued) = tollgate_proto::v1::membership_client::MembershipClient::new(channel)
+                    .renew(pb::RenewRequest {
+                        csr_pem: csr_pem.clone(),
+                    })
+                    .await
+                && signed_by_new_ca(&issued.get_ref().certificate_pem)
+            {
+                return issued.into_inner();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("renewals were never signed by the new client CA");
+    assert_eq!(
+        renewed.ca_pem.trim(),
+        old_ca.trim(),
+        "the spoke keeps verifying the hub with the CA of its certificate"
+    );
+
+    std::fs::write(hub.path("ca.pem"), &new_ca).unwrap();
+    std::fs::write(hub.path("spoke-renewed.pem"), &renewed.certificate_pem).unwrap();
+    std::fs::write(hub.path("spoke-renewed-key.pem"), key.serialize_pem()).unwrap();
+    // Once the old CA is dropped (its certificates refused), the renewed certificate opens the cluster's stream.
+    let (hub, server_ca) = (&hub, &server_ca);
+    let stream = |cert: &'static str| async move {
+        let channel = hub
+            .channel(Some(cert), server_ca)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        FakeSpoke::over(channel, "prod-eu", &[], &pb::IntentRevision::default())
+            .await?
+            .intent()
+            .await
+    };
+    let connected = tokio::time::timeout(WAIT, async {
+        loop {
+            if stream("spoke-prod-eu").await.is_err() && stream("spoke-renewed").await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        connected.is_ok(),
+        "the renewed certificate did not open the cluster's stream"
     );
 }

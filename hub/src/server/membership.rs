@@ -1,8 +1,9 @@
 //! The hub's side of joining: one-time join tokens, and short-lived client certificates signed for a cluster id
 //! from the certificate signing request its spoke made in its own cluster (the hub never sees a spoke's key).
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use rcgen::{
@@ -178,6 +179,105 @@ impl Signer {
     }
 }
 
+/// The signer as last read from its files (the client CA, its key, the hub's certificate), read again when one of
+/// them changes: a rotated client CA signs the certificates of joins and renewals from then on, as the listener
+/// verifies with it. Files that cannot be used together (a CA written before its key) keep the previous signer.
+#[derive(Debug)]
+pub struct ReloadingSigner {
+    files: SignerFiles,
+    current: RwLock<SignerRead>,
+}
+
+#[derive(Debug)]
+struct SignerFiles {
+    client_ca: PathBuf,
+    client_ca_key: PathBuf,
+    serving_chain: PathBuf,
+    ttl: Duration,
+}
+
+/// A signer, and its files' modification times when they were read.
+#[derive(Debug)]
+struct SignerRead {
+    stamps: Vec<Option<SystemTime>>,
+    signer: Arc<Signer>,
+}
+
+impl SignerFiles {
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        [&self.client_ca, &self.client_ca_key, &self.serving_chain]
+            .iter()
+            .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    fn read(&self) -> anyhow::Result<SignerRead> {
+        // Stamped before reading: a write during the read is seen at the next check.
+        let stamps = self.stamps();
+        let chain = std::fs::read_to_string(&self.serving_chain)
+            .with_context(|| format!("reading {}", self.serving_chain.display()))?;
+        let signer = Signer::load(&self.client_ca, &self.client_ca_key, &chain, self.ttl)?;
+        Ok(SignerRead {
+            stamps,
+            signer: Arc::new(signer),
+        })
+    }
+}
+
+impl ReloadingSigner {
+    /// Reads the files once ([`Signer::load`], the serving chain from the file `serving_chain`); an error here stops
+    /// the hub from starting.
+    pub fn load(client_ca: &Path, client_ca_key: &Path, serving_chain: &Path, ttl: Duration) -> anyhow::Result<Self> {
+        let files = SignerFiles {
+            client_ca: client_ca.to_path_buf(),
+            client_ca_key: client_ca_key.to_path_buf(),
+            serving_chain: serving_chain.to_path_buf(),
+            ttl,
+        };
+        let current = RwLock::new(files.read()?);
+        Ok(Self { files, current })
+    }
+
+    /// The signer to use now.
+    pub fn current(&self) -> Arc<Signer> {
+        self.current.read().expect("signer lock").signer.clone()
+    }
+
+    /// Reads the files again if one changed since the last read; whether a change was taken.
+    pub fn reload_if_changed(&self) -> bool {
+        let stamps = self.files.stamps();
+        if stamps == self.current.read().expect("signer lock").stamps {
+            return false;
+        }
+        match self.files.read() {
+            Ok(read) => {
+                *self.current.write().expect("signer lock") = read;
+                tracing::info!(ca = %self.files.client_ca.display(), "Reloaded the client CA and its key: joins and renewals are signed with them");
+                true
+            }
+            Err(error) => {
+                // Marked as seen, so the error is logged once per change, not once a second.
+                self.current.write().expect("signer lock").stamps = stamps;
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "The client CA, its key or the hub's certificate changed but cannot be used together; signing \
+                     with the previous ones"
+                );
+                false
+            }
+        }
+    }
+
+    /// Checks the files once per `every` until the task is dropped.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            self.reload_if_changed();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +295,61 @@ mod tests {
         let (signer, chain) = signer_and_chain(dir, ttl);
         let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
         (signer, served_chain(&chain, &ca).unwrap().0)
+    }
+
+    /// A client CA written before its key leaves the signer as it was; with its key (and the hub's certificate
+    /// still served with the CA that signed it), the new CA signs.
+    #[test]
+    fn a_client_ca_written_before_its_key_keeps_the_previous_signer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, chain) = signer_and_chain(dir.path(), Duration::from_secs(3600));
+        let old_ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+        std::fs::write(dir.path().join("hub.pem"), format!("{}\n{old_ca}", chain.trim_end())).unwrap();
+        let reloading = ReloadingSigner::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("ca-key.pem"),
+            &dir.path().join("hub.pem"),
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let before = reloading.current();
+        let rotated = tempfile::tempdir().unwrap();
+        init_ca(rotated.path()).unwrap();
+        let touch = |name: &str, seconds: u64| {
+            std::fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap()
+                .set_modified(SystemTime::now() + Duration::from_secs(seconds))
+                .unwrap();
+        };
+        std::fs::copy(rotated.path().join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+        touch("ca.pem", 5);
+        assert!(!reloading.reload_if_changed(), "the new CA without its key");
+        assert!(Arc::ptr_eq(&before, &reloading.current()));
+        std::fs::copy(rotated.path().join("ca-key.pem"), dir.path().join("ca-key.pem")).unwrap();
+        touch("ca-key.pem", 10);
+        assert!(reloading.reload_if_changed());
+        let (_, csr) = csr_for("tollgate://cluster/a");
+        let issued = reloading
+            .current()
+            .issue("a", &csr, tollgate_process::unix_millis())
+            .unwrap();
+        let new_ca = std::fs::read_to_string(rotated.path().join("ca.pem")).unwrap();
+        let (_, leaf) = x509_parser::pem::parse_x509_pem(issued.certificate_pem.as_bytes()).unwrap();
+        let (_, ca) = x509_parser::pem::parse_x509_pem(new_ca.as_bytes()).unwrap();
+        assert!(
+            leaf.parse_x509()
+                .unwrap()
+                .verify_signature(Some(ca.parse_x509().unwrap().public_key()))
+                .is_ok(),
+            "signed by the new CA"
+        );
+        assert_eq!(
+            issued.ca_pem.trim(),
+            old_ca.trim(),
+            "the hub is still verified with the old CA"
+        );
     }
 
     fn signer_and_chain(dir: &Path, ttl: Duration) -> (Signer, String) {

@@ -138,12 +138,12 @@ impl ServeArgs {
             );
         }
         let signer = match (&tls, client_ca_key) {
-            (Some(tls), Some(key)) => {
-                let chain =
-                    std::fs::read_to_string(&tls.cert).with_context(|| format!("reading {}", tls.cert.display()))?;
-                let signer = crate::server::membership::Signer::load(&tls.client_ca, &key, &chain, spoke_cert_ttl)?;
-                Some(Arc::new(signer))
-            }
+            (Some(tls), Some(key)) => Some(Arc::new(crate::server::membership::ReloadingSigner::load(
+                &tls.client_ca,
+                &key,
+                &tls.cert,
+                spoke_cert_ttl,
+            )?)),
             (None, Some(_)) => bail!("--client-ca-key needs TLS: a plaintext hub signs no certificates"),
             (_, None) => None,
         };

@@ -27,7 +27,7 @@ pub struct AdminService<S> {
     plaintext: bool,
     metrics: Arc<crate::server::metrics::Metrics>,
     admins: Arc<BTreeSet<String>>,
-    signer: Option<Arc<crate::server::membership::Signer>>,
+    signer: Option<Arc<crate::server::membership::ReloadingSigner>>,
 }
 
 /// The author recorded for changes made in plaintext development mode (no certificate names anyone).
@@ -40,7 +40,7 @@ impl<S: Store> AdminService<S> {
         plaintext: bool,
         metrics: Arc<crate::server::metrics::Metrics>,
         admins: Arc<BTreeSet<String>>,
-        signer: Option<Arc<crate::server::membership::Signer>>,
+        signer: Option<Arc<crate::server::membership::ReloadingSigner>>,
     ) -> Self {
         Self {
             hub,
@@ -67,7 +67,10 @@ impl<S: Store> AdminService<S> {
                 )));
             }
         };
-        let token = signer.token(id).map_err(|e| Status::internal(e.to_string()))?;
+        let token = signer
+            .current()
+            .token(id)
+            .map_err(|e| Status::internal(e.to_string()))?;
         let expires =
             tollgate_process::unix_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
         if !self

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::caller;
 use crate::certs::PeerIdentity;
-use crate::server::membership::Signer;
+use crate::server::membership::{ReloadingSigner, Signer};
 use crate::server::state::Hub;
 use crate::server::store::{Store, TokenUse};
 
@@ -19,13 +19,13 @@ const CONCURRENT_JOINS: usize = 8;
 pub struct MembershipService<S> {
     hub: Arc<Hub<S>>,
     /// `None`: the hub signs no certificate (no `--client-ca-key`).
-    signer: Option<Arc<Signer>>,
+    signer: Option<Arc<ReloadingSigner>>,
     plaintext: bool,
     joins: tokio::sync::Semaphore,
 }
 
 impl<S: Store> MembershipService<S> {
-    pub fn new(hub: Arc<Hub<S>>, signer: Option<Arc<Signer>>, plaintext: bool) -> Self {
+    pub fn new(hub: Arc<Hub<S>>, signer: Option<Arc<ReloadingSigner>>, plaintext: bool) -> Self {
         Self {
             hub,
             signer,
@@ -34,8 +34,8 @@ impl<S: Store> MembershipService<S> {
         }
     }
 
-    fn signer(&self) -> Result<&Signer, Status> {
-        self.signer.as_deref().ok_or_else(|| {
+    fn signer(&self) -> Result<Arc<Signer>, Status> {
+        self.signer.as_ref().map(|s| s.current()).ok_or_else(|| {
             Status::failed_precondition(
                 "this hub signs no spoke certificates (it runs without --client-ca-key): give the spoke a \
                  certificate from `tollgate-hub certs spoke`",

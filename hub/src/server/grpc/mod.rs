@@ -60,7 +60,7 @@ pub struct ServeOptions {
     /// certificate signed by the client CA is refused.
     pub admins: Arc<std::collections::BTreeSet<String>>,
     /// Signs spoke certificates (joins, renewals) and makes join tokens; `None` without `--client-ca-key`.
-    pub signer: Option<Arc<crate::server::membership::Signer>>,
+    pub signer: Option<Arc<crate::server::membership::ReloadingSigner>>,
     /// The file of the secret that seals TLS session tickets (made when absent), so that spokes resume their
     /// sessions after a restart or on another replica; `None`: a secret of this process only.
     pub session_ticket_key: Option<std::path::PathBuf>,
@@ -156,8 +156,16 @@ pub async fn serve<S: Store>(
         Some(tls) => {
             let incoming = tls::incoming(listener, tls.clone(), options.metrics.clone())?;
             let watcher = tokio::spawn(tls.watch());
+            // The signer follows the same files (a rotated client CA and its key) at the same pace.
+            let signer = options
+                .signer
+                .clone()
+                .map(|signer| tokio::spawn(signer.watch(tls::RELOAD_CHECK)));
             let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             watcher.abort();
+            if let Some(signer) = signer {
+                signer.abort();
+            }
             served
         }
         // Small responses must not wait for Nagle's algorithm and a delayed ACK (~40 ms per apply otherwise).
