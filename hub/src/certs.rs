@@ -66,6 +66,15 @@ pub fn peer_certificate(der: &[u8]) -> Option<PeerCertificate> {
     })
 }
 
+/// The modification times of `paths` (`None` for a file that cannot be read): what the hub compares, once a second,
+/// to reload the certificate files that changed.
+pub fn modification_times<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<Option<std::time::SystemTime>> {
+    paths
+        .into_iter()
+        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
 /// Files of a CA folder.
 #[derive(Debug)]
 pub struct CaFiles {

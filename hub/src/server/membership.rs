@@ -205,10 +205,9 @@ struct SignerRead {
 
 impl SignerFiles {
     fn stamps(&self) -> Vec<Option<SystemTime>> {
-        [&self.client_ca, &self.client_ca_key, &self.serving_chain]
-            .iter()
-            .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
-            .collect()
+        crate::certs::modification_times(
+            [&self.client_ca, &self.client_ca_key, &self.serving_chain].map(PathBuf::as_path),
+        )
     }
 
     fn read(&self) -> anyhow::Result<SignerRead> {
@@ -265,15 +264,6 @@ impl ReloadingSigner {
                 );
                 false
             }
-        }
-    }
-
-    /// Checks the files once per `every` until the task is dropped.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut ticker = tokio::time::interval(every);
-        loop {
-            ticker.tick().await;
-            self.reload_if_changed();
         }
     }
 }

@@ -155,17 +155,9 @@ pub async fn serve<S: Store>(
     let served = match tls {
         Some(tls) => {
             let incoming = tls::incoming(listener, tls.clone(), options.metrics.clone())?;
-            let watcher = tokio::spawn(tls.watch());
-            // The signer follows the same files (a rotated client CA and its key) at the same pace.
-            let signer = options
-                .signer
-                .clone()
-                .map(|signer| tokio::spawn(signer.watch(tls::RELOAD_CHECK)));
+            let watcher = tokio::spawn(tls.watch(options.signer.clone()));
             let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             watcher.abort();
-            if let Some(signer) = signer {
-                signer.abort();
-            }
             served
         }
         // Small responses must not wait for Nagle's algorithm and a delayed ACK (~40 ms per apply otherwise).

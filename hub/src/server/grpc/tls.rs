@@ -61,12 +61,12 @@ impl std::fmt::Debug for ReloadingTls {
 }
 
 fn stamps(files: &TlsFiles, tickets: &TicketSource) -> Vec<Option<SystemTime>> {
-    [&files.cert, &files.key, &files.client_ca]
-        .into_iter()
-        .map(PathBuf::as_path)
-        .chain(tickets.path())
-        .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
-        .collect()
+    crate::certs::modification_times(
+        [&files.cert, &files.key, &files.client_ca]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .chain(tickets.path()),
+    )
 }
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -185,12 +185,16 @@ impl ReloadingTls {
         }
     }
 
-    /// Checks the files once per [`RELOAD_CHECK`] until the task is dropped.
-    pub async fn watch(self: Arc<Self>) {
+    /// Checks the files once per [`RELOAD_CHECK`] until the task is dropped, and those of `signer` with them (the
+    /// client CA and its key change together).
+    pub async fn watch(self: Arc<Self>, signer: Option<Arc<crate::server::membership::ReloadingSigner>>) {
         let mut ticker = tokio::time::interval(RELOAD_CHECK);
         loop {
             ticker.tick().await;
             self.reload_if_changed();
+            if let Some(signer) = &signer {
+                signer.reload_if_changed();
+            }
         }
     }
 
