@@ -50,6 +50,25 @@ fn args_of(statefulset: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The hub container mounts Secret `secret` as volume `volume`, read-only at `path`.
+fn assert_secret_mounted(statefulset: &Value, volume: &str, secret: &str, path: &str) {
+    let pod = &statefulset["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": volume, "secret": {"secretName": secret}})),
+        "{pod:#}"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"name": volume, "mountPath": path, "readOnly": true})),
+        "{pod:#}"
+    );
+}
+
 #[test]
 fn default_values_render_a_restricted_v2_single_replica_hub() -> Result<()> {
     let rendered = helm::render(
@@ -157,20 +176,7 @@ signing: {caKeySecretName: hub-ca-key, spokeCertTtl: 12h}
     ] {
         assert!(args.iter().any(|a| a == expected), "{expected} missing from {args:?}");
     }
-    let pod = &sts["spec"]["template"]["spec"];
-    assert!(
-        pod["volumes"]
-            .as_array()
-            .unwrap()
-            .contains(&serde_json::json!({"name": "client-ca-key", "secret": {"secretName": "hub-ca-key"}})),
-        "{pod:#}"
-    );
-    assert!(
-        pod["containers"][0]["volumeMounts"].as_array().unwrap().contains(
-            &serde_json::json!({"name": "client-ca-key", "mountPath": "/etc/tollgate/client-ca-key", "readOnly": true})
-        ),
-        "{pod:#}"
-    );
+    assert_secret_mounted(sts, "client-ca-key", "hub-ca-key", "/etc/tollgate/client-ca-key");
     let claim = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
     assert_eq!(
         (
@@ -216,19 +222,11 @@ fn postgres_values_render_replicas_without_a_volume_and_the_url_from_the_secret(
         "{:?}",
         args_of(shared)
     );
-    let pod = &shared["spec"]["template"]["spec"];
-    assert!(
-        pod["volumes"]
-            .as_array()
-            .unwrap()
-            .contains(&serde_json::json!({"name": "session-tickets", "secret": {"secretName": "hub-tickets"}})),
-        "{pod:#}"
-    );
-    assert!(
-        pod["containers"][0]["volumeMounts"].as_array().unwrap().contains(
-            &serde_json::json!({"name": "session-tickets", "mountPath": "/etc/tollgate/session-tickets", "readOnly": true})
-        ),
-        "{pod:#}"
+    assert_secret_mounted(
+        shared,
+        "session-tickets",
+        "hub-tickets",
+        "/etc/tollgate/session-tickets",
     );
     let sts = &objects["StatefulSet/tollgate-hub"];
     assert_eq!(sts["spec"]["replicas"], 3);
